@@ -1,0 +1,123 @@
+"""Custom `format` checkers: identifier check digits and code lists.
+
+Each schema also carries a `pattern` for the same field, so a partner whose validator does not
+assert formats still checks the shape; these functions add what a regex cannot (check digits,
+calendar validity, membership of ISO 3166-1). They accept only `str`; the schema's `type`
+keyword reports anything else.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import date
+from functools import cache
+from typing import Final
+
+import pycountry
+
+# ISO 3166-1 user-assigned codes that partners use but pycountry (Debian iso-codes) lacks.
+EXTRA_COUNTRY_CODES: Final = frozenset({"XK"})  # Kosovo (EU and UN practice)
+# UN/LOCODE also allocates XZ to installations in international waters.
+EXTRA_LOCODE_COUNTRIES: Final = frozenset({"XZ"})
+
+_ISO6346 = re.compile(r"[A-Z]{3}[UJZ][0-9]{7}")
+_IMO = re.compile(r"IMO[0-9]{7}")
+_AWB = re.compile(r"([0-9]{3})-?([0-9]{7})([0-9])")
+_UNLOCODE = re.compile(r"([A-Z]{2})[A-Z2-9]{3}")
+_ALPHA2 = re.compile(r"[A-Z]{2}")
+_HS = re.compile(r"[0-9]{6}(?:[0-9]{2}|[0-9]{4})?")
+_PARTIAL_DATE = re.compile(r"([0-9]{4})(?:-([0-9]{2})(?:-([0-9]{2}))?)?")
+
+# ISO 6346 letter values: A=10 upwards, skipping multiples of 11 (11, 22, 33).
+_LETTER_VALUE: Final[dict[str, int]] = {}
+_next = 10
+for _letter in "ABCDEFGHIJKLMNOPQRSTUVWXYZ":
+    if _next % 11 == 0:
+        _next += 1
+    _LETTER_VALUE[_letter] = _next
+    _next += 1
+
+
+def iso6346_check_digit(first10: str) -> int:
+    """Check digit of an owner code + category + 6-digit serial (`CSQU305438` -> 3).
+
+    Sum of value x 2**position, modulo 11; a remainder of 10 is written as 0, as ISO 6346
+    prescribes (which is why, for those numbers, some single-character errors go undetected).
+    """
+    total = sum(
+        (_LETTER_VALUE[ch] if ch.isalpha() else int(ch)) << pos for pos, ch in enumerate(first10)
+    )
+    return total % 11 % 10
+
+
+def is_iso6346(value: str) -> bool:
+    """A freight container number (BIC owner code, category U/J/Z, serial, check digit)."""
+    return bool(_ISO6346.fullmatch(value)) and iso6346_check_digit(value[:10]) == int(value[10])
+
+
+def imo_check_digit(six: str) -> int:
+    """IMO ship number check digit: digits weighted 7..2, sum modulo 10."""
+    return sum(int(d) * w for d, w in zip(six, range(7, 1, -1), strict=True)) % 10
+
+
+def is_imo_number(value: str) -> bool:
+    """`IMO` + 7 digits, the last being the check digit (`IMO9074729`)."""
+    return bool(_IMO.fullmatch(value)) and imo_check_digit(value[3:9]) == int(value[9])
+
+
+def is_awb(value: str) -> bool:
+    """Air waybill: 3-digit airline prefix, 7-digit serial, check digit = serial mod 7."""
+    m = _AWB.fullmatch(value)
+    return m is not None and int(m[2]) % 7 == int(m[3])
+
+
+@cache
+def _alpha2_codes() -> frozenset[str]:
+    return frozenset(c.alpha_2 for c in pycountry.countries) | EXTRA_COUNTRY_CODES
+
+
+def is_iso3166_alpha2(value: str) -> bool:
+    """An assigned ISO 3166-1 alpha-2 code (pycountry) or one of `EXTRA_COUNTRY_CODES`."""
+    return bool(_ALPHA2.fullmatch(value)) and value in _alpha2_codes()
+
+
+def is_unlocode(value: str) -> bool:
+    """UN/LOCODE without the space (`VNSGN`); the country part must be a valid alpha-2 code.
+
+    Membership of the UNECE code list itself is a reference-data check, not a format.
+    """
+    m = _UNLOCODE.fullmatch(value)
+    return m is not None and (is_iso3166_alpha2(m[1]) or m[1] in EXTRA_LOCODE_COUNTRIES)
+
+
+def is_hs_code(value: str) -> bool:
+    """HS code of 6, 8 or 10 digits; chapters 00 and 77 (reserved) are rejected.
+
+    The nomenclature edition travels next to it (`hs_edition`); no table lookup here.
+    """
+    return bool(_HS.fullmatch(value)) and value[:2] not in {"00", "77"}
+
+
+def is_partial_date(value: str) -> bool:
+    """`YYYY`, `YYYY-MM` or `YYYY-MM-DD`, each part a real calendar value (year 1 or later)."""
+    m = _PARTIAL_DATE.fullmatch(value)
+    if not m:
+        return False
+    year, month, day = int(m[1]), int(m[2] or 1), int(m[3] or 1)
+    try:
+        date(year, month, day)
+    except ValueError:
+        return False
+    return True
+
+
+CUSTOM_FORMATS: Final[dict[str, Callable[[str], bool]]] = {
+    "iso6346": is_iso6346,
+    "imo-number": is_imo_number,
+    "awb": is_awb,
+    "unlocode": is_unlocode,
+    "iso3166-alpha2": is_iso3166_alpha2,
+    "hs-code": is_hs_code,
+    "partial-date": is_partial_date,
+}
