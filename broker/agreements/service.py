@@ -1,0 +1,402 @@
+"""Agreements as versioned policy documents, operations that narrow them, designations."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, time
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+import schemas
+from broker.agencies import repository as agency_repo
+from broker.agreements import repository
+from broker.agreements.models import Agreement, AgreementVersion, Designation, Operation
+from broker.agreements.policy import Policy
+from broker.agreements.schemas import AgreementView, DesignationIn, Direction
+from broker.audit import service as audit
+from broker.auth.service import Caller
+from broker.crypto.jcs import canonical
+from broker.errors import DuplicateId, FieldProblem, NotFound, error
+from broker.ids import new_id, utcnow
+from broker.registry import snapshot as registry
+from schemas import vocab
+
+InvalidDocument = error("registry.invalid_document", 422, "Invalid document")
+UnknownParty = error("registry.unknown_party", 422, "Unknown party")
+UnknownOffence = error("registry.unknown_offence", 422, "Unknown offence code")
+UnknownSubjectType = error("registry.unknown_subject_type", 422, "Unknown subject type")
+UnknownAgreement = error("registry.unknown_agreement", 422, "Unknown agreement")
+NotAParty = error("registry.not_a_party", 422, "Not a party to the agreement")
+BadValidity = error("registry.bad_validity", 422, "Bad validity period")
+ValidityOverlap = error("registry.validity_overlap", 409, "Overlapping validity")
+IdMismatch = error("registry.id_mismatch", 422, "Document id does not match the path")
+
+
+def policy_hash(document: dict[str, Any]) -> str:
+    """base64url SHA-256 of the RFC 8785 canonical document (what the log records)."""
+    digest = hashlib.sha256(canonical(document)).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def _validate(name: str, document: dict[str, Any]) -> None:
+    try:
+        schemas.validate(name, document)
+    except schemas.SchemaError as exc:
+        raise InvalidDocument(
+            f"the {name} document is invalid ({len(exc.errors)} problem(s))",
+            errors=[FieldProblem(pointer=e.pointer, detail=e.message) for e in exc.errors],
+        ) from exc
+
+
+def _check_agreement(session: Session, doc: dict[str, Any]) -> None:
+    """Specific codes for the mistakes registrars make, then the full schema."""
+    parties = doc.get("parties") or []
+    for i, party in enumerate(parties):
+        if not isinstance(party, str) or agency_repo.agency(session, party) is None:
+            raise UnknownParty(
+                f"party {party!r} is not a registered agency",
+                errors=[FieldProblem(pointer=f"/parties/{i}", detail="unknown agency")],
+            )
+    for i, offence in enumerate(doc.get("offences") or []):
+        if offence not in vocab.OFFENCES:
+            raise UnknownOffence(
+                f"offence {offence!r} is not in the vocabulary",
+                errors=[FieldProblem(pointer=f"/offences/{i}", detail="unknown offence code")],
+            )
+    for i, kind in enumerate(doc.get("subject_types") or []):
+        if kind not in vocab.SUBJECT_TYPES:
+            raise UnknownSubjectType(
+                f"subject type {kind!r} is not in the vocabulary",
+                errors=[FieldProblem(pointer=f"/subject_types/{i}", detail="unknown subject type")],
+            )
+    for i, excl in enumerate(doc.get("exclusions") or []):
+        for end in ("from", "to"):
+            if isinstance(excl, dict) and excl.get(end) not in parties:
+                raise UnknownParty(
+                    f"exclusion {end} {excl.get(end)!r} is not a party",
+                    errors=[FieldProblem(pointer=f"/exclusions/{i}/{end}", detail="not a party")],
+                )
+    _validate("agreement", doc)
+    until = doc.get("valid_until")
+    if until is not None and until < doc["valid_from"]:
+        raise BadValidity(
+            "valid_until is before valid_from",
+            errors=[FieldProblem(pointer="/valid_until", detail="before valid_from")],
+        )
+
+
+def create_agreement(session: Session, document: dict[str, Any], *, actor: str) -> AgreementVersion:
+    """Register an agreement with its first policy version."""
+    _check_agreement(session, document)
+    if repository.agreement(session, document["id"]) is not None:
+        raise DuplicateId(f"agreement {document['id']!r} already exists")
+    now = utcnow()
+    session.add(
+        Agreement(
+            id=document["id"],
+            current_version=1,
+            status=document["status"],
+            created_at=now,
+            updated_at=now,
+        )
+    )
+    session.flush()
+    return _add_version(session, document, 1, actor=actor)
+
+
+def update_agreement(
+    session: Session, agreement_id: str, document: dict[str, Any], *, actor: str
+) -> AgreementVersion:
+    """Store a new version of the policy; earlier versions stay for re-deriving decisions."""
+    agreement = get_agreement(session, agreement_id)
+    if document.get("id") != agreement_id:
+        raise IdMismatch(f"document id {document.get('id')!r} != {agreement_id!r}")
+    _check_agreement(session, document)
+    agreement.current_version += 1
+    agreement.status = document["status"]
+    agreement.updated_at = utcnow()
+    return _add_version(session, document, agreement.current_version, actor=actor)
+
+
+def _add_version(
+    session: Session, document: dict[str, Any], version: int, *, actor: str
+) -> AgreementVersion:
+    digest = policy_hash(document)
+    row = AgreementVersion(
+        agreement_id=document["id"],
+        version=version,
+        document=document,
+        sha256=digest,
+        created_at=utcnow(),
+        created_by=actor,
+    )
+    session.add(row)
+    session.flush()
+    audit.record(
+        session,
+        "agreement.updated",
+        actor=actor,
+        subject=document["id"],
+        details={"version": version, "policy_sha256": digest, "status": document["status"]},
+    )
+    return row
+
+
+def get_agreement(session: Session, agreement_id: str) -> Agreement:
+    found = repository.agreement(session, agreement_id)
+    if found is None:
+        raise NotFound(f"no agreement {agreement_id!r}")
+    return found
+
+
+def current(session: Session, agreement_id: str) -> AgreementVersion:
+    found = repository.current_version(session, agreement_id)
+    if found is None:
+        raise NotFound(f"no agreement {agreement_id!r}")
+    return found
+
+
+def list_current(session: Session) -> Sequence[AgreementVersion]:
+    return repository.current_versions(session)
+
+
+def history(session: Session, agreement_id: str) -> Sequence[AgreementVersion]:
+    get_agreement(session, agreement_id)
+    return repository.versions(session, agreement_id)
+
+
+def _parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
+
+
+def _check_operation(session: Session, doc: dict[str, Any]) -> AgreementVersion:
+    _validate("operation", doc)
+    version = repository.current_version(session, doc["agreement"])
+    if version is None:
+        raise UnknownAgreement(
+            f"no agreement {doc['agreement']!r}",
+            errors=[FieldProblem(pointer="/agreement", detail="unknown agreement")],
+        )
+    parties = version.document["parties"]
+    for i, member in enumerate(doc["members"]):
+        if member not in parties:
+            raise NotAParty(
+                f"{member!r} is not a party to {doc['agreement']}",
+                errors=[FieldProblem(pointer=f"/members/{i}", detail="not a party")],
+            )
+    starts, ends = _parse_time(doc["starts_at"]), _parse_time(doc["ends_at"])
+    agreement_from = datetime.combine(
+        date.fromisoformat(version.document["valid_from"]), time(), UTC
+    )
+    until = version.document.get("valid_until")
+    if starts >= ends:
+        raise BadValidity(
+            "an operation must end after it starts",
+            errors=[FieldProblem(pointer="/ends_at", detail="not after starts_at")],
+        )
+    if starts < agreement_from or (until is not None and ends.date() > date.fromisoformat(until)):
+        raise BadValidity(
+            "the operation window lies outside the agreement's validity",
+            errors=[FieldProblem(pointer="/starts_at", detail="outside the agreement's validity")],
+        )
+    return version
+
+
+def create_operation(session: Session, document: dict[str, Any], *, actor: str) -> Operation:
+    """Register an operation inside an agreement: a window and a membership."""
+    _check_operation(session, document)
+    if repository.operation(session, document["id"]) is not None:
+        raise DuplicateId(f"operation {document['id']!r} already exists")
+    now = utcnow()
+    op = Operation(
+        id=document["id"],
+        agreement_id=document["agreement"],
+        version=1,
+        document=document,
+        sha256=policy_hash(document),
+        starts_at=_parse_time(document["starts_at"]),
+        ends_at=_parse_time(document["ends_at"]),
+        status=document["status"],
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(op)
+    session.flush()
+    _record_operation(session, op, actor)
+    return op
+
+
+def update_operation(
+    session: Session, operation_id: str, document: dict[str, Any], *, actor: str
+) -> Operation:
+    """Change an operation's window, members or status (a new version)."""
+    op = get_operation(session, operation_id)
+    if document.get("id") != operation_id or document.get("agreement") != op.agreement_id:
+        raise IdMismatch("an operation keeps its id and agreement")
+    _check_operation(session, document)
+    op.version += 1
+    op.document, op.sha256, op.status = document, policy_hash(document), document["status"]
+    op.starts_at, op.ends_at = _parse_time(document["starts_at"]), _parse_time(document["ends_at"])
+    op.updated_at = utcnow()
+    _record_operation(session, op, actor)
+    return op
+
+
+def _record_operation(session: Session, op: Operation, actor: str) -> None:
+    audit.record(
+        session,
+        "operation.updated",
+        actor=actor,
+        subject=op.id,
+        details={
+            "agreement": op.agreement_id,
+            "version": op.version,
+            "policy_sha256": op.sha256,
+            "status": op.status,
+        },
+    )
+
+
+def get_operation(session: Session, operation_id: str) -> Operation:
+    found = repository.operation(session, operation_id)
+    if found is None:
+        raise NotFound(f"no operation {operation_id!r}")
+    return found
+
+
+def list_operations(session: Session) -> Sequence[Operation]:
+    return repository.operations(session)
+
+
+def designate(
+    session: Session, focal_point_id: str, data: DesignationIn, *, actor: str
+) -> Designation:
+    """Designate a focal point under an agreement for a period (no overlapping periods)."""
+    fp = agency_repo.focal_point(session, focal_point_id)
+    if fp is None:
+        raise NotFound(f"no focal point {focal_point_id!r}")
+    version = repository.current_version(session, data.agreement)
+    if version is None:
+        raise UnknownAgreement(
+            f"no agreement {data.agreement!r}",
+            errors=[FieldProblem(pointer="/agreement", detail="unknown agreement")],
+        )
+    if fp.agency_id not in version.document["parties"]:
+        raise NotAParty(f"{fp.agency_id} is not a party to {data.agreement}")
+    if data.valid_until is not None and data.valid_until < data.valid_from:
+        raise BadValidity(
+            "valid_until is before valid_from",
+            errors=[FieldProblem(pointer="/valid_until", detail="before valid_from")],
+        )
+    for other in repository.designations(
+        session, focal_point_id=focal_point_id, agreement_id=data.agreement
+    ):
+        if _overlaps(other.valid_from, other.valid_until, data.valid_from, data.valid_until):
+            raise ValidityOverlap(
+                f"{focal_point_id} is already designated under {data.agreement} from {other.valid_from}"
+            )
+    row = Designation(
+        id=new_id(),
+        focal_point_id=focal_point_id,
+        agreement_id=data.agreement,
+        valid_from=data.valid_from,
+        valid_until=data.valid_until,
+        created_at=utcnow(),
+    )
+    session.add(row)
+    session.flush()
+    audit.record(
+        session,
+        "designation.changed",
+        actor=actor,
+        subject=focal_point_id,
+        details={
+            "agreement": data.agreement,
+            "valid_from": str(data.valid_from),
+            "valid_until": str(data.valid_until) if data.valid_until else None,
+        },
+    )
+    return row
+
+
+def _overlaps(a_from: date, a_until: date | None, b_from: date, b_until: date | None) -> bool:
+    return (a_until is None or b_from <= a_until) and (b_until is None or a_from <= b_until)
+
+
+def designations(session: Session, focal_point_id: str) -> Sequence[Designation]:
+    return repository.designations(session, focal_point_id=focal_point_id)
+
+
+def views_for(session: Session, caller: Caller) -> list[AgreementView]:
+    """For the caller's agency: each agreement it is party to, and what it may send to whom."""
+    agency_id = caller.agency_id
+    views = []
+    for version in repository.current_versions(session):
+        doc = version.document
+        if agency_id not in doc["parties"]:
+            continue
+        directions = []
+        for partner in sorted(p for p in doc["parties"] if p != agency_id):
+            excluded = [
+                {
+                    "offences": e["offences"],
+                    "reason": e["reason"],
+                    "unless_assurance": e.get("unless_assurance", False),
+                }
+                for e in doc.get("exclusions", [])
+                if e["from"] == agency_id and e["to"] == partner
+            ]
+            barred = {o for e in excluded for o in e["offences"]}
+            directions.append(
+                Direction(
+                    to=partner,
+                    offences=[o for o in doc["offences"] if o not in barred],
+                    excluded=excluded,
+                )
+            )
+        ops = [
+            {
+                "id": op.id,
+                "starts_at": op.starts_at,
+                "ends_at": op.ends_at,
+                "members": op.document["members"],
+                "status": op.status,
+            }
+            for op in repository.operations(session, doc["id"])
+            if agency_id in op.document["members"]
+        ]
+        fps = [
+            d.focal_point_id
+            for d in repository.designations(session, agreement_id=doc["id"])
+            if d.focal_point_id.startswith(f"{agency_id}/")
+        ]
+        views.append(
+            AgreementView(
+                id=doc["id"],
+                title=doc["title"],
+                version=version.version,
+                policy_sha256=version.sha256,
+                status=doc["status"],
+                valid_from=doc["valid_from"],
+                valid_until=doc.get("valid_until"),
+                subject_types=doc["subject_types"],
+                max_handling=doc["max_handling"],
+                onward_sharing=doc["onward_sharing"],
+                directions=directions,
+                operations=ops,
+                designated_focal_points=sorted(set(fps)),
+            )
+        )
+    return views
+
+
+def policy_for(session: Session, routing: dict[str, Any]) -> Policy:
+    """Gather what `decide` needs for this routing header (the only I/O of a scope check).
+
+    From the registry snapshot (broker/registry), which is checked against the registry's
+    stamp on every call: one short query while nothing changed.
+    """
+    return registry.current(session).policy(routing)

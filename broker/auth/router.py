@@ -1,0 +1,91 @@
+"""Principals and tokens (admin), and who am I."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter
+
+from broker.auth import service
+from broker.auth.models import Credential
+from broker.auth.schemas import Me, PrincipalIn, PrincipalOut, TokenIn, TokenOut
+from broker.auth.service import Caller
+from broker.deps import AdminCaller, AnyCaller, SessionDep
+from broker.errors import DuplicateId, Forbidden, InvalidRequest, NotFound, error_responses
+
+admin = APIRouter(prefix="/v1/admin", tags=["admin: access"])
+public = APIRouter(prefix="/v1", tags=["access"])
+
+
+def _token_out(principal: str, issued: tuple[Credential, str]) -> TokenOut:
+    credential, secret = issued
+    return TokenOut(
+        id=credential.id,
+        principal=principal,
+        prefix=credential.prefix,
+        expires_at=credential.expires_at,
+        token=secret,
+    )
+
+
+@admin.post(
+    "/principals",
+    status_code=201,
+    responses=error_responses(Forbidden, DuplicateId, InvalidRequest),
+)
+def create_principal(data: PrincipalIn, caller: AdminCaller, session: SessionDep) -> TokenOut:
+    """Create a principal bound to a focal point, an agency, agencies (auditor) or all; return its first token."""
+    principal = service.create_principal(
+        session,
+        name=data.name,
+        role=data.role,
+        actor=caller.actor,
+        agency_id=data.agency_id,
+        focal_point_id=data.focal_point_id,
+        audit_agencies=data.audit_agencies,
+    )
+    return _token_out(
+        principal.name,
+        service.issue_token(session, principal, actor=caller.actor, ttl_days=data.ttl_days),
+    )
+
+
+@admin.get("/principals", responses=error_responses(Forbidden))
+def list_principals(caller: AdminCaller, session: SessionDep) -> list[PrincipalOut]:
+    """Every principal (never their tokens)."""
+    return [PrincipalOut.model_validate(p) for p in service.list_principals(session)]
+
+
+@admin.post(
+    "/principals/{name}/tokens", status_code=201, responses=error_responses(Forbidden, NotFound)
+)
+def issue_token(name: str, data: TokenIn, caller: AdminCaller, session: SessionDep) -> TokenOut:
+    """Issue another token for a principal (rotation)."""
+    principal = service.principal_by_name(session, name)
+    return _token_out(
+        name, service.issue_token(session, principal, actor=caller.actor, ttl_days=data.ttl_days)
+    )
+
+
+@admin.post(
+    "/tokens/{token_id}/revoke", status_code=204, responses=error_responses(Forbidden, NotFound)
+)
+def revoke_token(token_id: uuid.UUID, caller: AdminCaller, session: SessionDep) -> None:
+    """Revoke a token; it stops working at once."""
+    service.revoke_token(session, token_id, actor=caller.actor)
+
+
+@public.get("/me", responses=error_responses(Forbidden))
+def me(caller: AnyCaller) -> Me:
+    """The authenticated principal and its binding."""
+    return _me(caller)
+
+
+def _me(caller: Caller) -> Me:
+    return Me(
+        name=caller.name,
+        role=caller.role.value,
+        agency_id=caller.agency_id,
+        focal_point_id=caller.focal_point_id,
+        audit_agencies=sorted(caller.audit_agencies) if caller.audit_agencies is not None else None,
+    )

@@ -1,0 +1,191 @@
+"""Principals, roles and API tokens (random, shown once, stored as an HMAC, expiring)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from sqlalchemy.orm import Session
+
+from broker.agencies import repository as agency_repo
+from broker.audit import service as audit
+from broker.auth import repository
+from broker.auth.models import Credential, Principal
+from broker.config import settings
+from broker.errors import DuplicateId, InvalidRequest, NotFound, Unauthenticated
+from broker.errors import TokenExpired as TokenExpired
+from broker.errors import TokenRevoked as TokenRevoked
+from broker.ids import new_id, utcnow
+
+TOKEN_PREFIX = "brk_"  # noqa: S105 - a recognisable prefix, not a secret
+
+
+class Role(StrEnum):
+    focal_point = "focal_point"
+    agency = "agency"
+    auditor = "auditor"
+    admin = "admin"
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The authenticated principal and what it is bound to."""
+
+    principal_id: uuid.UUID
+    name: str
+    role: Role
+    agency_id: str | None = None
+    focal_point_id: str | None = None
+    audit_agencies: frozenset[str] | None = None
+
+    @property
+    def actor(self) -> str:
+        """How the audit log names this caller."""
+        return f"{self.role.value}:{self.name}"
+
+    def oversees(self, agency_id: str) -> bool:
+        """Whether an auditor's binding covers `agency_id`."""
+        return self.role is Role.auditor and (
+            self.audit_agencies is None or agency_id in self.audit_agencies
+        )
+
+
+def hash_token(token: str) -> str:
+    """HMAC-SHA-256 under the server pepper: a slow KDF adds nothing for 256-bit tokens."""
+    pepper = settings().token_pepper.encode()
+    return hmac.new(pepper, token.encode(), hashlib.sha256).hexdigest()
+
+
+def authenticate(session: Session, token: str | None, *, now: datetime | None = None) -> Caller:
+    """Resolve a bearer token to its caller, or raise 401 with a precise code."""
+    if not token or not token.startswith(TOKEN_PREFIX) or len(token) > 100:
+        raise Unauthenticated("a bearer token (brk_...) is required")
+    # No cache in front of this query: a revoked token must fail on its next request.
+    found = repository.token(session, hash_token(token))
+    if found is None:
+        raise Unauthenticated("unknown token")
+    now = now or utcnow()
+    if found.revoked_at is not None:
+        raise TokenRevoked("this token was revoked")
+    if found.expires_at <= now:
+        raise TokenExpired("this token has expired")
+    if found.status != "active":
+        raise Unauthenticated("this principal is disabled")
+    return Caller(
+        principal_id=found.principal_id,
+        name=found.name,
+        role=Role(found.role),
+        agency_id=found.agency_id,
+        focal_point_id=found.focal_point_id,
+        audit_agencies=(
+            frozenset(found.audit_agencies) if found.audit_agencies is not None else None
+        ),
+    )
+
+
+def create_principal(
+    session: Session,
+    *,
+    name: str,
+    role: Role,
+    actor: str,
+    agency_id: str | None = None,
+    focal_point_id: str | None = None,
+    audit_agencies: list[str] | None = None,
+) -> Principal:
+    """Register a principal, checking that its binding fits its role."""
+    if repository.principal_by_name(session, name) is not None:
+        raise DuplicateId(f"principal {name!r} already exists")
+    if role is Role.focal_point:
+        fp = agency_repo.focal_point(session, focal_point_id or "")
+        if fp is None:
+            raise InvalidRequest(
+                f"focal_point role needs a registered focal point, got {focal_point_id!r}"
+            )
+        agency_id = fp.agency_id
+    elif role is Role.agency:
+        if agency_id is None or agency_repo.agency(session, agency_id) is None:
+            raise InvalidRequest(f"agency role needs a registered agency, got {agency_id!r}")
+        focal_point_id = None
+    elif role is Role.auditor:
+        for aid in audit_agencies or []:
+            if agency_repo.agency(session, aid) is None:
+                raise InvalidRequest(f"unknown agency {aid!r} in the auditor's binding")
+        agency_id = focal_point_id = None
+    else:
+        agency_id = focal_point_id = audit_agencies = None
+    principal = Principal(
+        id=new_id(),
+        name=name,
+        role=role.value,
+        agency_id=agency_id,
+        focal_point_id=focal_point_id,
+        audit_agencies=sorted(audit_agencies) if audit_agencies is not None else None,
+        status="active",
+        created_at=utcnow(),
+    )
+    session.add(principal)
+    session.flush()
+    audit.record(
+        session,
+        "admin.changed",
+        actor=actor,
+        subject=f"principal:{name}",
+        details={"action": "principal.created", "role": role.value, "agency": agency_id},
+    )
+    return principal
+
+
+def issue_token(
+    session: Session, principal: Principal, *, actor: str, ttl_days: int | None = None
+) -> tuple[Credential, str]:
+    """Create a token for `principal`; the secret is returned once and never stored."""
+    secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    now = utcnow()
+    credential = Credential(
+        id=new_id(),
+        principal_id=principal.id,
+        prefix=secret[:12],
+        token_hash=hash_token(secret),
+        created_at=now,
+        expires_at=now + timedelta(days=ttl_days or settings().token_ttl_days),
+        revoked_at=None,
+    )
+    session.add(credential)
+    session.flush()
+    audit.record(
+        session,
+        "token.issued",
+        actor=actor,
+        subject=f"principal:{principal.name}",
+        details={"credential": str(credential.id), "expires_at": credential.expires_at.isoformat()},
+    )
+    return credential, secret
+
+
+def revoke_token(session: Session, credential_id: uuid.UUID, *, actor: str) -> Credential:
+    """Revoke a token; it stops working on the next request."""
+    credential = repository.credential(session, credential_id)
+    if credential is None:
+        raise NotFound(f"no token {credential_id}")
+    if credential.revoked_at is None:
+        credential.revoked_at = utcnow()
+        audit.record(session, "token.revoked", actor=actor, subject=f"credential:{credential_id}")
+    return credential
+
+
+def list_principals(session: Session) -> Sequence[Principal]:
+    return repository.list_principals(session)
+
+
+def principal_by_name(session: Session, name: str) -> Principal:
+    found = repository.principal_by_name(session, name)
+    if found is None:
+        raise NotFound(f"no principal {name!r}")
+    return found

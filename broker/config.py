@@ -1,0 +1,142 @@
+"""Typed settings: one `Settings` object, `BROKER_` environment prefix."""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+from typing import Self
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Placeholders are fine on a developer's machine and refused anywhere else.
+DEV_PEPPER = "dev-only-token-pepper-change-me"
+DEV_KEY_PASSPHRASE = "dev-only-key-passphrase-change-me"  # noqa: S105
+
+
+class Profile(StrEnum):
+    """Embedded: SQLite and in-process work. Production: PostgreSQL, Redis, Celery."""
+
+    embedded = "embedded"
+    production = "production"
+
+
+class Environment(StrEnum):
+    development = "development"
+    production = "production"
+
+
+class Settings(BaseSettings):
+    """Everything the broker reads from its environment."""
+
+    # Compose/Kubernetes secrets: files named broker_<field> in BROKER_SECRETS_DIR.
+    model_config = SettingsConfigDict(
+        env_prefix="BROKER_",
+        env_file=None,
+        extra="ignore",
+        secrets_dir=os.environ.get("BROKER_SECRETS_DIR") or None,
+    )
+
+    profile: Profile = Profile.embedded
+    environment: Environment = Environment.development
+    data_dir: Path = Path("data")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default: SQLite file in data_dir"
+    )
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    keys_dir: Path | None = Field(
+        default=None, description="Broker's own receipt and log keys; default: data_dir/keys"
+    )
+    key_passphrase: str = DEV_KEY_PASSPHRASE
+    token_pepper: str = DEV_PEPPER
+    token_ttl_days: int = 90
+    log_origin: str = "broker.example.int/exchange-log/v1"
+    public_base_url: str = "http://127.0.0.1:8000"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # Kept open: as many as SessionDep admits at once (deps.py), so that a busy process does
+    # not open and close an overflow connection per request (docs/performance.md).
+    db_pool_size: int = 20
+    db_max_overflow: int = 0
+    max_envelope_bytes: int = 600 * 1024
+    max_request_bytes: int = 1024 * 1024
+    request_read_timeout_s: float = Field(
+        default=30.0, gt=0, description="a request body must arrive within this (else 408)"
+    )
+    # Rate limits (moving window, per minute) and long-poll caps: broker/ratelimit.py.
+    rate_limit_enabled: bool = True
+    rate_limit_storage: str | None = Field(
+        default=None, description="`limits` storage URI; default memory:// (embedded) or redis_url"
+    )
+    rate_default_per_minute: int = Field(default=1200, ge=1, description="per principal")
+    rate_submit_per_minute: int = Field(default=600, ge=1, description="submissions per principal")
+    rate_auth_failures_per_minute: int = Field(
+        default=600, ge=1, description="failed authentications per client address"
+    )
+    longpoll_per_agency: int = Field(default=4, ge=1, description="concurrent waiting polls")
+    longpoll_total: int = Field(
+        default=16, ge=1, description="concurrent waiting polls per process"
+    )
+    # Push delivery (optional per agency; polling stays the source of truth): broker/push.
+    push_max_attempts: int = Field(default=8, ge=1, description="then the push is dead-lettered")
+    push_backoff_base_s: float = Field(default=5.0, gt=0, description="first retry delay")
+    push_backoff_max_s: float = Field(default=3600.0, gt=0, description="longest retry delay")
+    push_timeout_s: float = Field(default=10.0, gt=0, le=60, description="per POST")
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The database URL, defaulting to a SQLite file in the data folder."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'broker.db').resolve()}"
+
+    @property
+    def broker_keys_dir(self) -> Path:
+        """Where the broker keeps its own (encrypted) receipt and log keys."""
+        return self.keys_dir if self.keys_dir is not None else self.data_dir / "keys"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.sqlalchemy_url.startswith("sqlite")
+
+    @model_validator(mode="after")
+    def _refuse_unsafe(self) -> Self:
+        if self.environment is not Environment.development:
+            placeholders = {DEV_PEPPER, DEV_KEY_PASSPHRASE}
+            if self.token_pepper in placeholders or self.key_passphrase in placeholders:
+                raise ValueError(
+                    "placeholder secrets are refused outside development: "
+                    "set BROKER_TOKEN_PEPPER and BROKER_KEY_PASSPHRASE"
+                )
+            if len(self.token_pepper) < 32 or len(self.key_passphrase) < 22:
+                raise ValueError("BROKER_TOKEN_PEPPER needs >= 32 chars, passphrase >= 22")
+        if self.profile is Profile.production and self.is_sqlite:
+            raise ValueError("the production profile needs PostgreSQL (BROKER_DATABASE_URL)")
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings (tests and the CLI may call `configure` to replace them)."""
+    return Settings()
+
+
+def configure(**overrides: object) -> Settings:
+    """Replace the process-wide settings (CLI flags, tests)."""
+    get_settings.cache_clear()
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+    _override.clear()
+    _override.append(settings)
+    return settings
+
+
+_override: list[Settings] = []
+
+
+def settings() -> Settings:
+    """Current settings: the configured override, else the environment."""
+    return _override[0] if _override else get_settings()

@@ -1,0 +1,93 @@
+"""The key directory: public JWKS and the admin key lifecycle."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from broker.deps import AdminCaller, AnyCaller, SessionDep
+from broker.directory import service
+from broker.directory.schemas import JWKSet, KeyIn, KeyOut, RevokeIn, RotateIn
+from broker.errors import (
+    DuplicateId,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    UnknownAgency,
+    error_responses,
+)
+
+admin = APIRouter(prefix="/v1/admin/keys", tags=["admin: keys"])
+public = APIRouter(prefix="/v1/directory", tags=["directory"])
+
+_KEY_ERRORS = (
+    Forbidden,
+    DuplicateId,
+    UnknownAgency,
+    InvalidRequest,
+    service.InvalidKey,
+    service.WrongCurve,
+    service.PrivateKeyMaterial,
+    service.KeyBinding,
+)
+
+
+@admin.post("", status_code=201, responses=error_responses(*_KEY_ERRORS))
+def register_key(data: KeyIn, caller: AdminCaller, session: SessionDep) -> KeyOut:
+    """Register a public key (OKP Ed25519 for signing, X25519 for encryption)."""
+    return KeyOut.model_validate(service.register(session, data, actor=caller.actor))
+
+
+@admin.get("", responses=error_responses(Forbidden))
+def list_keys(caller: AdminCaller, session: SessionDep, agency: str | None = None) -> list[KeyOut]:
+    """Every key, optionally of one agency."""
+    return [KeyOut.model_validate(k) for k in service.list_keys(session, agency_id=agency)]
+
+
+@admin.get("/{kid}", responses=error_responses(Forbidden, NotFound))
+def get_key(kid: str, caller: AdminCaller, session: SessionDep) -> KeyOut:
+    """One key with its status."""
+    return KeyOut.model_validate(service.get(session, kid))
+
+
+@admin.post("/{kid}/rotate", status_code=201, responses=error_responses(*_KEY_ERRORS, NotFound))
+def rotate_key(kid: str, data: RotateIn, caller: AdminCaller, session: SessionDep) -> KeyOut:
+    """Register the successor of a key and retire the old one."""
+    return KeyOut.model_validate(service.rotate(session, kid, data, actor=caller.actor))
+
+
+@admin.post("/{kid}/retire", responses=error_responses(Forbidden, NotFound, service.KeyNotActive))
+def retire_key(kid: str, caller: AdminCaller, session: SessionDep) -> KeyOut:
+    """Retire a key: no new use; past signatures stay valid."""
+    return KeyOut.model_validate(service.retire(session, kid, actor=caller.actor))
+
+
+@admin.post(
+    "/{kid}/revoke",
+    responses=error_responses(
+        Forbidden, NotFound, service.KeyNotActive, service.BadValidity, service.InvalidKey
+    ),
+)
+def revoke_key(kid: str, data: RevokeIn, caller: AdminCaller, session: SessionDep) -> KeyOut:
+    """Revoke a key, with `compromised_since` for a key compromise."""
+    return KeyOut.model_validate(service.revoke(session, kid, data, actor=caller.actor))
+
+
+@public.get("/jwks", response_model=JWKSet, responses=error_responses(Forbidden))
+def jwks(caller: AnyCaller, session: SessionDep, agency: str | None = None) -> dict[str, Any]:
+    """RFC 7517 JWK Set with status, validity and revocation metadata on each key."""
+    return service.jwks(session, agency_id=agency)
+
+
+@public.get("/broker", responses=error_responses(Forbidden))
+def broker_keys(caller: AnyCaller) -> dict[str, Any]:
+    """The broker's own public keys: receipt signing JWK and transparency-log verifier key."""
+    from broker import keyring
+
+    keys = keyring.load_or_create()
+    return {
+        "receipt_key": keys.receipt.public.jwk,
+        "log_key": keys.log_verifier_key,
+        "log_origin": keys.log_origin,
+    }

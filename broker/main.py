@@ -1,0 +1,189 @@
+"""create_app(): routers, problem+json error handlers, middleware, lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from prometheus_fastapi_instrumentator import Instrumentator
+from sqlalchemy.exc import DataError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from broker import __version__, migrations_check
+from broker.agencies import router as agencies
+from broker.agreements import router as agreements
+from broker.audit import router as audit
+from broker.auth import router as auth
+from broker.config import Profile, settings
+from broker.console import router as console
+from broker.crypto.errors import CryptoError
+from broker.deps import problem_response
+from broker.directory import router as directory
+from broker.errors import (
+    BrokerError,
+    FieldProblem,
+    InternalError,
+    InvalidRequest,
+    MalformedRequest,
+    MethodNotAllowed,
+    NotFound,
+    Unavailable,
+    error,
+)
+from broker.health import router as health
+from broker.inbox import router as inbox
+from broker.logging import configure_logging, get_logger
+from broker.messages import router as messages
+from broker.push import router as push
+
+_log = get_logger("broker.app")
+
+DESCRIPTION = """
+Secure inter-agency information exchange. Focal points submit alerts that are **signed and
+end-to-end encrypted** on their side; the broker checks the signed routing header against the
+cooperation agreement's scope without reading the content, stores the envelope, delivers it to
+partner inboxes and records every action on a Merkle transparency log.
+
+Authenticate with `Authorization: Bearer brk_...`. Every error is RFC 9457
+`application/problem+json` with a stable `code` and the `request_id`.
+"""
+
+
+def _crypto_error(exc: CryptoError) -> BrokerError:
+    return error(exc.code, exc.status_code, "Envelope or key refused")(exc.detail)
+
+
+def _pointer(loc: tuple[Any, ...]) -> str:
+    return "/" + "/".join(str(part) for part in loc)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error, including 404, 405 and validation, becomes problem+json with a code."""
+
+    @app.exception_handler(BrokerError)
+    async def broker_error(request: Request, exc: BrokerError) -> JSONResponse:
+        return problem_response(request, exc)
+
+    @app.exception_handler(CryptoError)
+    async def crypto_error(request: Request, exc: CryptoError) -> JSONResponse:
+        return problem_response(request, _crypto_error(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            FieldProblem(pointer=_pointer(tuple(e["loc"])), detail=e["msg"]) for e in exc.errors()
+        ]
+        malformed = any(e["type"] == "json_invalid" for e in exc.errors())
+        cls = MalformedRequest if malformed else InvalidRequest
+        return problem_response(request, cls(f"{len(errors)} invalid field(s)", errors=errors))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            return problem_response(request, NotFound("no such resource"))
+        if exc.status_code == 405:
+            err = MethodNotAllowed(
+                f"{request.method} is not allowed here", headers=dict(exc.headers or {})
+            )
+            return problem_response(request, err)
+        cls = error(f"http.{exc.status_code}", exc.status_code, "HTTP error")
+        return problem_response(request, cls(str(exc.detail)))
+
+    @app.exception_handler(OperationalError)
+    async def db_down(request: Request, exc: OperationalError) -> JSONResponse:
+        _log.error("database unavailable", error=type(exc).__name__)
+        return problem_response(
+            request, Unavailable("the database is unavailable", headers={"Retry-After": "5"})
+        )
+
+    @app.exception_handler(DataError)
+    async def unstorable(request: Request, exc: DataError) -> JSONResponse:
+        # A value the database cannot hold is the client's input, not a fault: PostgreSQL
+        # refuses NUL characters in text and JSON, and numbers beyond its integer types.
+        _log.warning("value refused by the database", error=type(exc.orig).__name__)
+        err = InvalidRequest("a value cannot be stored (NUL character or number out of range)")
+        return problem_response(request, err)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        _log.exception("unhandled error", error=type(exc).__name__)
+        return problem_response(request, InternalError("unexpected error; quote the request id"))
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    migrations_check.require_current()
+    from broker import keyring, ratelimit, ticker
+    from broker.audit import jobs as audit_jobs
+    from broker.inbox import jobs as inbox_jobs
+    from broker.inbox import notify
+    from broker.push import jobs as push_jobs
+
+    keyring.load_or_create()
+    ratelimit.on_startup()
+    inbox_jobs.install()
+    audit_jobs.install()
+    push_jobs.install()
+    worker = None
+    if settings().profile is Profile.embedded:
+        # The embedded default runs the same job functions in-process instead of Celery.
+        worker = ticker.Ticker()
+        worker.start()
+    else:
+        notify.ensure_listener()
+    try:
+        yield
+    finally:
+        if worker is not None:
+            worker.stop()
+
+
+def create_app() -> FastAPI:
+    """The broker's ASGI application."""
+    cfg = settings()
+    configure_logging(cfg.log_level, json=cfg.log_json)
+    app = FastAPI(
+        title="Inter-agency exchange broker",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    from broker import metrics  # noqa: F401 - registers the delivery metrics once
+    from broker.middleware import RequestContext
+
+    app.add_middleware(
+        RequestContext, max_body=cfg.max_request_bytes, read_timeout_s=cfg.request_read_timeout_s
+    )
+    install_error_handlers(app)
+    for module in (health, auth, agencies, directory, agreements, messages, inbox, audit, push):
+        for name in ("router", "public", "admin"):
+            router = getattr(module, name, None)
+            if router is not None:
+                app.include_router(router)
+    app.mount("/console", console.console_app(app))
+    static = resources.files("broker").joinpath("static")
+    app.mount("/static", StaticFiles(directory=str(static)), name="static")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="Exchange broker API",
+            swagger_js_url="/static/swagger/swagger-ui-bundle.js",
+            swagger_css_url="/static/swagger/swagger-ui.css",
+            swagger_favicon_url="/static/swagger/favicon.png",
+        )
+
+    Instrumentator(excluded_handlers=["/metrics", "/health/.*"]).instrument(app).expose(
+        app, include_in_schema=False
+    )
+    return app

@@ -1,0 +1,35 @@
+"""Import every domain's models so `Base.metadata` is complete (Alembic, tests)."""
+
+from broker.agencies.models import Agency, FocalPoint
+from broker.agreements.models import Agreement, AgreementVersion, Designation, Operation
+from broker.audit.models import AuditEvent, Checkpoint, LogLeaf, LogNode
+from broker.auth.models import Credential, Principal
+from broker.db import Base
+from broker.directory.models import PublicKey
+from broker.messages.models import Delivery, InboxCounter, Message, Outbox
+from broker.push.models import PushAttempt, PushEndpoint
+from broker.registry.models import RegistryState
+
+__all__ = [
+    "Agency",
+    "Agreement",
+    "AgreementVersion",
+    "AuditEvent",
+    "Base",
+    "Checkpoint",
+    "Credential",
+    "Delivery",
+    "Designation",
+    "FocalPoint",
+    "InboxCounter",
+    "LogLeaf",
+    "LogNode",
+    "Message",
+    "Operation",
+    "Outbox",
+    "Principal",
+    "PublicKey",
+    "PushAttempt",
+    "PushEndpoint",
+    "RegistryState",
+]

@@ -1,0 +1,1 @@
+"""The registry as the submit path reads it: one in-process snapshot, validated per request."""

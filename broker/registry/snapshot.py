@@ -1,0 +1,203 @@
+"""An in-process snapshot of the registry for the submit path, checked once per request.
+
+A submit needs the sender's key, the agreement version in force, the operation, the focal
+point's status and designations, and every recipient's encryption keys: six queries and their
+ORM rows per request, for data that changes a few times a day. `current(session)` instead
+reads one short row, the registry stamp (`registry_state`, changed by database triggers in
+the same transaction as every registry write), and reuses the snapshot loaded under that
+stamp. A revocation, a new agreement version or a suspended focal point therefore takes
+effect with the first request that starts after its commit, exactly as with direct queries.
+
+Ordering: the stamp is read before the tables, so a snapshot is never older than its stamp
+(under READ COMMITTED a later statement sees at least what an earlier one saw). A snapshot
+loaded inside a transaction that itself changed the registry carries that transaction's own
+stamp, which nobody else sees unless it commits (stamps are random, never reused).
+
+Time-dependent rules (key validity, designations, agreement and operation windows) are
+evaluated per request against the snapshot: only the rows are cached, never a decision.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
+
+from broker.agencies.models import FocalPoint
+from broker.agreements.models import Agreement, AgreementVersion, Designation, Operation
+from broker.agreements.policy import Designation as PolicyDesignation
+from broker.agreements.policy import Policy
+from broker.crypto.errors import CryptoError
+from broker.crypto.keys import PublicJWK, parse_public_jwk
+from broker.directory.models import PublicKey
+
+_STAMP = text("select stamp from registry_state where id = 1")
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryKey:
+    """A key row as the submit path needs it, with its public key parsed once."""
+
+    kid: str
+    agency_id: str
+    focal_point_id: str | None
+    use: str
+    jwk: Mapping[str, Any]
+    not_before: datetime
+    not_after: datetime
+    status: str
+    revocation_reason: str | None
+    public: PublicJWK | None  # None if the stored JWK does not parse (verify will say why)
+
+    def usable_at(self, moment: datetime) -> bool:
+        """Active and inside its validity window at `moment`."""
+        return self.status == "active" and self.not_before <= moment < self.not_after
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The registry rows that scope and key checks read, under one stamp."""
+
+    stamp: str | None
+    keys: Mapping[str, DirectoryKey] = field(default_factory=dict)
+    enc_keys: Mapping[str, tuple[DirectoryKey, ...]] = field(default_factory=dict)
+    agreements: Mapping[str, tuple[Mapping[str, Any], str]] = field(default_factory=dict)
+    operations: Mapping[str, tuple[Mapping[str, Any], str]] = field(default_factory=dict)
+    focal_points: Mapping[str, str] = field(default_factory=dict)
+    designations: Mapping[tuple[str, str], tuple[PolicyDesignation, ...]] = field(
+        default_factory=dict
+    )
+
+    def key(self, kid: str) -> DirectoryKey | None:
+        return self.keys.get(kid)
+
+    def encryption_keys(self, agency_id: str) -> tuple[DirectoryKey, ...]:
+        """An agency's encryption keys, oldest first."""
+        return self.enc_keys.get(agency_id, ())
+
+    def policy(self, routing: Mapping[str, Any]) -> Policy:
+        """What `policy.decide` needs for this routing header."""
+        agreement = self.agreements.get(routing["agreement"])
+        op_id = routing.get("operation")
+        operation = self.operations.get(op_id) if op_id else None
+        fp_status = self.focal_points.get(routing["sender_fp"])
+        return Policy(
+            agreement=agreement[0] if agreement else None,
+            agreement_sha256=agreement[1] if agreement else "",
+            operation=operation[0] if operation else None,
+            operation_sha256=operation[1] if operation else "",
+            designations=self.designations.get((routing["sender_fp"], routing["agreement"]), ()),
+            focal_point_active=fp_status == "active",
+        )
+
+
+def _parsed(jwk: Mapping[str, Any], use: str) -> PublicJWK | None:
+    try:
+        return parse_public_jwk(jwk, use="sig" if use == "sig" else "enc")
+    except CryptoError:
+        return None
+
+
+def load(session: Session, stamp: str | None) -> Snapshot:
+    """Read the registry tables (columns only, no ORM identities) into a snapshot."""
+    keys: dict[str, DirectoryKey] = {}
+    enc: dict[str, list[DirectoryKey]] = {}
+    k = PublicKey
+    for row in session.execute(
+        select(
+            k.kid,
+            k.agency_id,
+            k.focal_point_id,
+            k.use,
+            k.jwk,
+            k.not_before,
+            k.not_after,
+            k.status,
+            k.revocation_reason,
+        ).order_by(k.created_at, k.kid)
+    ):
+        entry = DirectoryKey(
+            kid=row.kid,
+            agency_id=row.agency_id,
+            focal_point_id=row.focal_point_id,
+            use=row.use,
+            jwk=row.jwk,
+            not_before=row.not_before,
+            not_after=row.not_after,
+            status=row.status,
+            revocation_reason=row.revocation_reason,
+            public=_parsed(row.jwk, row.use),
+        )
+        keys[entry.kid] = entry
+        if entry.use == "enc":
+            enc.setdefault(entry.agency_id, []).append(entry)
+    agreements = {
+        agreement_id: (document, sha256)
+        for agreement_id, document, sha256 in session.execute(
+            select(
+                AgreementVersion.agreement_id, AgreementVersion.document, AgreementVersion.sha256
+            )
+            .join(Agreement, Agreement.id == AgreementVersion.agreement_id)
+            .where(AgreementVersion.version == Agreement.current_version)
+        )
+    }
+    operations = {
+        op_id: (document, sha256)
+        for op_id, document, sha256 in session.execute(
+            select(Operation.id, Operation.document, Operation.sha256)
+        )
+    }
+    focal_points = {
+        fp_id: status for fp_id, status in session.execute(select(FocalPoint.id, FocalPoint.status))
+    }
+    designations: dict[tuple[str, str], list[PolicyDesignation]] = {}
+    for fp, agreement_id, valid_from, valid_until in session.execute(
+        select(
+            Designation.focal_point_id,
+            Designation.agreement_id,
+            Designation.valid_from,
+            Designation.valid_until,
+        ).order_by(Designation.focal_point_id, Designation.valid_from)
+    ):
+        designations.setdefault((fp, agreement_id), []).append(
+            PolicyDesignation(valid_from, valid_until)
+        )
+    return Snapshot(
+        stamp=stamp,
+        keys=keys,
+        enc_keys={agency: tuple(entries) for agency, entries in enc.items()},
+        agreements=agreements,
+        operations=operations,
+        focal_points=focal_points,
+        designations={pair: tuple(ds) for pair, ds in designations.items()},
+    )
+
+
+_lock = threading.Lock()
+_cached: list[Snapshot] = []
+
+
+def current(session: Session) -> Snapshot:
+    """The registry as of now, for this session's transaction: one short query when unchanged."""
+    stamp = session.execute(_STAMP).scalar()
+    if _cached and stamp is not None and _cached[0].stamp == stamp:
+        return _cached[0]
+    # One loader at a time: after a registry change every thread would otherwise reload.
+    with _lock:
+        if _cached and stamp is not None and _cached[0].stamp == stamp:
+            return _cached[0]
+        snapshot = load(session, stamp)
+        if stamp is not None:  # no stamp row (an emptied table): never cache
+            _cached[:] = [snapshot]
+        return snapshot
+
+
+def clear() -> None:
+    """Forget the cached snapshot (tests; the stamp makes this unnecessary in service)."""
+    with _lock:
+        _cached.clear()

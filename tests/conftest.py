@@ -1,0 +1,219 @@
+"""Test fixtures: every database test runs on the embedded default (SQLite) and on PostgreSQL.
+
+PostgreSQL and Redis are real. Point the tests at servers with BROKER_TEST_DATABASE_URL and
+BROKER_TEST_REDIS_URL; without them the dependent tests skip, except under CI=true, where a
+missing server is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+VECTORS = SHARED / "vectors"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+PG_URL = os.environ.get(
+    "BROKER_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+REDIS_URL = os.environ.get("BROKER_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def unavailable(what: str, setting: str, exc: Exception) -> None:
+    """Skip on a developer's machine, fail in CI: the real component is required there."""
+    message = f"{what} not reachable ({type(exc).__name__}: {exc}); set {setting} to point the tests at one"
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def _worker() -> str:
+    return os.environ.get("PYTEST_XDIST_WORKER", "main")
+
+
+def _run_id() -> str:
+    """Unique per pytest run, shared by its xdist workers: two runs never share a database."""
+    return os.environ.get("PYTEST_XDIST_TESTRUNUID", str(os.getpid()))[:10]
+
+
+def _postgres_admin(sql: str) -> None:
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    plain = make_url(PG_URL).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(plain, autocommit=True, connect_timeout=3) as conn:
+        conn.execute(sql)  # type: ignore[arg-type]
+
+
+def _postgres_db_name() -> str:
+    return f"broker_test_{_run_id()}_{_worker()}"
+
+
+def _postgres_url() -> str:
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    name = _postgres_db_name()
+    try:
+        _postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        _postgres_admin(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        unavailable("PostgreSQL", "BROKER_TEST_DATABASE_URL", exc)
+    return make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """A real Redis (database 15, flushed) or a skip with the setting to use."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(REDIS_URL, socket_timeout=3)
+        client.ping()
+        client.flushdb()
+    except redis.RedisError as exc:
+        unavailable("Redis", "BROKER_TEST_REDIS_URL", exc)
+    return REDIS_URL
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def backend(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """Configure the broker for one backend and migrate it; yields the backend's name."""
+    from broker import config, db, migrations_check
+
+    tmp = tmp_path_factory.mktemp(f"broker-{request.param}")
+    url = f"sqlite:///{tmp / 'broker.db'}" if request.param == "sqlite" else _postgres_url()
+    config.configure(
+        database_url=url,
+        data_dir=tmp,
+        keys_dir=tmp / "keys",
+        log_level="WARNING",
+        log_json=True,
+    )
+    db.reset_engine()
+    migrations_check.upgrade()
+    yield request.param
+    db.reset_engine()
+    if request.param == "postgresql":
+        _postgres_admin(f'DROP DATABASE IF EXISTS "{_postgres_db_name()}" WITH (FORCE)')
+
+
+@pytest.fixture
+def clean_db(backend: str) -> Iterator[str]:
+    """Each test starts from empty tables (the schema stays)."""
+    yield backend
+    from sqlalchemy import delete
+
+    from broker import db
+    from broker.models import Base
+
+    with db.session_scope() as session:
+        for table in reversed(Base.metadata.sorted_tables):
+            session.execute(delete(table))
+
+
+@pytest.fixture
+def session(clean_db: str) -> Iterator[Any]:
+    """A session committed at the end of the test, like a request's."""
+    from broker import db
+
+    with db.session_scope() as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def app(backend: str) -> Any:
+    from broker.main import create_app
+
+    return create_app()
+
+
+@pytest.fixture
+def client(app: Any, clean_db: str) -> Iterator[Any]:
+    from fastapi.testclient import TestClient
+
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
+
+
+@pytest.fixture
+def world(clean_db: str) -> dict[str, Any]:
+    """The world of ARCHITECTURE.md section 2, loaded through the registry services."""
+    from broker import db
+    from broker import world as world_mod
+
+    doc = world_mod.demo_world()
+    with db.session_scope() as s:
+        world_mod.load_world(s, doc, actor="test")
+    return doc
+
+
+TokenFactory = Callable[..., str]
+
+
+@pytest.fixture
+def token_for(clean_db: str) -> TokenFactory:
+    """`token_for("agency", agency_id="HK-CED")` -> a bearer token for a new principal."""
+    from broker import db
+    from broker.auth import service
+    from broker.auth.service import Role
+
+    def make(role: str, *, ttl_days: int | None = None, **binding: Any) -> str:
+        with db.session_scope() as s:
+            principal = service.create_principal(
+                s, name=f"{role}-{uuid.uuid4().hex[:8]}", role=Role(role), actor="test", **binding
+            )
+            _, secret = service.issue_token(s, principal, actor="test", ttl_days=ttl_days)
+        return secret
+
+    return make
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def admin_headers(token_for: TokenFactory) -> dict[str, str]:
+    return bearer(token_for("admin"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `postgres` run on the PostgreSQL backend only (deselected, not skipped)."""
+    keep, drop = [], []
+    for item in items:
+        on_sqlite = (
+            getattr(item, "callspec", None) is not None
+            and item.callspec.params.get("backend") == "sqlite"
+        )
+        (drop if on_sqlite and item.get_closest_marker("postgres") else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def live_url(clean_db: str) -> Iterator[str]:
+    """A real uvicorn serving the app on a free port, for clients that speak real HTTP."""
+    from broker.demo import ServerThread
+
+    server = ServerThread(free_port())
+    server.start()
+    server.wait_started()
+    yield f"http://127.0.0.1:{server.server.config.port}"
+    server.stop()

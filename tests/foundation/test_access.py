@@ -1,0 +1,183 @@
+"""Access control, table-driven: every route, every role, and every kind of bad token."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from fastapi.routing import APIRoute
+from sqlalchemy import update
+
+from broker import db
+from broker.auth.models import Credential
+from broker.auth.service import Role
+from broker.deps import RoleGate
+from broker.ids import utcnow
+from tests.conftest import bearer
+
+# Real object ids for path parameters, so allowed roles reach the service.
+PATH_VALUES = {
+    "agency_id": "VN-GDC",
+    "slug": "fp-hcm-01",
+    "agreement_id": "VN-HK-CMAA-2013",
+    "operation_id": "TWIN-GUARDIAN-II",
+    "name": "nobody",
+    "kid": "A" * 43,
+    "token_id": "01a209e8-cf03-74d1-ac62-45eda8e12c83",
+    "mid": "01a209e8-cf03-74d1-ac62-45eda8e12c84",
+}
+PUBLIC = {"/health/live", "/health/ready", "/metrics", "/openapi.json", "/docs"}
+# Signed notes and note keys are text by their own standards (C2SP); errors stay problem+json.
+TEXT_ROUTES = {"/v1/log/checkpoint", "/v1/log/key"}
+
+
+def gated_routes(app: Any) -> list[tuple[str, str, frozenset[Role]]]:
+    """(method, path, allowed roles) for every API route, read from its RoleGate."""
+    out = []
+    # FastAPI 0.16x keeps included routers nested; this yields their effective routes.
+    from fastapi.routing import _iter_included_route_candidates
+
+    for route in _iter_included_route_candidates(app.routes):
+        if not isinstance(route, APIRoute) or route.path in PUBLIC:
+            continue
+        gates = [d.call for d in route.dependant.dependencies if isinstance(d.call, RoleGate)]
+        assert len(gates) == 1, f"{route.path} must declare exactly one RoleGate"
+        for method in sorted(route.methods):
+            out.append((method, route.path, gates[0].roles))
+    return out
+
+
+def test_every_api_route_declares_its_roles(app: Any) -> None:
+    routes = gated_routes(app)
+    assert len(routes) >= 20
+    assert all(path.startswith("/v1/") for _, path, _ in routes)
+    # Administration is for administrators only.
+    assert all(roles == {Role.admin} for _, path, roles in routes if path.startswith("/v1/admin"))
+
+
+def _url(path: str) -> str:
+    return re.sub(r"\{(\w+)(:path)?\}", lambda m: PATH_VALUES[m.group(1)], path)
+
+
+@pytest.fixture
+def callers(world: dict[str, Any], token_for: Any) -> dict[str, str | None]:
+    """One token per role, plus no token, garbage, expired and revoked tokens."""
+    from broker.auth import service
+
+    expired = token_for("agency", agency_id="HK-CED")
+    revoked = token_for("agency", agency_id="HK-CED")
+    with db.session_scope() as s:
+        s.execute(
+            update(Credential)
+            .where(Credential.token_hash == service.hash_token(expired))
+            .values(expires_at=utcnow() - timedelta(seconds=1))
+        )
+        found = service.repository.credential_by_hash(s, service.hash_token(revoked))
+        assert found is not None
+        service.revoke_token(s, found[0].id, actor="test")
+    return {
+        "none": None,
+        "garbage": "brk_" + "x" * 43,
+        "expired": expired,
+        "revoked": revoked,
+        "admin": token_for("admin"),
+        "auditor": token_for("auditor", audit_agencies=["VN-GDC", "HK-CED"]),
+        "agency": token_for("agency", agency_id="HK-CED"),
+        "focal_point": token_for("focal_point", focal_point_id="VN-GDC/fp-hcm-01"),
+    }
+
+
+EXPECTED_401 = {
+    "none": "auth.unauthenticated",
+    "garbage": "auth.unauthenticated",
+    "expired": "auth.token_expired",
+    "revoked": "auth.token_revoked",
+}
+
+
+def test_every_route_with_every_caller(
+    app: Any, client: Any, callers: dict[str, str | None]
+) -> None:
+    checked = 0
+    for method, path, roles in gated_routes(app):
+        for who, token in callers.items():
+            headers = bearer(token) if token else {}
+            response = client.request(method, _url(path), headers=headers, json={})
+            where = f"{who} {method} {path}: {response.status_code} {response.text[:200]}"
+            assert response.status_code < 500, where
+            text_ok = path in TEXT_ROUTES and response.status_code == 200
+            assert text_ok or response.headers["content-type"].startswith("application/"), where
+            if who in EXPECTED_401:
+                assert response.status_code == 401, where
+                assert response.json()["code"] == EXPECTED_401[who], where
+            elif Role(who) not in roles:
+                assert response.status_code == 403, where
+                assert response.json()["code"] == "auth.forbidden", where
+            else:
+                assert response.status_code not in (401, 403), where
+            checked += 1
+    assert checked == len(gated_routes(app)) * len(callers)
+
+
+def test_auditor_and_agency_cannot_administer(client: Any, callers: dict[str, str | None]) -> None:
+    for who in ("auditor", "agency", "focal_point"):
+        token = callers[who]
+        assert token is not None
+        response = client.post(
+            "/v1/admin/principals", headers=bearer(token), json={"name": "sneaky", "role": "admin"}
+        )
+        assert response.status_code == 403
+
+
+def test_revocation_takes_effect_immediately(
+    client: Any, world: dict[str, Any], token_for: Any
+) -> None:
+    from broker.auth import service
+
+    token = token_for("agency", agency_id="HK-CED")
+    assert client.get("/v1/me", headers=bearer(token)).status_code == 200
+    with db.session_scope() as s:
+        found = service.repository.credential_by_hash(s, service.hash_token(token))
+        assert found is not None
+        service.revoke_token(s, found[0].id, actor="test")
+    assert client.get("/v1/me", headers=bearer(token)).json()["code"] == "auth.token_revoked"
+
+
+def test_tokens_are_stored_only_as_hashes(
+    client: Any, world: dict[str, Any], admin_headers: dict[str, str]
+) -> None:
+    issued = client.post(
+        "/v1/admin/principals",
+        headers=admin_headers,
+        json={"name": "hk-inbox", "role": "agency", "agency_id": "HK-CED"},
+    ).json()
+    token = issued["token"]
+    assert token.startswith("brk_")
+    assert len(token) >= 4 + 43
+    with db.session_scope() as s:
+        from sqlalchemy import select
+
+        stored = s.scalars(select(Credential.token_hash)).all()
+    assert token not in stored
+    me = client.get("/v1/me", headers=bearer(token)).json()
+    assert me == {
+        "name": "hk-inbox",
+        "role": "agency",
+        "agency_id": "HK-CED",
+        "focal_point_id": None,
+        "audit_agencies": None,
+    }
+
+
+def test_principal_binding_must_fit_role(
+    client: Any, world: dict[str, Any], admin_headers: dict[str, str]
+) -> None:
+    bad = client.post(
+        "/v1/admin/principals",
+        headers=admin_headers,
+        json={"name": "fp-nowhere", "role": "focal_point", "focal_point_id": "XX-NO/fp-01"},
+    )
+    assert bad.status_code == 422
+    assert bad.json()["code"] == "request.invalid"

@@ -1,0 +1,149 @@
+"""Conventions every client relies on: problem+json, request ids, probes, docs, metrics."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+
+from tests.conftest import bearer
+
+
+def test_health_and_readiness(client: Any) -> None:
+    assert client.get("/health/live").json() == {"status": "ok"}
+    ready = client.get("/health/ready")
+    assert ready.status_code == 200
+    assert ready.json()["checks"]["database"] == "ok"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code"),
+    [
+        ("get", "/v1/nothing-here", 404, "request.not_found"),
+        ("delete", "/v1/me", 405, "request.method_not_allowed"),
+        ("get", "/health/nothing", 404, "request.not_found"),
+    ],
+)
+def test_unknown_routes_are_problems(
+    client: Any, method: str, path: str, status: int, code: str
+) -> None:
+    response = getattr(client, method)(path)
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["code"] == code
+    assert body["status"] == status
+    assert body["type"] == f"urn:exchange-broker:problem:{code}"
+    assert body["request_id"] == response.headers["x-request-id"]
+
+
+def test_validation_errors_point_at_fields(
+    client: Any, world: Any, admin_headers: dict[str, str]
+) -> None:
+    response = client.post(
+        "/v1/admin/agencies",
+        headers=admin_headers,
+        json={"id": "lower-case", "name": "X", "country": "VN", "kind": "navy", "extra": 1},
+    )
+    assert response.status_code == 422
+    problem = response.json()
+    assert problem["code"] == "request.invalid"
+    pointers = {e["pointer"] for e in problem["errors"]}
+    assert {"/body/id", "/body/name", "/body/kind", "/body/extra"} <= pointers
+
+
+def test_malformed_json_is_400(client: Any, admin_headers: dict[str, str]) -> None:
+    response = client.post(
+        "/v1/admin/agencies",
+        headers={**admin_headers, "content-type": "application/json"},
+        content=b'{"id": ',
+    )
+    assert response.status_code == 400
+    assert response.json()["code"] == "request.malformed"
+
+
+def test_oversized_body_is_413_before_parsing(client: Any, admin_headers: dict[str, str]) -> None:
+    response = client.post(
+        "/v1/admin/agencies", headers=admin_headers, content=b"x" * (1024 * 1024 + 1)
+    )
+    assert response.status_code == 413
+    assert response.json()["code"] == "request.too_large"
+
+
+def test_request_id_is_echoed_or_made(client: Any) -> None:
+    assert (
+        client.get("/health/live", headers={"x-request-id": "trace-0001-abcd"}).headers[
+            "x-request-id"
+        ]
+        == "trace-0001-abcd"
+    )
+    made = client.get("/health/live", headers={"x-request-id": "bad id\n"}).headers["x-request-id"]
+    assert made != "bad id\n"
+    assert len(made) == 36
+
+
+def test_api_responses_are_not_cached(client: Any, world: Any, token_for: Any) -> None:
+    response = client.get("/v1/me", headers=bearer(token_for("agency", agency_id="HK-CED")))
+    assert response.headers["cache-control"] == "no-store"
+
+
+def test_docs_are_served_without_a_cdn(client: Any) -> None:
+    html = client.get("/docs").text
+    assert "/static/swagger/swagger-ui-bundle.js" in html
+    assert "cdn" not in html.lower()
+    assert client.get("/static/swagger/swagger-ui-bundle.js").status_code == 200
+
+
+def test_openapi_has_an_example_for_every_request_body(client: Any) -> None:
+    spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    missing = []
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            body = op.get("requestBody", {}).get("content", {}).get("application/json")
+            if body is None:
+                continue
+            if "examples" in body or "example" in body:
+                continue
+            ref = body["schema"].get("$ref", "")
+            schema = schemas.get(ref.split("/")[-1], body["schema"])
+            props = schema.get("properties", {})
+            if not props or not any("examples" in p or "default" in p for p in props.values()):
+                missing.append(f"{method.upper()} {path}")
+    assert missing == []
+
+
+def test_metrics_are_exposed(client: Any) -> None:
+    client.get("/health/live")
+    text = client.get("/metrics").text
+    assert "http_requests_total" in text or "http_request_duration" in text
+
+
+def test_logs_never_contain_tokens(
+    client: Any, world: Any, token_for: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from broker.logging import configure_logging
+
+    configure_logging("INFO", json=True)
+    token = token_for("agency", agency_id="HK-CED")
+    client.get("/v1/me", headers=bearer(token))
+    client.get("/v1/me", headers=bearer(token + "x"))
+    err = capsys.readouterr().err
+    assert '"path": "/v1/me"' in err
+    assert token not in err
+    logging.getLogger().setLevel("WARNING")
+
+
+def test_refuses_to_start_on_an_unmigrated_database(backend: str, tmp_path: Any) -> None:
+    from broker import config, db, migrations_check
+
+    saved = config.settings()
+    try:
+        config.configure(database_url=f"sqlite:///{tmp_path / 'empty.db'}", data_dir=tmp_path)
+        db.reset_engine()
+        with pytest.raises(migrations_check.NotMigrated, match="broker migrate"):
+            migrations_check.require_current()
+    finally:
+        config.configure(**saved.model_dump())
+        db.reset_engine()

@@ -1,0 +1,129 @@
+"""The `broker` CLI: administration against the database, and the demo end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from broker.cli.main import app
+
+runner = CliRunner()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_help_lists_the_groups() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for word in ("serve", "worker", "beat", "migrate", "demo", "admin"):
+        assert word in result.output
+
+
+def test_admin_commands_against_the_database(clean_db: str) -> None:
+    loaded = runner.invoke(app, ["admin", "load-world"])
+    assert loaded.exit_code == 0, loaded.output
+    assert json.loads(loaded.output)["created"]["agencies"] == 30
+    listed = json.loads(runner.invoke(app, ["admin", "agency", "list"]).output)
+    assert "NZ-POL" in {a["id"] for a in listed}
+    issued = runner.invoke(app, ["admin", "token", "create", "ops-admin", "--role", "admin"])
+    assert issued.exit_code == 0, issued.output
+    token = json.loads(issued.output)
+    assert token["token"].startswith("brk_")
+    tokens = json.loads(runner.invoke(app, ["admin", "token", "list", "ops-admin"]).output)
+    assert tokens[0]["prefix"] == token["token"][:12]
+    assert token["token"] not in json.dumps(tokens)
+    revoked = runner.invoke(app, ["admin", "token", "revoke", token["id"]])
+    assert revoked.exit_code == 0, revoked.output
+
+
+def test_admin_errors_are_problems(clean_db: str) -> None:
+    result = runner.invoke(
+        app, ["admin", "agency", "create", "VN-GDC", "--name", "Customs", "--country", "ZZ"]
+    )
+    assert result.exit_code == 2
+    assert '"registry.unknown_country"' in result.output
+
+
+@pytest.mark.slow
+def test_demo_exit_writes_credentials(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
+    port = _free_port()
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "broker.cli",
+            "demo",
+            "--exit",
+            "--data-dir",
+            str(tmp_path),
+            "--port",
+            str(port),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for text in (
+        "VN-HK-CMAA-2013",
+        "VN-NZ-TNC-2019",
+        "TWIN-GUARDIAN-II",
+        "MEKONG-DRAGON-V",
+        "NZ-POL",
+    ):
+        assert text in result.stdout
+    creds: dict[str, Any] = json.loads((tmp_path / "demo-credentials.json").read_text())
+    assert creds["base_url"] == f"http://127.0.0.1:{port}"
+    roles = {t["role"] for t in creds["tokens"].values()}
+    assert roles == {"admin", "auditor", "agency", "focal_point"}
+    assert creds["log_key"].startswith("broker.example.int/exchange-log/v1+")
+    assert oct((tmp_path / "demo-credentials.json").stat().st_mode & 0o777) == "0o600"
+    # Each step's outcome, as the scenario saw it through the API and the SDK.
+    outcomes = creds["outcomes"]
+    assert outcomes["delivered"] == "acknowledged"
+    assert sorted(outcomes["refusals"].values()) == [
+        "replay.mid_reused",
+        "scope.direction_excluded",
+        "scope.operation_outside_window",
+        "scope.recipient_not_party",
+    ]
+    assert outcomes["audit"]["verified"] is True
+    assert outcomes["audit"]["kinds"]["msg.rejected"] == 4
+    for code in ("scope.direction_excluded", "scope.operation_outside_window", "replay.mid_reused"):
+        assert code in result.stdout
+    assert Path(creds["keystore"]["folder"]).is_dir()
+    # Running it again on the same data folder works and keeps the world.
+    again = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "broker.cli",
+            "demo",
+            "--exit",
+            "--data-dir",
+            str(tmp_path),
+            "--port",
+            str(port),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    assert again.returncode == 0, again.stderr
