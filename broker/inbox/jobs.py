@@ -1,0 +1,18 @@
+"""Periodic and woken jobs of the inbox domain (ticker in embedded, Celery in production)."""
+
+from __future__ import annotations
+
+from broker import db, ticker
+from broker.inbox import service
+
+RELAY = service.RELAY_JOB
+
+
+def relay() -> int:
+    """Drain the outbox: make every queued delivery available."""
+    return service.relay_all(db.session_scope)
+
+
+def install() -> None:
+    """Register with the embedded ticker (the outbox sweep also covers lost wake-ups)."""
+    ticker.register(RELAY, 1.0, relay)

@@ -1,0 +1,44 @@
+"""API shapes for inbox polling and acknowledgements."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class InboxItem(BaseModel):
+    seq: int = Field(description="this inbox's sequence number; follow `next_cursor`")
+    mid: uuid.UUID
+    sender: str
+    kind: str
+    envelope: str = Field(description="the envelope exactly as the sender submitted it")
+    receipt: str = Field(description="the broker's signed receipt for it")
+    envelope_sha256: str
+    received_at: datetime
+    log_index: int | None
+
+
+class InboxPage(BaseModel):
+    items: list[InboxItem]
+    next_cursor: str = Field(description="pass as `after` to continue; never skips a delivery")
+
+
+class AckIn(BaseModel):
+    """A JWS `ack+jws` signed with one of the recipient agency's signing keys."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ack: str = Field(
+        examples=["eyJhbGciOiJFZDI1NTE5Iiwia2lkIjoi...In0.eyJ2IjoxLCJtaWQiOi...fQ.c2ln"]
+    )
+
+
+class AckOut(BaseModel):
+    mid: uuid.UUID
+    recipient: str
+    status: str
+    reason: str | None
+    acked_at: datetime
+    ack_sha256: str

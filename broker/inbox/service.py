@@ -1,0 +1,370 @@
+"""Delivery into inboxes (the outbox relay), cursor polling with long-poll, acknowledgements.
+
+Why the cursor never skips: a delivery gets its inbox number only when it becomes available,
+inside the transaction that makes it available, after taking the recipient's counter row lock
+(`INSERT INTO inbox_counters ... ON CONFLICT DO UPDATE ... RETURNING`, which locks the row as an
+UPDATE does). A second transaction delivering to the same inbox waits
+on that lock until the first commits, so numbers become visible in the order they were given:
+when a reader sees number n committed, every number below n is already committed. (On SQLite
+writers are serialised anyway.) An autoincrement id would not do: ids are drawn at insert time,
+and a transaction holding a lower id can commit after one holding a higher id has been read
+(tests/inbox/test_cursor.py shows both).
+
+How the relay never loses or doubles a delivery (research 4.1-4.2): the outbox row, the
+deliveries and the audit event committed with the message; the relay claims rows with
+`FOR UPDATE SKIP LOCKED`, makes the queued deliveries available, records `msg.delivered` and
+marks the row done, all in one transaction. A relay that dies mid-batch (kill -9, a lost
+connection) commits nothing and the rows stay for the next one; state guards and row locks make
+a second relay of the same message a no-op. Celery tasks and wake-ups carry nothing: whichever
+relay runs next (a woken task, the beat sweep, the embedded ticker) finds the work in the
+database.
+
+Attempts, per outbox row: fresh rows go in one batch transaction, the fast path. A row that
+is old (`STALE_S`: a relay failed or died holding it, or none ran) or already failed gets an
+attempt counted and a lease in its own committed transaction before it is tried again, so even
+a row that kills its worker every time is counted; from its second attempt it is tried alone,
+so one poison row cannot hold back the others; after `MAX_RELAY_ATTEMPTS` it is dead-lettered
+(kept, visible in the metrics, never deleted). A batch that fails for any other reason than
+the database being away is split and retried row by row at once; a lost database connection
+just ends the run, since nothing could be recorded anyway, and the next sweep starts over.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.orm import Session
+
+import schemas
+from broker import jobs, metrics
+from broker.audit import service as audit
+from broker.auth.service import Caller
+from broker.crypto import envelope as env
+from broker.crypto.keys import sha256_b64u
+from broker.directory import repository as directory
+from broker.errors import FieldProblem, NotFound, error
+from broker.faults import crash_point
+from broker.ids import epoch_ms, new_id, utcnow
+from broker.inbox import notify, repository
+from broker.inbox.repository import Claimed
+from broker.inbox.schemas import AckOut, InboxItem, InboxPage
+from broker.logging import get_logger
+from broker.push.models import JOB as PUSH_JOB
+from broker.push.models import TOPIC as PUSH
+
+_log = get_logger("broker.inbox")
+
+DELIVER = "deliver"
+RELAY_JOB = "outbox.relay"
+RELAY_BATCH = 500
+MAX_BATCHES_PER_RUN = 20  # then return; the woken task or the next sweep continues
+STALE_S = 10.0  # a pending row older than this: a relay failed or died holding it, or none ran
+RELAY_LEASE_S = 30.0  # a counted attempt holds its rows this long (then they are due again)
+MAX_RELAY_ATTEMPTS = 10
+MAX_PAGE = 500
+MAX_WAIT_S = 30.0
+
+SessionFactory = Callable[[], AbstractContextManager[Session]]
+
+BadAck = error("ack.invalid", 422, "Invalid acknowledgement")
+AckKeyNotOurs = error(
+    "ack.key_not_recipient", 422, "Acknowledgement not signed by the recipient agency"
+)
+AckConflict = error("ack.conflict", 409, "A different final acknowledgement was already recorded")
+BadCursor = error("inbox.bad_cursor", 400, "Bad cursor")
+
+
+def transient(exc: BaseException) -> bool:
+    """A database outage or a lost connection: nothing about the rows themselves."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+def _retry_delay(attempts: int) -> timedelta:
+    """Exponential backoff with jitter for a relay that failed on a row: 1 s, 2 s, ... 60 s."""
+    return timedelta(seconds=min(60.0, 2.0 ** max(attempts - 1, 0)) * random.uniform(0.5, 1.0))  # noqa: S311
+
+
+def _deliver(session: Session, claimed: Sequence[Claimed], now: datetime) -> None:
+    """Make the claimed messages' queued deliveries available, record them, settle the rows."""
+    rows = repository.queued_deliveries(session, [c.ref for c in claimed])
+    by_recipient: dict[str, list[Any]] = defaultdict(list)
+    for row in rows:
+        by_recipient[row.recipient].append(row)
+    updates: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
+    for recipient in sorted(by_recipient):  # one lock order everywhere: no deadlocks
+        items = by_recipient[recipient]
+        first = repository.take_seqs(session, recipient, len(items))
+        for offset, row in enumerate(items):
+            updates.append({"id": row.id, "seq": first + offset, "at": now})
+            events.append(
+                {
+                    "id": new_id(),
+                    "kind": "msg.delivered",
+                    "actor": "broker:relay",
+                    "subject": recipient,
+                    "details": {
+                        "mid": str(row.mid),
+                        "sender": row.sender,
+                        "recipient": recipient,
+                        "delay_ms": epoch_ms(now) - epoch_ms(row.received_at),
+                    },
+                    "created_at": now,
+                    "leaf_index": None,
+                }
+            )
+    repository.make_available(session, updates)
+    repository.add_events(session, events)
+    push_refs = [row.id for row in rows if row.push]
+    repository.add_outbox(session, PUSH, push_refs, now)
+    crash_point("relay.after_seq")
+    repository.mark_outbox_done(session, [c.id for c in claimed], now)
+    if by_recipient:
+        notify.after_commit(session, by_recipient.keys())
+        jobs.after_commit(session, audit.SEQUENCE_JOB)
+    if push_refs:
+        jobs.after_commit(session, PUSH_JOB)
+
+
+def relay(session: Session, *, batch: int = RELAY_BATCH) -> tuple[int, list[list[int]]]:
+    """One fast-path pass: deliver the fresh rows of a batch; count and lease the others.
+
+    Returns how many rows it claimed and the groups of leased rows to try next, each in its
+    own transaction (`relay_leased`), once this one has committed their attempt.
+    """
+    now = utcnow()
+    claimed = repository.claim_outbox(session, DELIVER, batch, now)
+    stale = now - timedelta(seconds=STALE_S)
+    fresh = [c for c in claimed if c.attempts == 0 and c.created_at > stale]
+    suspect = [c for c in claimed if c.attempts > 0 or c.created_at <= stale]
+    dead = [c.id for c in suspect if c.attempts >= MAX_RELAY_ATTEMPTS]
+    if dead:
+        repository.dead_letter(session, dead, now, f"gave up after {MAX_RELAY_ATTEMPTS} attempts")
+        _log.error("outbox rows dead-lettered", topic=DELIVER, ids=dead)
+    retry = [c for c in suspect if c.attempts < MAX_RELAY_ATTEMPTS]
+    repository.lease_outbox(session, [c.id for c in retry], now + timedelta(seconds=RELAY_LEASE_S))
+    if fresh:
+        _deliver(session, fresh, now)
+    # A first retry goes as a batch; from the second on, alone (a poison row stays alone).
+    groups = [[c.id for c in retry if c.attempts == 0]] + [[c.id] for c in retry if c.attempts]
+    return len(claimed), [g for g in groups if g]
+
+
+def relay_leased(session_factory: SessionFactory, ids: list[int]) -> int:
+    """Deliver leased rows (their attempt is already counted); split a failing group."""
+    try:
+        with session_factory() as session:
+            now = utcnow()
+            claimed = repository.claim_outbox_ids(session, ids)
+            if claimed:
+                _deliver(session, claimed, now)
+            return len(claimed)
+    except Exception as exc:
+        if transient(exc):
+            raise
+        if len(ids) > 1:
+            return sum(relay_leased(session_factory, [i]) for i in ids)
+        reason = _describe(exc)
+        with session_factory() as session:
+            for row in repository.claim_outbox_ids(session, ids):
+                when = utcnow() + _retry_delay(row.attempts)
+                repository.retry_outbox_at(session, [row.id], when, reason, count=False)
+        _log.warning("outbox row failed; retried later", topic=DELIVER, id=ids[0], error=reason)
+        return 0
+
+
+def relay_all(session_factory: SessionFactory) -> int:
+    """Drain the outbox, one transaction per batch (the task, the sweep and the ticker)."""
+    total = 0
+    for _ in range(MAX_BATCHES_PER_RUN):
+        held: list[int] = []
+        try:
+            with session_factory() as session:
+                claimed, groups = relay(session)
+                held = [i for g in groups for i in g]
+        except Exception as exc:
+            if transient(exc):
+                raise
+            # The pass rolled back. Count an attempt on each row it held and try them again
+            # as leased rows: a failing group is split until the bad row is alone.
+            with session_factory() as session:
+                now = utcnow()
+                rows = repository.claim_outbox(session, DELIVER, RELAY_BATCH, now)
+                repository.lease_outbox(
+                    session, [r.id for r in rows], now + timedelta(seconds=RELAY_LEASE_S)
+                )
+                claimed, groups = len(rows), [[r.id for r in rows]]
+            _log.warning("relay batch failed; retrying its rows", error=_describe(exc))
+        for group in groups:
+            relay_leased(session_factory, group)
+        total += claimed
+        if claimed < RELAY_BATCH and not held:
+            return total
+    jobs.wake(RELAY_JOB)  # more is due: run again soon rather than hold this worker
+    return total
+
+
+def _describe(exc: BaseException) -> str:
+    """The error's class and first line (never parameters: SQLAlchemy appends them)."""
+    lines = str(getattr(exc, "orig", None) or exc).splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:200]
+
+
+def _cursor(after: str | None) -> int:
+    if after is None or after == "":
+        return 0
+    if not after.isdigit() or len(after) > 18:
+        raise BadCursor("the cursor is the `next_cursor` of the previous page")
+    return int(after)
+
+
+def poll(session: Session, caller: Caller, after: str | None, limit: int) -> InboxPage:
+    """One page of the caller's inbox after the cursor; records first fetches."""
+    agency = caller.agency_id
+    assert agency is not None
+    start = _cursor(after)
+    rows = repository.page(session, agency, start, min(max(limit, 1), MAX_PAGE))
+    now = utcnow()
+    fetched = set(
+        repository.mark_fetched(session, [r.id for r in rows if r.state == "available"], now)
+    )
+    for row in rows:
+        if row.id in fetched:
+            audit.record(
+                session,
+                "msg.fetched",
+                actor=caller.actor,
+                subject=agency,
+                details={"mid": str(row.mid), "sender": row.sender, "recipient": agency},
+            )
+            # Observed here, from the database's timestamps, whichever process relayed it.
+            metrics.observe_after_commit(
+                session,
+                metrics.ACCEPTED_TO_AVAILABLE,
+                (row.available_at - row.received_at).total_seconds(),
+            )
+            metrics.observe_after_commit(
+                session, metrics.AVAILABLE_TO_FETCHED, (now - row.available_at).total_seconds()
+            )
+    if fetched:
+        jobs.after_commit(session, audit.SEQUENCE_JOB)
+    items = [
+        InboxItem(
+            seq=r.inbox_seq,
+            mid=r.mid,
+            sender=r.sender,
+            kind=r.kind,
+            envelope=r.envelope,
+            receipt=r.receipt,
+            envelope_sha256=r.envelope_sha256,
+            received_at=r.received_at,
+            log_index=r.leaf_index,
+        )
+        for r in rows
+    ]
+    return InboxPage(items=items, next_cursor=str(items[-1].seq if items else start))
+
+
+def wait_for(agency: str, seen: int, wait_s: float) -> None:
+    """Block until the agency's inbox is woken or the wait ends (no database loop)."""
+    notify.ensure_listener()
+    notify.board.wait(agency, seen, min(max(wait_s, 0.0), MAX_WAIT_S))
+
+
+def acknowledge(session: Session, caller: Caller, mid: uuid.UUID, ack_jws: str) -> AckOut:
+    """Verify and record the recipient's signed acknowledgement (idempotent)."""
+    agency = caller.agency_id
+    assert agency is not None
+    kid = env.compact_kid(ack_jws, env.TYP_ACK)
+    key = directory.key(session, kid)
+    if key is None or key.use != "sig" or key.agency_id != agency or key.status == "revoked":
+        raise AckKeyNotOurs(f"key {kid} is not a valid signing key of {agency}")
+    payload = env.verify_compact(ack_jws, key.jwk, env.TYP_ACK)
+    try:
+        schemas.validate("ack", payload)
+    except schemas.SchemaError as exc:
+        problems = [FieldProblem(pointer="/ack" + e.pointer, detail=e.message) for e in exc.errors]
+        raise BadAck("the acknowledgement is invalid", errors=problems) from exc
+    if payload["mid"] != str(mid):
+        raise BadAck(f"the acknowledgement is for {payload['mid']}, not {mid}")
+    found = repository.delivery_with_message(session, agency, mid, payload["envelope_sha256"])
+    if found is None:
+        raise NotFound(f"no message {mid} with that envelope in your inbox")
+    delivery, message = found
+    digest = sha256_b64u(ack_jws.encode())
+    if delivery.ack_status in ("decrypted", "rejected"):
+        if delivery.ack_sha256 == digest or (
+            delivery.ack_status == payload["status"]
+            and delivery.ack_reason == payload.get("reason")
+        ):
+            return _ack_out(delivery, message.mid)
+        raise AckConflict(f"{mid} was already acknowledged as {delivery.ack_status}")
+    now = utcnow()
+    delivery.state, delivery.acked_at = "acknowledged", now
+    delivery.ack_status, delivery.ack_reason = payload["status"], payload.get("reason")
+    delivery.ack, delivery.ack_sha256 = ack_jws, digest
+    if delivery.fetched_at is None:
+        delivery.fetched_at = now
+    metrics.observe_after_commit(
+        session, metrics.ACCEPTED_TO_ACKNOWLEDGED, (now - message.received_at).total_seconds()
+    )
+    audit.record(
+        session,
+        "msg.acked",
+        actor=caller.actor,
+        subject=agency,
+        details={
+            "mid": str(mid),
+            "sender": message.sender,
+            "recipient": agency,
+            "ack_sha256": digest,
+            "status": payload["status"],
+            "reason": payload.get("reason"),
+            "agreement": message.agreement_id,
+            "delay_ms": epoch_ms(now) - epoch_ms(message.received_at),
+        },
+    )
+    jobs.after_commit(session, audit.SEQUENCE_JOB)
+    return _ack_out(delivery, message.mid)
+
+
+def _ack_out(delivery: Any, mid: uuid.UUID) -> AckOut:
+    return AckOut(
+        mid=mid,
+        recipient=delivery.recipient,
+        status=delivery.ack_status,
+        reason=delivery.ack_reason,
+        acked_at=delivery.acked_at,
+        ack_sha256=delivery.ack_sha256,
+    )
+
+
+def overdue(session: Session, now: datetime | None = None) -> dict[str, int]:
+    """Deliveries not acknowledged within their agreement's `ack_deadline`, per recipient.
+
+    The same rule as the `overdue` flag of `GET /v1/messages/{mid}`: the deadline of the
+    agreement's current version, counted from the broker's acceptance time.
+    """
+    from broker.agreements import repository as agreements
+    from broker.messages.service import parse_duration
+
+    now = now or utcnow()
+    counts: dict[str, int] = defaultdict(int)
+    for version in agreements.current_versions(session):
+        deadline = parse_duration(version.document.get("ack_deadline"))
+        if deadline is None:
+            continue
+        for recipient, count in repository.unacknowledged_since(
+            session, version.agreement_id, now - deadline
+        ):
+            counts[recipient] += int(count)
+    return dict(counts)

@@ -1,0 +1,133 @@
+"""Messages as received (envelope bytes verbatim), their deliveries, and the outbox."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from broker.db import Base, JSONDoc
+from broker.ids import new_id, utcnow
+
+
+class Message(Base):
+    """An accepted envelope. `(sender, mid)` is unique forever: the replay guard."""
+
+    __tablename__ = "messages"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    sender: Mapped[str] = mapped_column(ForeignKey("agencies.id"))
+    mid: Mapped[uuid.UUID]
+    kind: Mapped[str] = mapped_column(String(12))
+    sender_fp: Mapped[str] = mapped_column(String(48))
+    sender_kid: Mapped[str] = mapped_column(String(43))
+    agreement_id: Mapped[str] = mapped_column(String(48))
+    operation_id: Mapped[str | None] = mapped_column(String(48))
+    offence: Mapped[str] = mapped_column(String(40))
+    handling: Mapped[str] = mapped_column(String(20))
+    routing: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
+    in_reply_to: Mapped[uuid.UUID | None]
+    envelope: Mapped[str] = mapped_column(Text)
+    envelope_sha256: Mapped[str] = mapped_column(String(43))
+    policy_sha256: Mapped[str] = mapped_column(String(43))
+    receipt: Mapped[str] = mapped_column(Text)
+    event_id: Mapped[uuid.UUID]
+    iat: Mapped[int] = mapped_column(BigInteger)
+    exp: Mapped[int] = mapped_column(BigInteger)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("sender", "mid", name="uq_messages_sender_mid"),
+        CheckConstraint("kind in ('alert', 'feedback')", name="kind"),
+        Index("ix_messages_in_reply_to", "in_reply_to"),
+    )
+
+
+class Delivery(Base):
+    """One message for one recipient agency: queued -> available -> fetched -> acknowledged.
+
+    `inbox_seq` is assigned when the delivery becomes available, under the recipient's
+    counter row lock, so sequence numbers commit in order and a cursor never skips one.
+    """
+
+    __tablename__ = "deliveries"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    message_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("messages.id"))
+    recipient: Mapped[str] = mapped_column(ForeignKey("agencies.id"))
+    state: Mapped[str] = mapped_column(String(12), default="queued")
+    inbox_seq: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    available_at: Mapped[datetime | None]
+    fetched_at: Mapped[datetime | None]
+    acked_at: Mapped[datetime | None]
+    ack_status: Mapped[str | None] = mapped_column(String(12))
+    ack_reason: Mapped[str | None] = mapped_column(String(40))
+    ack_sha256: Mapped[str | None] = mapped_column(String(43))
+    ack: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        UniqueConstraint("message_id", "recipient", name="uq_deliveries_message_recipient"),
+        UniqueConstraint("recipient", "inbox_seq", name="uq_deliveries_recipient_seq"),
+        CheckConstraint(
+            "state in ('queued', 'available', 'fetched', 'acknowledged')", name="state"
+        ),
+        Index("ix_deliveries_queued", "state", "created_at"),
+    )
+
+
+class InboxCounter(Base):
+    """The next inbox sequence number of an agency; its row lock orders deliveries."""
+
+    __tablename__ = "inbox_counters"
+
+    agency_id: Mapped[str] = mapped_column(ForeignKey("agencies.id"), primary_key=True)
+    next_seq: Mapped[int] = mapped_column(BigInteger, default=1)
+
+
+class Outbox(Base):
+    """Work committed with the action that caused it; the relay and the sweep drain it.
+
+    Topics: `deliver` (ref = message id: make its deliveries available) and `push` (ref =
+    delivery id: POST it to the recipient's push endpoint). A row is pending until `done_at`;
+    `attempts` counts tries that failed or were cut short, `next_attempt_at` holds the backoff
+    (or a push lease), and after too many attempts the row is dead-lettered (`dead_at`), kept
+    for an operator, never deleted. Retry schedules live here, not in Celery countdowns.
+    """
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    topic: Mapped[str] = mapped_column(String(32))
+    ref: Mapped[uuid.UUID]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    attempts: Mapped[int] = mapped_column(default=0)
+    done_at: Mapped[datetime | None]
+    next_attempt_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(String(200))
+    dead_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        Index(
+            "ix_outbox_pending",
+            "topic",
+            "id",
+            postgresql_where="done_at is null and dead_at is null",
+            sqlite_where=text("done_at is null and dead_at is null"),
+        ),
+    )

@@ -1,0 +1,93 @@
+"""API shapes for submission, scope checks and message status."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+EXAMPLE_ROUTING: dict[str, Any] = {
+    "v": 1,
+    "kind": "alert",
+    "mid": "019ab0a2-6a1e-7c3b-9d2e-5b8f4a1c2d3e",
+    "iat": 1795000000,
+    "exp": 1795604800,
+    "sender": "VN-GDC",
+    "sender_fp": "VN-GDC/fp-hcm-01",
+    "recipients": ["HK-CED"],
+    "agreement": "VN-HK-CMAA-2013",
+    "operation": None,
+    "offence": "cites_wildlife",
+    "subject_types": ["route", "shipment"],
+    "priority": "urgent",
+    "handling": "TLP:AMBER",
+}
+
+
+class SubmitIn(BaseModel):
+    """A compact JWS (`typ: alert-envelope+jws`) built by the SDK: sign, encrypt, sign."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    envelope: str = Field(
+        min_length=10,
+        examples=["eyJhbGciOiJFZDI1NTE5Iiwia2lkIjoi...In0.eyJyb3V0aW5nIjp7...fX0.c2lnbmF0dXJl"],
+    )
+
+
+class Receipt(BaseModel):
+    """The broker's signed promise to deliver and to log (PROTOCOL.md section 7 and note)."""
+
+    mid: uuid.UUID
+    receipt: str = Field(
+        description="JWS `broker-receipt+jws` signed with the broker's receipt key"
+    )
+    envelope_sha256: str
+    accepted_at: datetime
+    event_id: uuid.UUID
+    log_index: int | None = Field(description="set once the log sequencer has included the event")
+
+
+class CheckIn(BaseModel):
+    """A routing header to dry-run against the scope rules before encrypting."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    routing: dict[str, Any] = Field(examples=[EXAMPLE_ROUTING])
+
+
+class CheckOut(BaseModel):
+    decision: str = Field(examples=["reject"])
+    code: str | None = Field(default=None, examples=["scope.direction_excluded"])
+    detail: str | None = None
+    policy_sha256: str | None = None
+    recipient_keys: dict[str, str] = Field(
+        default_factory=dict, description="the encryption key (kid) to use for each recipient"
+    )
+
+
+class DeliveryStatus(BaseModel):
+    recipient: str
+    state: str
+    available_at: datetime | None
+    fetched_at: datetime | None
+    acked_at: datetime | None
+    ack_status: str | None
+    ack_reason: str | None
+    overdue: bool = Field(description="not acknowledged within the agreement's ack_deadline")
+
+
+class MessageStatus(BaseModel):
+    mid: uuid.UUID
+    kind: str
+    sender: str
+    sender_fp: str
+    agreement: str
+    operation: str | None
+    offence: str
+    received_at: datetime
+    envelope_sha256: str
+    log_index: int | None
+    deliveries: list[DeliveryStatus]

@@ -1,0 +1,439 @@
+"""Submission (PROTOCOL.md 4.4, cheap checks first, fail closed), dry runs and status.
+
+The broker never decrypts: it verifies the outer signature against the key directory, checks
+the signed routing header against the agreement in force, checks the JWE's shape and recipient
+entries, and then stores the envelope verbatim with its deliveries, audit event and outbox row
+in one transaction. Every refusal after authentication is itself recorded (`msg.rejected`, with
+the envelope's hash, never the envelope).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+import schemas
+from broker import jobs, keyring
+from broker.agreements import policy as scope
+from broker.audit import service as audit
+from broker.auth.service import Caller
+from broker.config import settings
+from broker.crypto import envelope as env
+from broker.crypto.errors import CryptoError
+from broker.crypto.keys import sha256_b64u
+from broker.errors import BrokerError, FieldProblem, NotFound, error
+from broker.ids import epoch_ms, new_id, utcnow
+from broker.messages import repository
+from broker.messages.models import Message
+from broker.messages.schemas import CheckOut, DeliveryStatus, MessageStatus, Receipt
+from broker.registry import snapshot as registry
+from broker.registry.snapshot import DirectoryKey, Snapshot
+
+IAT_PAST_S = 300
+IAT_FUTURE_S = 120
+MAX_TTL_S = 30 * 24 * 3600
+MAX_MERGE_DELAY_MS = 1000
+
+MissingIdempotencyKey = error("idempotency.missing", 400, "Idempotency-Key header required")
+IdempotencyKeyMismatch = error(
+    "idempotency.key_mismatch", 400, "Idempotency-Key must equal the mid"
+)
+InFlight = error("idempotency.in_flight", 409, "The same message is being accepted")
+MidReused = error("replay.mid_reused", 422, "Message id reused with a different envelope")
+IatOutOfWindow = error("replay.iat_out_of_window", 422, "Issued-at outside the accepted window")
+BadExpiry = error("envelope.bad_exp", 422, "Bad expiry")
+BadRouting = error("envelope.bad_routing", 422, "Invalid routing header")
+SenderMismatch = error(
+    "envelope.sender_mismatch", 422, "Routing sender does not own the signing key"
+)
+NotTheSigner = error("auth.sender_mismatch", 403, "Authenticated focal point is not the signer")
+UnknownKey = error("key.unknown", 422, "Unknown signing key")
+KeyNotSigning = error("key.wrong_use", 422, "Not a signing key")
+KeyRevoked = error("key.revoked", 422, "Signing key revoked")
+KeyRetired = error("key.retired", 422, "Signing key retired")
+KeyNotValidNow = error("key.not_valid_now", 422, "Signing key outside its validity")
+RecipientNoKey = error("key.recipient_no_key", 422, "A recipient has no valid encryption key")
+FeedbackUnknownAlert = error("scope.feedback_unknown_alert", 403, "Feedback on an unknown alert")
+FeedbackNotRecipient = error(
+    "scope.feedback_not_recipient", 403, "Feedback from an agency that did not receive the alert"
+)
+FeedbackWrongAddress = error(
+    "scope.feedback_wrong_recipient", 403, "Feedback goes back to the alert's sender only"
+)
+FeedbackOtherAgreement = error(
+    "scope.feedback_other_agreement", 403, "Feedback under another agreement"
+)
+
+
+def scope_error(code: str) -> type[BrokerError]:
+    """Scope refusals are 403 with their own `scope.*` code."""
+    return error(code, 403, "Outside the agreement's scope")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the router returns: a receipt (201 new, 200 replay) or a recorded refusal."""
+
+    status: int
+    receipt: Receipt | None = None
+    refusal: BrokerError | None = None
+
+
+def _routing_errors(exc: schemas.SchemaError) -> list[FieldProblem]:
+    return [FieldProblem(pointer="/routing" + e.pointer, detail=e.message) for e in exc.errors]
+
+
+def _signing_key(snap: Snapshot, kid: str, now: datetime) -> DirectoryKey:
+    key = snap.key(kid)
+    if key is None:
+        raise UnknownKey(f"no key {kid} in the directory")
+    if key.use != "sig":
+        raise KeyNotSigning(f"key {kid} is an encryption key")
+    if key.status == "revoked":
+        raise KeyRevoked(f"key {kid} was revoked ({key.revocation_reason})")
+    if key.status == "retired":
+        raise KeyRetired(f"key {kid} is retired")
+    if not key.not_before <= now < key.not_after:
+        raise KeyNotValidNow(f"key {kid} is valid from {key.not_before} to {key.not_after}")
+    return key
+
+
+def _check_time(routing: dict[str, Any], now: datetime) -> None:
+    t = int(now.timestamp())
+    iat, exp = routing["iat"], routing["exp"]
+    if not t - IAT_PAST_S <= iat <= t + IAT_FUTURE_S:
+        raise IatOutOfWindow(f"iat {iat} is outside [{t - IAT_PAST_S}, {t + IAT_FUTURE_S}]")
+    if not (exp > t and iat < exp <= iat + MAX_TTL_S):
+        raise BadExpiry(f"exp must be after now and at most {MAX_TTL_S} s after iat")
+
+
+def _check_feedback(session: Session, routing: dict[str, Any]) -> None:
+    alert_mid = uuid.UUID(routing["in_reply_to"])
+    received = [
+        (m, d)
+        for m, d in repository.received_by(session, routing["sender"], alert_mid)
+        if m.kind == "alert"
+    ]
+    if not received:
+        raise FeedbackNotRecipient(f"{routing['sender']} did not receive alert {alert_mid}")
+    alert, _ = received[0]
+    if routing["recipients"] != [alert.sender]:
+        raise FeedbackWrongAddress(f"feedback on {alert_mid} goes to {alert.sender} only")
+    if routing["agreement"] != alert.agreement_id:
+        raise FeedbackOtherAgreement(f"alert {alert_mid} was sent under {alert.agreement_id}")
+
+
+def _recipient_keys(snap: Snapshot, recipients: list[str], now: datetime) -> dict[str, list[str]]:
+    """Each recipient's currently valid encryption keys, oldest first."""
+    usable = {r: [k.kid for k in snap.encryption_keys(r) if k.usable_at(now)] for r in recipients}
+    if missing := [r for r, kids in usable.items() if not kids]:
+        raise RecipientNoKey(f"no valid encryption key for {missing}")
+    return usable
+
+
+def _decide(snap: Snapshot, routing: dict[str, Any], now: datetime) -> str:
+    decision = scope.decide(snap.policy(routing), routing, now)
+    if isinstance(decision, scope.Reject):
+        raise scope_error(decision.code)(decision.detail)
+    return decision.policy_sha256
+
+
+def _receipt(message: repository.Accepted) -> Receipt:
+    return Receipt(
+        mid=message.mid,
+        receipt=message.receipt,
+        envelope_sha256=message.envelope_sha256,
+        accepted_at=message.received_at,
+        event_id=message.event_id,
+        log_index=None,
+    )
+
+
+def submit(session: Session, caller: Caller, envelope: str, idempotency_key: str | None) -> Outcome:
+    """Verify, check scope, store and enqueue one envelope; record any refusal."""
+    now = utcnow()
+    digest = sha256_b64u(envelope.encode("utf-8"))
+    verified: dict[str, Any] = {}
+    try:
+        return _accept(session, caller, envelope, idempotency_key, now, digest, verified)
+    except CryptoError as exc:
+        refusal: BrokerError = error(exc.code, exc.status_code, "Envelope refused")(exc.detail)
+    except BrokerError as exc:
+        refusal = exc
+    session.rollback()  # nothing of the refused submit may persist except its audit event
+    details = {"reason": refusal.code, "envelope_sha256": digest, **verified}
+    audit.record(
+        session, "msg.rejected", actor=caller.actor, subject=verified.get("sender"), details=details
+    )
+    jobs.after_commit(session, "log.sequence")
+    return Outcome(status=refusal.status_code, refusal=refusal)
+
+
+def _accept(
+    session: Session,
+    caller: Caller,
+    envelope: str,
+    idempotency_key: str | None,
+    now: datetime,
+    digest: str,
+    verified: dict[str, Any],
+) -> Outcome:
+    cfg = settings()
+    # 1-2. Limits and header, before any lookup.
+    token = env.split_outer(envelope, cfg.max_envelope_bytes)
+    # The registry as of now (one short query while it is unchanged): keys, scope.
+    snap = registry.current(session)
+    # 3. The key: a signing key of a focal point, active and valid now.
+    key = _signing_key(snap, token.kid, now)
+    kid = key.kid
+    # 4-5. Signature over the received bytes, then the strict parse of what was verified.
+    outer = env.verify_outer(token, key.public or key.jwk)
+    # From here a refusal names the signer (authenticated), never the sender the routing claims.
+    verified.update(sender=key.agency_id, sender_fp=key.focal_point_id)
+    routing = outer.routing
+    try:
+        schemas.validate_routing(routing)
+    except schemas.SchemaError as exc:
+        raise BadRouting("the routing header is invalid", errors=_routing_errors(exc)) from exc
+    # 6. Sender binding: key owner, routing, and the authenticated focal point agree.
+    if routing["sender"] != key.agency_id or (
+        key.focal_point_id and routing["sender_fp"] != key.focal_point_id
+    ):
+        raise SenderMismatch(f"key {kid} belongs to {key.focal_point_id or key.agency_id}")
+    verified.update(
+        mid=routing["mid"],
+        sender=routing["sender"],
+        sender_fp=routing["sender_fp"],
+        recipients=routing["recipients"],
+        agreement=routing["agreement"],
+        offence=routing["offence"],
+        operation=routing["operation"],
+        kind=routing["kind"],
+    )
+    if caller.focal_point_id != routing["sender_fp"]:
+        raise NotTheSigner(
+            f"you are {caller.focal_point_id}, the envelope is from {routing['sender_fp']}"
+        )
+    # 7. Idempotency and replay: (sender, mid) is unique forever.
+    mid = uuid.UUID(routing["mid"])
+    if idempotency_key is None:
+        raise MissingIdempotencyKey("send Idempotency-Key: <mid>")
+    if idempotency_key.strip().lower() != str(mid):
+        raise IdempotencyKeyMismatch(f"Idempotency-Key {idempotency_key!r} is not the mid {mid}")
+    locked, existing = repository.lock_and_find(session, routing["sender"], mid)
+    if not locked:
+        raise InFlight(
+            f"message {mid} is being accepted by another request", headers={"Retry-After": "1"}
+        )
+    if existing is not None:
+        return _replay(existing, routing["sender"], mid, digest)
+    # 8. Time window.
+    _check_time(routing, now)
+    # 9. Scope, against the agreement version in force.
+    policy_sha256 = _decide(snap, routing, now)
+    if routing["kind"] == "feedback":
+        _check_feedback(session, routing)
+    # 10. The JWE's shape and one entry per recipient with a currently valid key.
+    env.check_jwe_structure(outer.jwe, _recipient_keys(snap, routing["recipients"], now))
+    # 11. Accept: one transaction for message, deliveries, audit event and outbox.
+    try:
+        receipt = _store(session, caller, envelope, routing, kid, digest, policy_sha256, now)
+    except IntegrityError:
+        # The same (sender, mid) committed after our look-up's snapshot: answer as step 7 would.
+        session.rollback()
+        existing = repository.accepted(session, routing["sender"], mid)
+        if existing is None:
+            raise
+        return _replay(existing, routing["sender"], mid, digest)
+    return Outcome(status=201, receipt=receipt)
+
+
+def _replay(existing: repository.Accepted, sender: str, mid: uuid.UUID, digest: str) -> Outcome:
+    """The same envelope again gets the original receipt; another one under its mid, 422."""
+    if existing.envelope_sha256 == digest:
+        return Outcome(status=200, receipt=_receipt(existing))
+    raise MidReused(f"{sender} already sent a different message {mid}")
+
+
+def _store(
+    session: Session,
+    caller: Caller,
+    envelope: str,
+    routing: dict[str, Any],
+    kid: str,
+    digest: str,
+    policy_sha256: str,
+    now: datetime,
+) -> Receipt:
+    keys = keyring.load_or_create()
+    message_id, event_id, mid = new_id(), new_id(), uuid.UUID(routing["mid"])
+    receipt = env.sign_compact(
+        {
+            "v": 1,
+            "mid": str(mid),
+            "sender": routing["sender"],
+            "envelope_sha256": digest,
+            "accepted_at": epoch_ms(now),
+            "event_id": str(event_id),
+            "log_origin": keys.log_origin,
+            "max_merge_delay_ms": MAX_MERGE_DELAY_MS,
+        },
+        keys.receipt,
+        env.TYP_RECEIPT,
+    )
+    details = {
+        "mid": str(mid),
+        "kind": routing["kind"],
+        "sender": routing["sender"],
+        "sender_fp": routing["sender_fp"],
+        "sender_kid": kid,
+        "recipients": routing["recipients"],
+        "agreement": routing["agreement"],
+        "operation": routing["operation"],
+        "offence": routing["offence"],
+        "subject_types": routing["subject_types"],
+        "handling": routing["handling"],
+        "envelope_sha256": digest,
+        "policy_sha256": policy_sha256,
+    }
+    if routing["kind"] == "feedback":
+        details.update(
+            {
+                k: routing[k]
+                for k in ("in_reply_to", "outcome", "commodity", "quantity_band")
+                if k in routing
+            }
+        )
+    repository.add_accepted(
+        session,
+        {
+            "id": message_id,
+            "sender": routing["sender"],
+            "mid": mid,
+            "kind": routing["kind"],
+            "sender_fp": routing["sender_fp"],
+            "sender_kid": kid,
+            "agreement_id": routing["agreement"],
+            "operation_id": routing["operation"],
+            "offence": routing["offence"],
+            "handling": routing["handling"],
+            "routing": routing,
+            "in_reply_to": uuid.UUID(routing["in_reply_to"])
+            if routing.get("in_reply_to")
+            else None,
+            "envelope": envelope,
+            "envelope_sha256": digest,
+            "policy_sha256": policy_sha256,
+            "receipt": receipt,
+            "event_id": event_id,
+            "iat": routing["iat"],
+            "exp": routing["exp"],
+            "received_at": now,
+        },
+        routing["recipients"],
+        {
+            "id": event_id,
+            "kind": "msg.accepted",
+            "actor": caller.actor,
+            "subject": routing["sender"],
+            "details": details,
+            "created_at": now,
+            "leaf_index": None,
+        },
+    )
+    jobs.after_commit(session, "outbox.relay")
+    jobs.after_commit(session, "log.sequence")
+    return Receipt(
+        mid=mid,
+        receipt=receipt,
+        envelope_sha256=digest,
+        accepted_at=now,
+        event_id=event_id,
+        log_index=None,
+    )
+
+
+def check(session: Session, caller: Caller, routing: dict[str, Any]) -> CheckOut:
+    """Dry run of the scope decision for a routing header, before the officer encrypts."""
+    now = utcnow()
+    try:
+        try:
+            schemas.validate_routing(routing)
+        except schemas.SchemaError as exc:
+            raise BadRouting("the routing header is invalid", errors=_routing_errors(exc)) from exc
+        if caller.focal_point_id != routing["sender_fp"] or caller.agency_id != routing["sender"]:
+            raise NotTheSigner(
+                f"you are {caller.focal_point_id}; routing names {routing['sender_fp']}"
+            )
+        snap = registry.current(session)
+        policy_sha256 = _decide(snap, routing, now)
+        if routing["kind"] == "feedback":
+            _check_feedback(session, routing)
+        keys = _recipient_keys(snap, routing["recipients"], now)
+    except BrokerError as exc:
+        return CheckOut(decision="reject", code=exc.code, detail=exc.detail)
+    newest = {agency: kids[-1] for agency, kids in keys.items()}
+    return CheckOut(decision="accept", policy_sha256=policy_sha256, recipient_keys=newest)
+
+
+def status(session: Session, caller: Caller, mid: uuid.UUID) -> MessageStatus:
+    """Delivery and acknowledgement per recipient; only the sender agency may look."""
+    if caller.agency_id is None:
+        raise NotFound(f"no message {mid}")
+    message = repository.by_sender_mid(session, caller.agency_id, mid)
+    if message is None:
+        raise NotFound(f"no message {mid}")
+    deadline = _ack_deadline(session, message)
+    now = utcnow()
+    return MessageStatus(
+        mid=message.mid,
+        kind=message.kind,
+        sender=message.sender,
+        sender_fp=message.sender_fp,
+        agreement=message.agreement_id,
+        operation=message.operation_id,
+        offence=message.offence,
+        received_at=message.received_at,
+        envelope_sha256=message.envelope_sha256,
+        log_index=repository.leaf_index(session, message.event_id),
+        deliveries=[
+            DeliveryStatus(
+                recipient=d.recipient,
+                state=d.state,
+                available_at=d.available_at,
+                fetched_at=d.fetched_at,
+                acked_at=d.acked_at,
+                ack_status=d.ack_status,
+                ack_reason=d.ack_reason,
+                overdue=d.acked_at is None
+                and deadline is not None
+                and now > message.received_at + deadline,
+            )
+            for d in repository.deliveries_of(session, message.id)
+        ],
+    )
+
+
+def _ack_deadline(session: Session, message: Message) -> timedelta | None:
+    from broker.agreements import repository as agreement_repo
+
+    version = agreement_repo.current_version(session, message.agreement_id)
+    return parse_duration(version.document.get("ack_deadline")) if version else None
+
+
+def parse_duration(value: str | None) -> timedelta | None:
+    """ISO 8601 durations as agreements use them: PnD, PTnH, PTnM (and combinations)."""
+    import re
+
+    if not value:
+        return None
+    m = re.fullmatch(r"P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?", value)
+    if m is None:
+        return None
+    days, hours, minutes, seconds = (int(g or 0) for g in m.groups())
+    return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)

@@ -1,0 +1,415 @@
+"""Push delivery: POST each available delivery to the recipient agency's endpoint, if it has one.
+
+Polling stays the source of truth: a push changes no delivery state, and a partner that misses
+one finds the same item (same `seq`, same envelope) in its inbox. Push is at least once; the
+partner deduplicates on `(sender, mid)`.
+
+- **What is sent.** The inbox item as JSON (`seq`, `mid`, `sender`, `kind`, the envelope exactly
+  as submitted, the broker's receipt, `envelope_sha256`, `received_at`, `log_index`), with a
+  `Broker-Signature` header: a JWS (`typ` `broker-push+jws`) by the broker's receipt key over
+  `{mid, recipient, envelope_sha256, seq, at}`. The partner verifies it with the key from
+  `GET /v1/directory/broker` (`receipt_key`) and checks the envelope's hash.
+- **When.** The relay writes a `push` outbox row (ref = delivery id) in the transaction that
+  makes a delivery available. `deliver_due` claims due rows; the claim counts the attempt,
+  records it as `sending` and leases the row in one committed transaction, so an attempt whose
+  worker dies mid-POST is still counted; when the lease runs out, it is recorded as `lost` and
+  retried.
+- **Retries.** 2xx: delivered. 4xx other than 408 and 429: failed at once (the partner refused
+  it; retrying would not help). Anything else, including timeouts: retried with exponential
+  backoff and jitter (`Retry-After` honoured), scheduled in the database (`next_attempt_at`),
+  never as a Celery countdown. After `push_max_attempts` the row is dead-lettered; an operator
+  re-arms it with `broker admin push redeliver MID --agency X`.
+- **Evidence.** Every attempt is a `push_attempts` row and a `msg.pushed` audit event with its
+  status (delivered, retry, failed, dead, lost) and HTTP status; never the URL or the content.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx2
+from sqlalchemy.orm import Session
+
+from broker import jobs, keyring
+from broker.agencies import repository as agencies
+from broker.audit import service as audit
+from broker.config import Environment, settings
+from broker.crypto import envelope as env
+from broker.crypto.keys import sha256_b64u
+from broker.errors import FieldProblem, NotFound, error
+from broker.faults import crash_point
+from broker.ids import epoch_ms, rfc3339, utcnow
+from broker.inbox import repository as outbox
+from broker.logging import get_logger
+from broker.push import repository
+from broker.push.models import JOB, TOPIC, PushEndpoint
+from broker.push.schemas import PushEndpointIn, Redelivery
+
+_log = get_logger("broker.push")
+
+TYP_PUSH = "broker-push+jws"
+SIGNATURE_HEADER = "Broker-Signature"
+BATCH = 20
+PARALLEL = 8
+RUN_BUDGET_S = 30.0  # a run stops claiming after this; well under the task visibility timeout
+RETRYABLE_4XX = frozenset({408, 429})
+
+SessionFactory = Callable[[], AbstractContextManager[Session]]
+
+BadPushUrl = error("push.bad_url", 422, "Push endpoint URL refused")
+PushNotConfigured = error("push.not_configured", 409, "The agency has no enabled push endpoint")
+NotYetAvailable = error("push.not_available", 409, "The delivery is not available yet")
+
+
+# --- endpoints ------------------------------------------------------------------------------
+
+
+def check_url(url: str) -> None:
+    """https (http only in development), a host, no credentials or fragment in the URL."""
+    development = settings().environment is Environment.development
+    allowed = {"https", "http"} if development else {"https"}
+    problem = None
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises on a bad port
+    except ValueError as exc:
+        raise BadPushUrl(f"not a URL: {exc}") from exc
+    if not url.isascii() or not url.isprintable() or " " in url:
+        problem = "the URL must be printable ASCII without spaces (percent-encode the rest)"
+    elif parts.scheme not in allowed:
+        problem = "push URLs must use https" + ("" if development else " outside development")
+    elif not parts.hostname:
+        problem = "the URL has no host"
+    elif parts.username or parts.password:
+        problem = "credentials do not belong in the URL"
+    elif parts.fragment:
+        problem = "a push URL has no fragment"
+    if problem is not None:
+        raise BadPushUrl(problem, errors=[FieldProblem(pointer="/url", detail=problem)])
+
+
+def set_endpoint(
+    session: Session, agency_id: str, data: PushEndpointIn, *, actor: str
+) -> PushEndpoint:
+    """Register, change, enable or disable an agency's push endpoint."""
+    if agencies.agency(session, agency_id) is None:
+        raise NotFound(f"no agency {agency_id!r}")
+    check_url(data.url)
+    now = utcnow()
+    found = repository.endpoint(session, agency_id)
+    if found is None:
+        found = PushEndpoint(
+            agency_id=agency_id, url=data.url, enabled=data.enabled, created_at=now, updated_at=now
+        )
+        session.add(found)
+    else:
+        found.url, found.enabled, found.updated_at = data.url, data.enabled, now
+    session.flush()
+    audit.record(
+        session,
+        "push.endpoint_set",
+        actor=actor,
+        subject=agency_id,
+        details={
+            "agency": agency_id,
+            "enabled": data.enabled,
+            "url_sha256": sha256_b64u(data.url.encode()),
+        },
+    )
+    return found
+
+
+def get_endpoint(session: Session, agency_id: str) -> PushEndpoint:
+    found = repository.endpoint(session, agency_id)
+    if found is None:
+        raise NotFound(f"no push endpoint for {agency_id!r}")
+    return found
+
+
+# --- delivering -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """One leased push: everything the POST needs, and its attempt's identity."""
+
+    outbox_id: int
+    attempt_id: uuid.UUID
+    attempt: int
+    delivery_id: uuid.UUID
+    recipient: str
+    url: str
+    seq: int
+    mid: uuid.UUID
+    sender: str
+    envelope_sha256: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    http_status: int | None
+    error: str | None
+    retry_after_s: float | None = None
+
+
+def backoff(attempt: int, retry_after_s: float | None = None) -> timedelta:
+    """Exponential backoff with jitter (half to full of base * 2^(attempt-1)), capped."""
+    cfg = settings()
+    delay = min(cfg.push_backoff_max_s, cfg.push_backoff_base_s * 2.0 ** max(attempt - 1, 0))
+    delay *= random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not a secret
+    if retry_after_s is not None:
+        delay = max(delay, min(retry_after_s, cfg.push_backoff_max_s))
+    return timedelta(seconds=delay)
+
+
+def _lease() -> timedelta:
+    return timedelta(seconds=2 * settings().push_timeout_s + 10)
+
+
+def _event(
+    claim_or_row: Any, status: str, *, attempt: int, http_status: int | None
+) -> dict[str, Any]:
+    return {
+        "mid": str(claim_or_row.mid),
+        "sender": claim_or_row.sender,
+        "recipient": claim_or_row.recipient,
+        "seq": claim_or_row.seq,
+        "attempt": attempt,
+        "status": status,
+        "http_status": http_status,
+    }
+
+
+def _body(row: Any) -> bytes:
+    item = {
+        "seq": row.inbox_seq,
+        "mid": str(row.mid),
+        "sender": row.sender,
+        "kind": row.kind,
+        "envelope": row.envelope,
+        "receipt": row.receipt,
+        "envelope_sha256": row.envelope_sha256,
+        "received_at": rfc3339(row.received_at),
+        "log_index": row.leaf_index,
+    }
+    return json.dumps(item, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class _Lost:
+    mid: uuid.UUID
+    sender: str
+    recipient: str
+    seq: int | None
+
+
+def claim(session: Session, *, limit: int = BATCH) -> list[Claim]:
+    """Lease due pushes: count the attempt and record it as `sending` before any POST."""
+    cfg = settings()
+    now = utcnow()
+    rows = outbox.claim_outbox(session, TOPIC, limit, now)
+    if not rows:
+        return []
+    for lost in repository.mark_lost(session, [r.id for r in rows], now):
+        audit.record(
+            session,
+            "msg.pushed",
+            actor="broker:push",
+            subject=lost.agency_id,
+            details=_event(
+                _Lost(lost.mid, lost.sender, lost.agency_id, lost.inbox_seq),
+                "lost",
+                attempt=lost.attempt,
+                http_status=None,
+            ),
+        )
+    used_up = [r.id for r in rows if r.attempts >= cfg.push_max_attempts]
+    outbox.dead_letter(session, used_up, now, f"gave up after {cfg.push_max_attempts} attempts")
+    live = [r for r in rows if r.attempts < cfg.push_max_attempts]
+    found = repository.targets(session, [r.ref for r in live])
+    gone = [r.id for r in live if r.ref not in found]  # endpoint disabled or removed since
+    outbox.mark_outbox_done(session, gone, now)
+    live = [r for r in live if r.ref in found]
+    outbox.lease_outbox(session, [r.id for r in live], now + _lease())
+    claims = []
+    for r in live:
+        t = found[r.ref]
+        attempt_id = repository.add_attempt(
+            session,
+            outbox_id=r.id,
+            delivery_id=r.ref,
+            agency_id=t.recipient,
+            attempt=r.attempts + 1,
+            now=now,
+        )
+        claims.append(
+            Claim(
+                outbox_id=r.id,
+                attempt_id=attempt_id,
+                attempt=r.attempts + 1,
+                delivery_id=r.ref,
+                recipient=t.recipient,
+                url=t.url,
+                seq=t.inbox_seq,
+                mid=t.mid,
+                sender=t.sender,
+                envelope_sha256=t.envelope_sha256,
+                body=_body(t),
+            )
+        )
+    return claims
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None or not value.strip().isdigit():
+        return None  # HTTP-dates are rare from APIs; the backoff applies then
+    return float(value.strip())
+
+
+def post(client: httpx2.Client, c: Claim) -> Outcome:
+    """POST one push with the broker's signature; never raises."""
+    try:
+        check_url(c.url)
+    except Exception as exc:
+        return Outcome(None, str(getattr(exc, "detail", exc))[:200])
+    signature = env.sign_compact(
+        {
+            "mid": str(c.mid),
+            "recipient": c.recipient,
+            "envelope_sha256": c.envelope_sha256,
+            "seq": c.seq,
+            "at": epoch_ms(utcnow()),
+        },
+        keyring.load_or_create().receipt,
+        TYP_PUSH,
+    )
+    headers = {
+        "Content-Type": "application/json",
+        SIGNATURE_HEADER: signature,
+        "User-Agent": "exchange-broker-push/1",
+    }
+    try:
+        response = client.post(c.url, content=c.body, headers=headers)
+    except httpx2.HTTPError as exc:
+        return Outcome(None, f"{type(exc).__name__}: {exc}"[:200])
+    return Outcome(response.status_code, None, _retry_after(response.headers.get("retry-after")))
+
+
+def record(session: Session, c: Claim, outcome: Outcome) -> str:
+    """Settle one attempt: its row, its audit event, and the outbox row's next step."""
+    cfg = settings()
+    now = utcnow()
+    code = outcome.http_status
+    if code is not None and 200 <= code < 300:
+        status = "delivered"
+        outbox.mark_outbox_done(session, [c.outbox_id], now)
+    elif code is not None and 400 <= code < 500 and code not in RETRYABLE_4XX:
+        status = "failed"
+        outbox.dead_letter(session, [c.outbox_id], now, f"refused with HTTP {code}")
+    elif c.attempt >= cfg.push_max_attempts:
+        status = "dead"
+        reason = f"HTTP {code}" if code is not None else (outcome.error or "no answer")
+        outbox.dead_letter(session, [c.outbox_id], now, f"attempt {c.attempt}: {reason}")
+    else:
+        status = "retry"
+        reason = f"HTTP {code}" if code is not None else (outcome.error or "no answer")
+        when = now + backoff(c.attempt, outcome.retry_after_s)
+        outbox.retry_outbox_at(session, [c.outbox_id], when, reason, count=False)
+    repository.finish_attempt(
+        session, c.attempt_id, status=status, http_status=code, error=outcome.error, now=now
+    )
+    audit.record(
+        session,
+        "msg.pushed",
+        actor="broker:push",
+        subject=c.recipient,
+        details=_event(c, status, attempt=c.attempt, http_status=code),
+    )
+    return status
+
+
+def deliver_due(
+    session_factory: SessionFactory,
+    *,
+    client: httpx2.Client | None = None,
+    budget_s: float = RUN_BUDGET_S,
+) -> int:
+    """Claim and POST due pushes until none is due or the time budget is spent."""
+    own = client is None
+    http = client or httpx2.Client(
+        timeout=settings().push_timeout_s, follow_redirects=False, trust_env=False
+    )
+    deadline = time.monotonic() + budget_s
+    done = 0
+
+    def one(c: Claim) -> None:
+        outcome = post(http, c)
+        crash_point("push.after_post")
+        with session_factory() as session:
+            record(session, c, outcome)
+
+    try:
+        with ThreadPoolExecutor(max_workers=PARALLEL, thread_name_prefix="push") as pool:
+            while time.monotonic() < deadline:
+                with session_factory() as session:
+                    claims = claim(session)
+                if not claims:
+                    break
+                for future in [pool.submit(one, c) for c in claims]:
+                    future.result()
+                done += len(claims)
+    finally:
+        if own:
+            http.close()
+    return done
+
+
+# --- operator -------------------------------------------------------------------------------
+
+
+def redeliver(session: Session, mid: uuid.UUID, agency: str, *, actor: str) -> list[Redelivery]:
+    """Push a message to an agency again: re-arm a dead letter, or queue a new push."""
+    endpoint = repository.endpoint(session, agency)
+    if endpoint is None or not endpoint.enabled:
+        raise PushNotConfigured(f"{agency} has no enabled push endpoint")
+    found = repository.deliveries_by_mid(session, agency, mid)
+    if not found:
+        raise NotFound(f"no message {mid} for {agency}")
+    now = utcnow()
+    done: list[Redelivery] = []
+    for d in found:
+        if d.inbox_seq is None:
+            raise NotYetAvailable(f"{mid} is not in {agency}'s inbox yet; it is pushed when it is")
+        row = repository.latest_push_row(session, d.id)
+        if row is not None and row.done_at is None and row.dead_at is not None:
+            row.dead_at, row.attempts, row.next_attempt_at, row.last_error = None, 0, None, None
+            action = "rearmed"
+        elif row is not None and row.done_at is None:
+            if not repository.sending(session, row.id):
+                row.next_attempt_at = None  # due now instead of after its backoff
+            action = "scheduled"
+        else:
+            outbox.add_outbox(session, TOPIC, [d.id], now)
+            action = "queued"
+        done.append(Redelivery(mid=d.mid, sender=d.sender, recipient=agency, action=action))
+        audit.record(
+            session,
+            "msg.push_redeliver",
+            actor=actor,
+            subject=agency,
+            details={"mid": str(d.mid), "sender": d.sender, "recipient": agency, "action": action},
+        )
+    session.flush()
+    jobs.after_commit(session, JOB)
+    return done

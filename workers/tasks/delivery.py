@@ -1,0 +1,19 @@
+"""Delivery tasks: thin wrappers that call the inbox and push services (no arguments, idempotent)."""
+
+from __future__ import annotations
+
+from broker.inbox import jobs
+from broker.push import jobs as push_jobs
+from workers.celery_app import celery_app
+
+
+@celery_app.task(name=jobs.RELAY, acks_late=True, ignore_result=True)
+def relay_outbox() -> int:
+    """Drain the outbox; safe to run twice or concurrently (SKIP LOCKED, state guards)."""
+    return jobs.relay()
+
+
+@celery_app.task(name=push_jobs.DELIVER, acks_late=True, ignore_result=True)
+def deliver_pushes() -> int:
+    """POST due pushes; attempts are counted and leased in the database before each POST."""
+    return push_jobs.deliver()
