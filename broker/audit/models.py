@@ -1,0 +1,85 @@
+"""Audit events, and the transparency log built over them: leaves, tree nodes, checkpoints."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    SmallInteger,
+    String,
+    Text,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from broker.db import Base, JSONDoc
+from broker.ids import new_id, utcnow
+
+# SQLite: an INTEGER primary key is the rowid, so leaves are stored in index order.
+LeafIndex = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class AuditEvent(Base):
+    __tablename__ = "audit_events"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    kind: Mapped[str] = mapped_column(String(32))
+    actor: Mapped[str] = mapped_column(String(120))
+    subject: Mapped[str | None] = mapped_column(String(120))
+    # Metadata and hashes only: never content, personal data or tokens.
+    details: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Set by the log sequencer; null until sequenced.
+    leaf_index: Mapped[int | None] = mapped_column(BigInteger, unique=True)
+
+    __table_args__ = (
+        Index("ix_audit_events_kind_created", "kind", "created_at"),
+        # Partial on both backends: the sequencer reads only the few unsequenced events.
+        Index(
+            "ix_audit_events_unsequenced",
+            "created_at",
+            postgresql_where="leaf_index is null",
+            sqlite_where="leaf_index is null",
+        ),
+    )
+
+
+class LogLeaf(Base):
+    """One log entry: the event's canonical bytes, stored verbatim, at a fixed index."""
+
+    __tablename__ = "log_leaves"
+
+    index: Mapped[int] = mapped_column(LeafIndex, primary_key=True, autoincrement=False)
+    event_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("audit_events.id"), unique=True)
+    leaf_bytes: Mapped[bytes] = mapped_column(LargeBinary)
+    leaf_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    ts: Mapped[datetime]
+
+
+class LogNode(Base):
+    """The hash of the perfect subtree (level, index); level 0 holds the leaf hashes."""
+
+    __tablename__ = "log_nodes"
+
+    level: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
+    index: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+
+    __table_args__ = ({"sqlite_with_rowid": False},)
+
+
+class Checkpoint(Base):
+    """A signed tree head; the size is the key, so one size never gets two roots."""
+
+    __tablename__ = "checkpoints"
+
+    size: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    root_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    note: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,170 @@
+"""The transparency log (/v1/log) and the auditor's tools (/v1/audit)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import PlainTextResponse, StreamingResponse
+from pydantic import AwareDatetime
+
+from broker import db
+from broker.audit import auditor, log
+from broker.audit.repository import EventFilter
+from broker.audit.schemas import (
+    ConsistencyProofOut,
+    EventsPage,
+    InclusionProofOut,
+    LeavesPage,
+    NodesPage,
+    Summary,
+)
+from broker.auth.service import Caller, Role
+from broker.deps import AnyCaller, AuditorCaller, RoleGate, SessionDep
+from broker.errors import Forbidden, InvalidRequest, error_responses
+
+public = APIRouter(prefix="/v1/log", tags=["transparency log"])
+router = APIRouter(prefix="/v1/audit", tags=["audit"])
+
+LeafReader = Annotated[Caller, Depends(RoleGate(Role.auditor, Role.agency))]
+MAX_INDEX = 2**62
+Index = Annotated[int, Query(ge=0, le=MAX_INDEX)]
+Name = Annotated[str | None, Query(max_length=64)]
+
+
+@public.get(
+    "/checkpoint",
+    response_class=PlainTextResponse,
+    responses={
+        200: {"content": {"text/plain": {"example": "origin\n8\n<base64 root>\n\n— origin ..."}}},
+        **error_responses(log.NoCheckpoint),
+    },
+)
+def checkpoint(caller: AnyCaller, session: SessionDep) -> PlainTextResponse:
+    """The latest signed checkpoint (C2SP tlog-checkpoint signed note)."""
+    return PlainTextResponse(log.latest(session).note)
+
+
+@public.get("/key", response_class=PlainTextResponse, responses=error_responses())
+def key(caller: AnyCaller) -> PlainTextResponse:
+    """The log's verifier key `<origin>+<key id>+<base64 key>`: pin it out of band, then verify."""
+    return PlainTextResponse(log.verifier_key() + "\n")
+
+
+@public.get(
+    "/proof/inclusion",
+    responses=error_responses(log.NoCheckpoint, log.OutOfRange, InvalidRequest),
+)
+def inclusion_proof(
+    caller: AnyCaller,
+    session: SessionDep,
+    index: Index,
+    size: Annotated[int | None, Query(ge=1, le=MAX_INDEX)] = None,
+) -> InclusionProofOut:
+    """Inclusion proof of leaf `index` in the tree of `size` leaves (default: latest)."""
+    return log.inclusion(session, index, size)
+
+
+@public.get(
+    "/proof/consistency",
+    responses=error_responses(log.NoCheckpoint, log.OutOfRange, InvalidRequest),
+)
+def consistency_proof(
+    caller: AnyCaller,
+    session: SessionDep,
+    size1: Annotated[int, Query(alias="from", ge=1, le=MAX_INDEX)],
+    size2: Annotated[int | None, Query(alias="to", ge=1, le=MAX_INDEX)] = None,
+) -> ConsistencyProofOut:
+    """Consistency proof from tree size `from` to `to` (default: latest)."""
+    return log.consistency(session, size1, size2)
+
+
+@public.get("/leaves", responses=error_responses(Forbidden, log.NoCheckpoint, InvalidRequest))
+def leaves(
+    caller: LeafReader,
+    session: SessionDep,
+    start: Index = 0,
+    end: Annotated[int | None, Query(ge=0, le=MAX_INDEX)] = None,
+    limit: Annotated[int, Query(ge=1, le=log.MAX_LEAVES)] = log.MAX_LEAVES,
+) -> LeavesPage:
+    """Leaves in [start, end) naming an agency the caller oversees (auditor) or is (agency)."""
+    return log.leaves(session, caller, start=start, end=end, limit=limit)
+
+
+@public.get("/nodes", responses=error_responses(log.NoCheckpoint, InvalidRequest))
+def nodes(
+    caller: AnyCaller,
+    session: SessionDep,
+    level: Annotated[int, Query(ge=0, le=63)] = 0,
+    start: Index = 0,
+    end: Annotated[int | None, Query(ge=0, le=MAX_INDEX)] = None,
+) -> NodesPage:
+    """Stored subtree hashes of one level (at most 4096), for full verification of the store."""
+    return log.nodes(session, level=level, start=start, end=end)
+
+
+def event_filter(
+    since: Annotated[AwareDatetime | None, Query(description="created at or after")] = None,
+    until: Annotated[AwareDatetime | None, Query(description="created before")] = None,
+    agency: Annotated[str | None, Query(max_length=16, description="events naming it")] = None,
+    agreement: Name = None,
+    operation: Name = None,
+    kind: Annotated[list[str] | None, Query(max_length=20)] = None,
+    reason: Name = None,
+) -> EventFilter:
+    """Event filters shared by the query, summary and export routes."""
+    return EventFilter(
+        since=since,
+        until=until,
+        agency=agency,
+        agreement=agreement,
+        operation=operation,
+        kinds=tuple(kind or ()),
+        reason=reason,
+    )
+
+
+Filters = Annotated[EventFilter, Depends(event_filter)]
+AUDIT_ERRORS = (Forbidden, auditor.NotOverseen, auditor.BadFilter, InvalidRequest)
+
+
+@router.get("/events", responses=error_responses(*AUDIT_ERRORS, auditor.BadCursor))
+def audit_events(
+    caller: AuditorCaller,
+    session: SessionDep,
+    filters: Filters,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=auditor.MAX_PAGE)] = 100,
+) -> EventsPage:
+    """Events matching the filters, oldest first, with a keyset cursor; metadata only."""
+    return auditor.events(session, caller, filters, cursor=cursor, limit=limit)
+
+
+@router.get("/summary", responses=error_responses(*AUDIT_ERRORS))
+def audit_summary(caller: AuditorCaller, session: SessionDep, filters: Filters) -> Summary:
+    """Volume by direction and offence, rejections by reason, delivery and ack delays."""
+    return auditor.summary(session, caller, filters)
+
+
+@router.get(
+    "/export",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"application/json": {}, "text/csv": {}}},
+        **error_responses(*AUDIT_ERRORS, log.NoCheckpoint),
+    },
+)
+def audit_export(
+    caller: AuditorCaller,
+    session: SessionDep,
+    filters: Filters,
+    format: auditor.ExportFormat = "json",
+) -> StreamingResponse:
+    """Matching events with the current checkpoint and inclusion proofs, verifiable offline."""
+    plan = auditor.start_export(session, caller, filters, format)
+    media = "text/csv; charset=utf-8" if format == "csv" else "application/json"
+    return StreamingResponse(
+        auditor.export_chunks(db.session_scope, plan),
+        media_type=media,
+        headers={"Content-Disposition": f'attachment; filename="audit-export.{format}"'},
+    )

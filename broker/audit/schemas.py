@@ -1,0 +1,133 @@
+"""API shapes of the transparency log and the auditor's queries (hashes in padded base64)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+B64_HASH = "XcnaeacGWamtVZy3Ad7ZoqudgjqtL0lgz+Nw7/RgQyg="
+
+
+class InclusionProofOut(BaseModel):
+    """RFC 9162 inclusion proof, with the field names of transparency-dev's test data."""
+
+    leafIdx: int = Field(examples=[1042])
+    treeSize: int = Field(examples=[1043])
+    leafHash: str = Field(examples=[B64_HASH])
+    root: str = Field(examples=[B64_HASH])
+    proof: list[str] = Field(examples=[[B64_HASH]])
+
+
+class ConsistencyProofOut(BaseModel):
+    """RFC 9162 consistency proof, with the field names of transparency-dev's test data."""
+
+    size1: int = Field(examples=[900])
+    size2: int = Field(examples=[1043])
+    root1: str = Field(examples=[B64_HASH])
+    root2: str = Field(examples=[B64_HASH])
+    proof: list[str] = Field(examples=[[B64_HASH]])
+
+
+class LeafOut(BaseModel):
+    """One leaf: its index, its stored bytes and its stored leaf hash."""
+
+    index: int = Field(examples=[1042])
+    leaf: str = Field(description="base64 of the leaf bytes (JCS JSON)", examples=["eyJ2IjoxfQ=="])
+    hash: str = Field(description="base64 of SHA-256(0x00 ‖ leaf)", examples=[B64_HASH])
+
+
+class LeavesPage(BaseModel):
+    """Leaves the caller may read in an index range, in index order."""
+
+    tree_size: int = Field(description="size of the latest checkpoint", examples=[1043])
+    start: int = Field(examples=[0])
+    leaves: list[LeafOut]
+    next: int | None = Field(
+        description="`start` of the next page; null when the range is exhausted", examples=[1000]
+    )
+
+
+class NodesPage(BaseModel):
+    """Stored hashes of perfect subtrees of one level: node i covers leaves [i·2^level, (i+1)·2^level)."""
+
+    tree_size: int = Field(examples=[1043])
+    level: int = Field(examples=[0])
+    start: int = Field(examples=[0])
+    hashes: list[str] = Field(examples=[[B64_HASH]])
+
+
+class EventOut(BaseModel):
+    """An audit event: metadata only."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    kind: str = Field(examples=["msg.accepted"])
+    actor: str = Field(examples=["focal_point:vn-gdc-hcm"])
+    subject: str | None = Field(examples=["VN-GDC"])
+    details: dict[str, Any] = Field(
+        examples=[{"sender": "VN-GDC", "recipients": ["HK-CED"], "offence": "cites_wildlife"}]
+    )
+    created_at: datetime
+    leaf_index: int | None = Field(description="null until the sequencer includes it")
+
+
+class EventsPage(BaseModel):
+    """A page of events; follow `next_cursor` until it is null."""
+
+    items: list[EventOut]
+    next_cursor: str | None = Field(examples=["01a209e8-cf03-74d1-ac62-45eda8e12c83"])
+
+
+class VolumeRow(BaseModel):
+    """Accepted messages in one direction (sender to one recipient) for one offence."""
+
+    sender: str = Field(examples=["VN-GDC"])
+    recipient: str = Field(examples=["HK-CED"])
+    offence: str = Field(examples=["cites_wildlife"])
+    count: int = Field(examples=[12])
+
+
+class ReasonCount(BaseModel):
+    """Rejections with one reason code."""
+
+    reason: str = Field(examples=["scope.offence_not_covered"])
+    count: int = Field(examples=[3])
+
+
+class Delays(BaseModel):
+    """Delays in milliseconds (nearest-rank percentiles)."""
+
+    count: int
+    min: int
+    p50: int
+    p90: int
+    p99: int
+    max: int
+
+
+class AckStats(BaseModel):
+    """Acknowledgements of the period's accepted messages."""
+
+    count: int = Field(examples=[10])
+    by_status: dict[str, int] = Field(examples=[{"decrypted": 9, "rejected": 1}])
+    delay_ms: Delays | None
+
+
+class Summary(BaseModel):
+    """What moved under an agreement (or everywhere the auditor oversees) in a period."""
+
+    agreement: str | None = Field(examples=["VN-HK-CMAA-2013"])
+    since: datetime | None
+    until: datetime | None
+    accepted: int = Field(examples=[12])
+    volume: list[VolumeRow]
+    rejected: int = Field(examples=[3])
+    rejections: list[ReasonCount]
+    delivery_delay_ms: Delays | None = Field(
+        description="from acceptance to availability in the recipient's inbox"
+    )
+    acknowledgements: AckStats

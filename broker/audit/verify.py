@@ -1,0 +1,483 @@
+"""Independent verification of the broker's transparency log, online and from exports.
+
+Needs only the broker's log verifier key, pinned out of band, and HTTP: it imports
+`broker.crypto`, the pure `broker.audit.leaf` and `httpx2`, never the server stack. Every check
+that fails raises `VerifyError` with a stable `code`:
+
+- ``bad_key``: the pinned key does not parse.
+- ``bad_checkpoint``: the checkpoint's signature, origin or form is wrong.
+- ``split_view``: the log showed two different trees (two roots for one size, or a newer
+  checkpoint that does not extend the stored one). The message names both roots.
+- ``bad_proof``: a served proof does not verify.
+- ``leaves``: the leaves (full mode) are missing, out of order, altered, or do not reproduce the
+  checkpoint's root.
+- ``nodes``: a stored subtree hash (full mode) differs from the one the leaves imply.
+- ``export``: an export does not verify (signature, proof, or an event differs from its leaf).
+- ``behind``: the broker serves an older checkpoint than the stored one and cannot prove that
+  the two are consistent (a lagging replica, or a rollback).
+- ``http``: the broker answered with an error.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import csv
+import io
+import json
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx2
+
+from broker.audit import leaf
+from broker.crypto import merkle, note
+
+PAGE = 1000
+MAX_RETRIES = 10
+NODE_PAGE = 4096
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+class VerifyError(Exception):
+    """Verification failed; `code` says which check (see the module docstring)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class HttpClient(Protocol):
+    """What the verifier needs from an HTTP client (httpx2.Client, or a test client)."""
+
+    def get(self, url: str, *, params: Any = ..., headers: Any = ...) -> Any:
+        """GET a path relative to the client's base URL."""
+        ...
+
+
+def open_http(base_url: str) -> httpx2.Client:
+    """The HTTP client the CLI uses (tests replace this function)."""
+    return httpx2.Client(base_url=base_url, timeout=60.0, follow_redirects=False)
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+def _unb64(text: Any, what: str, code: str) -> bytes:
+    if not isinstance(text, str):
+        raise VerifyError(code, f"{what} is not a base64 string")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise VerifyError(code, f"{what} is not valid base64") from None
+
+
+class LogClient:
+    """The broker's /v1/log API."""
+
+    def __init__(self, http: HttpClient, token: str | None) -> None:
+        self.http = http
+        self.sleep = time.sleep
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    def _get(self, path: str, **params: Any) -> Any:
+        query = {k: v for k, v in params.items() if v is not None}
+        for attempt in range(MAX_RETRIES + 1):
+            try:
+                response = self.http.get(path, params=query, headers=self.headers)
+            except httpx2.HTTPError as exc:
+                raise VerifyError("http", f"GET {path}: {exc}") from None
+            if response.status_code != 429 or attempt == MAX_RETRIES:
+                break
+            # Full verification of a large log outruns the per-principal rate limit: wait.
+            retry_after = response.headers.get("retry-after", "1")
+            self.sleep(min(float(retry_after) if retry_after.isdigit() else 1.0, 60.0))
+        if response.status_code != 200:
+            detail = response.text[:300]
+            try:
+                problem = response.json()
+                detail = f"{problem.get('code')}: {problem.get('detail')}"
+            except ValueError:
+                pass
+            raise VerifyError("http", f"GET {path} answered {response.status_code} ({detail})")
+        return response
+
+    def checkpoint(self) -> str:
+        """The latest signed checkpoint note."""
+        return str(self._get("/v1/log/checkpoint").text)
+
+    def inclusion(self, index: int, size: int) -> dict[str, Any]:
+        """An inclusion proof in transparency-dev JSON."""
+        doc: dict[str, Any] = self._get("/v1/log/proof/inclusion", index=index, size=size).json()
+        return doc
+
+    def consistency(self, size1: int, size2: int) -> dict[str, Any]:
+        """A consistency proof in transparency-dev JSON."""
+        doc: dict[str, Any] = self._get(
+            "/v1/log/proof/consistency", **{"from": size1, "to": size2}
+        ).json()
+        return doc
+
+    def leaves(self, start: int, end: int) -> dict[str, Any]:
+        """One page of leaves the token may read."""
+        doc: dict[str, Any] = self._get("/v1/log/leaves", start=start, end=end, limit=PAGE).json()
+        return doc
+
+    def nodes(self, level: int, start: int, end: int) -> dict[str, Any]:
+        """One page of stored subtree hashes."""
+        doc: dict[str, Any] = self._get("/v1/log/nodes", level=level, start=start, end=end).json()
+        return doc
+
+
+@dataclass
+class Report:
+    """What a verification established."""
+
+    origin: str
+    size: int
+    root: bytes
+    previous: tuple[int, bytes] | None = None
+    relation: str = "first"
+    leaves_checked: int = 0
+    nodes_checked: int = 0
+    included: list[int] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"checkpoint {self.origin} size {self.size} root {_b64(self.root)}: signature OK"]
+        if self.previous is not None:
+            size, root = self.previous
+            lines.append(f"consistent with the stored checkpoint size {size} root {_b64(root)}")
+            if self.relation == "behind":
+                lines.append("the broker served an older checkpoint; the stored one is kept")
+        else:
+            lines.append("no stored checkpoint: trusting this one from now on")
+        if self.leaves_checked:
+            lines.append(
+                f"full: {self.leaves_checked} leaves reproduce the root; "
+                f"{self.nodes_checked} stored subtree hashes match"
+            )
+        lines += [f"leaf {i} is included" for i in self.included]
+        return "\n".join(lines)
+
+
+def parse_key(log_key: str) -> note.NoteVerifier:
+    """The pinned verifier key, or `bad_key`."""
+    try:
+        return note.parse_verifier_key(log_key.strip())
+    except note.NoteError as exc:
+        raise VerifyError("bad_key", f"the pinned log key is invalid: {exc}") from None
+
+
+def check_checkpoint(text: str, verifier: note.NoteVerifier) -> note.Checkpoint:
+    """A checkpoint signed by the pinned key, for its origin, or `bad_checkpoint`."""
+    try:
+        return note.verify_checkpoint(text, verifier)
+    except note.NoteError as exc:
+        raise VerifyError("bad_checkpoint", f"the checkpoint does not verify: {exc}") from None
+
+
+def _load_state(path: Path | None, verifier: note.NoteVerifier) -> note.Checkpoint | None:
+    if path is None or not path.exists():
+        return None
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))["checkpoint"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise VerifyError("state", f"cannot read the state file {path}: {exc}") from None
+    try:
+        return note.verify_checkpoint(stored, verifier)
+    except note.NoteError as exc:
+        raise VerifyError(
+            "state", f"the stored checkpoint in {path} does not verify: {exc}"
+        ) from None
+
+
+def _save_state(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"checkpoint": text}, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _split(old: note.Checkpoint, new: note.Checkpoint, why: str) -> VerifyError:
+    return VerifyError(
+        "split_view",
+        f"split view: the stored checkpoint (size {old.size}, root {_b64(old.root_hash)}) and "
+        f"the broker's (size {new.size}, root {_b64(new.root_hash)}) {why}",
+    )
+
+
+def _hashes(doc: Mapping[str, Any], key: str) -> list[bytes]:
+    values = doc.get(key)
+    if not isinstance(values, list):
+        raise VerifyError("bad_proof", f"`{key}` is not a list")
+    return [_unb64(v, key, "bad_proof") for v in values]
+
+
+def _consistent(client: LogClient, old: note.Checkpoint, new: note.Checkpoint) -> str:
+    """How `new` relates to `old`, after checking the consistency proof between them."""
+    if old.size == new.size:
+        if old.root_hash != new.root_hash:
+            raise _split(old, new, "are different trees of the same size")
+        return "same"
+    small, large = (old, new) if old.size < new.size else (new, old)
+    if small.size > 0:
+        try:
+            served = client.consistency(small.size, large.size)
+        except VerifyError as exc:
+            if new.size > old.size:
+                raise
+            raise VerifyError(
+                "behind",
+                f"the broker's checkpoint (size {new.size}) is older than the one verified before "
+                f"(size {old.size}) and it cannot prove they are consistent ({exc}); retry later, "
+                "and if this persists the log may have been rolled back",
+            ) from None
+        proof = _hashes(served, "proof")
+        try:
+            merkle.verify_consistency(
+                small.size, large.size, proof, small.root_hash, large.root_hash
+            )
+        except merkle.ProofError as exc:
+            raise _split(old, new, f"are not consistent ({exc.code})") from None
+    return "extended" if new.size > old.size else "behind"
+
+
+def verify_log(
+    base_url: str,
+    token: str | None,
+    log_key: str,
+    *,
+    state: Path | None = None,
+    full: bool = False,
+    index: int | None = None,
+    http: HttpClient | None = None,
+) -> Report:
+    """Verify the broker's latest checkpoint, its consistency with `state`, and optionally more."""
+    verifier = parse_key(log_key)
+    if http is None:
+        with open_http(base_url) as owned:
+            return _verify_log(LogClient(owned, token), verifier, state, full, index)
+    return _verify_log(LogClient(http, token), verifier, state, full, index)
+
+
+def _verify_log(
+    client: LogClient,
+    verifier: note.NoteVerifier,
+    state: Path | None,
+    full: bool,
+    index: int | None,
+) -> Report:
+    text = client.checkpoint()
+    checkpoint = check_checkpoint(text, verifier)
+    report = Report(checkpoint.origin, checkpoint.size, checkpoint.root_hash)
+    stored = _load_state(state, verifier)
+    if stored is not None:
+        report.relation = _consistent(client, stored, checkpoint)
+        report.previous = (stored.size, stored.root_hash)
+    if full:
+        report.leaves_checked, report.nodes_checked = _verify_full(client, checkpoint)
+    if index is not None:
+        _verify_inclusion(client, checkpoint, index)
+        report.included.append(index)
+    if state is not None and report.relation != "behind":
+        _save_state(state, text)
+    return report
+
+
+def _verify_full(client: LogClient, checkpoint: note.Checkpoint) -> tuple[int, int]:
+    size = checkpoint.size
+    hashes: list[bytes] = []
+    while len(hashes) < size:
+        page = client.leaves(len(hashes), size)
+        items = page.get("leaves") or []
+        if not items:
+            raise VerifyError(
+                "leaves",
+                f"leaf {len(hashes)} is missing (full verification needs an auditor token that "
+                "oversees every agency)",
+            )
+        for item in items:
+            expected = len(hashes)
+            if item.get("index") != expected:
+                raise VerifyError(
+                    "leaves", f"expected leaf {expected}, the broker served {item.get('index')}"
+                )
+            data = _unb64(item.get("leaf"), f"leaf {expected}", "leaves")
+            digest = merkle.leaf_hash(data)
+            if _unb64(item.get("hash"), f"hash of leaf {expected}", "leaves") != digest:
+                raise VerifyError("leaves", f"leaf {expected}: stored hash differs from its bytes")
+            try:
+                doc = json.loads(data)
+            except ValueError:
+                raise VerifyError("leaves", f"leaf {expected} is not JSON") from None
+            if not isinstance(doc, dict) or doc.get("index") != expected or doc.get("v") != 1:
+                raise VerifyError("leaves", f"leaf {expected} names another index or version")
+            hashes.append(digest)
+            if len(hashes) == size:
+                break
+    store = merkle.MemoryTreeStore.from_leaf_hashes(hashes)
+    got = merkle.root(size, store)
+    if got != checkpoint.root_hash:
+        raise VerifyError(
+            "leaves",
+            f"the {size} leaves give root {_b64(got)}, the checkpoint says "
+            f"{_b64(checkpoint.root_hash)}",
+        )
+    return size, _verify_nodes(client, store, size)
+
+
+def _verify_nodes(client: LogClient, store: merkle.MemoryTreeStore, size: int) -> int:
+    checked = 0
+    for level in range(size.bit_length()):
+        count = size >> level
+        start = 0
+        while start < count:
+            page = client.nodes(level, start, count)
+            served = [_unb64(h, f"node ({level}, {start})", "nodes") for h in page["hashes"]]
+            if not served:
+                raise VerifyError("nodes", f"stored node ({level}, {start}) is missing")
+            for offset, digest in enumerate(served):
+                i = start + offset
+                if i >= count or store.levels[level][i] != digest:
+                    raise VerifyError(
+                        "nodes", f"stored node ({level}, {i}) differs from the leaves' tree"
+                    )
+            start += len(served)
+            checked += len(served)
+    return checked
+
+
+def _verify_inclusion(client: LogClient, checkpoint: note.Checkpoint, index: int) -> None:
+    if not 0 <= index < checkpoint.size:
+        raise VerifyError("bad_proof", f"leaf {index} is not in the tree of size {checkpoint.size}")
+    doc = client.inclusion(index, checkpoint.size)
+    if doc.get("leafIdx") != index or doc.get("treeSize") != checkpoint.size:
+        raise VerifyError("bad_proof", "the proof is for another leaf or tree size")
+    leaf_hash = _unb64(doc.get("leafHash"), "leafHash", "bad_proof")
+    # Hash the leaf ourselves when this token may read it.
+    try:
+        page = client.leaves(index, index + 1)
+    except VerifyError:
+        page = {}
+    for item in page.get("leaves") or []:
+        if item.get("index") == index:
+            data = _unb64(item.get("leaf"), f"leaf {index}", "leaves")
+            if merkle.leaf_hash(data) != leaf_hash:
+                raise VerifyError("bad_proof", f"leaf {index}'s bytes do not match the proof")
+    try:
+        merkle.verify_inclusion(
+            leaf_hash, index, checkpoint.size, _hashes(doc, "proof"), checkpoint.root_hash
+        )
+    except merkle.ProofError as exc:
+        raise VerifyError("bad_proof", f"inclusion of leaf {index} fails: {exc}") from None
+
+
+# --- exports -------------------------------------------------------------------------------
+
+
+@dataclass
+class ExportReport:
+    """What an export's verification established."""
+
+    size: int
+    root: bytes
+    events: int
+    proven: int
+
+    def __str__(self) -> str:
+        return (
+            f"export against checkpoint size {self.size} root {_b64(self.root)}: signature OK; "
+            f"{self.proven} of {self.events} events proven included and identical to their leaves"
+            + (
+                ""
+                if self.proven == self.events
+                else f"; {self.events - self.proven} not yet in that checkpoint"
+            )
+        )
+
+
+def epoch_ms(text: str) -> int:
+    """Floor epoch milliseconds of an RFC 3339 time (the leaf's `ts`)."""
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return (moment - _EPOCH) // _MS
+
+
+def _read_export(data: bytes) -> tuple[str, list[dict[str, Any]]]:
+    text = data.decode("utf-8")
+    if text.lstrip().startswith("{"):
+        doc = json.loads(text)
+        return str(doc["checkpoint"]), list(doc["events"])
+    rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    if not rows or rows[0].get("record") != "checkpoint":
+        raise VerifyError("export", "a CSV export starts with its checkpoint record")
+    events = []
+    for row in rows[1:]:
+        events.append(
+            {
+                "id": row["id"],
+                "created_at": row["created_at"],
+                "kind": row["kind"],
+                "actor": row["actor"],
+                "subject": row["subject"] or None,
+                "details": json.loads(row["details"]),
+                "leaf_index": int(row["leaf_index"]) if row["leaf_index"] else None,
+                "leaf": row["leaf"] or None,
+                "proof": row["proof"].split() if row["leaf"] else None,
+            }
+        )
+    return rows[0]["details"], events
+
+
+def verify_export(data: bytes, log_key: str, *, require_all: bool = False) -> ExportReport:
+    """Verify an export offline: checkpoint signature, each proof, each event against its leaf."""
+    verifier = parse_key(log_key)
+    try:
+        checkpoint_text, events = _read_export(data)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise VerifyError("export", f"not an export: {exc}") from None
+    checkpoint = check_checkpoint(checkpoint_text, verifier)
+    proven = 0
+    seen: set[int] = set()
+    for event in events:
+        if not event.get("proof") and not event.get("leaf"):
+            if require_all:
+                raise VerifyError("export", f"event {event.get('id')} has no inclusion proof")
+            continue
+        _verify_exported(event, checkpoint, seen)
+        proven += 1
+    return ExportReport(checkpoint.size, checkpoint.root_hash, len(events), proven)
+
+
+def _verify_exported(event: dict[str, Any], checkpoint: note.Checkpoint, seen: set[int]) -> None:
+    eid, index = event.get("id"), event.get("leaf_index")
+    if not isinstance(index, int) or index in seen:
+        raise VerifyError("export", f"event {eid}: missing or repeated leaf index {index}")
+    seen.add(index)
+    data = _unb64(event.get("leaf"), f"leaf of {eid}", "export")
+    proof = [_unb64(h, f"proof of {eid}", "export") for h in event.get("proof") or []]
+    try:
+        merkle.verify_inclusion(
+            merkle.leaf_hash(data), index, checkpoint.size, proof, checkpoint.root_hash
+        )
+    except merkle.ProofError as exc:
+        raise VerifyError("export", f"event {eid}: inclusion proof fails ({exc})") from None
+    try:
+        rebuilt = leaf.leaf_bytes(
+            kind=event["kind"],
+            index=index,
+            ts=epoch_ms(event["created_at"]),
+            actor=event["actor"],
+            subject=event["subject"],
+            details=event["details"],
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise VerifyError("export", f"event {eid}: malformed ({exc})") from None
+    if rebuilt != data:
+        raise VerifyError("export", f"event {eid}: its exported fields differ from leaf {index}")

@@ -1,0 +1,290 @@
+"""`broker audit verify`: tampering behind the service's back, and split views, are caught."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import delete, select, text, update
+from typer.testing import CliRunner
+
+from broker import db, keyring
+from broker.audit import repository, sequencer, verify
+from broker.audit.models import AuditEvent, Checkpoint, LogLeaf, LogNode
+from broker.cli.main import app as cli
+from broker.crypto import merkle, note
+from tests.audit.conftest import record, sequence_all
+
+runner = CliRunner()
+
+
+class Borrowed:
+    """The test client lent to the CLI, which must not close it (nor run the app's lifespan)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def __enter__(self) -> Any:
+        return self.client
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+@pytest.fixture
+def auditor(api: Any, world: dict[str, Any], token_for: Any, monkeypatch: Any) -> str:
+    """An oversight auditor's token; the CLI talks to the app through the test client."""
+    monkeypatch.setattr(verify, "open_http", lambda base_url: Borrowed(api))
+    token = token_for("auditor")
+    record(40)
+    sequence_all()
+    return token
+
+
+def run(token: str, log_key: str, *args: str) -> Any:
+    return runner.invoke(
+        cli,
+        [
+            "audit",
+            "verify",
+            "--url",
+            "http://testserver",
+            "--token",
+            token,
+            "--log-key",
+            log_key,
+            *list(args),
+        ],
+    )
+
+
+def _size() -> int:
+    with db.session_scope() as s:
+        return int(s.scalar(select(Checkpoint.size).order_by(Checkpoint.size.desc()).limit(1)) or 0)
+
+
+def test_a_sound_log_verifies(auditor: str, log_key: str, tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    result = run(auditor, log_key, "--full", "--state", str(state), "--index", "7")
+    assert result.exit_code == 0, result.output
+    assert "signature OK" in result.output
+    assert "leaf 7 is included" in result.output
+    assert f"full: {_size()} leaves reproduce the root" in result.output
+    stored = json.loads(state.read_text())["checkpoint"]
+    record(5)
+    sequence_all()
+    again = run(auditor, log_key, "--state", str(state))
+    assert again.exit_code == 0, again.output
+    assert "consistent with the stored checkpoint" in again.output
+    assert json.loads(state.read_text())["checkpoint"] != stored
+
+
+def _swap_leaves(a: int, b: int) -> None:
+    with db.session_scope() as s:
+        rows = {
+            r.index: (r.leaf_bytes, r.leaf_hash)
+            for r in s.scalars(select(LogLeaf).where(LogLeaf.index.in_([a, b])))
+        }
+        for i, j in ((a, b), (b, a)):
+            s.execute(
+                update(LogLeaf)
+                .where(LogLeaf.index == i)
+                .values(leaf_bytes=rows[j][0], leaf_hash=rows[j][1])
+            )
+
+
+def _edit_leaf(index: int, *, rehash: bool) -> None:
+    with db.session_scope() as s:
+        row = s.get(LogLeaf, index)
+        assert row is not None
+        row.leaf_bytes = row.leaf_bytes.replace(b'"actor":"test"', b'"actor":"tset"')
+        if rehash:
+            row.leaf_hash = merkle.leaf_hash(row.leaf_bytes)
+
+
+def _set_node(level: int, index: int, value: bytes) -> None:
+    with db.session_scope() as s:
+        s.execute(
+            update(LogNode).where(LogNode.level == level, LogNode.index == index).values(hash=value)
+        )
+
+
+def _swap_nodes(level: int, a: int, b: int) -> None:
+    with db.session_scope() as s:
+        ha = s.scalar(select(LogNode.hash).where(LogNode.level == level, LogNode.index == a))
+        hb = s.scalar(select(LogNode.hash).where(LogNode.level == level, LogNode.index == b))
+    assert ha is not None
+    assert hb is not None
+    _set_node(level, a, hb)
+    _set_node(level, b, ha)
+
+
+TAMPERING = {
+    "leaf bytes edited": (lambda: _edit_leaf(5, rehash=False), "stored hash differs"),
+    "leaf bytes and hash edited": (lambda: _edit_leaf(5, rehash=True), "leaves give root"),
+    "leaf deleted": (
+        lambda: db_exec('DELETE FROM log_leaves WHERE "index" = 9'),
+        "expected leaf 9, the broker served 10",
+    ),
+    "leaves reordered": (lambda: _swap_leaves(3, 4), "leaf 3 names another index"),
+    "node edited": (lambda: _set_node(1, 2, b"\x11" * 32), "stored node (1, 2) differs"),
+    "leaf-level node edited": (lambda: _set_node(0, 6, b"\x11" * 32), "stored node (0, 6)"),
+    "nodes reordered": (lambda: _swap_nodes(2, 0, 1), "stored node (2, 0) differs"),
+    "node deleted": (
+        lambda: db_exec('DELETE FROM log_nodes WHERE level = 3 AND "index" = 1'),
+        "log.corrupt",
+    ),
+}
+
+
+def db_exec(sql: str) -> None:
+    with db.session_scope() as s:
+        s.execute(text(sql))
+
+
+@pytest.mark.parametrize("what", sorted(TAMPERING))
+def test_full_verification_detects_tampering(auditor: str, log_key: str, what: str) -> None:
+    assert run(auditor, log_key, "--full").exit_code == 0
+    tamper, message = TAMPERING[what]
+    tamper()
+    result = run(auditor, log_key, "--full")
+    assert result.exit_code == 1, result.output
+    assert message in result.output, result.output
+
+
+def _forge_checkpoint(size: int, root: bytes) -> None:
+    """What a log operator with the key could do: replace the head with another tree's."""
+    with db.session_scope() as s:
+        s.execute(delete(Checkpoint).where(Checkpoint.size == size))
+        sequencer.sign(s, size, root)
+
+
+def test_split_view_same_size_other_root(auditor: str, log_key: str, tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    assert run(auditor, log_key, "--state", str(state)).exit_code == 0
+    size = _size()
+    seen = note.Checkpoint.parse(
+        json.loads(state.read_text())["checkpoint"].split("\n\n")[0] + "\n"
+    )
+    _forge_checkpoint(size, b"\x42" * 32)
+    result = run(auditor, log_key, "--state", str(state))
+    assert result.exit_code == 1
+    assert "split_view" in result.output
+    assert "same size" in result.output
+    assert verify._b64(seen.root_hash) in result.output
+    assert verify._b64(b"\x42" * 32) in result.output
+
+
+def test_split_view_newer_but_inconsistent(auditor: str, log_key: str, tmp_path: Path) -> None:
+    """The operator rewrites history (an old event changed) and re-signs a longer tree."""
+    state = tmp_path / "state.json"
+    assert run(auditor, log_key, "--state", str(state)).exit_code == 0
+    old = _size()
+    with db.session_scope() as s:
+        for table in (Checkpoint, LogNode, LogLeaf):
+            s.execute(delete(table))
+        s.execute(update(AuditEvent).values(leaf_index=None))
+        first = s.scalars(select(AuditEvent).order_by(AuditEvent.created_at)).first()
+        assert first is not None
+        first.actor = "rewritten"
+    record(3)
+    sequence_all()
+    assert _size() > old
+    result = run(auditor, log_key, "--state", str(state))
+    assert result.exit_code == 1
+    assert "split_view" in result.output
+    assert "not consistent" in result.output
+
+
+def _proof(size1: int, size2: int) -> dict[str, Any]:
+    with db.session_scope() as s:
+        store = repository.DbTreeStore(s)
+        proof = merkle.consistency_proof(size1, size2, store)
+    return {"proof": [verify._b64(h) for h in proof]}
+
+
+def test_an_older_checkpoint_is_refused_unless_proven_consistent(
+    api: Any, auditor: str, log_key: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    state = tmp_path / "state.json"
+    record(5)
+    sequence_all()
+    assert run(auditor, log_key, "--state", str(state)).exit_code == 0
+    saved = state.read_text()
+    newest = _size()
+    with db.session_scope() as s:
+        s.execute(delete(Checkpoint).where(Checkpoint.size == newest))  # a lagging replica
+    behind = run(auditor, log_key, "--state", str(state))
+    assert behind.exit_code == 1
+    assert "behind: the broker's checkpoint" in behind.output
+    assert state.read_text() == saved
+    # A broker that can still prove consistency from its older head is accepted, state kept.
+    client = verify.LogClient(api, auditor)
+    stored = note.Checkpoint.parse(json.loads(saved)["checkpoint"].split("\n\n")[0] + "\n")
+    older = note.Checkpoint.parse(client.checkpoint().split("\n\n")[0] + "\n")
+    assert older.size < stored.size
+    monkeypatch.setattr(client, "consistency", lambda a, b: _proof(a, b))
+    assert verify._consistent(client, stored, older) == "behind"
+
+
+def test_wrong_key_and_bad_proofs(auditor: str, log_key: str, api: Any) -> None:
+    from broker.crypto.keys import SigningKey
+
+    other = note.format_verifier_key(
+        keyring.load_or_create().log_origin, SigningKey.generate().private_key.public_key()
+    )
+    result = run(auditor, other)
+    assert result.exit_code == 1
+    assert "bad_checkpoint" in result.output
+    result = run(auditor, "not-a-key")
+    assert result.exit_code == 1
+    assert "bad_key" in result.output
+    result = run(auditor, log_key, "--index", str(10**6))
+    assert result.exit_code == 1
+    assert "bad_proof" in result.output
+    _set_node(0, 3, b"\x13" * 32)  # the sibling of leaf 2
+    result = run(auditor, log_key, "--index", "2")
+    assert result.exit_code == 1
+    assert "bad_proof" in result.output
+
+
+def test_inclusion_for_a_party_that_cannot_read_the_leaf(
+    auditor: str, log_key: str, token_for: Any
+) -> None:
+    token = token_for("focal_point", focal_point_id="VN-GDC/fp-hcm-01")
+    result = run(token, log_key, "--index", "0")
+    assert result.exit_code == 0, result.output
+    assert "leaf 0 is included" in result.output
+
+
+def test_export_verification_from_the_command_line(
+    api: Any, auditor: str, log_key: str, tmp_path: Path
+) -> None:
+    export = api.get("/v1/audit/export", headers={"Authorization": f"Bearer {auditor}"})
+    path = tmp_path / "export.json"
+    path.write_bytes(export.content)
+    ok = runner.invoke(cli, ["audit", "verify-export", str(path), "--log-key", log_key])
+    assert ok.exit_code == 0, ok.output
+    assert "events proven included" in ok.output
+    path.write_bytes(export.content.replace(b'"actor":"test"', b'"actor":"tset"', 1))
+    bad = runner.invoke(cli, ["audit", "verify-export", str(path), "--log-key", log_key])
+    assert bad.exit_code == 1
+    assert "export" in bad.output
+
+
+def test_over_real_http(live_url: str, world: dict[str, Any], token_for: Any, log_key: str) -> None:
+    """The CLI's own httpx2 client against uvicorn: no test transport in between."""
+    token = token_for("auditor")
+    record(10)
+    sequence_all()
+    result = run_url(live_url, token, log_key, "--full", "--index", "3")
+    assert result.exit_code == 0, result.output
+    assert "leaves reproduce the root" in result.output
+
+
+def run_url(url: str, token: str, log_key: str, *args: str) -> Any:
+    return runner.invoke(
+        cli, ["audit", "verify", "--url", url, "--token", token, "--log-key", log_key, *args]
+    )
