@@ -1,0 +1,1 @@
+"""Hostile-input drills: malicious envelopes, API fuzzing, fuzzing, leaks, resource limits."""

@@ -1,0 +1,147 @@
+"""Shared set-up for the hostile suite: a world with keys, loaded once per module and backend.
+
+The corpus and the fuzzers send many requests against one world, so they share it for a
+module (per backend) instead of rebuilding the world, ~90 keys and the tokens for every test;
+each check then looks at what its own request changed (deltas), not at absolute counts.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import delete, text
+
+from broker import db
+from broker.crypto.keys import EncryptionKey, SigningKey
+from tests.messages.conftest import Exchange
+from tests.messages.conftest import exchange as exchange  # the same fixture, here too
+
+SENDER_FP = "VN-GDC/fp-hcm-01"
+
+
+def wipe() -> None:
+    """Empty every table (the schema stays), as the `clean_db` fixture does after a test."""
+    from broker.models import Base
+
+    with db.session_scope() as s:
+        for table in reversed(Base.metadata.sorted_tables):
+            s.execute(delete(table))
+
+
+def make_token(role: str, **binding: Any) -> str:
+    """A bearer token for a new principal of `role` (like the `token_for` fixture)."""
+    from broker.auth import service
+    from broker.auth.service import Role
+
+    with db.session_scope() as s:
+        principal = service.create_principal(
+            s, name=f"{role}-{uuid.uuid4().hex[:8]}", role=Role(role), actor="test", **binding
+        )
+        _, secret = service.issue_token(s, principal, actor="test")
+    return secret
+
+
+def arm(client: Any) -> Exchange:
+    """Load the demo world and register the keys the `exchange` fixture registers."""
+    from broker import world as world_mod
+    from broker.directory import service as directory
+    from broker.directory.schemas import KeyIn
+
+    doc = world_mod.demo_world()
+    ex = Exchange(client=client, token_for=make_token)
+    with db.session_scope() as s:
+        world_mod.load_world(s, doc, actor="test")
+    with db.session_scope() as s:
+        for fp in doc["focal_points"]:
+            key = ex.signing[fp["id"]] = SigningKey.generate()
+            directory.register(
+                s,
+                KeyIn(
+                    agency_id=fp["id"].split("/")[0], focal_point_id=fp["id"], jwk=key.public.jwk
+                ),
+                actor="test",
+            )
+        for agency in doc["agencies"]:
+            enc = ex.encryption[agency["id"]] = EncryptionKey.generate()
+            directory.register(s, KeyIn(agency_id=agency["id"], jwk=enc.public.jwk), actor="test")
+            sig = ex.agency_signing[agency["id"]] = SigningKey.generate()
+            directory.register(s, KeyIn(agency_id=agency["id"], jwk=sig.public.jwk), actor="test")
+    return ex
+
+
+@pytest.fixture(scope="module")
+def armed(app: Any, backend: str) -> Iterator[Exchange]:
+    """One world with keys and a client for the whole module (per backend)."""
+    from fastapi.testclient import TestClient
+
+    wipe()
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield arm(client)
+    wipe()
+
+
+def count(sql: str, **params: Any) -> int:
+    with db.session_scope() as s:
+        return int(s.execute(text(sql), params).scalar_one())
+
+
+def footprint() -> dict[str, int]:
+    """What a refused submission must not change, and the one event it must add."""
+    return {
+        "messages": count("select count(*) from messages"),
+        "deliveries": count("select count(*) from deliveries"),
+        "rejected": count("select count(*) from audit_events where kind = 'msg.rejected'"),
+    }
+
+
+def last_rejection() -> dict[str, Any]:
+    from broker.audit.models import AuditEvent
+
+    with db.session_scope() as s:
+        from sqlalchemy import select
+
+        event = s.scalars(
+            select(AuditEvent)
+            .where(AuditEvent.kind == "msg.rejected")
+            .order_by(AuditEvent.created_at.desc(), AuditEvent.id.desc())
+            .limit(1)
+        ).one()
+        return {"actor": event.actor, "subject": event.subject, "details": dict(event.details)}
+
+
+def gated_routes(app: Any) -> list[tuple[str, str, frozenset[Any]]]:
+    """(method, path, roles) of every route that declares a RoleGate."""
+    from fastapi.routing import APIRoute, _iter_included_route_candidates
+
+    from broker.deps import RoleGate
+
+    out = []
+    for route in _iter_included_route_candidates(app.routes):
+        if not isinstance(route, APIRoute):
+            continue
+        gates = [d.call for d in route.dependant.dependencies if isinstance(d.call, RoleGate)]
+        if gates:
+            out += [(method, route.path, gates[0].roles) for method in sorted(route.methods)]
+    return out
+
+
+# Real object ids for path parameters (anything else gets "x").
+PATH_VALUES = {
+    "agency_id": "VN-GDC",
+    "slug": "fp-hcm-01",
+    "agreement_id": "VN-HK-CMAA-2013",
+    "operation_id": "TWIN-GUARDIAN-II",
+    "name": "nobody",
+    "kid": "A" * 43,
+    "token_id": "01a209e8-cf03-74d1-ac62-45eda8e12c83",
+    "mid": "01a209e8-cf03-74d1-ac62-45eda8e12c84",
+}
+
+
+def url_for(path: str) -> str:
+    import re
+
+    return re.sub(r"\{(\w+)(:path)?\}", lambda m: PATH_VALUES.get(m.group(1), "x"), path)
