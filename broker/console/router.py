@@ -1,0 +1,637 @@
+"""The auditor console (/console): server-rendered pages with htmx, for auditors only.
+
+Sign-in puts the auditor's API token in a cookie (HttpOnly, SameSite=Strict, Path=/console,
+Secure behind https) and every request authenticates it again, so a revoked or expired token
+stops working at once. Unsafe methods from another site are refused (Origin, Sec-Fetch-Site).
+Every response is `no-store` with a self-only Content-Security-Policy (no inline script or
+style), and every error is an HTML page, never a stack trace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from datetime import date, datetime, timedelta
+from importlib import resources
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, Depends, FastAPI, Form, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import RedirectResponse, Response
+from fastapi.routing import APIRoute
+from fastapi.templating import Jinja2Templates
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from broker import db, ratelimit
+from broker.audit import auditor, log
+from broker.audit.repository import EventFilter
+from broker.auth import service as auth
+from broker.auth.service import Caller, Role
+from broker.config import settings
+from broker.console import service
+from broker.deps import SessionDep
+from broker.errors import BrokerError, error
+from broker.ids import utcnow
+from broker.logging import get_logger
+
+_log = get_logger("broker.console")
+
+COOKIE = "broker_console"
+COOKIE_PATH = "/console"
+SESSION_SECONDS = 8 * 3600
+CSP = "; ".join(
+    (
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self'",
+        "connect-src 'self'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+        "base-uri 'none'",
+    )
+)
+SECURITY_HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Why the sign-in page is shown again (only these fixed texts, never text from the request).
+NOTICES = {
+    "required": "Sign in with an auditor token to continue.",
+    "signed_out": "You have signed out.",
+    "auth.token_revoked": "Your token was revoked. Sign in with a current auditor token.",
+    "auth.token_expired": "Your token has expired. Sign in with a current auditor token.",
+    "auth.unauthenticated": "Your session is no longer valid. Sign in again.",
+    "auth.forbidden": "Only auditor tokens open the console.",
+}
+LOGIN_ERRORS = {
+    "auth.token_revoked": "This token was revoked.",
+    "auth.token_expired": "This token has expired.",
+    "auth.unauthenticated": "This is not a valid token.",
+}
+
+CrossSite = error("console.cross_site", 403, "Cross-site request refused")
+
+templates = Jinja2Templates(directory=str(resources.files("broker.console").joinpath("templates")))
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC") if moment is not None else "—"
+
+
+def _clock(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S") if moment is not None else "—"
+
+
+def _mid(value: str) -> str:
+    """A message id, shortened: UUIDv7s of one day share their first characters (the time)."""
+    return value if len(value) < 16 else f"{value[:8]}…{value[-6:]}"
+
+
+def _ms(value: int | None) -> str:
+    if value is None:
+        return "—"
+    if value < 1000:
+        return f"{value} ms"
+    if value < 120_000:
+        return f"{value / 1000:.1f} s"
+    if value < 7_200_000:
+        return f"{value / 60_000:.0f} min"
+    return f"{value / 3_600_000:.1f} h"
+
+
+def _short(value: str | None, n: int = 12) -> str:
+    if not value:
+        return "—"
+    return value if len(value) <= n else value[:n] + "…"
+
+
+templates.env.filters["when"] = _when
+templates.env.filters["clock"] = _clock
+templates.env.filters["mid"] = _mid
+templates.env.filters["ms"] = _ms
+templates.env.filters["short"] = _short
+
+
+class SignInRequired(Exception):
+    """No usable console session: send the browser to the sign-in page."""
+
+    def __init__(self, notice: str) -> None:
+        super().__init__(notice)
+        self.notice = notice if notice in NOTICES else "required"
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def refuse_cross_site(request: Request) -> None:
+    """CSRF: an unsafe method must come from this origin (or from no browser context at all)."""
+    if request.method in SAFE_METHODS:
+        return
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        raise CrossSite(f"a {site} request may not change anything here")
+    origin = request.headers.get("origin")
+    if origin is not None:
+        allowed = {_origin(str(request.base_url)), _origin(settings().public_base_url)}
+        if origin.lower() not in allowed:
+            raise CrossSite("the request came from another site")
+
+
+def _secure_cookie() -> bool:
+    return settings().public_base_url.lower().startswith("https://")
+
+
+def _forget(response: Response) -> Response:
+    response.delete_cookie(
+        COOKIE, path=COOKIE_PATH, secure=_secure_cookie(), httponly=True, samesite="strict"
+    )
+    return response
+
+
+def _htmx(request: Request) -> bool:
+    return request.headers.get("hx-request") == "true"
+
+
+def _sign_in(request: Request, notice: str) -> Response:
+    target = f"{COOKIE_PATH}/login?notice={notice}"
+    if _htmx(request):
+        return _forget(Response(status_code=200, headers={"HX-Redirect": target}))
+    return _forget(RedirectResponse(target, status_code=303))
+
+
+def _error_page(
+    request: Request,
+    status: int,
+    title: str,
+    detail: str,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    context = {
+        "status": status,
+        "title": title,
+        "detail": detail,
+        "request_id": getattr(request.state, "request_id", None),
+    }
+    headers = dict(headers or {})
+    if _htmx(request):
+        # Shown in the page's message area whatever element asked.
+        headers.update({"HX-Retarget": "#flash", "HX-Reswap": "innerHTML"})
+        return templates.TemplateResponse(
+            request, "_error.html", context, status_code=status, headers=headers
+        )
+    return templates.TemplateResponse(
+        request, "error.html", context, status_code=status, headers=headers
+    )
+
+
+def _validation_detail(exc: RequestValidationError) -> str:
+    parts = []
+    for e in exc.errors()[:3]:
+        where = str(e.get("loc", ("",))[-1])
+        parts.append(f"{where}: {e.get('msg', 'invalid')}")
+    return "; ".join(parts) or "the request is not valid"
+
+
+class ConsoleRoute(APIRoute):
+    """Console routes: CSRF check first; errors become HTML pages; security headers always."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def guarded(request: Request) -> Response:
+            try:
+                refuse_cross_site(request)
+                response = await handler(request)
+            except SignInRequired as exc:
+                response = _sign_in(request, exc.notice)
+            except BrokerError as exc:
+                response = _error_page(
+                    request, exc.status_code, exc.title, exc.detail, headers=exc.headers
+                )
+            except RequestValidationError as exc:
+                response = _error_page(
+                    request, 422, "Some values are not valid", _validation_detail(exc)
+                )
+            except StarletteHTTPException as exc:
+                response = _error_page(request, exc.status_code, "Request refused", str(exc.detail))
+            except OperationalError as exc:
+                _log.error("database unavailable", error=type(exc).__name__)
+                response = _error_page(
+                    request,
+                    503,
+                    "The broker is unavailable",
+                    "The database cannot be reached. Try again in a minute.",
+                    headers={"Retry-After": "5"},
+                )
+            except Exception as exc:
+                _log.exception("console error", error=type(exc).__name__)
+                response = _error_page(
+                    request,
+                    500,
+                    "Something went wrong",
+                    "The broker could not show this page. Quote the request id to the operators.",
+                )
+            response.headers.update(SECURITY_HEADERS)
+            return response
+
+        return guarded
+
+
+router = APIRouter(include_in_schema=False, route_class=ConsoleRoute)
+
+
+# --- who is signed in ----------------------------------------------------------------------
+
+
+def _authenticate(request: Request, session: Session, token: str | None) -> Caller:
+    if not token:
+        raise SignInRequired("required")
+    try:
+        with ratelimit.guard_authentication(request):
+            caller = auth.authenticate(session, token)
+    except BrokerError as exc:
+        if exc.status_code == 401:
+            raise SignInRequired(exc.code) from None
+        raise
+    if caller.role is not Role.auditor:
+        raise SignInRequired("auth.forbidden")
+    request.state.principal = caller.name
+    ratelimit.check(request, caller)
+    return caller
+
+
+def console_auditor(request: Request, session: SessionDep) -> Caller:
+    """The signed-in auditor, authenticated again from the cookie on every request."""
+    return _authenticate(request, session, request.cookies.get(COOKIE))
+
+
+Auditor = Annotated[Caller, Depends(console_auditor)]
+Text = Annotated[str | None, Query(max_length=100)]
+
+
+def render(
+    request: Request,
+    name: str,
+    context: dict[str, Any],
+    *,
+    caller: Caller | None = None,
+    status: int = 200,
+) -> Response:
+    visible = log.visible_agencies(caller) if caller is not None else None
+    base = {
+        "caller": caller,
+        "oversees": sorted(visible) if visible is not None else None,
+        "section": "",
+    }
+    return templates.TemplateResponse(request, name, {**base, **context}, status_code=status)
+
+
+# --- sign-in -------------------------------------------------------------------------------
+
+
+@router.get("/login")
+def login_page(
+    request: Request,
+    session: SessionDep,
+    notice: Annotated[str | None, Query(max_length=40)] = None,
+) -> Response:
+    """The sign-in form (straight to the log when the cookie still works)."""
+    token = request.cookies.get(COOKIE)
+    if token:
+        try:
+            _authenticate(request, session, token)
+            return RedirectResponse(f"{COOKIE_PATH}/", status_code=303)
+        except SignInRequired as exc:
+            notice = notice or exc.notice
+    response = render(request, "login.html", {"notice": NOTICES.get(notice or ""), "error": None})
+    return _forget(response) if token else response
+
+
+@router.post("/login")
+def login(
+    request: Request,
+    session: SessionDep,
+    token: Annotated[str, Form(max_length=400)] = "",
+) -> Response:
+    """Check an auditor token and keep it in the console cookie."""
+    token = token.strip()
+    try:
+        with ratelimit.guard_authentication(request):
+            caller = auth.authenticate(session, token)
+    except BrokerError as exc:
+        if exc.status_code != 401:
+            raise
+        message = LOGIN_ERRORS.get(exc.code, "This token does not open the console.")
+        return render(request, "login.html", {"notice": None, "error": message}, status=401)
+    if caller.role is not Role.auditor:
+        message = (
+            f"This is a {caller.role.value.replace('_', ' ')} token: "
+            "only auditor tokens open the console."
+        )
+        return render(request, "login.html", {"notice": None, "error": message}, status=403)
+    response = RedirectResponse(f"{COOKIE_PATH}/", status_code=303)
+    response.set_cookie(
+        COOKIE,
+        token,
+        max_age=SESSION_SECONDS,
+        path=COOKIE_PATH,
+        secure=_secure_cookie(),
+        httponly=True,
+        samesite="strict",
+    )
+    return response
+
+
+@router.post("/logout")
+def logout() -> Response:
+    """Forget the token cookie."""
+    return _forget(RedirectResponse(f"{COOKIE_PATH}/login?notice=signed_out", status_code=303))
+
+
+# --- the exchange log ----------------------------------------------------------------------
+
+
+def _choices(session: Session, caller: Caller) -> dict[str, Any]:
+    return {
+        "agencies": service.agencies_for(session, caller),
+        "agreements": service.agreements_for(session, caller),
+        "operations": service.operations_for(session, caller),
+        "kinds": [(value, label) for value, (label, _) in service.KIND_CHOICES.items()],
+    }
+
+
+@router.get("/")
+def exchange_log(
+    request: Request,
+    caller: Auditor,
+    session: SessionDep,
+    since: Text = None,
+    until: Text = None,
+    agency: Text = None,
+    agreement: Text = None,
+    operation: Text = None,
+    kind: Text = None,
+    reason: Text = None,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=service.MAX_PAGE)] = service.PAGE,
+) -> Response:
+    """Who sent what to whom under which agreement: message events, oldest first."""
+    if not request.query_params:
+        # A fresh visit opens on the last seven days.
+        filters = service.Filters(since=utcnow().date() - timedelta(days=6))
+    else:
+        filters = service.parse_filters(
+            since=since,
+            until=until,
+            agency=agency,
+            agreement=agreement,
+            operation=operation,
+            kind=kind,
+            reason=reason,
+        )
+    rows, next_cursor = service.event_page(
+        session, caller, filters.event_filter(), cursor=cursor, limit=limit
+    )
+    extra = {"limit": limit} if limit != service.PAGE else {}
+    more = f"{COOKIE_PATH}/?{filters.query(cursor=next_cursor, **extra)}" if next_cursor else None
+    context = {"rows": rows, "more": more, "continued": cursor is not None}
+    if _htmx(request) and cursor:
+        return render(request, "_rows.html", context, caller=caller)
+    return render(
+        request,
+        "events.html",
+        {
+            **context,
+            **_choices(session, caller),
+            "section": "log",
+            "form": filters.form(),
+            "first_page": f"{COOKIE_PATH}/?{filters.query()}",
+        },
+        caller=caller,
+    )
+
+
+@router.get("/messages/{mid}")
+def message(
+    request: Request,
+    caller: Auditor,
+    session: SessionDep,
+    mid: Annotated[str, Path(max_length=64)],
+) -> Response:
+    """One message's timeline: accepted, delivered, fetched, acknowledged, or rejected attempts."""
+    timeline = service.message_timeline(session, caller, mid)
+    return render(request, "message.html", {"t": timeline, "section": "log"}, caller=caller)
+
+
+@router.get("/rejections")
+def rejections(
+    request: Request,
+    caller: Auditor,
+    session: SessionDep,
+    since: Text = None,
+    until: Text = None,
+    agency: Text = None,
+    agreement: Text = None,
+    operation: Text = None,
+    reason: Text = None,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=service.MAX_PAGE)] = service.PAGE,
+) -> Response:
+    """Refused submissions: counts per reason code, and each attempt with its envelope hash."""
+    filters = service.parse_filters(
+        since=since,
+        until=until,
+        agency=agency,
+        agreement=agreement,
+        operation=operation,
+        kind="msg.rejected",
+        reason=reason,
+    )
+    f = filters.event_filter()
+    rows, next_cursor = service.event_page(session, caller, f, cursor=cursor, limit=limit)
+    extra = {"limit": limit} if limit != service.PAGE else {}
+    query = filters.query(kind=None, cursor=next_cursor, **extra)
+    more = f"{COOKIE_PATH}/rejections?{query}" if next_cursor else None
+    context = {"rows": rows, "more": more, "continued": cursor is not None}
+    if _htmx(request) and cursor:
+        return render(request, "_rejection_rows.html", context, caller=caller)
+    summary = auditor.summary(session, caller, f)
+    return render(
+        request,
+        "rejections.html",
+        {
+            **context,
+            **_choices(session, caller),
+            "section": "rejections",
+            "form": filters.form(),
+            "summary": summary,
+        },
+        caller=caller,
+    )
+
+
+# --- agreements ----------------------------------------------------------------------------
+
+
+@router.get("/agreements")
+def agreements(request: Request, caller: Auditor, session: SessionDep) -> Response:
+    """The agreements the auditor oversees a party of."""
+    items = service.agreements_for(session, caller)
+    return render(
+        request, "agreements.html", {"items": items, "section": "agreements"}, caller=caller
+    )
+
+
+@router.get("/agreements/{agreement_id}")
+def agreement(
+    request: Request,
+    caller: Auditor,
+    session: SessionDep,
+    agreement_id: Annotated[str, Path(max_length=64)],
+    days: Annotated[int, Query()] = 30,
+) -> Response:
+    """Volume over time (per day) and by direction, rejections by reason, delays."""
+    if days not in service.PERIODS:
+        raise service.BadFilter(f"the period is one of {', '.join(map(str, service.PERIODS))} days")
+    item = service.agreement_for(session, caller, agreement_id)
+    today: date = utcnow().date()
+    counts = service.daily_volume(session, caller, item.id, days=days, today=today)
+    first = today - timedelta(days=days - 1)
+    summary = auditor.summary(
+        session, caller, EventFilter(agreement=item.id, since=service.midnight(first))
+    )
+    by_direction = service.directions(summary)
+    return render(
+        request,
+        "agreement.html",
+        {
+            "a": item,
+            "days": days,
+            "periods": service.PERIODS,
+            "first": first,
+            "today": today,
+            "counts": counts,
+            "day_chart": service.day_chart(counts),
+            "directions": by_direction,
+            "direction_chart": service.direction_chart(by_direction),
+            "summary": summary,
+            "section": "agreements",
+        },
+        caller=caller,
+    )
+
+
+# --- the transparency log ------------------------------------------------------------------
+
+
+@router.get("/log")
+def log_page(
+    request: Request,
+    caller: Auditor,
+    session: SessionDep,
+    index: Annotated[int | None, Query(ge=0, le=2**62)] = None,
+) -> Response:
+    """The latest checkpoint, the log key, the sequencer backlog, and "verify now"."""
+    return render(
+        request,
+        "log.html",
+        {
+            "state": service.log_state(session),
+            "all_agencies": log.visible_agencies(caller) is None,
+            "index": index,
+            "result": None,
+            "section": "verify",
+        },
+        caller=caller,
+    )
+
+
+def _leaf_index(value: str) -> int | None:
+    value = value.strip()
+    if not value:
+        return None
+    if not value.isdigit() or len(value) > 18:
+        raise service.BadFilter("the leaf index is a whole number such as 42")
+    return int(value)
+
+
+@router.post("/log/verify")
+def verify_now(
+    request: Request,
+    full: Annotated[bool, Form()] = False,
+    index: Annotated[str, Form(max_length=40)] = "",
+    since: Annotated[int | None, Form(ge=1, le=2**62)] = None,
+) -> Response:
+    """Run the log verifier against this broker, in process, with the auditor's own token."""
+    leaf = _leaf_index(index)
+    token = request.cookies.get(COOKIE)
+    # No session is held while the verifier runs: each of its in-process API calls opens its
+    # own, and SQLite admits one writer at a time.
+    with db.session_scope() as session:
+        caller = _authenticate(request, session, token)
+        note = service.checkpoint_note(session, since) if since else None
+    assert token is not None  # _authenticate refused a missing token
+    result = service.verify_in_process(
+        request.app.state.broker,
+        token,
+        full=full,
+        index=leaf,
+        previous=(since, note) if since and note else None,
+    )
+    with db.session_scope() as session:
+        service.record_verification(session, caller, result)
+        state = None if _htmx(request) else service.log_state(session)
+    if _htmx(request):
+        return render(request, "_verify_result.html", {"result": result}, caller=caller)
+    return render(
+        request,
+        "log.html",
+        {
+            "state": state,
+            "all_agencies": log.visible_agencies(caller) is None,
+            "index": leaf,
+            "result": result,
+            "section": "verify",
+        },
+        caller=caller,
+    )
+
+
+# --- the application mounted at /console --------------------------------------------------
+
+
+async def _routing_error(request: Request, exc: Exception) -> Response:
+    """404 and 405 from routing (no console route matched): an HTML page too."""
+    status = exc.status_code if isinstance(exc, StarletteHTTPException) else 500
+    if status == 405:
+        response = _error_page(request, 405, "Not allowed", "This page cannot be used that way.")
+    else:
+        response = _error_page(
+            request, 404, "Page not found", "There is no such page in the console."
+        )
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+def console_app(broker: FastAPI) -> FastAPI:
+    """The console as its own application, for `broker` to mount at /console.
+
+    A mounted application keeps the console's cookie-authenticated HTML routes apart from the
+    API's bearer-token routes (their role gates, OpenAPI, problem+json); `broker` is the API
+    that "verify now" checks, in process.
+    """
+    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    app.state.broker = broker
+    app.include_router(router)
+    app.add_exception_handler(StarletteHTTPException, _routing_error)
+    return app

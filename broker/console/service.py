@@ -1,0 +1,707 @@
+"""What the console's pages show: event rows, message timelines, volume charts, log verification.
+
+The console reads through the auditor's services (`broker.audit.auditor`), so an auditor bound to
+some agencies sees only the events that name one of them, and every query is itself an audit
+event (`audit.queried`). Two views need a query the auditor service does not offer yet (all the
+events of one message id, and accepted/rejected counts per day): they apply the same rule
+(`log.visible_agencies` and `repository.names_any`) and record their own `audit.queried` event.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any
+from urllib.parse import urlencode
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+from starlette.testclient import TestClient
+from starlette.types import ASGIApp
+
+from broker.agencies import service as agencies
+from broker.agreements import service as agreements
+from broker.audit import auditor, log, repository, verify
+from broker.audit import service as audit
+from broker.audit.models import AuditEvent
+from broker.audit.repository import EventFilter
+from broker.audit.schemas import EventOut, Summary
+from broker.auth.service import Caller
+from broker.errors import error
+
+PAGE = 50
+MAX_PAGE = 200
+MAX_TIMELINE = 500
+MESSAGE_KINDS = ("msg.accepted", "msg.rejected", "msg.delivered", "msg.fetched", "msg.acked")
+# The kind filter: form value -> (label, kinds); "" is the default view.
+KIND_CHOICES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "": ("Message events", MESSAGE_KINDS),
+    "msg.accepted": ("Accepted", ("msg.accepted",)),
+    "msg.rejected": ("Rejected attempts", ("msg.rejected",)),
+    "msg.delivered": ("Delivered", ("msg.delivered",)),
+    "msg.fetched": ("Fetched", ("msg.fetched",)),
+    "msg.acked": ("Acknowledged", ("msg.acked",)),
+    "audit": ("Auditors' queries and exports", ("audit.queried", "audit.exported")),
+    "all": ("Every event", ()),
+}
+LABELS = {
+    "msg.accepted": ("accepted", "ok"),
+    "msg.rejected": ("rejected", "bad"),
+    "msg.delivered": ("delivered", "info"),
+    "msg.fetched": ("fetched", "info"),
+    "msg.acked": ("acknowledged", "ok"),
+    "audit.queried": ("auditor query", "muted"),
+    "audit.exported": ("auditor export", "muted"),
+}
+GOOD_ACKS = frozenset({"received", "decrypted"})
+PERIODS = (7, 30, 90)
+
+NoSuchMessage = error("console.no_such_message", 404, "No such message")
+NoSuchAgreement = error("console.no_such_agreement", 404, "No such agreement")
+BadFilter = auditor.BadFilter
+
+
+# --- filters -------------------------------------------------------------------------------
+
+
+def midnight(day: date) -> datetime:
+    """The start of a UTC day."""
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Filters:
+    """The exchange log's filter form; `until` is an inclusive day (UTC)."""
+
+    since: date | None = None
+    until: date | None = None
+    agency: str | None = None
+    agreement: str | None = None
+    operation: str | None = None
+    kind: str = ""
+    reason: str | None = None
+
+    def event_filter(self, kinds: tuple[str, ...] | None = None) -> EventFilter:
+        return EventFilter(
+            since=midnight(self.since) if self.since else None,
+            until=midnight(self.until + timedelta(days=1)) if self.until else None,
+            agency=self.agency,
+            agreement=self.agreement,
+            operation=self.operation,
+            kinds=KIND_CHOICES[self.kind][1] if kinds is None else kinds,
+            reason=self.reason,
+        )
+
+    def form(self) -> dict[str, str]:
+        """The values as the form shows them."""
+        return {
+            "since": self.since.isoformat() if self.since else "",
+            "until": self.until.isoformat() if self.until else "",
+            "agency": self.agency or "",
+            "agreement": self.agreement or "",
+            "operation": self.operation or "",
+            "kind": self.kind,
+            "reason": self.reason or "",
+        }
+
+    def query(self, **extra: str | int | None) -> str:
+        """A query string reproducing these filters (plus `extra`)."""
+        values: dict[str, str | int | None] = {**self.form(), **extra}
+        return urlencode({k: v for k, v in values.items() if v not in (None, "")})
+
+
+def _text(value: str | None, name: str, limit: int) -> str | None:
+    value = (value or "").strip()
+    if not value:
+        return None
+    if len(value) > limit or not value.isprintable():
+        raise BadFilter(f"`{name}` is not a valid value")
+    return value
+
+
+def _day(value: str | None, name: str) -> date | None:
+    value = (value or "").strip()
+    if not value:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise BadFilter(f"`{name}` must be a date such as 2026-11-23") from None
+
+
+def parse_filters(
+    *,
+    since: str | None = None,
+    until: str | None = None,
+    agency: str | None = None,
+    agreement: str | None = None,
+    operation: str | None = None,
+    kind: str | None = None,
+    reason: str | None = None,
+) -> Filters:
+    """The form's strings, checked: empty means no filter."""
+    kind = (kind or "").strip()
+    if kind not in KIND_CHOICES:
+        raise BadFilter(f"unknown event kind {kind[:40]!r}")
+    filters = Filters(
+        since=_day(since, "from"),
+        until=_day(until, "to"),
+        agency=_text(agency, "agency", 16),
+        agreement=_text(agreement, "agreement", 64),
+        operation=_text(operation, "operation", 64),
+        kind=kind,
+        reason=_text(reason, "reason", 64),
+    )
+    if filters.since and filters.until and filters.until < filters.since:
+        raise BadFilter("the `to` day is before the `from` day")
+    return filters
+
+
+# --- rows ----------------------------------------------------------------------------------
+
+
+def _str(details: dict[str, Any], key: str) -> str | None:
+    value = details.get(key)
+    return value if isinstance(value, str) and value else None
+
+
+def _int(details: dict[str, Any], key: str) -> int | None:
+    value = details.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _scalars(details: dict[str, Any], limit: int = 160) -> str:
+    parts = []
+    for key, value in details.items():
+        if isinstance(value, dict):
+            continue
+        if isinstance(value, list):
+            value = ",".join(str(v) for v in value if not isinstance(v, dict | list))
+        parts.append(f"{key}={value}")
+    text = " · ".join(parts)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One audit event as the console lists it."""
+
+    id: str
+    at: datetime
+    kind: str
+    label: str
+    tone: str
+    actor: str
+    subject: str | None
+    mid: str | None
+    origin: str | None
+    targets: list[str]
+    agreement: str | None
+    operation: str | None
+    offence: str | None
+    reason: str | None
+    status: str | None
+    envelope_sha256: str | None
+    delay_ms: int | None
+    leaf_index: int | None
+    other: str
+
+
+def row(event: EventOut) -> Row:
+    """The console's view of an event (metadata only, as the event itself)."""
+    d = event.details
+    label, tone = LABELS.get(event.kind, (event.kind, "muted"))
+    status = _str(d, "status")
+    if event.kind == "msg.acked" and status not in GOOD_ACKS:
+        tone = "warn"
+    message = event.kind in MESSAGE_KINDS
+    recipients = d.get("recipients")
+    if isinstance(recipients, list):
+        targets = [str(r) for r in recipients]
+    else:
+        targets = [r] if (r := _str(d, "recipient")) else []
+    mid = _str(d, "mid")
+    try:
+        mid = str(uuid.UUID(mid)) if mid else None
+    except ValueError:
+        mid = None
+    return Row(
+        id=str(event.id),
+        at=event.created_at,
+        kind=event.kind,
+        label=label,
+        tone=tone,
+        actor=event.actor,
+        subject=event.subject,
+        mid=mid,
+        origin=_str(d, "sender_fp") or _str(d, "sender"),
+        targets=targets,
+        agreement=_str(d, "agreement"),
+        operation=_str(d, "operation"),
+        offence=_str(d, "offence"),
+        reason=_str(d, "reason"),
+        status=status,
+        envelope_sha256=_str(d, "envelope_sha256"),
+        delay_ms=_int(d, "delay_ms"),
+        leaf_index=event.leaf_index,
+        other="" if message else _scalars(d),
+    )
+
+
+def event_page(
+    session: Session,
+    caller: Caller,
+    f: EventFilter,
+    *,
+    cursor: str | None,
+    limit: int = PAGE,
+) -> tuple[list[Row], str | None]:
+    """One page of the exchange log, through `auditor.events` (scoped, and recorded)."""
+    page = auditor.events(session, caller, f, cursor=cursor, limit=min(max(limit, 1), MAX_PAGE))
+    return [row(e) for e in page.items], page.next_cursor
+
+
+# --- what the auditor may pick in the filters ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class AgreementItem:
+    id: str
+    title: str
+    kind: str
+    status: str
+    parties: list[str]
+
+
+def _sees(caller: Caller, parties: list[str]) -> bool:
+    visible = log.visible_agencies(caller)
+    return visible is None or any(p in visible for p in parties)
+
+
+def agreements_for(session: Session, caller: Caller) -> list[AgreementItem]:
+    """Agreements with at least one party the auditor oversees."""
+    items = []
+    for version in agreements.list_current(session):
+        doc = version.document
+        parties = [str(p) for p in doc.get("parties", [])]
+        if _sees(caller, parties):
+            items.append(
+                AgreementItem(
+                    id=str(doc["id"]),
+                    title=str(doc.get("title", "")),
+                    kind=str(doc.get("kind", "")).replace("_", " "),
+                    status=str(doc.get("status", "")),
+                    parties=sorted(parties),
+                )
+            )
+    return sorted(items, key=lambda a: a.id)
+
+
+def agencies_for(session: Session, caller: Caller) -> list[tuple[str, str]]:
+    """(id, name) of the agencies the auditor oversees."""
+    visible = log.visible_agencies(caller)
+    return [
+        (a.id, a.name)
+        for a in sorted(agencies.list_agencies(session), key=lambda a: a.id)
+        if visible is None or a.id in visible
+    ]
+
+
+def operations_for(session: Session, caller: Caller) -> list[tuple[str, str]]:
+    """(id, agreement) of the operations with a member the auditor oversees."""
+    return [
+        (op.id, op.agreement_id)
+        for op in sorted(agreements.list_operations(session), key=lambda o: o.id)
+        if _sees(caller, [str(m) for m in op.document.get("members", [])])
+    ]
+
+
+# --- one message ---------------------------------------------------------------------------
+
+
+@dataclass
+class Delivery:
+    """What happened at one recipient."""
+
+    agency: str
+    delivered_at: datetime | None = None
+    delivery_delay_ms: int | None = None
+    fetched_at: datetime | None = None
+    fetches: int = 0
+    acked_at: datetime | None = None
+    status: str | None = None
+    reason: str | None = None
+    ack_delay_ms: int | None = None
+
+
+@dataclass
+class Timeline:
+    """Every event of one message id that the auditor may see, oldest first."""
+
+    mid: str
+    accepted: Row | None
+    details: dict[str, Any]
+    deliveries: list[Delivery]
+    events: list[Row]
+    rejected: list[Row] = field(default_factory=list)
+
+
+def _scope(session: Session, caller: Caller) -> list[Any]:
+    visible = log.visible_agencies(caller)
+    return [] if visible is None else [repository.names_any(session, visible)]
+
+
+def message_timeline(session: Session, caller: Caller, mid_text: str) -> Timeline:
+    """A message's timeline; 404 alike for an unknown id and for one the auditor may not see."""
+    try:
+        mid = str(uuid.UUID(mid_text))
+    except ValueError:
+        raise NoSuchMessage("a message id is a UUID") from None
+    stmt = (
+        select(AuditEvent)
+        .where(
+            AuditEvent.kind.in_(MESSAGE_KINDS),
+            AuditEvent.details["mid"].as_string() == mid,
+            *_scope(session, caller),
+        )
+        .order_by(AuditEvent.created_at, AuditEvent.id)
+        .limit(MAX_TIMELINE)
+    )
+    events = [EventOut.model_validate(e) for e in session.scalars(stmt)]
+    audit.record(
+        session,
+        "audit.queried",
+        actor=caller.actor,
+        details={"query": "console.message", "filters": {"mid": mid}, "returned": len(events)},
+    )
+    if not events:
+        raise NoSuchMessage(f"no message {mid} among the events you may see")
+    rows = [row(e) for e in events]
+    accepted = next((e for e in events if e.kind == "msg.accepted"), None)
+    deliveries: dict[str, Delivery] = {}
+    if accepted is not None:
+        for r in row(accepted).targets:
+            deliveries[r] = Delivery(agency=r)
+    for e in events:
+        agency = _str(e.details, "recipient")
+        if agency is None or e.kind not in ("msg.delivered", "msg.fetched", "msg.acked"):
+            continue
+        d = deliveries.setdefault(agency, Delivery(agency=agency))
+        if e.kind == "msg.delivered" and d.delivered_at is None:
+            d.delivered_at, d.delivery_delay_ms = e.created_at, _int(e.details, "delay_ms")
+        elif e.kind == "msg.fetched":
+            d.fetches += 1
+            d.fetched_at = d.fetched_at or e.created_at
+        elif e.kind == "msg.acked":
+            d.acked_at, d.ack_delay_ms = e.created_at, _int(e.details, "delay_ms")
+            d.status, d.reason = _str(e.details, "status"), _str(e.details, "reason")
+    return Timeline(
+        mid=mid,
+        accepted=row(accepted) if accepted is not None else None,
+        details=dict(accepted.details) if accepted is not None else {},
+        deliveries=list(deliveries.values()),
+        events=rows,
+        rejected=[r for r in rows if r.kind == "msg.rejected"],
+    )
+
+
+# --- agreements: volume charts -------------------------------------------------------------
+
+
+def agreement_for(session: Session, caller: Caller, agreement_id: str) -> AgreementItem:
+    """An agreement the auditor oversees a party of; 404 otherwise."""
+    for item in agreements_for(session, caller):
+        if item.id == agreement_id:
+            return item
+    raise NoSuchAgreement(f"no agreement {agreement_id[:64]!r} among those you oversee")
+
+
+@dataclass(frozen=True)
+class DayCount:
+    day: date
+    accepted: int
+    rejected: int
+
+
+def daily_volume(
+    session: Session, caller: Caller, agreement_id: str, *, days: int, today: date
+) -> list[DayCount]:
+    """Accepted messages and rejected attempts per day (UTC) under an agreement."""
+    first = today - timedelta(days=days - 1)
+    since = midnight(first)
+    stmt = select(AuditEvent.kind, AuditEvent.created_at).where(
+        AuditEvent.kind.in_(("msg.accepted", "msg.rejected")),
+        AuditEvent.details["agreement"].as_string() == agreement_id,
+        AuditEvent.created_at >= since,
+        *_scope(session, caller),
+    )
+    counts: Counter[tuple[date, str]] = Counter()
+    for kind, at in session.execute(stmt.execution_options(yield_per=2000)):
+        counts[(at.astimezone(UTC).date(), kind)] += 1
+    audit.record(
+        session,
+        "audit.queried",
+        actor=caller.actor,
+        details={
+            "query": "console.volume",
+            "filters": {"agreement": agreement_id, "since": auditor.rfc3339(since)},
+            "returned": sum(counts.values()),
+        },
+    )
+    return [
+        DayCount(
+            day=first + timedelta(days=i),
+            accepted=counts[(first + timedelta(days=i), "msg.accepted")],
+            rejected=counts[(first + timedelta(days=i), "msg.rejected")],
+        )
+        for i in range(days)
+    ]
+
+
+@dataclass(frozen=True)
+class Rect:
+    x: float
+    y: float
+    w: float
+    h: float
+    cls: str
+    title: str
+
+
+@dataclass(frozen=True)
+class Label:
+    x: float
+    y: float
+    text: str
+    anchor: str = "middle"
+    cls: str = "axis"
+
+
+@dataclass(frozen=True)
+class Line:
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    cls: str = "grid"
+
+
+@dataclass(frozen=True)
+class Chart:
+    """An SVG bar chart laid out on the server: the template only draws these shapes."""
+
+    width: int
+    height: int
+    rects: list[Rect]
+    labels: list[Label]
+    lines: list[Line]
+    total: int
+
+
+def _step(top: int, lines: int = 4) -> int:
+    """A round gridline step (1, 2, 5 × 10^k) so that `lines` steps cover `top`."""
+    raw = max(top, 1) / lines
+    power = 10 ** math.floor(math.log10(raw)) if raw >= 1 else 1
+    for m in (1, 2, 5, 10):
+        if m * power >= raw:
+            return max(int(m * power), 1)
+    return max(int(10 * power), 1)
+
+
+def day_chart(counts: list[DayCount], *, width: int = 760, height: int = 240) -> Chart:
+    """Stacked bars per day: accepted below, rejected above."""
+    left, right, top, bottom = 44.0, 8.0, 10.0, 26.0
+    plot_w, plot_h = width - left - right, height - top - bottom
+    peak = max((c.accepted + c.rejected for c in counts), default=0)
+    step = _step(peak)
+    ceiling = step * max(math.ceil(peak / step), 1)
+    scale = plot_h / ceiling
+    rects: list[Rect] = []
+    labels: list[Label] = []
+    lines: list[Line] = []
+    for k in range(0, ceiling + 1, step):
+        y = top + plot_h - k * scale
+        lines.append(Line(left, y, width - right, y, "grid" if k else "base"))
+        labels.append(Label(left - 6, y + 4, str(k), "end"))
+    band = plot_w / max(len(counts), 1)
+    bar = max(band * 0.72, 1.0)
+    every = max(math.ceil(len(counts) / 10), 1)
+    for i, c in enumerate(counts):
+        x = left + i * band + (band - bar) / 2
+        base = top + plot_h
+        day = c.day.isoformat()
+        if c.accepted:
+            h = c.accepted * scale
+            rects.append(Rect(x, base - h, bar, h, "acc", f"{day}: {c.accepted} accepted"))
+            base -= h
+        if c.rejected:
+            h = c.rejected * scale
+            rects.append(Rect(x, base - h, bar, h, "rej", f"{day}: {c.rejected} rejected"))
+        if (len(counts) - 1 - i) % every == 0:
+            labels.append(Label(x + bar / 2, height - 8, c.day.strftime("%d %b")))
+    total = sum(c.accepted + c.rejected for c in counts)
+    return Chart(width, height, rects, labels, lines, total)
+
+
+@dataclass(frozen=True)
+class DirectionCount:
+    sender: str
+    recipient: str
+    count: int
+    offences: dict[str, int]
+
+
+def directions(summary: Summary) -> list[DirectionCount]:
+    """Accepted messages per direction (sender to one recipient), most first."""
+    totals: Counter[tuple[str, str]] = Counter()
+    offences: dict[tuple[str, str], Counter[str]] = {}
+    for v in summary.volume:
+        totals[(v.sender, v.recipient)] += v.count
+        offences.setdefault((v.sender, v.recipient), Counter())[v.offence] += v.count
+    return [
+        DirectionCount(s, r, n, dict(offences[(s, r)].most_common()))
+        for (s, r), n in sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))
+    ]
+
+
+def direction_chart(rows: list[DirectionCount], *, width: int = 760, limit: int = 25) -> Chart:
+    """Horizontal bars, one per direction."""
+    shown = rows[:limit]
+    left, right, band = 190.0, 56.0, 28.0
+    height = int(band * max(len(shown), 1) + 8)
+    peak = max((r.count for r in shown), default=0) or 1
+    scale = (width - left - right) / peak
+    rects, labels = [], []
+    for i, r in enumerate(shown):
+        y = 4 + i * band
+        w = max(r.count * scale, 2.0)
+        name = f"{r.sender} → {r.recipient}"
+        rects.append(Rect(left, y + 5, w, band - 10, "acc", f"{name}: {r.count} accepted"))
+        labels.append(Label(left - 8, y + band / 2 + 4, name, "end", "name"))
+        labels.append(Label(left + w + 6, y + band / 2 + 4, str(r.count), "start", "value"))
+    return Chart(width, height, rects, labels, [], sum(r.count for r in rows))
+
+
+# --- the transparency log ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LogState:
+    size: int
+    root: str
+    created_at: datetime
+    note: str
+    key: str
+    pending: int
+    oldest_pending: datetime | None
+
+
+def log_state(session: Session) -> LogState | None:
+    """The latest checkpoint, the verifier key and the sequencer's backlog; None before any."""
+    head = repository.latest_checkpoint(session)
+    if head is None:
+        return None
+    # Events without a leaf yet: few, and found through the partial index on that condition.
+    pending, oldest = session.execute(
+        select(func.count(), func.min(AuditEvent.created_at)).where(AuditEvent.leaf_index.is_(None))
+    ).one()
+    return LogState(
+        size=head.size,
+        root=log.b64(head.root_hash),
+        created_at=head.created_at,
+        note=head.note,
+        key=log.verifier_key(),
+        pending=int(pending or 0),
+        oldest_pending=oldest,
+    )
+
+
+def checkpoint_note(session: Session, size: int) -> str | None:
+    """The signed note of the checkpoint of `size`, if there is one."""
+    found = repository.checkpoint(session, size)
+    return found.note if found is not None else None
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The outcome of "verify now": the verifier's report, or its failure code and message."""
+
+    ok: bool
+    code: str | None
+    message: str
+    lines: list[str]
+    full: bool
+    index: int | None
+    since: int | None
+    elapsed_ms: int
+
+
+IN_PROCESS_URL = "http://broker.in-process"
+
+
+def verify_in_process(
+    app: ASGIApp,
+    token: str,
+    *,
+    full: bool,
+    index: int | None,
+    previous: tuple[int, str] | None,
+) -> Verification:
+    """Run the offline verifier against this broker's own HTTP API, in process.
+
+    The verifier (`broker.audit.verify.verify_log`) talks to the app through an in-process
+    transport with the auditor's token, exactly as `broker audit verify` would over the network.
+    `previous` (size, signed note) seeds the verifier's state, so it also proves that the current
+    checkpoint extends the one the page showed. The caller must hold no database transaction.
+    """
+    started = time.perf_counter()
+    since = previous[0] if previous else None
+
+    def done(ok: bool, code: str | None, message: str, lines: list[str]) -> Verification:
+        elapsed = int((time.perf_counter() - started) * 1000)
+        return Verification(ok, code, message, lines, full, index, since, elapsed)
+
+    with TemporaryDirectory(prefix="console-verify-") as tmp:
+        state = None
+        if previous is not None:
+            state = Path(tmp) / "checkpoint.json"
+            state.write_text(json.dumps({"checkpoint": previous[1]}), encoding="utf-8")
+        client = TestClient(app, base_url=IN_PROCESS_URL, raise_server_exceptions=False)
+        try:
+            report = verify.verify_log(
+                IN_PROCESS_URL,
+                token,
+                log.verifier_key(),
+                state=state,
+                full=full,
+                index=index,
+                http=client,
+            )
+        except verify.VerifyError as exc:
+            return done(False, exc.code, str(exc), [])
+        finally:
+            client.close()
+    return done(True, None, "", str(report).splitlines())
+
+
+def record_verification(session: Session, caller: Caller, result: Verification) -> None:
+    """The verification the auditor ran, as an audit event."""
+    audit.record(
+        session,
+        "audit.queried",
+        actor=caller.actor,
+        details={
+            "query": "console.verify",
+            "full": result.full,
+            "index": result.index,
+            "since": result.since,
+            "result": "ok" if result.ok else result.code,
+        },
+    )
