@@ -1,0 +1,363 @@
+"""`broker admin ...`: the registrar's commands, run on the broker host against its database."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from sqlalchemy.orm import Session
+
+from broker.cli.common import DataDir, configure, print_json
+
+app = typer.Typer(no_args_is_help=True, help="Registry and access administration.")
+agency_app = typer.Typer(no_args_is_help=True, help="Agencies.")
+fp_app = typer.Typer(no_args_is_help=True, help="Focal points and designations.")
+key_app = typer.Typer(no_args_is_help=True, help="Public keys: register, rotate, retire, revoke.")
+agreement_app = typer.Typer(no_args_is_help=True, help="Agreements (versioned policy documents).")
+operation_app = typer.Typer(no_args_is_help=True, help="Operations.")
+token_app = typer.Typer(no_args_is_help=True, help="Principals and API tokens.")
+app.add_typer(agency_app, name="agency")
+app.add_typer(fp_app, name="focal-point")
+app.add_typer(key_app, name="key")
+app.add_typer(agreement_app, name="agreement")
+app.add_typer(operation_app, name="operation")
+app.add_typer(token_app, name="token")
+
+T = TypeVar("T")
+JsonFile = Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSON document")]
+
+
+def _actor() -> str:
+    return f"cli:{getpass.getuser()}"
+
+
+@contextmanager
+def _session(data_dir: Path | None) -> Iterator[Session]:
+    configure(data_dir)
+    from broker import db, migrations_check
+    from broker.errors import BrokerError
+
+    migrations_check.require_current()
+    try:
+        with db.session_scope() as session:
+            yield session
+    except BrokerError as exc:
+        problem = exc.problem(instance=None, request_id=None).model_dump(exclude_none=True)
+        typer.echo(json.dumps(problem, indent=2), err=True)
+        raise typer.Exit(2) from exc
+
+
+def _run(data_dir: Path | None, action: Callable[[Session], T]) -> T:
+    with _session(data_dir) as session:
+        return action(session)
+
+
+def _dump(rows: Any) -> None:
+    from pydantic import BaseModel
+
+    def one(row: Any) -> Any:
+        if isinstance(row, BaseModel):
+            return row.model_dump(mode="json")
+        return {c: getattr(row, c) for c in row.__table__.columns.keys()}  # noqa: SIM118
+
+    print_json([one(r) for r in rows] if isinstance(rows, list | tuple) else one(rows))
+
+
+def _read(path: Path) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return doc
+
+
+@app.command("load-world")
+def load_world(
+    file: Annotated[
+        Path | None, typer.Argument(help="World JSON (default: the demo world)")
+    ] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Create agencies, focal points, agreements, designations and operations from a file."""
+    from broker import world
+
+    doc = world.read_world(file) if file else world.demo_world()
+    loaded = _run(data_dir, lambda s: world.load_world(s, doc, actor=_actor()))
+    print_json({"created": loaded.created, "skipped": loaded.skipped})
+
+
+@agency_app.command("create")
+def agency_create(
+    agency_id: str,
+    name: Annotated[str, typer.Option()],
+    country: Annotated[str, typer.Option()],
+    kind: Annotated[str, typer.Option()] = "customs",
+    data_dir: DataDir = None,
+) -> None:
+    """Register an agency."""
+    from broker.agencies import service
+    from broker.agencies.schemas import AgencyIn
+
+    data = AgencyIn.model_validate(
+        {"id": agency_id, "name": name, "country": country, "kind": kind}
+    )
+    _dump(_run(data_dir, lambda s: service.create_agency(s, data, actor=_actor())))
+
+
+@agency_app.command("list")
+def agency_list(data_dir: DataDir = None) -> None:
+    """List agencies."""
+    from broker.agencies import service
+
+    _dump(list(_run(data_dir, service.list_agencies)))
+
+
+@fp_app.command("create")
+def fp_create(
+    focal_point_id: str,
+    name: Annotated[str, typer.Option()],
+    role: Annotated[str, typer.Option()] = "focal point",
+    data_dir: DataDir = None,
+) -> None:
+    """Register a focal point (`AGENCY/slug`)."""
+    from broker.agencies import service
+    from broker.agencies.schemas import FocalPointIn
+
+    data = FocalPointIn.model_validate({"id": focal_point_id, "name": name, "role": role})
+    agency = focal_point_id.split("/")[0]
+    _dump(_run(data_dir, lambda s: service.create_focal_point(s, agency, data, actor=_actor())))
+
+
+@fp_app.command("list")
+def fp_list(agency: Annotated[str | None, typer.Option()] = None, data_dir: DataDir = None) -> None:
+    """List focal points."""
+    from broker.agencies import service
+
+    _dump(list(_run(data_dir, lambda s: service.list_focal_points(s, agency))))
+
+
+@fp_app.command("designate")
+def fp_designate(
+    focal_point_id: str,
+    agreement: str,
+    valid_from: Annotated[datetime, typer.Option("--from", formats=["%Y-%m-%d"])],
+    valid_until: Annotated[datetime | None, typer.Option("--until", formats=["%Y-%m-%d"])] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Designate a focal point under an agreement for a period."""
+    from broker.agreements import service
+    from broker.agreements.schemas import DesignationIn
+
+    data = DesignationIn(
+        agreement=agreement,
+        valid_from=valid_from.date(),
+        valid_until=valid_until.date() if valid_until else None,
+    )
+    _dump(_run(data_dir, lambda s: service.designate(s, focal_point_id, data, actor=_actor())))
+
+
+@key_app.command("register")
+def key_register(
+    jwk_file: JsonFile,
+    agency: Annotated[str, typer.Option()],
+    focal_point: Annotated[str | None, typer.Option()] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Register a public JWK for an agency (enc) or one of its focal points (sig)."""
+    from broker.directory import service
+    from broker.directory.schemas import KeyIn
+
+    data = KeyIn(agency_id=agency, focal_point_id=focal_point, jwk=_read(jwk_file))
+    _dump(_run(data_dir, lambda s: service.register(s, data, actor=_actor())))
+
+
+@key_app.command("list")
+def key_list(
+    agency: Annotated[str | None, typer.Option()] = None, data_dir: DataDir = None
+) -> None:
+    """List keys with their status."""
+    from broker.directory import service
+
+    _dump(list(_run(data_dir, lambda s: service.list_keys(s, agency_id=agency))))
+
+
+@key_app.command("rotate")
+def key_rotate(kid: str, jwk_file: JsonFile, data_dir: DataDir = None) -> None:
+    """Register a successor key and retire KID."""
+    from broker.directory import service
+    from broker.directory.schemas import RotateIn
+
+    data = RotateIn(jwk=_read(jwk_file))
+    _dump(_run(data_dir, lambda s: service.rotate(s, kid, data, actor=_actor())))
+
+
+@key_app.command("retire")
+def key_retire(kid: str, data_dir: DataDir = None) -> None:
+    """Retire a key."""
+    from broker.directory import service
+
+    _dump(_run(data_dir, lambda s: service.retire(s, kid, actor=_actor())))
+
+
+@key_app.command("revoke")
+def key_revoke(
+    kid: str,
+    reason: Annotated[str, typer.Option(help="superseded | key_compromise")],
+    compromised_since: Annotated[
+        datetime | None, typer.Option(help="RFC 3339, with key_compromise")
+    ] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Revoke a key."""
+    from broker.directory import service
+    from broker.directory.schemas import RevokeIn
+
+    data = RevokeIn.model_validate({"reason": reason, "compromised_since": compromised_since})
+    _dump(_run(data_dir, lambda s: service.revoke(s, kid, data, actor=_actor())))
+
+
+@agreement_app.command("create")
+def agreement_create(document: JsonFile, data_dir: DataDir = None) -> None:
+    """Register an agreement from its policy document."""
+    from broker.agreements import service
+
+    doc = _read(document)
+    _dump(_run(data_dir, lambda s: service.create_agreement(s, doc, actor=_actor())))
+
+
+@agreement_app.command("update")
+def agreement_update(agreement_id: str, document: JsonFile, data_dir: DataDir = None) -> None:
+    """Store a new version of an agreement."""
+    from broker.agreements import service
+
+    doc = _read(document)
+    _dump(_run(data_dir, lambda s: service.update_agreement(s, agreement_id, doc, actor=_actor())))
+
+
+@agreement_app.command("list")
+def agreement_list(data_dir: DataDir = None) -> None:
+    """Current version of each agreement."""
+    from broker.agreements import service
+
+    _dump(list(_run(data_dir, service.list_current)))
+
+
+@operation_app.command("create")
+def operation_create(document: JsonFile, data_dir: DataDir = None) -> None:
+    """Register an operation."""
+    from broker.agreements import service
+
+    doc = _read(document)
+    _dump(_run(data_dir, lambda s: service.create_operation(s, doc, actor=_actor())))
+
+
+@operation_app.command("update")
+def operation_update(operation_id: str, document: JsonFile, data_dir: DataDir = None) -> None:
+    """Change an operation."""
+    from broker.agreements import service
+
+    doc = _read(document)
+    _dump(_run(data_dir, lambda s: service.update_operation(s, operation_id, doc, actor=_actor())))
+
+
+@operation_app.command("list")
+def operation_list(data_dir: DataDir = None) -> None:
+    """List operations."""
+    from broker.agreements import service
+
+    _dump(list(_run(data_dir, service.list_operations)))
+
+
+@token_app.command("create")
+def token_create(
+    name: Annotated[str, typer.Argument(help="Principal name; created if new")],
+    role: Annotated[
+        str | None, typer.Option(help="focal_point | agency | auditor | admin (new principal)")
+    ] = None,
+    agency: Annotated[str | None, typer.Option()] = None,
+    focal_point: Annotated[str | None, typer.Option()] = None,
+    audit_agency: Annotated[
+        list[str] | None, typer.Option(help="Auditor binding; repeat; none = all")
+    ] = None,
+    ttl_days: Annotated[int | None, typer.Option()] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Issue an API token (shown once). Creates the principal when --role is given."""
+    from broker.auth import repository, service
+    from broker.auth.service import Role
+
+    def action(session: Session) -> dict[str, Any]:
+        principal = repository.principal_by_name(session, name)
+        if principal is None:
+            if role is None:
+                raise typer.BadParameter(f"no principal {name!r}: pass --role to create it")
+            principal = service.create_principal(
+                session,
+                name=name,
+                role=Role(role),
+                actor=_actor(),
+                agency_id=agency,
+                focal_point_id=focal_point,
+                audit_agencies=audit_agency,
+            )
+        credential, secret = service.issue_token(
+            session, principal, actor=_actor(), ttl_days=ttl_days
+        )
+        return {
+            "id": str(credential.id),
+            "principal": name,
+            "role": principal.role,
+            "expires_at": credential.expires_at.isoformat(),
+            "token": secret,
+        }
+
+    print_json(_run(data_dir, action))
+
+
+@token_app.command("revoke")
+def token_revoke(token_id: uuid.UUID, data_dir: DataDir = None) -> None:
+    """Revoke a token by id."""
+    from broker.auth import service
+
+    _dump(_run(data_dir, lambda s: service.revoke_token(s, token_id, actor=_actor())))
+
+
+@token_app.command("list")
+def token_list(name: str, data_dir: DataDir = None) -> None:
+    """A principal's tokens (ids, prefixes, expiry; never the secrets)."""
+    from broker.auth import repository, service
+
+    def action(session: Session) -> list[dict[str, Any]]:
+        principal = service.principal_by_name(session, name)
+        return [
+            {
+                "id": str(c.id),
+                "prefix": c.prefix,
+                "created_at": c.created_at,
+                "expires_at": c.expires_at,
+                "revoked_at": c.revoked_at,
+            }
+            for c in repository.credentials_of(session, principal.id)
+        ]
+
+    print_json(_run(data_dir, action))
+
+
+push_app = typer.Typer(no_args_is_help=True, help="Push delivery to partner endpoints.")
+app.add_typer(push_app, name="push")
+
+
+@push_app.command("redeliver")
+def push_redeliver(
+    mid: uuid.UUID,
+    agency: Annotated[str, typer.Option(help="The recipient agency")],
+    data_dir: DataDir = None,
+) -> None:
+    """Push MID to the agency again (re-arms a dead letter); the worker sends it."""
+    from broker.push import service
+
+    _dump(_run(data_dir, lambda s: service.redeliver(s, mid, agency, actor=_actor())))

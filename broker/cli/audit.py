@@ -1,0 +1,80 @@
+"""`broker audit ...`: verify the broker's transparency log and audit exports independently."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from broker.audit import verify as verifier
+from broker.cli.common import fail
+
+app = typer.Typer(
+    no_args_is_help=True,
+    help="Auditor tools: verify the transparency log and exports with the pinned log key.",
+)
+
+LogKey = Annotated[
+    str,
+    typer.Option(
+        "--log-key",
+        envvar="BROKER_LOG_KEY",
+        help="The log's verifier key <origin>+<key id>+<base64>, pinned out of band.",
+    ),
+]
+
+
+@app.command()
+def verify(
+    log_key: LogKey,
+    url: Annotated[
+        str, typer.Option(envvar="BROKER_URL", help="The broker's base URL.")
+    ] = "http://127.0.0.1:8000",
+    token: Annotated[
+        str | None, typer.Option(envvar="BROKER_TOKEN", help="A bearer token (brk_...).")
+    ] = None,
+    state: Annotated[
+        Path | None,
+        typer.Option(help="File keeping the last verified checkpoint (split-view detection)."),
+    ] = None,
+    full: Annotated[
+        bool,
+        typer.Option("--full", help="Download every leaf and subtree hash and recompute the tree."),
+    ] = False,
+    index: Annotated[
+        int | None, typer.Option("--index", help="Also prove that leaf N is included.")
+    ] = None,
+) -> None:
+    """Check the latest checkpoint's signature and its consistency with the stored one."""
+    try:
+        report = verifier.verify_log(url, token, log_key, state=state, full=full, index=index)
+    except verifier.VerifyError as exc:
+        fail(f"{exc.code}: {exc}")
+        return
+    typer.echo(str(report))
+    typer.echo("OK")
+
+
+@app.command("verify-export")
+def verify_export(
+    file: Annotated[Path, typer.Argument(help="An export from GET /v1/audit/export.")],
+    log_key: LogKey,
+    require_all: Annotated[
+        bool,
+        typer.Option(
+            "--require-all", help="Fail when an event is not yet covered by the checkpoint."
+        ),
+    ] = False,
+) -> None:
+    """Verify an export offline: signature, inclusion proofs, and each event against its leaf."""
+    try:
+        report = verifier.verify_export(file.read_bytes(), log_key, require_all=require_all)
+    except OSError as exc:
+        fail(f"cannot read {file}: {exc}")
+        return
+    except verifier.VerifyError as exc:
+        fail(f"{exc.code}: {exc}")
+        return
+    typer.echo(str(report))
+    typer.echo("OK")

@@ -1,0 +1,318 @@
+"""What a focal point and a partner agency do: compose and send alerts; pull, open, verify, ack.
+
+Everything here runs on the agency's side with the agency's own private keys (the keystore);
+the broker only ever sees ciphertext and the signed routing header.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from uuid_utils.compat import uuid7
+
+import schemas
+from broker.crypto import envelope as env
+from broker.crypto import keys
+from broker.crypto.errors import CryptoError
+from broker.sdk.client import BrokerClient
+from broker.sdk.keystore import Keystore
+
+
+class ScopeRefused(Exception):
+    """The broker's dry run says the exchange is outside the agreement."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code, self.detail = code, detail
+
+
+class NoUsableKey(Exception):
+    """A recipient has no active, unexpired, unrevoked encryption key in the directory."""
+
+
+@dataclass(frozen=True)
+class Draft:
+    routing: dict[str, Any]
+    envelope: str
+
+    @property
+    def mid(self) -> str:
+        return str(self.routing["mid"])
+
+
+def recipient_keys(
+    client: BrokerClient, recipients: list[str], now: int | None = None
+) -> dict[str, keys.PublicJWK]:
+    """Each recipient's newest encryption key that is active and valid now (refuse the rest)."""
+    now = int(time.time()) if now is None else now
+    chosen: dict[str, keys.PublicJWK] = {}
+    for agency in recipients:
+        usable = [
+            k
+            for k in client.jwks(agency)
+            if k.get("use") == "enc"
+            and k.get("status") == "active"
+            and k.get("nbf", 0) <= now < k.get("exp", 0)
+        ]
+        if not usable:
+            raise NoUsableKey(f"{agency} has no usable encryption key in the directory")
+        newest = max(usable, key=lambda k: k.get("nbf", 0))
+        chosen[agency] = keys.parse_public_jwk(newest, use="enc")
+    return chosen
+
+
+def routing_for(
+    sender_fp: str,
+    *,
+    recipients: list[str],
+    agreement: str,
+    offence: str,
+    body: dict[str, Any],
+    subject_types: list[str] | None = None,
+    operation: str | None = None,
+    kind: str = "alert",
+    priority: str = "routine",
+    handling: str = "TLP:AMBER",
+    ttl_s: int = 7 * 86400,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The routing header for a body, both validated against the schemas (every bad field)."""
+    now = int(time.time())
+    if subject_types is None:
+        # Alerts declare their subjects; feedback declares its seizures.
+        subject_types = sorted(
+            {s["type"] for s in [*body.get("subjects", []), *body.get("seizures", [])]}
+        )
+    routing: dict[str, Any] = {
+        "v": 1,
+        "kind": kind,
+        "mid": str(uuid7()),
+        "iat": now,
+        "exp": now + ttl_s,
+        "sender": sender_fp.split("/")[0],
+        "sender_fp": sender_fp,
+        "recipients": sorted(recipients),
+        "agreement": agreement,
+        "operation": operation,
+        "offence": offence,
+        "subject_types": sorted(subject_types),
+        "priority": priority,
+        "handling": handling,
+        **(extra or {}),
+    }
+    schemas.validate_routing(routing)
+    schemas.validate_body(routing, body)
+    return routing
+
+
+def compose(
+    client: BrokerClient,
+    signer: keys.SigningKey,
+    *,
+    sender_fp: str,
+    body: dict[str, Any],
+    dry_run_first: bool = True,
+    **fields: Any,
+) -> Draft:
+    """Validate, dry-run the scope check, then sign, encrypt and sign (PROTOCOL 4.2).
+
+    `fields` are those of `routing_for`. `dry_run_first=False` skips asking the broker first
+    (the broker still decides on submit).
+    """
+    routing = routing_for(sender_fp, body=body, **fields)
+    if dry_run_first:
+        decision = client.check(routing)
+        if decision["decision"] != "accept":
+            raise ScopeRefused(
+                decision.get("code") or "scope.refused", decision.get("detail") or ""
+            )
+    recipient_jwks = recipient_keys(client, routing["recipients"], routing["iat"])
+    return Draft(routing, env.build_envelope(routing, body, signer, recipient_jwks))
+
+
+def send(client: BrokerClient, draft: Draft) -> dict[str, Any]:
+    """Submit with `Idempotency-Key: <mid>`; verify the broker's receipt before trusting it."""
+    answer = client.submit(draft.envelope, draft.mid)
+    broker = client.get("/v1/directory/broker")
+    receipt = env.verify_compact(answer["receipt"], broker["receipt_key"], env.TYP_RECEIPT)
+    digest = keys.sha256_b64u(draft.envelope.encode())
+    if receipt["mid"] != draft.mid or receipt["envelope_sha256"] != digest:
+        raise CryptoError("the broker's receipt does not match what we sent")
+    return answer
+
+
+_ACK_REASONS = {
+    "envelope.bad_signature": "bad_signature",
+    "envelope.not_addressed_to_us": "not_addressed_to_us",
+    "envelope.decrypt_failed": "decrypt_failed",
+    "envelope.kid_mismatch": "inner_mismatch",
+    "envelope.routing_mismatch": "inner_mismatch",
+    "envelope.iat_too_late": "replay",
+}
+
+
+def ack_reason(code: str) -> str:
+    """The ack vocabulary's reason for one of our verification failures."""
+    if code in _ACK_REASONS:
+        return _ACK_REASONS[code]
+    return "key_not_valid" if code.startswith("key.") else "other"
+
+
+@dataclass
+class Pulled:
+    seq: int
+    mid: str
+    sender: str
+    status: str  # decrypted | rejected | duplicate
+    reason: str | None = None
+    folder: Path | None = None
+
+
+@dataclass
+class InboxPuller:
+    """Follow the inbox cursor, open and verify every envelope, keep the evidence, acknowledge.
+
+    The cursor is saved on disk after each item is settled, and items are deduplicated on
+    (sender, mid) by their evidence folder, so a crash at any point resumes with no loss and no
+    duplicate (PROTOCOL 4.5 and 7).
+    """
+
+    client: BrokerClient
+    keystore: Keystore
+    agency: str
+    state: Path
+    ack_owner: str | None = None
+    _sender_keys: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def cursor_file(self) -> Path:
+        return self.state / "cursor"
+
+    def cursor(self) -> str | None:
+        return self.cursor_file.read_text().strip() if self.cursor_file.exists() else None
+
+    def _save_cursor(self, value: str) -> None:
+        self.state.mkdir(parents=True, exist_ok=True)
+        tmp = self.cursor_file.with_suffix(".tmp")
+        tmp.write_text(value)
+        os.replace(tmp, self.cursor_file)
+
+    def _sender_key(self, kid: str, sender: str) -> dict[str, Any]:
+        if kid not in self._sender_keys:
+            self._sender_keys.update({k["kid"]: k for k in self.client.jwks(sender)})
+        if kid not in self._sender_keys:
+            raise CryptoError(f"signing key {kid} is not in the directory")
+        return self._sender_keys[kid]
+
+    def pull(
+        self, *, wait: float = 0, limit: int = 100, on_item: Callable[[Pulled], None] | None = None
+    ) -> list[Pulled]:
+        """Drain the inbox from the saved cursor; `wait` long-polls once when it is empty."""
+        results: list[Pulled] = []
+        enc_keys = self.keystore.encryption_keys(self.agency)
+        signer = self.keystore.signing_key(self.ack_owner or self.agency)
+        first = True
+        while True:
+            page = self.client.inbox(self.cursor(), limit=limit, wait=wait if first else 0)
+            first = False
+            for item in page["items"]:
+                result = self._settle(item, enc_keys, signer)
+                self._save_cursor(str(item["seq"]))
+                results.append(result)
+                if on_item:
+                    on_item(result)
+            if not page["items"]:
+                return results
+
+    def _settle(
+        self, item: dict[str, Any], enc_keys: list[keys.EncryptionKey], signer: keys.SigningKey
+    ) -> Pulled:
+        folder = self.state / "alerts" / item["sender"] / item["mid"]
+        done = folder / "result.json"
+        if done.exists():  # seen before a crash: acknowledge again (idempotent), keep one copy
+            previous = json.loads(done.read_text())
+            self._ack(item, signer, previous["status"], previous.get("reason"))
+            return Pulled(
+                item["seq"],
+                item["mid"],
+                item["sender"],
+                "duplicate",
+                previous.get("reason"),
+                folder,
+            )
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "outer.jws").write_text(item["envelope"])
+        (folder / "receipt.jws").write_text(item["receipt"])
+        status, reason = "decrypted", None
+        try:
+            kid = env.parse_outer_header(item["envelope"])
+            at = int(_epoch(item["received_at"]))
+            opened = env.open_envelope(
+                item["envelope"],
+                my_agency=self.agency,
+                my_enc_keys=enc_keys,
+                sender_sig_jwk=self._sender_key(kid, item["sender"]),
+                at=at,
+            )
+            try:
+                schemas.validate_body(opened.routing, opened.body)
+            except schemas.SchemaError as exc:
+                raise _InvalidBody(str(exc)) from exc
+            (folder / "inner.jws").write_text(opened.inner_jws)
+            (folder / "alert.json").write_text(
+                json.dumps(
+                    {"routing": opened.routing, "body": opened.body}, indent=2, ensure_ascii=False
+                )
+            )
+        except _InvalidBody:
+            status, reason = "rejected", "invalid_body"
+        except CryptoError as exc:
+            status, reason = "rejected", ack_reason(exc.code)
+        self._ack(item, signer, status, reason)
+        done.write_text(json.dumps({"status": status, "reason": reason, "seq": item["seq"]}))
+        return Pulled(item["seq"], item["mid"], item["sender"], status, reason, folder)
+
+    def _ack(
+        self, item: dict[str, Any], signer: keys.SigningKey, status: str, reason: str | None
+    ) -> None:
+        payload: dict[str, Any] = {
+            "v": 1,
+            "mid": item["mid"],
+            "envelope_sha256": item["envelope_sha256"],
+            "status": status,
+            "at": int(time.time() * 1000),
+        }
+        if reason:
+            payload["reason"] = reason
+        self.client.ack(item["mid"], env.sign_compact(payload, signer, env.TYP_ACK))
+
+
+class _InvalidBody(Exception):
+    pass
+
+
+def _epoch(rfc3339: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
+
+
+def stored_alerts(state: Path) -> Iterator[dict[str, Any]]:
+    """Alerts kept by `InboxPuller`, with their verification result."""
+    for result in sorted((state / "alerts").glob("*/*/result.json")):
+        folder = result.parent
+        entry: dict[str, Any] = {
+            "sender": folder.parent.name,
+            "mid": folder.name,
+            **json.loads(result.read_text()),
+        }
+        alert = folder / "alert.json"
+        if alert.exists():
+            entry["alert"] = json.loads(alert.read_text())
+        yield entry

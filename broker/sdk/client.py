@@ -1,0 +1,107 @@
+"""`BrokerClient`: the agency side's HTTP client (base dependencies only: no server stack)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx2
+
+
+class BrokerAPIError(Exception):
+    """The broker refused a request; `problem` is its RFC 9457 body with a stable `code`."""
+
+    def __init__(self, status: int, problem: dict[str, Any]) -> None:
+        self.status = status
+        self.problem = problem
+        self.code: str = str(problem.get("code", f"http.{status}"))
+        super().__init__(f"{status} {self.code}: {problem.get('detail', '')}")
+
+
+class BrokerClient:
+    """Typed calls to the broker's v1 API with a bearer token."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        timeout: float = 30.0,
+        transport: httpx2.BaseTransport | None = None,
+    ) -> None:
+        self._http = httpx2.Client(
+            base_url=base_url.rstrip("/"),
+            headers={"Authorization": f"Bearer {token}", "User-Agent": "exchange-broker-sdk/1"},
+            timeout=timeout,
+            transport=transport,
+        )
+
+    def __enter__(self) -> BrokerClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            try:
+                problem = response.json()
+            except ValueError:
+                problem = {"detail": response.text[:200]}
+            raise BrokerAPIError(response.status_code, problem if isinstance(problem, dict) else {})
+        if response.headers.get("content-type", "").startswith("text/"):
+            return response.text
+        return response.json() if response.content else None
+
+    def me(self) -> dict[str, Any]:
+        """Who the token belongs to."""
+        result: dict[str, Any] = self._call("GET", "/v1/me")
+        return result
+
+    def jwks(self, agency: str | None = None) -> list[dict[str, Any]]:
+        """Directory keys with status and validity metadata."""
+        params = {"agency": agency} if agency else None
+        return list(self._call("GET", "/v1/directory/jwks", params=params)["keys"])
+
+    def agreements(self) -> list[dict[str, Any]]:
+        """What the caller's agency may send to whom."""
+        return list(self._call("GET", "/v1/agreements"))
+
+    def check(self, routing: dict[str, Any]) -> dict[str, Any]:
+        """Dry-run the scope decision for a routing header."""
+        result: dict[str, Any] = self._call("POST", "/v1/messages:check", json={"routing": routing})
+        return result
+
+    def submit(self, envelope: str, mid: str) -> dict[str, Any]:
+        """Submit an envelope with `Idempotency-Key: <mid>`; safe to retry."""
+        result: dict[str, Any] = self._call(
+            "POST", "/v1/messages", json={"envelope": envelope}, headers={"Idempotency-Key": mid}
+        )
+        return result
+
+    def status(self, mid: str) -> dict[str, Any]:
+        """Delivery and acknowledgement state of a message we sent."""
+        result: dict[str, Any] = self._call("GET", f"/v1/messages/{mid}")
+        return result
+
+    def inbox(
+        self, after: str | None = None, *, limit: int = 100, wait: float = 0
+    ) -> dict[str, Any]:
+        """One page of our inbox after the cursor; `wait` long-polls."""
+        params: dict[str, Any] = {"limit": limit, "wait": wait}
+        if after:
+            params["after"] = after
+        result: dict[str, Any] = self._call("GET", "/v1/inbox", params=params, timeout=wait + 30)
+        return result
+
+    def ack(self, mid: str, ack_jws: str) -> dict[str, Any]:
+        """Post our signed acknowledgement."""
+        result: dict[str, Any] = self._call("POST", f"/v1/inbox/{mid}/ack", json={"ack": ack_jws})
+        return result
+
+    def get(self, path: str, **params: Any) -> Any:
+        """Any other GET (log checkpoints and proofs, audit queries)."""
+        return self._call("GET", path, params=params or None)

@@ -1,0 +1,224 @@
+"""The agency side end to end over real HTTP: generate keys, send, pull, open, acknowledge."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from broker.cli.main import app
+from broker.crypto.keys import generate_passphrase
+from broker.sdk.agent import InboxPuller
+from broker.sdk.client import BrokerClient
+from broker.sdk.keystore import Keystore
+
+BODY = (
+    Path(__file__).resolve().parents[2] / "broker" / "fixtures" / "bodies" / "ivory-shipment.json"
+)
+
+
+@pytest.fixture
+def agency_side(
+    live_url: str,
+    world: dict[str, Any],
+    token_for: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> dict[str, Any]:
+    monkeypatch.setenv("BROKER_KEY_PASSPHRASE", generate_passphrase())
+    monkeypatch.setenv("BROKER_URL", live_url)
+    runner = CliRunner()
+    admin = token_for("admin")
+    for owner, use in (("VN-GDC/fp-hcm-01", "sig"), ("HK-CED", "enc"), ("HK-CED", "sig")):
+        result = runner.invoke(
+            app,
+            [
+                "keys",
+                "generate",
+                owner,
+                "--use",
+                use,
+                "--keystore",
+                str(tmp_path / "keys"),
+                "--register",
+                "--token",
+                admin,
+            ],
+        )
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output)["registered"] == "active"
+    return {
+        "runner": runner,
+        "url": live_url,
+        "keys": tmp_path / "keys",
+        "tmp": tmp_path,
+        "fp": token_for("focal_point", focal_point_id="VN-GDC/fp-hcm-01"),
+        "hk": token_for("agency", agency_id="HK-CED"),
+    }
+
+
+def test_send_pull_show_status(agency_side: dict[str, Any]) -> None:
+    from broker.inbox import jobs
+
+    s = agency_side
+    runner, keys = s["runner"], str(s["keys"])
+    sent = runner.invoke(
+        app,
+        [
+            "send",
+            str(BODY),
+            "--from",
+            "VN-GDC/fp-hcm-01",
+            "--to",
+            "HK-CED",
+            "--agreement",
+            "VN-HK-CMAA-2013",
+            "--offence",
+            "cites_wildlife",
+            "--priority",
+            "urgent",
+            "--token",
+            s["fp"],
+            "--keystore",
+            keys,
+            "--receipts",
+            str(s["tmp"] / "sent"),
+        ],
+    )
+    assert sent.exit_code == 0, sent.output
+    mid = json.loads(sent.output)["mid"]
+    assert (s["tmp"] / "sent" / f"{mid}.json").exists()
+    jobs.relay()
+    state = str(s["tmp"] / "inbox")
+    pulled = runner.invoke(
+        app,
+        [
+            "inbox",
+            "pull",
+            "--agency",
+            "HK-CED",
+            "--state",
+            state,
+            "--token",
+            s["hk"],
+            "--keystore",
+            keys,
+        ],
+    )
+    assert pulled.exit_code == 0, pulled.output
+    assert [(r["mid"], r["status"]) for r in json.loads(pulled.output)] == [(mid, "decrypted")]
+    shown = json.loads(runner.invoke(app, ["inbox", "show", mid, "--state", state]).output)
+    assert shown[0]["alert"]["body"]["subjects"][0]["container_numbers"] == ["CSQU3054383"]
+    evidence = s["tmp"] / "inbox" / "alerts" / "VN-GDC" / mid
+    assert {p.name for p in evidence.iterdir()} >= {
+        "outer.jws",
+        "inner.jws",
+        "receipt.jws",
+        "alert.json",
+        "result.json",
+    }
+    status = json.loads(runner.invoke(app, ["status", mid, "--token", s["fp"]]).output)
+    assert status["deliveries"][0]["state"] == "acknowledged"
+
+
+def test_out_of_scope_is_refused_before_encrypting(agency_side: dict[str, Any]) -> None:
+    s = agency_side
+    result = s["runner"].invoke(
+        app,
+        [
+            "send",
+            str(BODY),
+            "--from",
+            "VN-GDC/fp-hcm-01",
+            "--to",
+            "HK-CED",
+            "--agreement",
+            "VN-HK-CMAA-2013",
+            "--offence",
+            "money_laundering",
+            "--token",
+            s["fp"],
+            "--keystore",
+            str(s["keys"]),
+        ],
+    )
+    assert result.exit_code == 2
+    assert "scope.offence_not_covered" in result.output
+
+
+def test_invalid_body_reports_every_field(agency_side: dict[str, Any], tmp_path: Path) -> None:
+    bad = json.loads(BODY.read_text())
+    bad["subjects"][0]["container_numbers"] = ["CSQU3054384"]
+    bad["subjects"][0]["vessel_imo"] = "IMO9074728"
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(bad))
+    s = agency_side
+    result = s["runner"].invoke(
+        app,
+        [
+            "send",
+            str(path),
+            "--from",
+            "VN-GDC/fp-hcm-01",
+            "--to",
+            "HK-CED",
+            "--agreement",
+            "VN-HK-CMAA-2013",
+            "--offence",
+            "cites_wildlife",
+            "--token",
+            s["fp"],
+            "--keystore",
+            str(s["keys"]),
+        ],
+    )
+    assert result.exit_code == 2
+    assert "/subjects/0/container_numbers/0" in result.output
+    assert "/subjects/0/vessel_imo" in result.output
+
+
+def test_pull_resumes_after_a_crash_without_loss_or_duplicates(agency_side: dict[str, Any]) -> None:
+    from broker.inbox import jobs
+
+    s = agency_side
+    for _ in range(3):
+        assert (
+            s["runner"]
+            .invoke(
+                app,
+                [
+                    "send",
+                    str(BODY),
+                    "--from",
+                    "VN-GDC/fp-hcm-01",
+                    "--to",
+                    "HK-CED",
+                    "--agreement",
+                    "VN-HK-CMAA-2013",
+                    "--offence",
+                    "cites_wildlife",
+                    "--token",
+                    s["fp"],
+                    "--keystore",
+                    str(s["keys"]),
+                    "--receipts",
+                    str(s["tmp"] / "sent"),
+                ],
+            )
+            .exit_code
+            == 0
+        )
+    jobs.relay()
+    store = Keystore.open(s["keys"])
+    state = s["tmp"] / "inbox"
+    with BrokerClient(s["url"], s["hk"]) as client:
+        first = InboxPuller(client, store, "HK-CED", state).pull()
+        assert [r.status for r in first] == ["decrypted"] * 3
+        # A crash after the evidence was written but before the cursor was saved.
+        (state / "cursor").unlink()
+        again = InboxPuller(client, store, "HK-CED", state).pull()
+    assert [r.status for r in again] == ["duplicate"] * 3
+    assert len(list((state / "alerts" / "VN-GDC").iterdir())) == 3
