@@ -1,0 +1,101 @@
+"""Every shell block in the guides runs, in order, against a live broker (doc examples do not rot)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from broker.config import settings
+from broker.crypto.keys import SigningKey, generate_passphrase
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = ROOT / "docs"
+
+
+def blocks(guide: str) -> list[str]:
+    """The ```sh blocks of a guide, in order (```console blocks are shown, not run)."""
+    return re.findall(r"```sh\n(.*?)```", (DOCS / guide).read_text(), flags=re.S)
+
+
+def test_every_guide_block_is_collected() -> None:
+    counts = {g: len(blocks(g)) for g in ("focal-points.md", "partners.md", "operators.md")}
+    assert counts == {"focal-points.md": 6, "partners.md": 2, "operators.md": 1}
+
+
+class Shell:
+    def __init__(self, cwd: Path, env: dict[str, str]) -> None:
+        self.cwd, self.env = cwd, env
+
+    def run(self, script: str, **env: str) -> str:
+        result = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script],
+            cwd=self.cwd,
+            env={**self.env, **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 0, (
+            f"{script}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+        )
+        return result.stdout
+
+
+@pytest.fixture
+def shell(live_url: str, world: dict[str, Any], tmp_path: Path) -> Shell:
+    (tmp_path / "broker").symlink_to(ROOT / "broker")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
+    env.update(
+        PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}",
+        BROKER_URL=live_url,
+        BROKER_KEYSTORE=str(tmp_path / "keys"),
+        BROKER_KEY_PASSPHRASE=generate_passphrase(),
+        BROKER_DATABASE_URL=settings().sqlalchemy_url,
+        BROKER_DATA_DIR=str(tmp_path / "data"),
+        BROKER_LOG_LEVEL="WARNING",
+    )
+    return Shell(tmp_path, env)
+
+
+def test_guides_run_against_a_live_broker(shell: Shell, token_for: Any, tmp_path: Path) -> None:
+    registrar = token_for("admin")
+    focal = token_for("focal_point", focal_point_id="VN-GDC/fp-hcm-01")
+    hk_fp = token_for("focal_point", focal_point_id="HK-CED/fp-01")
+    hk = token_for("agency", agency_id="HK-CED")
+    fp_guide, partner_guide = blocks("focal-points.md"), blocks("partners.md")
+    # The partner agency's keys exist before anyone encrypts to it.
+    shell.run(partner_guide[0], REGISTRAR_TOKEN=registrar)
+    shell.run(fp_guide[0], REGISTRAR_TOKEN=registrar)
+    agreements = json.loads(shell.run(fp_guide[1], BROKER_TOKEN=focal))
+    assert "VN-HK-CMAA-2013" in {a["id"] for a in agreements}
+    dry = json.loads(shell.run(fp_guide[2], BROKER_TOKEN=focal))
+    assert dry["decision"] == "accept"
+    mid = json.loads(shell.run(fp_guide[3], BROKER_TOKEN=focal))["mid"]
+    status = json.loads(shell.run(fp_guide[4], BROKER_TOKEN=focal, MID=mid))
+    assert status["mid"] == mid
+    # Feedback goes from HK-CED's focal point back to VN-GDC: their keys, as the registrar would.
+    shell.run(
+        'broker keys generate HK-CED/fp-01 --use sig --register --token "$REGISTRAR_TOKEN"\n'
+        'broker keys generate VN-GDC --use enc --register --token "$REGISTRAR_TOKEN"',
+        REGISTRAR_TOKEN=registrar,
+    )
+    feedback = json.loads(shell.run(fp_guide[5], BROKER_TOKEN=hk_fp, MID=mid))
+    assert feedback["mid"] != mid
+    pulled = shell.run(partner_guide[1], BROKER_TOKEN=hk)
+    assert mid in pulled
+    assert '"decrypted"' in pulled
+    # The registrar's commands, on the broker host against its database.
+    key = SigningKey.generate()
+    jwk_file = tmp_path / "jwk.json"
+    jwk_file.write_text(json.dumps(key.public.jwk))
+    out = shell.run(blocks("operators.md")[0], JWK_FILE=str(jwk_file), KID=key.kid)
+    assert key.kid in out
+    assert "hk-ced-system" in out
