@@ -7,6 +7,8 @@ missing server is a failure.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,6 +24,32 @@ PG_URL = os.environ.get(
     "BROKER_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 REDIS_URL = os.environ.get("BROKER_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+# Machine-wide: fault drills restart PostgreSQL and Redis, which every test run on this machine
+# shares. Ordinary tests hold this lock shared; a drill holds it exclusively (`exclusive_servers`).
+SERVER_LOCK = Path(os.environ.get("BROKER_TEST_SERVER_LOCK", "/tmp/broker-test-servers.lock"))
+
+
+@contextlib.contextmanager
+def server_lock(*, exclusive: bool) -> Iterator[None]:
+    """Hold the machine-wide server lock (shared, or exclusive for a drill) while inside."""
+    with SERVER_LOCK.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@pytest.fixture(autouse=True)
+def _servers_steady(request: pytest.FixtureRequest) -> Iterator[None]:
+    """No test runs while a drill (in this run or another) has a server down, and vice versa."""
+    with server_lock(exclusive="exclusive_servers" in request.fixturenames):
+        yield
+
+
+@pytest.fixture
+def exclusive_servers() -> None:
+    """Ask for this in a drill that stops, restarts or flushes PostgreSQL or Redis."""
 
 
 def unavailable(what: str, setting: str, exc: Exception) -> None:
@@ -46,7 +74,10 @@ def _postgres_admin(sql: str) -> None:
     from sqlalchemy.engine import make_url
 
     plain = make_url(PG_URL).set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(plain, autocommit=True, connect_timeout=3) as conn:
+    with (
+        server_lock(exclusive=False),
+        psycopg.connect(plain, autocommit=True, connect_timeout=3) as conn,
+    ):
         conn.execute(sql)  # type: ignore[arg-type]
 
 
