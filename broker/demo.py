@@ -451,6 +451,7 @@ def run(*, port: int, keep_serving: bool) -> dict[str, Any]:
     credentials = {
         "base_url": base_url,
         "docs": f"{base_url}/docs",
+        "console": f"{base_url}/console/",
         "tokens": {ADMIN: {"role": "admin", "token": admin_token}, **tokens},
         "log_key": keyring.load_or_create().log_verifier_key,
         "data_dir": str(data_dir),
@@ -467,6 +468,10 @@ def run(*, port: int, keep_serving: bool) -> dict[str, Any]:
         return credentials
     console.print(
         f"\n[bold]Serving on {base_url}[/bold] — API docs at {base_url}/docs — Ctrl-C to stop"
+    )
+    console.print(
+        f"Auditor console at {base_url}/console/ — sign in with the oversight-auditor token: "
+        f"{tokens['oversight-auditor']['token']}"
     )
     console.print(
         f"Try: curl -H 'Authorization: Bearer {tokens['hk-ced-inbox']['token']}' {base_url}/v1/agreements"

@@ -25,8 +25,21 @@ def blocks(guide: str) -> list[str]:
 
 
 def test_every_guide_block_is_collected() -> None:
-    counts = {g: len(blocks(g)) for g in ("focal-points.md", "partners.md", "operators.md")}
-    assert counts == {"focal-points.md": 6, "partners.md": 2, "operators.md": 1}
+    guides = (
+        "focal-points.md",
+        "partners.md",
+        "operators.md",
+        "auditors.md",
+        "auditors-console.md",
+    )
+    counts = {g: len(blocks(g)) for g in guides}
+    assert counts == {
+        "focal-points.md": 6,
+        "partners.md": 2,
+        "operators.md": 1,
+        "auditors.md": 2,
+        "auditors-console.md": 2,
+    }
 
 
 class Shell:
@@ -99,3 +112,46 @@ def test_guides_run_against_a_live_broker(shell: Shell, token_for: Any, tmp_path
     out = shell.run(blocks("operators.md")[0], JWK_FILE=str(jwk_file), KID=key.kid)
     assert key.kid in out
     assert "hk-ced-system" in out
+
+
+def json_objects(text: str) -> list[Any]:
+    """The JSON documents printed one after another (the CLI pretty-prints each)."""
+    decoder, found, at = json.JSONDecoder(), [], 0
+    while (at := text.find("{", at)) != -1:
+        obj, at = decoder.raw_decode(text, at)
+        found.append(obj)
+    return found
+
+
+def test_auditor_guides_run_against_a_live_broker(shell: Shell, tmp_path: Path) -> None:
+    from broker import keyring
+    from tests.audit.conftest import sequence_all
+
+    console_guide, audit_guide = blocks("auditors-console.md"), blocks("auditors.md")
+    # The administrator issues the auditors' tokens on the broker host.
+    issued = {t["principal"]: t for t in json_objects(shell.run(console_guide[0]))}
+    assert issued["internal-audit"]["role"] == "auditor"
+    assert issued["hk-dpo"]["role"] == "auditor"
+    sequence_all()  # what the sequencer does within a second
+    auditor = {
+        "HOME": str(tmp_path / "home"),
+        "BROKER_TOKEN": issued["internal-audit"]["token"],
+        "BROKER_LOG_KEY": keyring.load_or_create().log_verifier_key,
+    }
+    (tmp_path / "home").mkdir()
+    shell.run(audit_guide[0], **auditor)
+    assert (tmp_path / "home" / ".broker" / "checkpoint.json").is_file()
+    shell.run(audit_guide[1], **auditor)
+    assert json.loads((tmp_path / "export.json").read_text())["events"]
+    shell.run(console_guide[1], **auditor)
+    assert (tmp_path / "auditor-checkpoint.json").is_file()
+
+
+def test_every_setting_is_in_the_operators_guide() -> None:
+    from broker.config import Settings
+
+    guide = (DOCS / "operators.md").read_text()
+    missing = [
+        f"BROKER_{f.upper()}" for f in Settings.model_fields if f"BROKER_{f.upper()}`" not in guide
+    ]
+    assert missing == []

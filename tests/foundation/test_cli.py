@@ -89,6 +89,7 @@ def test_demo_exit_writes_credentials(tmp_path: Path) -> None:
         assert text in result.stdout
     creds: dict[str, Any] = json.loads((tmp_path / "demo-credentials.json").read_text())
     assert creds["base_url"] == f"http://127.0.0.1:{port}"
+    assert creds["console"] == f"http://127.0.0.1:{port}/console/"
     roles = {t["role"] for t in creds["tokens"].values()}
     assert roles == {"admin", "auditor", "agency", "focal_point"}
     assert creds["log_key"].startswith("broker.example.int/exchange-log/v1+")
