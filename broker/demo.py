@@ -208,16 +208,21 @@ def _scenario(
     )
     client = {name: BrokerClient(base_url, t["token"]) for name, t in tokens.items()}
     console.rule("1. A shipment alert, VN-GDC to HK-CED under VN-HK-CMAA-2013")
-    draft = agent.compose(
-        client["vn-gdc-hcm"],
-        store.signing_key("VN-GDC/fp-hcm-01"),
-        sender_fp="VN-GDC/fp-hcm-01",
-        recipients=["HK-CED"],
-        agreement="VN-HK-CMAA-2013",
-        offence="cites_wildlife",
-        body=body,
-        priority="urgent",
-    )
+
+    def shipment_alert(**options: Any) -> Any:
+        """VN-GDC's focal point's shipment alert to HK-CED under VN-HK-CMAA-2013."""
+        return agent.compose(
+            client["vn-gdc-hcm"],
+            store.signing_key("VN-GDC/fp-hcm-01"),
+            sender_fp="VN-GDC/fp-hcm-01",
+            recipients=["HK-CED"],
+            agreement="VN-HK-CMAA-2013",
+            offence="cites_wildlife",
+            body=body,
+            **options,
+        )
+
+    draft = shipment_alert(priority="urgent")
     answer = agent.send(client["vn-gdc-hcm"], draft)
     _ok(
         "VN-GDC/fp-hcm-01 sent a signed, encrypted alert",
@@ -353,16 +358,7 @@ def _scenario(
         except BrokerAPIError as exc:
             _refused(label, exc.code, f"(the dry run said {check.get('code')} before encrypting)")
             outcomes["refusals"][label] = exc.code
-    replay = agent.compose(
-        client["vn-gdc-hcm"],
-        store.signing_key("VN-GDC/fp-hcm-01"),
-        sender_fp="VN-GDC/fp-hcm-01",
-        recipients=["HK-CED"],
-        agreement="VN-HK-CMAA-2013",
-        offence="cites_wildlife",
-        body=body,
-        extra={"mid": draft.mid},
-    )
+    replay = shipment_alert(extra={"mid": draft.mid})
     try:
         agent.send(client["vn-gdc-hcm"], replay)
     except BrokerAPIError as exc:

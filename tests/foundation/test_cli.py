@@ -56,28 +56,24 @@ def test_admin_errors_are_problems(clean_db: str) -> None:
     assert '"registry.unknown_country"' in result.output
 
 
-@pytest.mark.slow
-def test_demo_exit_writes_credentials(tmp_path: Path) -> None:
+def run_demo(data_dir: Path, port: int) -> subprocess.CompletedProcess[str]:
+    """`broker demo --exit` as a newcomer runs it: no BROKER_ settings at all."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
-    port = _free_port()
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "broker.cli",
-            "demo",
-            "--exit",
-            "--data-dir",
-            str(tmp_path),
-            "--port",
-            str(port),
-        ],
+    command = ["demo", "--exit", "--data-dir", str(data_dir), "--port", str(port)]
+    return subprocess.run(
+        [sys.executable, "-m", "broker.cli", *command],
         capture_output=True,
         text=True,
         timeout=120,
         env=env,
         check=False,
     )
+
+
+@pytest.mark.slow
+def test_demo_exit_writes_credentials(tmp_path: Path) -> None:
+    port = _free_port()
+    result = run_demo(tmp_path, port)
     assert result.returncode == 0, result.stdout + result.stderr
     for text in (
         "VN-HK-CMAA-2013",
@@ -109,22 +105,5 @@ def test_demo_exit_writes_credentials(tmp_path: Path) -> None:
         assert code in result.stdout
     assert Path(creds["keystore"]["folder"]).is_dir()
     # Running it again on the same data folder works and keeps the world.
-    again = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "broker.cli",
-            "demo",
-            "--exit",
-            "--data-dir",
-            str(tmp_path),
-            "--port",
-            str(port),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        check=False,
-    )
+    again = run_demo(tmp_path, port)
     assert again.returncode == 0, again.stderr

@@ -60,16 +60,13 @@ def agency_side(
     }
 
 
-def test_send_pull_show_status(agency_side: dict[str, Any]) -> None:
-    from broker.inbox import jobs
-
-    s = agency_side
-    runner, keys = s["runner"], str(s["keys"])
-    sent = runner.invoke(
+def send(s: dict[str, Any], body: Path, *extra: str, offence: str = "cites_wildlife") -> Any:
+    """`broker agency send` from VN-GDC's focal point to HK-CED under VN-HK-CMAA-2013."""
+    return s["runner"].invoke(
         app,
         [
             "send",
-            str(BODY),
+            str(body),
             "--from",
             "VN-GDC/fp-hcm-01",
             "--to",
@@ -77,17 +74,22 @@ def test_send_pull_show_status(agency_side: dict[str, Any]) -> None:
             "--agreement",
             "VN-HK-CMAA-2013",
             "--offence",
-            "cites_wildlife",
-            "--priority",
-            "urgent",
+            offence,
             "--token",
             s["fp"],
             "--keystore",
-            keys,
-            "--receipts",
-            str(s["tmp"] / "sent"),
+            str(s["keys"]),
+            *extra,
         ],
     )
+
+
+def test_send_pull_show_status(agency_side: dict[str, Any]) -> None:
+    from broker.inbox import jobs
+
+    s = agency_side
+    runner, keys = s["runner"], str(s["keys"])
+    sent = send(s, BODY, "--priority", "urgent", "--receipts", str(s["tmp"] / "sent"))
     assert sent.exit_code == 0, sent.output
     mid = json.loads(sent.output)["mid"]
     assert (s["tmp"] / "sent" / f"{mid}.json").exists()
@@ -126,25 +128,7 @@ def test_send_pull_show_status(agency_side: dict[str, Any]) -> None:
 
 def test_out_of_scope_is_refused_before_encrypting(agency_side: dict[str, Any]) -> None:
     s = agency_side
-    result = s["runner"].invoke(
-        app,
-        [
-            "send",
-            str(BODY),
-            "--from",
-            "VN-GDC/fp-hcm-01",
-            "--to",
-            "HK-CED",
-            "--agreement",
-            "VN-HK-CMAA-2013",
-            "--offence",
-            "money_laundering",
-            "--token",
-            s["fp"],
-            "--keystore",
-            str(s["keys"]),
-        ],
-    )
+    result = send(s, BODY, offence="money_laundering")
     assert result.exit_code == 2
     assert "scope.offence_not_covered" in result.output
 
@@ -156,25 +140,7 @@ def test_invalid_body_reports_every_field(agency_side: dict[str, Any], tmp_path:
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(bad))
     s = agency_side
-    result = s["runner"].invoke(
-        app,
-        [
-            "send",
-            str(path),
-            "--from",
-            "VN-GDC/fp-hcm-01",
-            "--to",
-            "HK-CED",
-            "--agreement",
-            "VN-HK-CMAA-2013",
-            "--offence",
-            "cites_wildlife",
-            "--token",
-            s["fp"],
-            "--keystore",
-            str(s["keys"]),
-        ],
-    )
+    result = send(s, path)
     assert result.exit_code == 2
     assert "/subjects/0/container_numbers/0" in result.output
     assert "/subjects/0/vessel_imo" in result.output
@@ -185,32 +151,7 @@ def test_pull_resumes_after_a_crash_without_loss_or_duplicates(agency_side: dict
 
     s = agency_side
     for _ in range(3):
-        assert (
-            s["runner"]
-            .invoke(
-                app,
-                [
-                    "send",
-                    str(BODY),
-                    "--from",
-                    "VN-GDC/fp-hcm-01",
-                    "--to",
-                    "HK-CED",
-                    "--agreement",
-                    "VN-HK-CMAA-2013",
-                    "--offence",
-                    "cites_wildlife",
-                    "--token",
-                    s["fp"],
-                    "--keystore",
-                    str(s["keys"]),
-                    "--receipts",
-                    str(s["tmp"] / "sent"),
-                ],
-            )
-            .exit_code
-            == 0
-        )
+        assert send(s, BODY, "--receipts", str(s["tmp"] / "sent")).exit_code == 0
     jobs.relay()
     store = Keystore.open(s["keys"])
     state = s["tmp"] / "inbox"
