@@ -614,6 +614,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--n-plain", type=int, default=4000, help="requests per plumbing phase")
     p.add_argument("--open-seconds", type=float, default=8.0)
     p.add_argument("--warmup", type=int, default=100)
+    p.add_argument(
+        "--pool-size",
+        type=int,
+        default=0,
+        help="connections per process, broker and plumbing alike (default: the broker's setting)",
+    )
     p.add_argument("--profile", default="", help="py-spy the submit phases into this folder")
     p.add_argument("--label", default="", help="free text kept in the results file")
     p.add_argument("--only", choices=["all", "submit", "plumbing"], default="all")
@@ -646,10 +652,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     from broker.config import settings
 
+    pool_size = args.pool_size or settings().db_pool_size
+    broker_env["BROKER_DB_POOL_SIZE"] = str(pool_size)
     plumb_env = {
         **base_env,
         "BENCH_PLUMB_DB": f"postgres@127.0.0.1:5432/{args.db}",
-        "BENCH_POOL_SIZE": str(settings().db_pool_size),
+        "BENCH_POOL_SIZE": str(pool_size),
         "BENCH_MAX_OVERFLOW": str(settings().db_max_overflow),
     }
     servers: list[Server] = []  # the running one, stopped on the way out
@@ -664,7 +672,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "cpu": _cpu_model(),
         },
         "load_average": {"start": _loadavg()},
-        "db_pool": {"size": settings().db_pool_size, "max_overflow": settings().db_max_overflow},
+        "db_pool": {"size": pool_size, "max_overflow": settings().db_max_overflow},
         "runs": [],
     }
     pool = ProcessPoolExecutor(max_workers=os.cpu_count() or 2)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -148,3 +148,147 @@ def get_session() -> Iterator[Session]:
     """FastAPI dependency: one session per request, committed by `session_scope`."""
     with session_scope() as session:
         yield session
+
+
+# --- the async submit path (PostgreSQL) -----------------------------------------------------
+#
+# `POST /v1/messages` runs on the event loop with psycopg's async connection instead of a
+# worker thread with a Session: under load the thread hand-offs and GIL waits cost more than
+# the submit itself (docs/performance.md). `transaction()` below is that path's one place
+# that commits or rolls back, as `session_scope` is for everything else. The statements are
+# plain SQL in the repositories; the rules are the same functions as the sync path's.
+
+
+class AsyncScope:
+    """One connection and transaction of the async submit path; `transaction()` commits it."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        # Read with the token (auth.authenticate_async), for registry.snapshot.current_async.
+        self.registry_stamp: str | None = None
+        self.stamp_read = False
+        self._after_commit: dict[str, Callable[[], None]] = {}
+
+    def after_commit(self, name: str, hook: Callable[[], None]) -> None:
+        """Run `hook` once (per `name`) after this transaction has committed."""
+        self._after_commit[name] = hook
+
+    async def rollback(self) -> None:
+        """Discard this transaction's writes and wake-ups; later statements start a new one."""
+        self._after_commit.clear()
+        await self.conn.rollback()
+
+
+class _AsyncPool:
+    """A small pool of psycopg async connections for one event loop (at most `size` open)."""
+
+    def __init__(self, conninfo: str, size: int) -> None:
+        import asyncio
+
+        self.conninfo = conninfo
+        self._idle: list[Any] = []
+        self._slots = asyncio.Semaphore(size)
+
+    async def acquire(self) -> Any:
+        import psycopg
+
+        await self._slots.acquire()
+        try:
+            if self._idle:
+                return self._idle.pop()
+            return await psycopg.AsyncConnection.connect(
+                self.conninfo, options="-c synchronous_commit=on -c timezone=UTC"
+            )
+        except BaseException:
+            self._slots.release()
+            raise
+
+    async def release(self, conn: Any) -> None:
+        from psycopg.pq import TransactionStatus
+
+        try:
+            if conn.closed or conn.info.transaction_status != TransactionStatus.IDLE:
+                await conn.close()
+            else:
+                self._idle.append(conn)
+        finally:
+            self._slots.release()
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await conn.close()
+
+
+_pools: dict[int, tuple[Any, _AsyncPool]] = {}
+
+
+def async_enabled() -> bool:
+    """Whether the async submit path serves this database (PostgreSQL; SQLite stays sync)."""
+    return engine().dialect.name == "postgresql"
+
+
+def _pool() -> _AsyncPool:
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    entry = _pools.get(id(loop))
+    if entry is None or entry[0] is not loop:
+        for key, (other, stale) in list(_pools.items()):
+            if other.is_closed():  # a finished event loop (tests): close at the libpq level
+                del _pools[key]
+                for conn in stale._idle:
+                    conn.pgconn.finish()
+        url = engine().url.set(drivername="postgresql")
+        conninfo = url.render_as_string(hide_password=False)
+        entry = (loop, _AsyncPool(conninfo, settings().db_pool_size))
+        _pools[id(loop)] = entry
+    pool: _AsyncPool = entry[1]
+    return pool
+
+
+async def close_async_pool() -> None:
+    """Close this event loop's idle connections (application shutdown)."""
+    import asyncio
+
+    entry = _pools.pop(id(asyncio.get_running_loop()), None)
+    if entry is not None:
+        await entry[1].close()
+
+
+@asynccontextmanager
+async def transaction() -> AsyncIterator[AsyncScope]:
+    """Commit on success, roll back on error: the async twin of `session_scope`.
+
+    Not in psycopg's pipeline mode: it would save the BEGIN's round trip, but its polling
+    loop cost more CPU than the round trip (measured, docs/performance.md).
+    """
+    import psycopg
+    from sqlalchemy import exc as sa_exc
+
+    pool = _pool()
+    try:
+        conn = await pool.acquire()
+    except psycopg.OperationalError as exc:
+        raise sa_exc.OperationalError(None, None, exc) from exc
+    try:
+        try:
+            scope = AsyncScope(conn)
+            yield scope
+            await conn.commit()
+        except BaseException:
+            if not conn.closed:
+                try:
+                    await conn.rollback()
+                except Exception:
+                    await conn.close()
+            raise
+    # The errors the sync path's handlers answer (503, 400), as SQLAlchemy would wrap them.
+    except psycopg.OperationalError as exc:
+        raise sa_exc.OperationalError(None, None, exc) from exc
+    except psycopg.DataError as exc:
+        raise sa_exc.DataError(None, None, exc) from exc
+    finally:
+        await pool.release(conn)
+    for hook in scope._after_commit.values():
+        hook()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Annotated, TypeVar
 
 from anyio import Semaphore
@@ -66,6 +66,21 @@ class InThreadRoleGate(RoleGate):
         """Authenticate and authorise, as `RoleGate.__call__` (call it in the worker thread)."""
         return RoleGate.__call__(self, request, session)
 
+    async def admit_async(self, request: Request, scope: db.AsyncScope) -> Caller:
+        """`admit` on the async path (PostgreSQL): the same checks, errors and order."""
+        address = ratelimit.client_address(request)
+        await ratelimit.auth_allowed_async(address)
+        try:
+            caller = await auth.authenticate_async(scope, _bearer(request))
+        except BrokerError as exc:
+            await ratelimit.auth_failed_async(address, exc)
+            raise
+        request.state.principal = caller.name
+        await ratelimit.check_async(request, caller)
+        if caller.role not in self.roles:
+            raise Forbidden(f"role {caller.role.value} may not call this route")
+        return caller
+
 
 def _db_slots() -> Semaphore:
     # SessionDep's own semaphore (FastAPI keeps it per event loop): one limit, matching the
@@ -85,6 +100,15 @@ async def run_in_session(fn: Callable[[Session], T]) -> T:
     """`fn(session)` in one worker thread, committed before this returns (as SessionDep)."""
     async with _db_slots():
         return await run_in_threadpool(_scoped, fn)
+
+
+async def run_in_transaction(fn: Callable[[db.AsyncScope], Awaitable[T]]) -> T:
+    """`fn(scope)` on the event loop, committed before this returns (PostgreSQL only).
+
+    No worker thread: the connection pool (`db.transaction`) bounds the concurrency.
+    """
+    async with db.transaction() as scope:
+        return await fn(scope)
 
 
 def json_body(model: type[M], request: Request, body: bytes) -> M:

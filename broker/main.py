@@ -143,6 +143,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         if worker is not None:
             worker.stop()
+        from broker import db
+
+        await db.close_async_pool()  # the async submit path's connections (PostgreSQL)
 
 
 def create_app() -> FastAPI:

@@ -211,6 +211,114 @@ def check(request: Request, caller: Caller) -> None:
         raise _refusal(bucket, limit, retry, f"more than {limit} requests a minute ({bucket})")
 
 
+# --- the async submit path -------------------------------------------------------------------
+#
+# The same budgets, counted in the same place: `limits`' async Redis storage uses the same
+# keys and scripts as its sync one, and an in-memory store is called directly (no I/O).
+# Redis clients are bound to an event loop, so there is one async limiter per loop.
+
+_async_limiters: dict[int, tuple[Any, Limiter, Any, Any]] = {}
+
+
+def _async_store() -> tuple[Limiter, Any, Any] | None:
+    """(sync limiter for its down-state, async storage, async strategy), None for memory."""
+    import asyncio
+
+    store = limiter()
+    if not store.uri.startswith(("redis://", "rediss://")):
+        return None
+    loop = asyncio.get_running_loop()
+    entry = _async_limiters.get(id(loop))
+    if entry is None or entry[0] is not loop or entry[1] is not store:
+        from limits.aio.strategies import MovingWindowRateLimiter as AsyncMovingWindow
+
+        storage = storage_from_string(
+            "async+" + store.uri,
+            implementation="redispy",
+            wrap_exceptions=True,
+            socket_timeout=0.5,
+            socket_connect_timeout=0.5,
+        )
+        entry = (loop, store, storage, AsyncMovingWindow(storage))
+        _async_limiters[id(loop)] = entry
+    return entry[1], entry[2], entry[3]
+
+
+async def _hit_async(bucket: str, per_minute: int, key: str) -> tuple[bool, int]:
+    """(allowed, retry_after) for one unit of `bucket`; fails open like `Limiter.hit`."""
+    found = _async_store()
+    if found is None:
+        store = limiter()
+        if store.hit(bucket, per_minute, key):
+            return True, 0
+        return False, store.retry_after(bucket, per_minute, key)
+    store, _, strategy = found
+    if time.monotonic() < store._down_until:
+        return True, 0
+    item = store.item(per_minute)
+    try:
+        if await strategy.hit(item, bucket, key):
+            return True, 0
+        stats = await strategy.get_window_stats(item, bucket, key)
+    except Exception as exc:
+        store._store_down(bucket, exc)
+        return True, 0
+    return False, min(_WINDOW_S, max(1, math.ceil(stats.reset_time - time.time())))
+
+
+async def auth_allowed_async(address: str) -> None:
+    """`guard_authentication`'s first half: 429 if `address` keeps failing authentication."""
+    cfg = settings()
+    if not cfg.rate_limit_enabled:
+        return
+    limit = cfg.rate_auth_failures_per_minute
+    found = _async_store()
+    if found is None:
+        store = limiter()
+        if store.exhausted(AUTH_FAILURES, limit, address):
+            retry = store.retry_after(AUTH_FAILURES, limit, address)
+            raise _refusal(AUTH_FAILURES, limit, retry, "too many failed authentications")
+        return
+    store, _, strategy = found
+    if time.monotonic() < store._down_until:
+        return
+    item = store.item(limit)
+    try:
+        if await strategy.test(item, AUTH_FAILURES, address):
+            return
+        stats = await strategy.get_window_stats(item, AUTH_FAILURES, address)
+    except Exception as exc:
+        store._store_down(AUTH_FAILURES, exc)
+        return
+    retry = min(_WINDOW_S, max(1, math.ceil(stats.reset_time - time.time())))
+    raise _refusal(AUTH_FAILURES, limit, retry, "too many failed authentications")
+
+
+async def auth_failed_async(address: str, exc: BrokerError) -> None:
+    """`guard_authentication`'s second half: count a 401; 429 once the budget is spent."""
+    cfg = settings()
+    if not cfg.rate_limit_enabled or exc.status_code != 401:
+        return
+    limit = cfg.rate_auth_failures_per_minute
+    allowed, retry = await _hit_async(AUTH_FAILURES, limit, address)
+    if not allowed:
+        _log.warning("authentication failures rate-limited", client=address)
+        raise _refusal(AUTH_FAILURES, limit, retry, "too many failed authentications") from exc
+
+
+async def check_async(request: Request, caller: Caller) -> None:
+    """`check` on the async submit path."""
+    cfg = settings()
+    if not cfg.rate_limit_enabled:
+        return
+    route = request.scope.get("route")
+    bucket = _ROUTE_BUCKETS.get((request.method, getattr(route, "path", "")), DEFAULT)
+    limit = cfg.rate_submit_per_minute if bucket == SUBMIT else cfg.rate_default_per_minute
+    allowed, retry = await _hit_async(bucket, limit, str(caller.principal_id))
+    if not allowed:
+        raise _refusal(bucket, limit, retry, f"more than {limit} requests a minute ({bucket})")
+
+
 class _WaitSlots:
     """Per-process counts of long-polls that are waiting, per agency and in total."""
 

@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
@@ -49,6 +50,25 @@ def token(session: Session, token_hash: str) -> TokenRow | None:
     """One query, columns only (no ORM rows): every request of every route runs it."""
     row = session.connection().execute(_TOKEN, {"token_hash": token_hash}).first()
     return None if row is None else TokenRow(*row)
+
+
+# The async submit path: the same columns, and the registry stamp in the same round trip.
+_CALLER_SQL = (
+    "select (select stamp from registry_state where id = 1) as stamp,"
+    " c.revoked_at, c.expires_at, p.id, p.name, p.role, p.agency_id, p.focal_point_id,"
+    " p.audit_agencies, p.status"
+    " from (select 1) as one"
+    " left join (credentials as c join principals as p on p.id = c.principal_id)"
+    " on c.token_hash = %(token_hash)s"
+)
+
+
+async def token_and_stamp(conn: Any, token_hash: str) -> tuple[TokenRow | None, str | None]:
+    """`token()` and the registry stamp (`registry.snapshot`) in one statement (psycopg async)."""
+    cur = await conn.execute(_CALLER_SQL, {"token_hash": token_hash})
+    row = await cur.fetchone()
+    stamp = row[0]
+    return (None if row[3] is None else TokenRow(*row[1:])), stamp
 
 
 def credential_by_hash(session: Session, token_hash: str) -> tuple[Credential, Principal] | None:

@@ -18,6 +18,7 @@ from broker.audit import service as audit
 from broker.auth import repository
 from broker.auth.models import Credential, Principal
 from broker.config import settings
+from broker.db import AsyncScope
 from broker.errors import DuplicateId, InvalidRequest, NotFound, Unauthenticated
 from broker.errors import TokenExpired as TokenExpired
 from broker.errors import TokenRevoked as TokenRevoked
@@ -64,10 +65,28 @@ def hash_token(token: str) -> str:
 
 def authenticate(session: Session, token: str | None, *, now: datetime | None = None) -> Caller:
     """Resolve a bearer token to its caller, or raise 401 with a precise code."""
+    token = check_token_format(token)
+    # No cache in front of this query: a revoked token must fail on its next request.
+    return caller_of(repository.token(session, hash_token(token)), now)
+
+
+async def authenticate_async(scope: AsyncScope, token: str | None) -> Caller:
+    """`authenticate` on the async submit path; reads the registry stamp in the same query."""
+    token = check_token_format(token)
+    found, scope.registry_stamp = await repository.token_and_stamp(scope.conn, hash_token(token))
+    scope.stamp_read = True
+    return caller_of(found)
+
+
+def check_token_format(token: str | None) -> str:
+    """The checks before any look-up; returns the token (401 if it cannot be one of ours)."""
     if not token or not token.startswith(TOKEN_PREFIX) or len(token) > 100:
         raise Unauthenticated("a bearer token (brk_...) is required")
-    # No cache in front of this query: a revoked token must fail on its next request.
-    found = repository.token(session, hash_token(token))
+    return token
+
+
+def caller_of(found: repository.TokenRow | None, now: datetime | None = None) -> Caller:
+    """The caller for a looked-up token row, or 401 with a precise code."""
     if found is None:
         raise Unauthenticated("unknown token")
     now = now or utcnow()

@@ -7,9 +7,11 @@ import hashlib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, cast
 
+import psycopg
+from psycopg.types.json import Jsonb
 from sqlalchemy import (
     ARRAY,
     BindParameter,
@@ -22,9 +24,11 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from broker.audit.models import AuditEvent
+from broker.db import AsyncScope
 from broker.messages.models import Delivery, Message, Outbox
 
 # Plain tables: the submit path inserts rows with Core, without the ORM's bulk-insert layer.
@@ -193,6 +197,109 @@ def add_accepted(
         params[f"d_id_{i}"], params[f"d_recipient_{i}"] = uuid.uuid4(), recipient
     for statement in _accept_statements(len(recipients), tuple(message), tuple(event)):
         conn.execute(statement, params)
+
+
+# --- the async submit path (PostgreSQL, psycopg async): the same statements in its syntax ---
+
+
+_LOCK_AND_FIND_ASYNC = (
+    "select pg_try_advisory_xact_lock(%(lock_key)s) as locked, m.mid, m.receipt,"
+    " m.envelope_sha256, m.received_at, m.event_id"
+    " from (select 1) as one"
+    " left join messages as m on m.sender = %(sender)s and m.mid = %(mid)s"
+)
+
+
+def _lock_key(sender: str, mid: uuid.UUID) -> int:
+    return int.from_bytes(
+        hashlib.sha256(f"{sender}/{mid}".encode()).digest()[:8], "big", signed=True
+    )
+
+
+def _accepted_row(row: Sequence[Any]) -> Accepted:
+    mid, receipt, envelope_sha256, received_at, event_id = row
+    return Accepted(mid, receipt, envelope_sha256, received_at.astimezone(UTC), event_id)
+
+
+async def lock_and_find_async(
+    conn: Any, sender: str, mid: uuid.UUID
+) -> tuple[bool, Accepted | None]:
+    """`lock_and_find` on the async connection: one round trip."""
+    cur = await conn.execute(
+        _LOCK_AND_FIND_ASYNC, {"lock_key": _lock_key(sender, mid), "sender": sender, "mid": mid}
+    )
+    row = await cur.fetchone()
+    return bool(row[0]), (None if row[1] is None else _accepted_row(row[1:]))
+
+
+async def accepted_async(conn: Any, sender: str, mid: uuid.UUID) -> Accepted | None:
+    """`accepted` on the async connection."""
+    cur = await conn.execute(
+        "select mid, receipt, envelope_sha256, received_at, event_id from messages"
+        " where sender = %(sender)s and mid = %(mid)s",
+        {"sender": sender, "mid": mid},
+    )
+    row = await cur.fetchone()
+    return None if row is None else _accepted_row(row)
+
+
+async def received_alerts_async(conn: Any, recipient: str, mid: uuid.UUID) -> list[tuple[str, str]]:
+    """(sender, agreement) of the alerts with this mid delivered to `recipient` (`received_by`)."""
+    cur = await conn.execute(
+        "select m.sender, m.agreement_id from messages as m"
+        " join deliveries as d on d.message_id = m.id"
+        " where m.mid = %(mid)s and d.recipient = %(recipient)s and m.kind = 'alert'",
+        {"mid": mid, "recipient": recipient},
+    )
+    return [(sender, agreement) for sender, agreement in await cur.fetchall()]
+
+
+_JSON_COLUMNS = frozenset({"routing", "details"})
+
+
+def _async_params(prefix: str, row: dict[str, Any]) -> dict[str, Any]:
+    return {f"{prefix}{k}": Jsonb(v) if k in _JSON_COLUMNS else v for k, v in row.items()}
+
+
+def _async_values(table: Table, prefix: str, columns: Sequence[str]) -> str:
+    names = ", ".join(table.c[c].name for c in columns)
+    return f"({names}) VALUES (" + ", ".join(f"%({prefix}{c})s" for c in columns) + ")"
+
+
+@functools.cache
+def _accept_async_sql(message_columns: tuple[str, ...], event_columns: tuple[str, ...]) -> str:
+    """`_accept_cte` in psycopg's parameter syntax: the four INSERTs as one statement."""
+    # Names from the table metadata, never from a request.
+    return (
+        f"WITH m AS (INSERT INTO messages {_async_values(_messages, 'm_', message_columns)}),"  # noqa: S608
+        " d AS (INSERT INTO deliveries (id, message_id, recipient, state, created_at)"
+        " SELECT gen_random_uuid(), %(m_id)s, r, 'queued', %(m_received_at)s"
+        " FROM unnest(%(d_recipients)s::varchar[]) AS r),"
+        f" e AS (INSERT INTO audit_events {_async_values(_events, 'e_', event_columns)})"
+        " INSERT INTO outbox (topic, ref, created_at, attempts)"
+        " VALUES ('deliver', %(m_id)s, %(m_received_at)s, 0)"
+    )
+
+
+async def add_accepted_async(
+    scope: AsyncScope, message: dict[str, Any], recipients: Sequence[str], event: dict[str, Any]
+) -> None:
+    """`add_accepted` on the async connection; a unique violation raises IntegrityError here."""
+    params = _async_params("m_", message)
+    params.update(_async_params("e_", event))
+    params["d_recipients"] = list(recipients)
+    try:
+        await scope.conn.execute(_accept_async_sql(tuple(message), tuple(event)), params)
+    except psycopg.IntegrityError as exc:
+        raise IntegrityError(None, None, exc) from exc
+
+
+async def add_event_async(conn: Any, event: dict[str, Any]) -> None:
+    """Insert one audit event (a refusal's `msg.rejected`)."""
+    await conn.execute(
+        f"INSERT INTO audit_events {_async_values(_events, 'e_', tuple(event))}",
+        _async_params("e_", event),
+    )
 
 
 def deliveries_of(session: Session, message_id: uuid.UUID) -> Sequence[Delivery]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import anyio.to_thread
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -26,7 +27,9 @@ from broker.config import settings
 from broker.crypto import envelope as env
 from broker.crypto.errors import CryptoError
 from broker.crypto.keys import sha256_b64u
+from broker.db import AsyncScope
 from broker.errors import BrokerError, FieldProblem, NotFound, error
+from broker.faults import crash_point
 from broker.ids import epoch_ms, new_id, utcnow
 from broker.messages import repository
 from broker.messages.models import Message
@@ -115,17 +118,23 @@ def _check_time(routing: dict[str, Any], now: datetime) -> None:
 def _check_feedback(session: Session, routing: dict[str, Any]) -> None:
     alert_mid = uuid.UUID(routing["in_reply_to"])
     received = [
-        (m, d)
-        for m, d in repository.received_by(session, routing["sender"], alert_mid)
+        (m.sender, m.agreement_id)
+        for m, _ in repository.received_by(session, routing["sender"], alert_mid)
         if m.kind == "alert"
     ]
+    _feedback_rule(routing, received)
+
+
+def _feedback_rule(routing: dict[str, Any], received: list[tuple[str, str]]) -> None:
+    """Feedback answers an alert its sender received: `received` is its (sender, agreement)s."""
+    alert_mid = uuid.UUID(routing["in_reply_to"])
     if not received:
         raise FeedbackNotRecipient(f"{routing['sender']} did not receive alert {alert_mid}")
-    alert, _ = received[0]
-    if routing["recipients"] != [alert.sender]:
-        raise FeedbackWrongAddress(f"feedback on {alert_mid} goes to {alert.sender} only")
-    if routing["agreement"] != alert.agreement_id:
-        raise FeedbackOtherAgreement(f"alert {alert_mid} was sent under {alert.agreement_id}")
+    alert_sender, alert_agreement = received[0]
+    if routing["recipients"] != [alert_sender]:
+        raise FeedbackWrongAddress(f"feedback on {alert_mid} goes to {alert_sender} only")
+    if routing["agreement"] != alert_agreement:
+        raise FeedbackOtherAgreement(f"alert {alert_mid} was sent under {alert_agreement}")
 
 
 def _recipient_keys(snap: Snapshot, recipients: list[str], now: datetime) -> dict[str, list[str]]:
@@ -161,33 +170,85 @@ def submit(session: Session, caller: Caller, envelope: str, idempotency_key: str
     verified: dict[str, Any] = {}
     try:
         return _accept(session, caller, envelope, idempotency_key, now, digest, verified)
-    except CryptoError as exc:
-        refusal: BrokerError = error(exc.code, exc.status_code, "Envelope refused")(exc.detail)
-    except BrokerError as exc:
-        refusal = exc
+    except (CryptoError, BrokerError) as exc:
+        refusal = _refusal(exc)
     session.rollback()  # nothing of the refused submit may persist except its audit event
-    details = {"reason": refusal.code, "envelope_sha256": digest, **verified}
     audit.record(
-        session, "msg.rejected", actor=caller.actor, subject=verified.get("sender"), details=details
+        session,
+        "msg.rejected",
+        actor=caller.actor,
+        subject=verified.get("sender"),
+        details=_refusal_details(refusal, digest, verified),
     )
     jobs.after_commit(session, "log.sequence")
     return Outcome(status=refusal.status_code, refusal=refusal)
 
 
-def _accept(
-    session: Session,
+async def submit_async(
+    scope: AsyncScope, caller: Caller, envelope: str, idempotency_key: str | None
+) -> Outcome:
+    """`submit` on the async path (PostgreSQL): the same steps, rules, refusals and rows."""
+    now = utcnow()
+    digest = sha256_b64u(envelope.encode("utf-8"))
+    verified: dict[str, Any] = {}
+    try:
+        return await _accept_async(scope, caller, envelope, idempotency_key, now, digest, verified)
+    except (CryptoError, BrokerError) as exc:
+        refusal = _refusal(exc)
+    await scope.rollback()  # nothing of the refused submit may persist except its audit event
+    await repository.add_event_async(
+        scope.conn,
+        {
+            "id": new_id(),
+            "kind": "msg.rejected",
+            "actor": caller.actor,
+            "subject": verified.get("sender"),
+            "details": _refusal_details(refusal, digest, verified),
+            "created_at": utcnow(),
+            "leaf_index": None,
+        },
+    )
+    scope.after_commit("log.sequence", _wake_sequencer)
+    return Outcome(status=refusal.status_code, refusal=refusal)
+
+
+def _wake_sequencer() -> None:
+    jobs.wake("log.sequence")
+
+
+def _wake_relay() -> None:
+    jobs.wake("outbox.relay")
+
+
+def _refusal(exc: CryptoError | BrokerError) -> BrokerError:
+    if isinstance(exc, CryptoError):
+        return error(exc.code, exc.status_code, "Envelope refused")(exc.detail)
+    return exc
+
+
+def _refusal_details(refusal: BrokerError, digest: str, verified: dict[str, Any]) -> dict[str, Any]:
+    return {"reason": refusal.code, "envelope_sha256": digest, **verified}
+
+
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    """An envelope past steps 1-6 and the Idempotency-Key check."""
+
+    routing: dict[str, Any]
+    jwe: dict[str, Any]
+    kid: str
+    mid: uuid.UUID
+
+
+def _verify(
+    snap: Snapshot,
     caller: Caller,
-    envelope: str,
+    token: env.SplitToken,
     idempotency_key: str | None,
     now: datetime,
-    digest: str,
     verified: dict[str, Any],
-) -> Outcome:
-    cfg = settings()
-    # 1-2. Limits and header, before any lookup.
-    token = env.split_outer(envelope, cfg.max_envelope_bytes)
-    # The registry as of now (one short query while it is unchanged): keys, scope.
-    snap = registry.current(session)
+) -> _Verified:
+    """Steps 3-6 of PROTOCOL 4.4 and the Idempotency-Key header (steps 1-2 made `token`)."""
     # 3. The key: a signing key of a focal point, active and valid now.
     key = _signing_key(snap, token.kid, now)
     kid = key.kid
@@ -219,38 +280,120 @@ def _accept(
         raise NotTheSigner(
             f"you are {caller.focal_point_id}, the envelope is from {routing['sender_fp']}"
         )
-    # 7. Idempotency and replay: (sender, mid) is unique forever.
+    # 7, first half: the Idempotency-Key header must name the mid.
     mid = uuid.UUID(routing["mid"])
     if idempotency_key is None:
         raise MissingIdempotencyKey("send Idempotency-Key: <mid>")
     if idempotency_key.strip().lower() != str(mid):
         raise IdempotencyKeyMismatch(f"Idempotency-Key {idempotency_key!r} is not the mid {mid}")
-    locked, existing = repository.lock_and_find(session, routing["sender"], mid)
-    if not locked:
-        raise InFlight(
-            f"message {mid} is being accepted by another request", headers={"Retry-After": "1"}
-        )
-    if existing is not None:
-        return _replay(existing, routing["sender"], mid, digest)
-    # 8. Time window.
+    return _Verified(routing, outer.jwe, kid, mid)
+
+
+def _time_and_scope(snap: Snapshot, routing: dict[str, Any], now: datetime) -> str:
+    """Steps 8 and 9 (but for feedback's look-up): returns the policy's hash."""
     _check_time(routing, now)
-    # 9. Scope, against the agreement version in force.
-    policy_sha256 = _decide(snap, routing, now)
+    return _decide(snap, routing, now)
+
+
+def _check_jwe(snap: Snapshot, v: _Verified, now: datetime) -> None:
+    """Step 10: the JWE's shape and one entry per recipient with a currently valid key."""
+    env.check_jwe_structure(v.jwe, _recipient_keys(snap, v.routing["recipients"], now))
+
+
+def _accept(
+    session: Session,
+    caller: Caller,
+    envelope: str,
+    idempotency_key: str | None,
+    now: datetime,
+    digest: str,
+    verified: dict[str, Any],
+) -> Outcome:
+    cfg = settings()
+    # 1-2. Limits and header, before any lookup.
+    token = env.split_outer(envelope, cfg.max_envelope_bytes)
+    # The registry as of now (one short query while it is unchanged): keys, scope.
+    snap = registry.current(session)
+    v = _verify(snap, caller, token, idempotency_key, now, verified)
+    routing, sender = v.routing, v.routing["sender"]
+    # 7. Idempotency and replay: (sender, mid) is unique forever.
+    locked, existing = repository.lock_and_find(session, sender, v.mid)
+    if not locked:
+        raise _in_flight(v.mid)
+    if existing is not None:
+        return _replay(existing, sender, v.mid, digest)
+    # 8-9. Time window; scope, against the agreement version in force.
+    policy_sha256 = _time_and_scope(snap, routing, now)
     if routing["kind"] == "feedback":
         _check_feedback(session, routing)
-    # 10. The JWE's shape and one entry per recipient with a currently valid key.
-    env.check_jwe_structure(outer.jwe, _recipient_keys(snap, routing["recipients"], now))
+    # 10. The JWE.
+    _check_jwe(snap, v, now)
     # 11. Accept: one transaction for message, deliveries, audit event and outbox.
+    message, event, receipt = _rows(caller, envelope, v, digest, policy_sha256, now)
     try:
-        receipt = _store(session, caller, envelope, routing, kid, digest, policy_sha256, now)
+        repository.add_accepted(session, message, routing["recipients"], event)
     except IntegrityError:
         # The same (sender, mid) committed after our look-up's snapshot: answer as step 7 would.
         session.rollback()
-        existing = repository.accepted(session, routing["sender"], mid)
+        existing = repository.accepted(session, sender, v.mid)
         if existing is None:
             raise
-        return _replay(existing, routing["sender"], mid, digest)
+        return _replay(existing, sender, v.mid, digest)
+    crash_point("submit.before_commit")
+    jobs.after_commit(session, "outbox.relay")
+    jobs.after_commit(session, "log.sequence")
     return Outcome(status=201, receipt=receipt)
+
+
+async def _accept_async(
+    scope: AsyncScope,
+    caller: Caller,
+    envelope: str,
+    idempotency_key: str | None,
+    now: datetime,
+    digest: str,
+    verified: dict[str, Any],
+) -> Outcome:
+    """`_accept`, step for step, on the async connection."""
+    cfg = settings()
+    token = env.split_outer(envelope, cfg.max_envelope_bytes)
+    snap = await registry.current_async(scope)
+    v = _verify(snap, caller, token, idempotency_key, now, verified)
+    routing, sender = v.routing, v.routing["sender"]
+    locked, existing = await repository.lock_and_find_async(scope.conn, sender, v.mid)
+    if not locked:
+        raise _in_flight(v.mid)
+    if existing is not None:
+        return _replay(existing, sender, v.mid, digest)
+    # The scope decision in a worker thread, the one hop of this path: while it runs, this
+    # transaction holds the (sender, mid) lock, and a concurrent submit of the same message
+    # must be answered 409 meanwhile, whatever the decision costs (tests hold it there).
+    policy_sha256 = await anyio.to_thread.run_sync(_time_and_scope, snap, routing, now)
+    if routing["kind"] == "feedback":
+        alert_mid = uuid.UUID(routing["in_reply_to"])
+        _feedback_rule(
+            routing, await repository.received_alerts_async(scope.conn, sender, alert_mid)
+        )
+    _check_jwe(snap, v, now)
+    message, event, receipt = _rows(caller, envelope, v, digest, policy_sha256, now)
+    try:
+        await repository.add_accepted_async(scope, message, routing["recipients"], event)
+    except IntegrityError:
+        await scope.rollback()
+        existing = await repository.accepted_async(scope.conn, sender, v.mid)
+        if existing is None:
+            raise
+        return _replay(existing, sender, v.mid, digest)
+    crash_point("submit.before_commit")
+    scope.after_commit("outbox.relay", _wake_relay)
+    scope.after_commit("log.sequence", _wake_sequencer)
+    return Outcome(status=201, receipt=receipt)
+
+
+def _in_flight(mid: uuid.UUID) -> BrokerError:
+    return InFlight(
+        f"message {mid} is being accepted by another request", headers={"Retry-After": "1"}
+    )
 
 
 def _replay(existing: repository.Accepted, sender: str, mid: uuid.UUID, digest: str) -> Outcome:
@@ -260,18 +403,18 @@ def _replay(existing: repository.Accepted, sender: str, mid: uuid.UUID, digest: 
     raise MidReused(f"{sender} already sent a different message {mid}")
 
 
-def _store(
-    session: Session,
+def _rows(
     caller: Caller,
     envelope: str,
-    routing: dict[str, Any],
-    kid: str,
+    v: _Verified,
     digest: str,
     policy_sha256: str,
     now: datetime,
-) -> Receipt:
+) -> tuple[dict[str, Any], dict[str, Any], Receipt]:
+    """The message row, its `msg.accepted` event and the signed receipt (both paths)."""
+    routing, kid, mid = v.routing, v.kid, v.mid
     keys = keyring.load_or_create()
-    message_id, event_id, mid = new_id(), new_id(), uuid.UUID(routing["mid"])
+    message_id, event_id = new_id(), new_id()
     receipt = env.sign_compact(
         {
             "v": 1,
@@ -309,52 +452,48 @@ def _store(
                 if k in routing
             }
         )
-    repository.add_accepted(
-        session,
-        {
-            "id": message_id,
-            "sender": routing["sender"],
-            "mid": mid,
-            "kind": routing["kind"],
-            "sender_fp": routing["sender_fp"],
-            "sender_kid": kid,
-            "agreement_id": routing["agreement"],
-            "operation_id": routing["operation"],
-            "offence": routing["offence"],
-            "handling": routing["handling"],
-            "routing": routing,
-            "in_reply_to": uuid.UUID(routing["in_reply_to"])
-            if routing.get("in_reply_to")
-            else None,
-            "envelope": envelope,
-            "envelope_sha256": digest,
-            "policy_sha256": policy_sha256,
-            "receipt": receipt,
-            "event_id": event_id,
-            "iat": routing["iat"],
-            "exp": routing["exp"],
-            "received_at": now,
-        },
-        routing["recipients"],
-        {
-            "id": event_id,
-            "kind": "msg.accepted",
-            "actor": caller.actor,
-            "subject": routing["sender"],
-            "details": details,
-            "created_at": now,
-            "leaf_index": None,
-        },
-    )
-    jobs.after_commit(session, "outbox.relay")
-    jobs.after_commit(session, "log.sequence")
-    return Receipt(
-        mid=mid,
-        receipt=receipt,
-        envelope_sha256=digest,
-        accepted_at=now,
-        event_id=event_id,
-        log_index=None,
+    message = {
+        "id": message_id,
+        "sender": routing["sender"],
+        "mid": mid,
+        "kind": routing["kind"],
+        "sender_fp": routing["sender_fp"],
+        "sender_kid": kid,
+        "agreement_id": routing["agreement"],
+        "operation_id": routing["operation"],
+        "offence": routing["offence"],
+        "handling": routing["handling"],
+        "routing": routing,
+        "in_reply_to": uuid.UUID(routing["in_reply_to"]) if routing.get("in_reply_to") else None,
+        "envelope": envelope,
+        "envelope_sha256": digest,
+        "policy_sha256": policy_sha256,
+        "receipt": receipt,
+        "event_id": event_id,
+        "iat": routing["iat"],
+        "exp": routing["exp"],
+        "received_at": now,
+    }
+    event = {
+        "id": event_id,
+        "kind": "msg.accepted",
+        "actor": caller.actor,
+        "subject": routing["sender"],
+        "details": details,
+        "created_at": now,
+        "leaf_index": None,
+    }
+    return (
+        message,
+        event,
+        Receipt(
+            mid=mid,
+            receipt=receipt,
+            envelope_sha256=digest,
+            accepted_at=now,
+            event_id=event_id,
+            log_index=None,
+        ),
     )
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import anyio.to_thread
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
@@ -34,6 +35,7 @@ from broker.agreements.policy import Designation as PolicyDesignation
 from broker.agreements.policy import Policy
 from broker.crypto.errors import CryptoError
 from broker.crypto.keys import PublicJWK, parse_public_jwk
+from broker.db import AsyncScope
 from broker.directory.models import PublicKey
 
 _STAMP = text("select stamp from registry_state where id = 1")
@@ -193,6 +195,34 @@ def current(session: Session) -> Snapshot:
             return _cached[0]
         snapshot = load(session, stamp)
         if stamp is not None:  # no stamp row (an emptied table): never cache
+            _cached[:] = [snapshot]
+        return snapshot
+
+
+async def current_async(scope: AsyncScope) -> Snapshot:
+    """`current` on the async submit path: the stamp came with the token query.
+
+    On a stamp change the tables are read in a worker thread with a session of their own,
+    after the stamp was read, so the snapshot is again never older than its stamp.
+    """
+    if not scope.stamp_read:
+        cur = await scope.conn.execute("select stamp from registry_state where id = 1")
+        row = await cur.fetchone()
+        scope.registry_stamp, scope.stamp_read = (row[0] if row else None), True
+    stamp = scope.registry_stamp
+    if _cached and stamp is not None and _cached[0].stamp == stamp:
+        return _cached[0]
+    return await anyio.to_thread.run_sync(_load_in_own_session, stamp)
+
+
+def _load_in_own_session(stamp: str | None) -> Snapshot:
+    from broker.db import session_scope
+
+    with session_scope() as session, _lock:
+        if _cached and stamp is not None and _cached[0].stamp == stamp:
+            return _cached[0]
+        snapshot = load(session, stamp)
+        if stamp is not None:
             _cached[:] = [snapshot]
         return snapshot
 
