@@ -4,13 +4,21 @@ The settings follow research/reliability-security.md 4.1. Tasks carry no argumen
 only, never content; they are idempotent, so a duplicate (a redelivery after the visibility
 timeout, celery#7918) is harmless, and a lost one (Redis flushed, kill -9 before the ack) is
 made good by the beat sweeps, which re-run whatever the outbox still holds.
+
+Wake-ups are coalesced by a flag in Redis (`broker.jobs`): at most one task per job waits in
+the queue. A task clears its job's flag as it starts (`task_prerun`), so a commit made after
+that start sends a new one; a commit made before it needs none, since the run will see it.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
+from celery.signals import task_prerun
 from kombu import Queue
 
+from broker import jobs
 from broker.config import Profile, settings
 
 VISIBILITY_TIMEOUT_S = 300  # longer than any task; retries are scheduled in the database
@@ -73,3 +81,10 @@ def make_celery() -> Celery:
 
 
 celery_app = make_celery()
+
+
+@task_prerun.connect
+def _clear_wake_flag(task: Any = None, **_: Any) -> None:
+    """A run is starting: a commit from now on must send a new wake-up (see `broker.jobs`)."""
+    if task is not None:
+        jobs.started(task.name)

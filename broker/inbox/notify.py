@@ -1,13 +1,21 @@
 """Wake long-polling inbox readers when deliveries commit.
 
 Publishing happens only after the delivering transaction has committed (a commit hook), so a
-woken reader always finds the rows. Embedded profile: an in-process condition variable.
+woken reader always finds the rows. Embedded profile: in-process, straight to the board.
 Production: Redis pub/sub on `inbox:<agency>`, with one subscriber thread per API process
 fanning messages out to local waiters (no database polling loop, no connection per waiter).
+
+The board keeps a version per inbox. A reader takes the version before it reads the database
+and waits only while the version is unchanged, so a wake-up between its read and its wait is
+never lost. Long-polls wait on an asyncio future (`wait_async`): a waiting request holds no
+thread of the server's threadpool, so many partners can long-poll without starving ordinary
+requests. `wait` (a condition variable) serves threads.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 from collections.abc import Iterable
 
@@ -23,13 +31,17 @@ _KEY = "broker.inbox.notify"
 CHANNEL = "inbox:"
 
 
+_Waiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
+
+
 class _Board:
-    """Per-agency version counters with one condition variable: cheap, exact wake-ups."""
+    """Per-agency version counters: cheap, exact wake-ups for threads and coroutines."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._versions: dict[str, int] = {}
         self._epoch = 0  # bumped for everyone when wake-ups may have been missed
+        self._futures: dict[str, set[_Waiter]] = {}
 
     def _version(self, agency: str) -> int:
         return self._epoch + self._versions.get(agency, 0)
@@ -40,19 +52,58 @@ class _Board:
 
     def bump(self, agencies: Iterable[str]) -> None:
         with self._cond:
+            woken: list[_Waiter] = []
             for agency in agencies:
                 self._versions[agency] = self._versions.get(agency, 0) + 1
+                woken += self._futures.pop(agency, ())
             self._cond.notify_all()
+        _resolve(woken)
 
     def bump_all(self) -> None:
         """Wake every waiter so it reads the database again (after a gap in the wake-ups)."""
         with self._cond:
             self._epoch += 1
+            woken = [entry for entries in self._futures.values() for entry in entries]
+            self._futures.clear()
             self._cond.notify_all()
+        _resolve(woken)
 
     def wait(self, agency: str, seen: int, timeout: float) -> bool:
+        """Block this thread until the version moves from `seen` (True) or the timeout."""
         with self._cond:
             return self._cond.wait_for(lambda: self._version(agency) != seen, timeout)
+
+    async def wait_async(self, agency: str, seen: int, timeout: float) -> bool:
+        """Like `wait`, without holding a thread while it waits."""
+        loop = asyncio.get_running_loop()
+        entry = (loop, loop.create_future())
+        with self._cond:
+            if self._version(agency) != seen:
+                return True
+            self._futures.setdefault(agency, set()).add(entry)
+        try:
+            await asyncio.wait_for(entry[1], timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            with self._cond:
+                waiting = self._futures.get(agency)
+                if waiting is not None:
+                    waiting.discard(entry)
+                    if not waiting:
+                        del self._futures[agency]
+
+
+def _resolve(entries: Iterable[_Waiter]) -> None:
+    for loop, future in entries:
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits there any more
+            loop.call_soon_threadsafe(_set, future)
+
+
+def _set(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 board = _Board()

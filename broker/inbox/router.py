@@ -6,22 +6,14 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from fastapi.concurrency import run_in_threadpool
 
 from broker import db
-from broker.auth.service import Caller
 from broker.deps import AgencyCaller, AgencyWaiter, SessionDep
 from broker.errors import Forbidden, NotFound, error_responses
-from broker.inbox import notify, service
+from broker.inbox import service
 from broker.inbox.schemas import AckIn, AckOut, InboxPage
 
 router = APIRouter(prefix="/v1/inbox", tags=["inbox"])
-
-
-def _poll(caller: Caller, after: str | None, limit: int) -> InboxPage:
-    # Its own short transaction: a long-poll must not hold a connection while it waits.
-    with db.session_scope() as session:
-        return service.poll(session, caller, after, limit)
 
 
 @router.get("", responses=error_responses(Forbidden, service.BadCursor))
@@ -32,13 +24,7 @@ async def poll(
     wait: Annotated[float, Query(ge=0, le=service.MAX_WAIT_S, description="long-poll seconds")] = 0,
 ) -> InboxPage:
     """Items after the cursor in inbox order; with `wait`, hold the request until one arrives."""
-    agency = caller.agency_id or ""
-    seen = notify.board.version(agency)
-    page = await run_in_threadpool(_poll, caller, after, limit)
-    if page.items or wait <= 0:
-        return page
-    await run_in_threadpool(service.wait_for, agency, seen, wait)
-    return await run_in_threadpool(_poll, caller, after, limit)
+    return await service.long_poll(db.session_scope, caller, after, limit, wait)
 
 
 @router.post(

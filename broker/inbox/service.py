@@ -31,6 +31,7 @@ just ends the run, since nothing could be recorded anyway, and the next sweep st
 
 from __future__ import annotations
 
+import asyncio
 import random
 import uuid
 from collections import defaultdict
@@ -39,6 +40,7 @@ from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from typing import Any
 
+import anyio
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -69,6 +71,7 @@ STALE_S = 10.0  # a pending row older than this: a relay failed or died holding 
 RELAY_LEASE_S = 30.0  # a counted attempt holds its rows this long (then they are due again)
 MAX_RELAY_ATTEMPTS = 10
 MAX_PAGE = 500
+FINAL_ACKS = ("decrypted", "rejected")  # `received` may be followed by one of these, once
 MAX_WAIT_S = 30.0
 
 SessionFactory = Callable[[], AbstractContextManager[Session]]
@@ -206,6 +209,7 @@ def relay_all(session_factory: SessionFactory) -> int:
             _log.warning("relay batch failed; retrying its rows", error=_describe(exc))
         for group in groups:
             relay_leased(session_factory, group)
+        crash_point("relay.after_commit")
         total += claimed
         if claimed < RELAY_BATCH and not held:
             return total
@@ -274,14 +278,46 @@ def poll(session: Session, caller: Caller, after: str | None, limit: int) -> Inb
     return InboxPage(items=items, next_cursor=str(items[-1].seq if items else start))
 
 
-def wait_for(agency: str, seen: int, wait_s: float) -> None:
-    """Block until the agency's inbox is woken or the wait ends (no database loop)."""
-    notify.ensure_listener()
-    notify.board.wait(agency, seen, min(max(wait_s, 0.0), MAX_WAIT_S))
+def _poll_once(
+    session_factory: SessionFactory, caller: Caller, after: str | None, limit: int
+) -> InboxPage:
+    # Its own short transaction: a long-poll must not hold a connection while it waits.
+    with session_factory() as session:
+        return poll(session, caller, after, limit)
+
+
+async def long_poll(
+    session_factory: SessionFactory, caller: Caller, after: str | None, limit: int, wait_s: float
+) -> InboxPage:
+    """A page after the cursor; if it is empty, wait up to `wait_s` for a delivery and read again.
+
+    The wait is on the inbox's wake-up (Redis pub/sub, or in-process), never a database loop,
+    and holds no thread. The version is read before each database read, so a delivery that
+    commits between the read and the wait ends the wait at once.
+    """
+    agency = caller.agency_id
+    assert agency is not None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + min(max(wait_s, 0.0), MAX_WAIT_S)
+    while True:
+        seen = notify.board.version(agency)
+        page = await anyio.to_thread.run_sync(_poll_once, session_factory, caller, after, limit)
+        remaining = deadline - loop.time()
+        if page.items or remaining <= 0:
+            return page
+        notify.ensure_listener()
+        if not await notify.board.wait_async(agency, seen, remaining):
+            return page
 
 
 def acknowledge(session: Session, caller: Caller, mid: uuid.UUID, ack_jws: str) -> AckOut:
-    """Verify and record the recipient's signed acknowledgement (idempotent)."""
+    """Verify and record the recipient's signed acknowledgement (idempotent).
+
+    Each change is recorded once (`msg.acked`): `received`, then at most one final status
+    (`decrypted` or `rejected` with its reason). The same acknowledgement again, or a late
+    `received` after the final one, changes nothing and answers with what is recorded; a
+    different final status is a conflict.
+    """
     agency = caller.agency_id
     assert agency is not None
     kid = env.compact_kid(ack_jws, env.TYP_ACK)
@@ -297,26 +333,29 @@ def acknowledge(session: Session, caller: Caller, mid: uuid.UUID, ack_jws: str) 
     if payload["mid"] != str(mid):
         raise BadAck(f"the acknowledgement is for {payload['mid']}, not {mid}")
     found = repository.delivery_with_message(session, agency, mid, payload["envelope_sha256"])
-    if found is None:
+    if found is None or found[0].inbox_seq is None:  # not yet available is not in the inbox
         raise NotFound(f"no message {mid} with that envelope in your inbox")
     delivery, message = found
     digest = sha256_b64u(ack_jws.encode())
-    if delivery.ack_status in ("decrypted", "rejected"):
-        if delivery.ack_sha256 == digest or (
-            delivery.ack_status == payload["status"]
-            and delivery.ack_reason == payload.get("reason")
-        ):
-            return _ack_out(delivery, message.mid)
+    status, reason = payload["status"], payload.get("reason")
+    if delivery.ack_sha256 == digest or (
+        delivery.ack_status == status and delivery.ack_reason == reason
+    ):
+        return _ack_out(delivery, message.mid)  # the same acknowledgement again: nothing new
+    if delivery.ack_status in FINAL_ACKS:
+        if status not in FINAL_ACKS:
+            return _ack_out(delivery, message.mid)  # a late `received`: the final one stands
         raise AckConflict(f"{mid} was already acknowledged as {delivery.ack_status}")
     now = utcnow()
+    if delivery.acked_at is None:  # the first acknowledgement, whatever its status
+        metrics.observe_after_commit(
+            session, metrics.ACCEPTED_TO_ACKNOWLEDGED, (now - message.received_at).total_seconds()
+        )
     delivery.state, delivery.acked_at = "acknowledged", now
-    delivery.ack_status, delivery.ack_reason = payload["status"], payload.get("reason")
+    delivery.ack_status, delivery.ack_reason = status, reason
     delivery.ack, delivery.ack_sha256 = ack_jws, digest
     if delivery.fetched_at is None:
         delivery.fetched_at = now
-    metrics.observe_after_commit(
-        session, metrics.ACCEPTED_TO_ACKNOWLEDGED, (now - message.received_at).total_seconds()
-    )
     audit.record(
         session,
         "msg.acked",
@@ -327,8 +366,8 @@ def acknowledge(session: Session, caller: Caller, mid: uuid.UUID, ack_jws: str) 
             "sender": message.sender,
             "recipient": agency,
             "ack_sha256": digest,
-            "status": payload["status"],
-            "reason": payload.get("reason"),
+            "status": status,
+            "reason": reason,
             "agreement": message.agreement_id,
             "delay_ms": epoch_ms(now) - epoch_ms(message.received_at),
         },

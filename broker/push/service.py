@@ -346,11 +346,15 @@ def deliver_due(
     budget_s: float = RUN_BUDGET_S,
 ) -> int:
     """Claim and POST due pushes until none is due or the time budget is spent."""
+    deadline = time.monotonic() + budget_s
+    with session_factory() as session:
+        claims = claim(session)
+    if not claims:
+        return 0  # the usual sweep: no HTTP client (its TLS context costs tens of ms) built
     own = client is None
     http = client or httpx2.Client(
         timeout=settings().push_timeout_s, follow_redirects=False, trust_env=False
     )
-    deadline = time.monotonic() + budget_s
     done = 0
 
     def one(c: Claim) -> None:
@@ -361,14 +365,14 @@ def deliver_due(
 
     try:
         with ThreadPoolExecutor(max_workers=PARALLEL, thread_name_prefix="push") as pool:
-            while time.monotonic() < deadline:
-                with session_factory() as session:
-                    claims = claim(session)
-                if not claims:
-                    break
+            while claims:
                 for future in [pool.submit(one, c) for c in claims]:
                     future.result()
                 done += len(claims)
+                if time.monotonic() >= deadline:
+                    break
+                with session_factory() as session:
+                    claims = claim(session)
     finally:
         if own:
             http.close()

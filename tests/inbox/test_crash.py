@@ -191,6 +191,7 @@ def test_worker_killed_at_random_while_a_backlog_drains(keys: Exchange, stack: S
     assert_exactly_once(accepted, "kill -9 worker", killed_after=killed_after)
 
 
+@pytest.mark.usefixtures("exclusive_servers")  # flushes the Redis database every test run uses
 def test_redis_flushed_with_wake_ups_queued(keys: Exchange, stack: Stack, redis_url: str) -> None:
     accepted = send(keys, 20)
     stack.wake("outbox.relay", "outbox.relay", "log.sequence")  # queued, no worker yet
@@ -201,6 +202,7 @@ def test_redis_flushed_with_wake_ups_queued(keys: Exchange, stack: Stack, redis_
     assert_exactly_once(accepted, "redis flushed")
 
 
+@pytest.mark.usefixtures("exclusive_servers")  # stops the machine's Redis
 def test_redis_stopped_and_started_again(keys: Exchange, stack: Stack) -> None:
     stack.beat()
     stack.worker()
@@ -217,6 +219,7 @@ def test_redis_stopped_and_started_again(keys: Exchange, stack: Stack) -> None:
     assert_exactly_once(accepted, "redis stopped and started", wake_sent_while_down=sent)
 
 
+@pytest.mark.usefixtures("exclusive_servers")  # restarts the machine's PostgreSQL
 def test_postgres_restarted_under_submissions(keys: Exchange, stack: Stack) -> None:
     stack.beat()
     stack.worker()

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import inspect
-import threading
+import json
+import time
+import uuid
+from typing import Any
 
 import pytest
+from celery.signals import task_prerun
 
 from workers.celery_app import (
     SWEEP_EXPIRES_S,
@@ -61,22 +66,108 @@ def test_beat_sweeps_are_argument_free_and_expire() -> None:
     assert "log.sequence" in schedule
 
 
-def test_wake_ups_publish_the_job_name_only(monkeypatch: pytest.MonkeyPatch) -> None:
+# Other test runs on this machine share Redis database 15 (and their workers clear wake-up
+# flags): these tests use keys of their own.
+PREFIX = f"test-{uuid.uuid4().hex[:8]}:"
+
+
+def isolated_app(celery_module: Any) -> Any:
+    app = celery_module.make_celery()
+    app.conf.broker_transport_options = {
+        **app.conf.broker_transport_options,
+        "global_keyprefix": PREFIX,
+    }
+    return app
+
+
+@pytest.mark.redis
+def test_wake_ups_are_coalesced_until_the_task_starts_and_carry_no_data(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many commits, one waiting task per job; once a run starts, the next commit sends again."""
+    import redis
+
     from broker import jobs
+    from broker.config import Profile, settings
+    from tests.inbox.stack import wait_until
+    from workers import celery_app as celery_module
 
-    sent: list[tuple[tuple[object, ...], dict[str, object]]] = []
-    published = threading.Event()
-
-    def send_task(*args: object, **kwargs: object) -> None:
-        sent.append((args, kwargs))
-        published.set()
-
-    monkeypatch.setattr(celery_app, "send_task", send_task)
+    cfg = settings().model_copy(update={"redis_url": redis_url, "profile": Profile.production})
+    monkeypatch.setattr(jobs, "settings", lambda: cfg)
+    monkeypatch.setattr(celery_module, "settings", lambda: cfg)
+    monkeypatch.setattr(celery_module, "celery_app", isolated_app(celery_module))
+    monkeypatch.setattr(jobs, "FLAG", f"{PREFIX}wake:")
+    r = redis.Redis.from_url(redis_url)
+    flag = jobs.FLAG + "outbox.relay"
+    r.delete(PREFIX + "delivery", flag)
     publisher = jobs._Publisher()
     publisher.start()
+
+    def settled_queue() -> int:
+        time.sleep(0.3)  # whatever the publisher would still send
+        return int(r.llen(PREFIX + "delivery"))
+
+    for _ in range(20):
+        publisher.request("outbox.relay")
+    wait_until(lambda: r.llen(PREFIX + "delivery") >= 1, 10, "the wake-up task")
+    assert settled_queue() == 1
+    assert 0 < r.pttl(flag) <= jobs.FLAG_TTL_MS
+    publisher.request("outbox.relay")  # the task has not started: it will see this commit
+    assert settled_queue() == 1
+    (raw,) = r.lrange(PREFIX + "delivery", 0, -1)
+    message = json.loads(raw)
+    assert message["headers"]["task"] == "outbox.relay"
+    args, kwargs, _ = json.loads(base64.b64decode(message["body"]))
+    assert (args, kwargs) == ([], {})  # a name, no ids, no content
+    # The worker starts the task: `task_prerun` clears the flag, and the next commit wakes it.
+    celery_module.celery_app.loader.import_default_modules()
+    task = celery_app.tasks["outbox.relay"]
+    task_prerun.send(sender=task, task_id="t", task=task, args=(), kwargs={})
+    assert r.exists(flag) == 0
     publisher.request("outbox.relay")
-    assert published.wait(5)
-    assert sent == [(("outbox.relay",), {})]
+    wait_until(lambda: r.llen(PREFIX + "delivery") >= 2, 10, "the second wake-up")
+    assert settled_queue() == 2
+    r.delete(PREFIX + "delivery", flag)
+
+
+@pytest.mark.redis
+def test_sequencer_wake_ups_are_throttled_with_a_trailing_one(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The log sequencer: one run per spacing however many commits, and one after the last."""
+    import redis
+
+    from broker import jobs
+    from broker.config import Profile, settings
+    from tests.inbox.stack import wait_until
+    from workers import celery_app as celery_module
+
+    cfg = settings().model_copy(update={"redis_url": redis_url, "profile": Profile.production})
+    monkeypatch.setattr(jobs, "settings", lambda: cfg)
+    monkeypatch.setattr(celery_module, "settings", lambda: cfg)
+    monkeypatch.setattr(celery_module, "celery_app", isolated_app(celery_module))
+    monkeypatch.setattr(jobs, "FLAG", f"{PREFIX}wake:")
+    r = redis.Redis.from_url(redis_url)
+    flag = jobs.FLAG + "log.sequence"
+    r.delete(PREFIX + "celery", flag)
+    spacing = jobs.SPACED_S["log.sequence"]
+    publisher = jobs._Publisher()
+    publisher.start()
+    publisher.request("log.sequence")
+    wait_until(lambda: r.llen(PREFIX + "celery") >= 1, 10, "the first wake-up")
+    # The run starts at once; its start does not clear a throttled job's flag.
+    celery_module.celery_app.loader.import_default_modules()
+    task = celery_app.tasks["log.sequence"]
+    task_prerun.send(sender=task, task_id="t", task=task, args=(), kwargs={})
+    assert r.exists(flag) == 1
+    for _ in range(20):  # commits after the run started: one trailing wake-up for all
+        publisher.request("log.sequence")
+        time.sleep(0.002)
+    assert r.llen(PREFIX + "celery") == 1
+    wait_until(lambda: r.llen(PREFIX + "celery") >= 2, 10 * spacing, "the trailing wake-up")
+    time.sleep(3 * spacing)
+    assert r.llen(PREFIX + "celery") == 2
+    r.delete(PREFIX + "celery", flag)
 
 
 def test_delivery_has_its_own_queue_and_every_worker_consumes_both() -> None:

@@ -1,0 +1,136 @@
+"""Acknowledgements: verified against the agency's keys, recorded once per change, audited."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from broker import db
+from broker.audit.models import AuditEvent
+from broker.crypto import envelope as env
+from broker.crypto.keys import SigningKey, sha256_b64u
+from tests.inbox.conftest import focal_point
+from tests.messages.conftest import Exchange, relay
+
+
+def acked_events() -> list[tuple[str, str | None]]:
+    with db.session_scope() as s:
+        return [
+            (d["status"], d["reason"])
+            for d in s.scalars(
+                select(AuditEvent.details)
+                .where(AuditEvent.kind == "msg.acked")
+                .order_by(AuditEvent.created_at)
+            )
+        ]
+
+
+def signed_ack(
+    ex: Exchange, agency: str, mid: str, envelope: str, status: str, **extra: Any
+) -> str:
+    payload = {
+        "v": 1,
+        "mid": mid,
+        "envelope_sha256": sha256_b64u(envelope.encode()),
+        "status": status,
+        "at": int(time.time() * 1000),
+        **extra,
+    }
+    return env.sign_compact(payload, ex.agency_signing[agency], env.TYP_ACK)
+
+
+def test_each_change_is_recorded_once_and_a_different_final_status_conflicts(
+    exchange: Exchange,
+) -> None:
+    response, routing, envelope = exchange.send()
+    assert response.status_code == 201
+    mid = routing["mid"]
+    url, hk = f"/v1/inbox/{mid}/ack", exchange.agency_headers("HK-CED")
+
+    def post(jws: str) -> Any:
+        return exchange.client.post(url, json={"ack": jws}, headers=hk)
+
+    received = signed_ack(exchange, "HK-CED", mid, envelope, "received")
+    relay()
+    assert post(received).status_code == 200
+    assert post(received).status_code == 200  # the same JWS again
+    time.sleep(0.002)
+    assert post(signed_ack(exchange, "HK-CED", mid, envelope, "received")).status_code == 200
+    assert acked_events() == [("received", None)]
+    final = post(signed_ack(exchange, "HK-CED", mid, envelope, "decrypted"))
+    assert (final.status_code, final.json()["status"]) == (200, "decrypted")
+    again = post(signed_ack(exchange, "HK-CED", mid, envelope, "decrypted"))
+    assert (again.status_code, again.json()["ack_sha256"]) == (200, final.json()["ack_sha256"])
+    late = post(signed_ack(exchange, "HK-CED", mid, envelope, "received"))
+    assert (late.status_code, late.json()["status"]) == (200, "decrypted")  # the final stands
+    conflict = post(
+        signed_ack(exchange, "HK-CED", mid, envelope, "rejected", reason="label_mismatch")
+    )
+    assert (conflict.status_code, conflict.json()["code"]) == (409, "ack.conflict")
+    assert acked_events() == [("received", None), ("decrypted", None)]
+    status = exchange.client.get(
+        f"/v1/messages/{mid}", headers=exchange.fp_headers("VN-GDC/fp-hcm-01")
+    ).json()
+    (delivery,) = status["deliveries"]
+    assert (delivery["state"], delivery["ack_status"]) == ("acknowledged", "decrypted")
+    assert delivery["acked_at"] is not None
+    assert delivery["fetched_at"] is not None
+
+
+def test_an_ack_must_be_signed_by_the_recipient_agency(exchange: Exchange) -> None:
+    response, routing, envelope = exchange.send()
+    assert response.status_code == 201
+    relay()
+    mid, hk = routing["mid"], exchange.agency_headers("HK-CED")
+    url = f"/v1/inbox/{mid}/ack"
+    # Signed by another agency's registered key; signed by an unregistered key.
+    for key in (exchange.agency_signing["KR-KCS"], SigningKey.generate()):
+        jws = env.sign_compact(
+            {
+                "v": 1,
+                "mid": mid,
+                "envelope_sha256": sha256_b64u(envelope.encode()),
+                "status": "decrypted",
+                "at": int(time.time() * 1000),
+            },
+            key,
+            env.TYP_ACK,
+        )
+        refused = exchange.client.post(url, json={"ack": jws}, headers=hk)
+        assert (refused.status_code, refused.json()["code"]) == (422, "ack.key_not_recipient")
+    # Another agency cannot acknowledge what is not in its inbox.
+    kr = exchange.client.post(
+        url,
+        json={"ack": signed_ack(exchange, "KR-KCS", mid, envelope, "decrypted")},
+        headers=exchange.agency_headers("KR-KCS"),
+    )
+    assert kr.status_code == 404
+    with db.session_scope() as s:
+        assert s.scalar(select(func.count()).where(AuditEvent.kind == "msg.acked")) == 0
+
+
+def test_a_delivery_not_yet_in_the_inbox_cannot_be_acknowledged(keys: Exchange) -> None:
+    from broker.errors import NotFound
+    from broker.inbox import service
+    from tests.inbox.conftest import agency
+
+    routing = keys.routing()
+    envelope = keys.envelope(routing)
+    with db.session_scope() as s:
+        from broker.messages import service as messages
+
+        outcome = messages.submit(s, focal_point(routing["sender_fp"]), envelope, routing["mid"])
+    assert outcome.status == 201
+    mid = routing["mid"]
+    ack = signed_ack(keys, "HK-CED", str(mid), envelope, "received")
+    with pytest.raises(NotFound), db.session_scope() as s:  # still queued: no inbox number
+        service.acknowledge(s, agency("HK-CED"), uuid.UUID(str(mid)), ack)
+    service.relay_all(db.session_scope)
+    with db.session_scope() as s:
+        out = service.acknowledge(s, agency("HK-CED"), uuid.UUID(str(mid)), ack)
+    assert out.status == "received"
+    assert acked_events() == [("received", None)]
