@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from broker.cli import admin, agency, audit, server
+from broker.cli import admin, agency, audit, invariants, server
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -13,6 +13,7 @@ app = typer.Typer(
 )
 for command in (server.serve, server.worker, server.beat, server.migrate, server.demo):
     app.command(rich_help_panel="Server")(command)
+app.command(rich_help_panel="Server")(invariants.check)
 app.add_typer(admin.app, name="admin", rich_help_panel="Administration")
 app.add_typer(agency.keys_app, name="keys", rich_help_panel="Agency side")
 app.command(rich_help_panel="Agency side")(agency.send)
