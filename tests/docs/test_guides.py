@@ -36,7 +36,7 @@ def test_every_guide_block_is_collected() -> None:
     assert counts == {
         "focal-points.md": 6,
         "partners.md": 2,
-        "operators.md": 1,
+        "operators.md": 2,
         "auditors.md": 2,
         "auditors-console.md": 2,
     }
@@ -112,6 +112,16 @@ def test_guides_run_against_a_live_broker(shell: Shell, token_for: Any, tmp_path
     out = shell.run(blocks("operators.md")[0], JWK_FILE=str(jwk_file), KID=key.kid)
     assert key.kid in out
     assert "hk-ced-system" in out
+    # The invariant check, once the exchange above has settled.
+    # (On the broker host it reads the broker's own log key; this shell's data folder is not
+    # the test server's, so the key is given as an auditor would pin it.)
+    from broker import keyring
+
+    checked = shell.run(
+        blocks("operators.md")[1], BROKER_LOG_KEY=keyring.load_or_create().log_verifier_key
+    )
+    assert "settled: True" in checked
+    assert "VIOLATION" not in checked
 
 
 def json_objects(text: str) -> list[Any]:
