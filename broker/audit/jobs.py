@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from broker import db, ticker
 from broker.audit import sequencer
+from broker.faults import crash_point
 
 SEQUENCE = "log.sequence"
 INTERVAL_S = 0.5
@@ -16,6 +17,7 @@ def sequence_pending() -> int:
     for _ in range(MAX_BATCHES_PER_RUN):
         with db.session_scope() as session:
             done = sequencer.sequence(session)
+        crash_point("log.after_commit")
         total += done
         if done < sequencer.MAX_BATCH:
             break

@@ -26,6 +26,7 @@ RENAMED_PREFIX = "detail_"
 AGENCY_KEYS = ("sender", "recipient", "agency")
 AGENCY_LIST_KEYS = ("recipients",)
 _SAFE_INT = 2**53 - 1
+_ENVELOPE = frozenset(ENVELOPE_KEYS)
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode
 
 
@@ -54,6 +55,43 @@ def leaf_bytes(
     """Canonical bytes of an event's leaf: `encode(leaf_document(...))` in one pass."""
     doc, ascii_keys = _document(kind, index, ts, actor, subject, details)
     return _encode(doc, ascii_keys)
+
+
+def leaf_bytes_from_json(
+    *,
+    kind: str,
+    index: int,
+    ts: int,
+    actor: str,
+    subject: str | None,
+    details_json: str,
+) -> bytes:
+    """`leaf_bytes` of the details given as JSON text (the sequencer's hot path).
+
+    Equal to ``leaf_bytes(details=json.loads(details_json) or {})``. In the usual case (ASCII
+    text without escapes, no ``detail_`` key) floats and big integers are normalised while
+    parsing and the parsed object is encoded directly, which halves the work per leaf.
+    """
+    if details_json.isascii() and "\\u" not in details_json and '"detail_' not in details_json:
+        doc = _loads_normalised(details_json)
+        if type(doc) is dict:
+            for key in _ENVELOPE.intersection(doc):
+                doc[RENAMED_PREFIX + key] = doc.pop(key)  # no "detail_" key exists to collide
+            doc.update(v=VERSION, kind=kind, index=index, ts=ts, actor=actor, subject=subject)
+            return _encode(doc, True)  # every key is ASCII: the text is
+    details = json.loads(details_json) or {}
+    return leaf_bytes(kind=kind, index=index, ts=ts, actor=actor, subject=subject, details=details)
+
+
+def _parse_float(text: str) -> Any:
+    return _value(float(text))[0]
+
+
+def _parse_int(text: str) -> Any:
+    return _value(int(text))[0]
+
+
+_loads_normalised = json.JSONDecoder(parse_float=_parse_float, parse_int=_parse_int).decode
 
 
 def _document(

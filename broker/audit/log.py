@@ -50,6 +50,14 @@ def latest(session: Session) -> Checkpoint:
     return head
 
 
+def latest_size(session: Session) -> int:
+    """The size of the latest signed checkpoint (one scalar read, for proofs and pages)."""
+    size = repository.latest_size(session)
+    if size is None:
+        raise NoCheckpoint("nothing has been sequenced yet; retry in a second")
+    return size
+
+
 def verifier_key() -> str:
     """The log's note verifier key, `<origin>+<key id>+<base64 key>`, for partners to pin."""
     return keyring.load_or_create().log_verifier_key
@@ -64,7 +72,7 @@ def _nodes(session: Session, keys: Sequence[merkle.NodeKey]) -> dict[merkle.Node
 
 
 def _size(session: Session, size: int | None) -> int:
-    tree = latest(session).size
+    tree = latest_size(session)
     if size is None:
         return tree
     if not 0 <= size <= tree:
@@ -133,7 +141,7 @@ def leaves(
 ) -> LeavesPage:
     """Leaves in [start, end) that the caller may read; the read itself is an audit event."""
     visible = visible_agencies(caller)
-    size = latest(session).size
+    size = latest_size(session)
     stop = size if end is None else min(end, size)
     limit = min(max(limit, 1), MAX_LEAVES)
     rows = repository.leaves(session, start=start, end=stop, limit=limit, agencies=visible)
@@ -152,7 +160,7 @@ def leaves(
 
 def nodes(session: Session, *, level: int, start: int, end: int | None) -> NodesPage:
     """Stored hashes of the complete subtrees of one level, for full offline verification."""
-    size = latest(session).size
+    size = latest_size(session)
     count = size >> level if level < 64 else 0
     stop = min(count, start + MAX_NODES if end is None else min(end, start + MAX_NODES))
     rows = repository.nodes_range(session, level, start, stop) if start < stop else []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -12,6 +13,8 @@ from sqlalchemy import (
     ColumnElement,
     Row,
     Table,
+    Text,
+    bindparam,
     exists,
     false,
     func,
@@ -22,6 +25,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
@@ -74,6 +78,12 @@ def latest_checkpoint(session: Session) -> Checkpoint | None:
     return session.scalar(select(Checkpoint).order_by(Checkpoint.size.desc()).limit(1))
 
 
+def latest_size(session: Session) -> int | None:
+    """The largest signed tree size, or None before the first checkpoint."""
+    size = session.scalar(select(func.max(Checkpoint.size)))
+    return None if size is None else int(size)
+
+
 def checkpoint(session: Session, size: int) -> Checkpoint | None:
     """The checkpoint of one size, if one was signed."""
     return session.get(Checkpoint, size)
@@ -86,10 +96,11 @@ def leaf_count(session: Session) -> int:
 
 
 def unsequenced(session: Session, limit: int) -> Sequence[Row[Any, Any, Any, Any, Any, Any]]:
-    """The oldest events without a leaf, in (created_at, id) order."""
+    """The oldest events without a leaf, in (created_at, id) order; details as JSON text."""
     stmt = (
         select(_events.c.id, _events.c.kind, _events.c.actor, _events.c.subject)
-        .add_columns(_events.c.details, _events.c.created_at)
+        # Text, not parsed: the sequencer parses once, straight into the leaf document.
+        .add_columns(sql_cast(_events.c.details, Text), _events.c.created_at)
         .where(_events.c.leaf_index.is_(None))
         .order_by(_events.c.created_at, _events.c.id)
         .limit(limit)
@@ -154,19 +165,51 @@ def insert_nodes(session: Session, nodes: Sequence[tuple[NodeKey, bytes]]) -> No
         )
 
 
-def mark_sequenced(session: Session, start: int, end: int) -> int:
-    """Copy leaf indexes [start, end) onto their events, in one UPDATE ... FROM."""
+class Marking:
+    """The pending UPDATE of `mark_sequenced`; `count` is the number of events it marked."""
+
+    count = 0
+
+
+@contextmanager
+def mark_sequenced(
+    session: Session, event_ids: Sequence[uuid.UUID], start: int
+) -> Iterator[Marking]:
+    """Give the events `event_ids` the leaf indexes start, start + 1, ...; only unsequenced ones.
+
+    On PostgreSQL the UPDATE is sent in pipeline mode and runs while the caller's block
+    computes the leaves (the server and the sequencer work at once); `count` is known when the
+    block exits. Elsewhere it runs on entry.
+    """
+    marking = Marking()
+    if not event_ids:
+        yield marking
+        return
+    if _dialect(session) == "postgresql":
+        driver = session.connection().connection.driver_connection
+        assert driver is not None
+        with driver.pipeline(), driver.cursor() as cur:
+            cur.execute(_MARK_SQL, (start, list(event_ids)))
+            yield marking
+        marking.count = cur.rowcount
+        return
     result = session.execute(
         update(_events)
-        .where(
-            _events.c.id == _leaves.c.event_id,
-            _leaves.c["index"] >= start,
-            _leaves.c["index"] < end,
-        )
-        .values(leaf_index=_leaves.c["index"]),
+        .where(_events.c.id == bindparam("eid"), _events.c.leaf_index.is_(None))
+        .values(leaf_index=bindparam("idx")),
+        [{"eid": e, "idx": start + n} for n, e in enumerate(event_ids)],
         execution_options={"synchronize_session": False},
     )
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    marking.count = int(result.rowcount)  # type: ignore[attr-defined]
+    yield marking
+
+
+# One statement for the whole batch; `leaf_index is null` keeps an index from ever changing.
+_MARK_SQL = (
+    "UPDATE audit_events AS e SET leaf_index = %s::int8 + v.n - 1"
+    " FROM unnest(%s::uuid[]) WITH ORDINALITY AS v (id, n)"
+    " WHERE e.id = v.id AND e.leaf_index IS NULL"
+)
 
 
 def add_checkpoint(session: Session, row: Checkpoint) -> None:

@@ -10,7 +10,8 @@ import time
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, text, update
+from sqlalchemy import Text, func, select, text, update
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.exc import IntegrityError
 
 from broker import db, keyring
@@ -187,6 +188,160 @@ class TestRefusals:
             db.session_scope() as s,
         ):
             sequencer.sequence(s)
+
+
+def _log_state() -> tuple[list[tuple[Any, Any]], list[int], list[int]]:
+    """(event id, leaf index) of every event, the stored leaf indexes, the checkpoint sizes."""
+    with db.session_scope() as s:
+        events = sorted(
+            (str(i), n) for i, n in s.execute(select(AuditEvent.id, AuditEvent.leaf_index))
+        )
+        leaves = list(s.scalars(select(LogLeaf.index).order_by(LogLeaf.index)))
+        sizes = list(s.scalars(select(Checkpoint.size).order_by(Checkpoint.size)))
+    return events, leaves, sizes
+
+
+def _assert_sound_log(total: int) -> None:
+    """Every event has exactly one leaf, indexes are 0..total-1, every checkpoint verifies."""
+    with db.session_scope() as s:
+        indexes = sorted(i for i in s.scalars(select(AuditEvent.leaf_index)))
+        rows = s.execute(select(LogLeaf.index, LogLeaf.leaf_bytes).order_by(LogLeaf.index)).all()
+    assert indexes == list(range(total))
+    assert [i for i, _ in rows] == indexes
+    hashes = [rfc9162.leaf_hash(bytes(data)) for _, data in rows]
+    assert [json.loads(data)["index"] for _, data in rows] == indexes
+    for c in _checkpoints():
+        assert note.verify_checkpoint(c.note, _verifier()).root_hash == rfc9162.mth(
+            hashes[: c.size]
+        )
+
+
+def _assert_indexes_kept(before: tuple[list[tuple[Any, Any]], list[int], list[int]]) -> None:
+    old = {k: v for k, v in before[0] if v is not None}
+    assert old
+    assert {k: v for k, v in _log_state()[0] if k in old} == old  # an index never changes
+
+
+class TestCrashSafety:
+    """A batch is one transaction: a failure anywhere in it leaves no trace, and the retry
+    assigns every event exactly one index, the earlier ones unchanged."""
+
+    @pytest.mark.parametrize(
+        "where",
+        [
+            "sequencer._leaves",  # inside the pipelined UPDATE of the events
+            "repository.insert_leaves",
+            "repository.insert_nodes",
+            "repository.add_checkpoint",
+        ],
+    )
+    def test_a_failure_at_any_step_leaves_nothing_behind(
+        self, clean_db: str, monkeypatch: pytest.MonkeyPatch, where: str
+    ) -> None:
+        from broker.audit import repository
+
+        record(25)
+        with db.session_scope() as s:
+            assert sequencer.sequence(s, max_batch=10) == 10
+        before = _log_state()
+        owner, name = where.split(".")
+        module = sequencer if owner == "sequencer" else repository
+        original = getattr(module, name)
+
+        def fails_after(*args: Any, **kwargs: Any) -> Any:
+            original(*args, **kwargs)  # the step's work reaches the database, then the crash
+            raise RuntimeError(f"crash in {where}")
+
+        monkeypatch.setattr(module, name, fails_after)
+        with pytest.raises(RuntimeError, match="crash in"), db.session_scope() as s:
+            sequencer.sequence(s, max_batch=10)
+        assert _log_state() == before
+        monkeypatch.setattr(module, name, original)
+        record(5)
+        sequence_all()
+        _assert_sound_log(30)
+        _assert_indexes_kept(before)
+
+    def test_an_event_that_already_has_an_index_keeps_it(
+        self, clean_db: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Should an already sequenced event come back (a bug, a race), the batch is refused."""
+        from broker.audit import repository
+
+        record(3)
+        sequence_all()
+        before = _log_state()
+        record(2)
+        original = repository.unsequenced
+
+        def with_a_sequenced_one(session: Any, limit: int) -> Any:
+            stale = session.execute(
+                select(
+                    AuditEvent.id,
+                    AuditEvent.kind,
+                    AuditEvent.actor,
+                    AuditEvent.subject,
+                    sql_cast(AuditEvent.details, Text),
+                    AuditEvent.created_at,
+                ).where(AuditEvent.leaf_index == 1)
+            ).all()
+            return [*stale, *original(session, limit)]
+
+        monkeypatch.setattr(repository, "unsequenced", with_a_sequenced_one)
+        with (
+            pytest.raises(sequencer.LogInconsistent, match="were still unsequenced"),
+            db.session_scope() as s,
+        ):
+            sequencer.sequence(s)
+        monkeypatch.setattr(repository, "unsequenced", original)
+        assert _log_state()[1:] == before[1:]
+        sequence_all()
+        _assert_sound_log(5)
+        _assert_indexes_kept(before)
+
+    @pytest.mark.postgres
+    def test_killed_mid_batch_a_restart_assigns_the_same_indexes_once(
+        self, clean_db: str, tmp_path: Any
+    ) -> None:
+        """kill -9 (the `log.before_commit` crash point) after a batch is written, before commit."""
+        import os
+        import subprocess
+        import sys
+
+        from broker.config import settings
+
+        cfg = settings()
+        record(12)
+        with db.session_scope() as s:
+            sequencer.sequence(s, max_batch=5)
+        before = _log_state()
+        record(8)
+        script = (
+            "import sys\n"
+            "from broker import config\n"
+            "config.configure(database_url=sys.argv[1], data_dir=sys.argv[2], keys_dir=sys.argv[3],"
+            " log_level='WARNING')\n"
+            "from broker.audit import jobs\n"
+            "jobs.sequence_pending()\n"
+        )
+        env = {
+            **os.environ,
+            "BROKER_CRASH_AT": "log.before_commit",
+            "BROKER_ENVIRONMENT": "development",
+        }
+        env.pop("BROKER_CRASH_ONCE_DIR", None)
+        argv = [cfg.sqlalchemy_url, str(tmp_path), str(cfg.broker_keys_dir.resolve())]
+        done = subprocess.run(
+            [sys.executable, "-c", script, *argv], env=env, capture_output=True, timeout=60
+        )
+        assert done.returncode == 137, done.stderr.decode()
+        assert b"crash point log.before_commit" in done.stderr
+        events, leaves, sizes = _log_state()
+        assert (leaves, sizes) == before[1:]  # no leaf, node or checkpoint survived the kill
+        assert sum(i is None for _, i in events) == 15
+        sequence_all()
+        _assert_sound_log(20)
+        _assert_indexes_kept(before)
 
 
 class TestConcurrency:

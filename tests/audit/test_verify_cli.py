@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, select, text, update
+from sqlalchemy import delete, func, select, text, update
 from typer.testing import CliRunner
 
 from broker import db, keyring
-from broker.audit import repository, sequencer, verify
+from broker.audit import leaf, repository, sequencer, verify
 from broker.audit.models import AuditEvent, Checkpoint, LogLeaf, LogNode
 from broker.cli.main import app as cli
 from broker.crypto import merkle, note
@@ -95,6 +95,46 @@ def _swap_leaves(a: int, b: int) -> None:
             )
 
 
+def _renumber_leaves(a: int, b: int) -> None:
+    """Swap the primary keys of two leaf rows (their bytes and hashes move with them)."""
+    with db.session_scope() as s:
+        for old, new in ((a, -1), (b, a), (-1, b)):
+            s.execute(update(LogLeaf).where(LogLeaf.index == old).values(index=new))
+
+
+def _insert_leaf(at: int) -> None:
+    """Shift the leaves from `at` up by one and slip in a well-formed forged leaf at `at`."""
+    from broker.ids import new_id, utcnow
+
+    with db.session_scope() as s:
+        forged = AuditEvent(
+            id=new_id(), kind="test.event", actor="forger", details={}, created_at=utcnow()
+        )
+        s.add(forged)
+        s.flush()
+        top = s.scalar(select(func.max(LogLeaf.index)))
+        assert top is not None
+        for index in range(top, at - 1, -1):
+            s.execute(update(LogLeaf).where(LogLeaf.index == index).values(index=index + 1))
+        data = leaf.leaf_bytes(
+            kind="test.event", index=at, ts=0, actor="forger", subject=None, details={}
+        )
+        s.add(
+            LogLeaf(
+                index=at,
+                event_id=forged.id,
+                leaf_bytes=data,
+                leaf_hash=merkle.leaf_hash(data),
+                ts=forged.created_at,
+            )
+        )
+
+
+def _set_leaf_hash(index: int, value: bytes) -> None:
+    with db.session_scope() as s:
+        s.execute(update(LogLeaf).where(LogLeaf.index == index).values(leaf_hash=value))
+
+
 def _edit_leaf(index: int, *, rehash: bool) -> None:
     with db.session_scope() as s:
         row = s.get(LogLeaf, index)
@@ -128,7 +168,19 @@ TAMPERING = {
         lambda: db_exec('DELETE FROM log_leaves WHERE "index" = 9'),
         "expected leaf 9, the broker served 10",
     ),
+    "last leaf deleted": (
+        lambda: db_exec(
+            'DELETE FROM log_leaves WHERE "index" = (SELECT max("index") FROM log_leaves)'
+        ),
+        "is missing",
+    ),
+    "leaf hash edited": (
+        lambda: _set_leaf_hash(2, b"\x22" * 32),
+        "leaf 2: stored hash differs",
+    ),
     "leaves reordered": (lambda: _swap_leaves(3, 4), "leaf 3 names another index"),
+    "leaf rows renumbered": (lambda: _renumber_leaves(6, 7), "leaf 6 names another index"),
+    "leaf inserted": (lambda: _insert_leaf(5), "leaf 6 names another index"),
     "node edited": (lambda: _set_node(1, 2, b"\x11" * 32), "stored node (1, 2) differs"),
     "leaf-level node edited": (lambda: _set_node(0, 6, b"\x11" * 32), "stored node (0, 6)"),
     "nodes reordered": (lambda: _swap_nodes(2, 0, 1), "stored node (2, 0) differs"),
