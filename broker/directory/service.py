@@ -113,16 +113,17 @@ def revoke(session: Session, kid: str, data: RevokeIn, *, actor: str) -> PublicK
     if key.status == "revoked":
         raise KeyNotActive(f"key {kid} is already revoked")
     now = utcnow()
-    if data.reason == "key_compromise":
-        if data.compromised_since is None:
-            raise InvalidKey(
-                "key_compromise needs compromised_since",
-                errors=[
-                    FieldProblem(pointer="/compromised_since", detail="required for key_compromise")
-                ],
-            )
-        if data.compromised_since > now:
-            raise BadValidity("compromised_since is in the future")
+    if data.reason == "key_compromise" and data.compromised_since is None:
+        raise InvalidKey(
+            "key_compromise needs compromised_since",
+            errors=[
+                FieldProblem(pointer="/compromised_since", detail="required for key_compromise")
+            ],
+        )
+    # Whatever the reason, trust in the key ends at compromised_since (crypto.keys): it is the
+    # earliest time the key may have leaked, never a time still to come.
+    if data.compromised_since is not None and data.compromised_since > now:
+        raise BadValidity("compromised_since is in the future")
     key.status, key.revoked_at = "revoked", now
     key.revocation_reason = data.reason
     key.compromised_since = data.compromised_since

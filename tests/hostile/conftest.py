@@ -145,3 +145,45 @@ def url_for(path: str) -> str:
     import re
 
     return re.sub(r"\{(\w+)(:path)?\}", lambda m: PATH_VALUES.get(m.group(1), "x"), path)
+
+
+def state_settings(examples: int, steps: int) -> Any:
+    """Hypothesis settings for the state machines: a short CI budget, raised by environment.
+
+    STATE_EXAMPLES and STATE_STEPS override the examples (sequences) and the steps per sequence
+    (the long form, e.g. `STATE_EXAMPLES=500 STATE_STEPS=40`); HOSTILE_FUZZ_RANDOM=1 explores new
+    sequences instead of the derandomized, reproducible CI ones; STATE_SHRINK=1 minimises a
+    failing sequence.
+    """
+    import os
+
+    from hypothesis import HealthCheck, Phase
+    from hypothesis import settings as hsettings
+
+    # Shrinking replays HTTP sequences for minutes; the unshrunk sequence (at most STATE_STEPS
+    # steps) is printed anyway. STATE_SHRINK=1 turns it on to minimise a failure.
+    phases = [Phase.explicit, Phase.reuse, Phase.generate, Phase.target]
+    if os.environ.get("STATE_SHRINK", "") == "1":
+        phases.append(Phase.shrink)
+    return hsettings(
+        phases=phases,
+        max_examples=int(os.environ.get("STATE_EXAMPLES", examples)),
+        stateful_step_count=int(os.environ.get("STATE_STEPS", steps)),
+        deadline=None,
+        database=None,
+        derandomize=os.environ.get("HOSTILE_FUZZ_RANDOM", "") != "1",
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    )
+
+
+def audit_events_since(seen: set[Any]) -> list[tuple[str, str | None]]:
+    """(kind, subject) of the audit events not in `seen` (ids), which are then added to it."""
+    from sqlalchemy import select
+
+    from broker.audit.models import AuditEvent
+
+    with db.session_scope() as s:
+        rows = s.execute(select(AuditEvent.id, AuditEvent.kind, AuditEvent.subject)).all()
+    new = [(kind, subject) for id_, kind, subject in rows if id_ not in seen]
+    seen.update(id_ for id_, _, _ in rows)
+    return new
