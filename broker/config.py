@@ -76,8 +76,10 @@ class Settings(BaseSettings):
         default=600, ge=1, description="failed authentications per client address"
     )
     longpoll_per_agency: int = Field(default=4, ge=1, description="concurrent waiting polls")
+    # A waiting poll holds neither a thread nor a connection (inbox.service.long_poll): the cap
+    # bounds memory and wake-up fan-out, and must fit every agency polling at once.
     longpoll_total: int = Field(
-        default=16, ge=1, description="concurrent waiting polls per process"
+        default=64, ge=1, description="concurrent waiting polls per process"
     )
     # Push delivery (optional per agency; polling stays the source of truth): broker/push.
     push_max_attempts: int = Field(default=8, ge=1, description="then the push is dead-lettered")

@@ -80,6 +80,12 @@ def make_celery() -> Celery:
     return app
 
 
+# How every worker runs (`broker worker`, and the drills' workers): no gossip, mingle or
+# heartbeat. The broker coordinates through PostgreSQL, not between workers, and those
+# broadcast channels are what a worker trips over when Redis goes away and comes back
+# (kombu#582: AttributeError in _connparams while closing gossip); no task events either.
+WORKER_ARGS = ("--without-gossip", "--without-mingle", "--without-heartbeat")
+
 celery_app = make_celery()
 
 

@@ -11,9 +11,8 @@ Every run starts the production profile itself (`stack.py`): its own PostgreSQL 
 (`--db`, dropped and migrated; the demo world with MEKONG-DRAGON widened to 27 parties, keys
 and tokens for every actor), Redis db 12 (flushed), `broker serve --workers 2` (uvicorn),
 `broker worker --concurrency 2` and `broker beat`, as docker-compose runs them. The submit rate
-limits are raised (counted in Redis on every request, never refusing) and
-`BROKER_LONGPOLL_TOTAL=32` (`--longpoll-total 0` keeps the product's 16 per API process, which
-refuses some of the 27 agencies' long-polls: a worker gets more than 16 of the connections).
+limits are raised (counted in Redis on every request, never refusing); the long-poll cap is the
+product's (64 waiting polls per API process; `--longpoll-total N` sets another).
 
 Traffic (`traffic.py`): the 26 member focal points submit signed, encrypted 4 KB alerts to 1, 3
 or 26 recipients under MEKONG-DRAGON (`--mix`, default 30 % / 55 % / 10 %) plus 5 %

@@ -37,9 +37,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--redis-db", type=int, default=12)
     g.add_argument("--api-workers", type=int, default=2, help="uvicorn workers (compose: 2)")
     g.add_argument("--celery-concurrency", type=int, default=2, help="(compose: 2)")
-    g.add_argument("--longpoll-total", type=int, default=32,
+    g.add_argument("--longpoll-total", type=int, default=0,
                    help="BROKER_LONGPOLL_TOTAL (waiting polls per API process); 0: the product"
-                   " default (16), which refuses some of the 27 agencies' long-polls")  # fmt: skip
+                   " default (64)")  # fmt: skip
     g = p.add_argument_group("traffic")
     g.add_argument("--mix", default="1:0.30,3:0.55,26:0.10,oos:0.05",
                    help="shares of submits to 1, 3, 26 recipients and out-of-scope attempts")  # fmt: skip

@@ -59,10 +59,10 @@ def worker(
     loglevel: Annotated[str, typer.Option(help="Celery log level")] = "INFO",
 ) -> None:
     """Run a Celery worker (production profile)."""
-    from workers.celery_app import celery_app
+    from workers.celery_app import WORKER_ARGS, celery_app
 
     celery_app.worker_main(
-        ["worker", f"--concurrency={concurrency}", f"--loglevel={loglevel}", "-E"]
+        ["worker", f"--concurrency={concurrency}", f"--loglevel={loglevel}", *WORKER_ARGS]
     )
 
 

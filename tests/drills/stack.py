@@ -33,6 +33,7 @@ from broker.invariants.service import History
 from tests.conftest import free_port
 from tests.inbox.stack import ROOT, Proc, Stack, wait_until
 from tests.messages.conftest import Exchange
+from workers.celery_app import WORKER_ARGS
 
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 CELERY = str(ROOT / ".venv" / "bin" / "celery")
@@ -155,9 +156,7 @@ class DrillStack(Stack):
                 "--pool=prefork",
                 "--concurrency=1",
                 "--loglevel=INFO",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
+                *WORKER_ARGS,  # as `broker worker` runs them
                 "-n",
                 f"drill-{uuid.uuid4().hex[:8]}@%h",
             ],

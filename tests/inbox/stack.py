@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from workers.celery_app import WORKER_ARGS
+
 ROOT = Path(__file__).resolve().parents[2]
 CELERY = str(ROOT / ".venv" / "bin" / "celery")
 PG_VERSION_DIR = Path("/etc/postgresql")
@@ -114,9 +116,7 @@ class Stack:
                 "--pool=prefork",
                 f"--concurrency={concurrency}",
                 "--loglevel=INFO",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
+                *WORKER_ARGS,  # as `broker worker` runs them
                 "-n",
                 f"drill-{uuid.uuid4().hex[:8]}@%h",
             ],

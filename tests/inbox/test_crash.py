@@ -217,6 +217,8 @@ def test_redis_stopped_and_started_again(keys: Exchange, stack: Stack) -> None:
         redis_start()
     accepted += send(keys, 5)
     assert_exactly_once(accepted, "redis stopped and started", wake_sent_while_down=sent)
+    # The same worker and beat did it: they reconnected rather than died (kombu#582).
+    assert [p.name for p in stack.procs if not p.alive()] == []
 
 
 @pytest.mark.usefixtures("exclusive_servers")  # restarts the machine's PostgreSQL
