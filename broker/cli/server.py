@@ -57,12 +57,17 @@ def serve(
 def worker(
     concurrency: Annotated[int, typer.Option(help="Worker processes")] = 2,
     loglevel: Annotated[str, typer.Option(help="Celery log level")] = "INFO",
+    queues: Annotated[
+        str | None,
+        typer.Option(help="Only these queues, comma-separated: delivery, celery (default: both)"),
+    ] = None,
 ) -> None:
     """Run a Celery worker (production profile)."""
     from workers.celery_app import WORKER_ARGS, celery_app
 
+    only = [f"--queues={queues}"] if queues else []
     celery_app.worker_main(
-        ["worker", f"--concurrency={concurrency}", f"--loglevel={loglevel}", *WORKER_ARGS]
+        ["worker", f"--concurrency={concurrency}", f"--loglevel={loglevel}", *WORKER_ARGS, *only]
     )
 
 

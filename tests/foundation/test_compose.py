@@ -38,7 +38,7 @@ def test_services_run_real_cli_commands() -> None:
     assert services["beat"]["deploy"]["replicas"] == 1
     group = typer.main.get_command(app)
     assert hasattr(group, "commands")
-    for name in ("migrate", "api", "worker", "beat"):
+    for name in ("migrate", "api", "worker", "worker-log", "beat"):
         argv = services[name]["command"]
         assert argv[0] == "broker", name
         command = group.commands[argv[1]]
@@ -46,3 +46,9 @@ def test_services_run_real_cli_commands() -> None:
         assert ctx.params is not None, name
     for name, service in services.items():
         assert "healthcheck" in service or name in ("migrate", "beat"), f"{name} has no healthcheck"
+    # Every queue has a worker, and deliveries one of their own.
+    from workers.celery_app import DEFAULT_QUEUE, DELIVERY_QUEUE
+
+    consumed = [s["command"][s["command"].index("--queues") + 1] for s in services.values()
+                if "--queues" in s.get("command", [])]  # fmt: skip
+    assert sorted(consumed) == sorted([DELIVERY_QUEUE, DEFAULT_QUEUE])
