@@ -13,7 +13,7 @@ What it does, in one run (acceptance of the "Reliable delivery and inboxes" issu
    open loop (each send is scheduled by the clock). For every alert it records the broker's
    acceptance time (the receipt's `accepted_at`), the moment the long-poll returned it, and the
    database's `available_at`. Reported: accepted -> available (database: `available_at` is
-   taken as the relay transaction starts, so it leaves out that transaction), accepted ->
+   stamped by the relay just before its last statements and commit), accepted ->
    fetched (database: the long-poller's read of it, so the relay's commit, the Redis pub/sub
    wake-up and the woken poll are in), and accepted -> seen by the long-poller (plus the
    response), p50/p90/p99/max, with the stages in between. Target: p50 < 20 ms, p99 < 100 ms.

@@ -102,29 +102,32 @@ def _deliver(session: Session, claimed: Sequence[Claimed], now: datetime) -> Non
     by_recipient: dict[str, list[Any]] = defaultdict(list)
     for row in rows:
         by_recipient[row.recipient].append(row)
-    updates: list[dict[str, Any]] = []
-    events: list[dict[str, Any]] = []
+    numbered: list[tuple[str, Any, int]] = []
     for recipient in sorted(by_recipient):  # one lock order everywhere: no deadlocks
         items = by_recipient[recipient]
         first = repository.take_seqs(session, recipient, len(items))
-        for offset, row in enumerate(items):
-            updates.append({"id": row.id, "seq": first + offset, "at": now})
-            events.append(
-                {
-                    "id": new_id(),
-                    "kind": "msg.delivered",
-                    "actor": "broker:relay",
-                    "subject": recipient,
-                    "details": {
-                        "mid": str(row.mid),
-                        "sender": row.sender,
-                        "recipient": recipient,
-                        "delay_ms": epoch_ms(now) - epoch_ms(row.received_at),
-                    },
-                    "created_at": now,
-                    "leaf_index": None,
-                }
-            )
+        numbered += [(recipient, row, first + offset) for offset, row in enumerate(items)]
+    # A delivery is available from this transaction's commit: stamp it as close to it as we can
+    # (the inbox numbers above wait on the recipients' counter locks).
+    at = utcnow()
+    updates = [{"id": row.id, "seq": seq, "at": at} for _, row, seq in numbered]
+    events = [
+        {
+            "id": new_id(),
+            "kind": "msg.delivered",
+            "actor": "broker:relay",
+            "subject": recipient,
+            "details": {
+                "mid": str(row.mid),
+                "sender": row.sender,
+                "recipient": recipient,
+                "delay_ms": epoch_ms(at) - epoch_ms(row.received_at),
+            },
+            "created_at": at,
+            "leaf_index": None,
+        }
+        for recipient, row, _ in numbered
+    ]
     repository.make_available(session, updates)
     repository.add_events(session, events)
     push_refs = [row.id for row in rows if row.push]
