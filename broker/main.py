@@ -120,7 +120,7 @@ def install_error_handlers(app: FastAPI) -> None:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     migrations_check.require_current()
-    from broker import keyring, ratelimit, ticker
+    from broker import jobs, keyring, ratelimit, ticker
     from broker.audit import jobs as audit_jobs
     from broker.inbox import jobs as inbox_jobs
     from broker.inbox import notify
@@ -138,6 +138,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         worker.start()
     else:
         notify.ensure_listener()
+        jobs.start()
     try:
         yield
     finally:

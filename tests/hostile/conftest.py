@@ -15,8 +15,7 @@ import pytest
 from sqlalchemy import delete, text
 
 from broker import db
-from broker.crypto.keys import EncryptionKey, SigningKey
-from tests.messages.conftest import Exchange
+from tests.messages.conftest import Exchange, register_world_keys
 from tests.messages.conftest import exchange as exchange  # the same fixture, here too
 
 SENDER_FP = "VN-GDC/fp-hcm-01"
@@ -47,29 +46,11 @@ def make_token(role: str, **binding: Any) -> str:
 def arm(client: Any) -> Exchange:
     """Load the demo world and register the keys the `exchange` fixture registers."""
     from broker import world as world_mod
-    from broker.directory import service as directory
-    from broker.directory.schemas import KeyIn
 
     doc = world_mod.demo_world()
-    ex = Exchange(client=client, token_for=make_token)
     with db.session_scope() as s:
         world_mod.load_world(s, doc, actor="test")
-    with db.session_scope() as s:
-        for fp in doc["focal_points"]:
-            key = ex.signing[fp["id"]] = SigningKey.generate()
-            directory.register(
-                s,
-                KeyIn(
-                    agency_id=fp["id"].split("/")[0], focal_point_id=fp["id"], jwk=key.public.jwk
-                ),
-                actor="test",
-            )
-        for agency in doc["agencies"]:
-            enc = ex.encryption[agency["id"]] = EncryptionKey.generate()
-            directory.register(s, KeyIn(agency_id=agency["id"], jwk=enc.public.jwk), actor="test")
-            sig = ex.agency_signing[agency["id"]] = SigningKey.generate()
-            directory.register(s, KeyIn(agency_id=agency["id"], jwk=sig.public.jwk), actor="test")
-    return ex
+    return register_world_keys(Exchange(client=client, token_for=make_token), doc)
 
 
 @pytest.fixture(scope="module")

@@ -18,10 +18,7 @@ from sqlalchemy import select
 
 from broker import db
 from broker.auth.service import Caller, Role
-from broker.crypto.keys import EncryptionKey, SigningKey
-from broker.directory import service as directory
-from broker.directory.schemas import KeyIn
-from tests.messages.conftest import Exchange
+from tests.messages.conftest import Exchange, register_world_keys
 from tests.messages.conftest import exchange as exchange  # the HTTP harness, for tests here too
 
 HK = "HK-CED"
@@ -93,23 +90,7 @@ def keys(world: dict[str, Any], token_for: Any) -> Exchange:
     from broker import keyring
 
     keyring.load_or_create()  # before any worker process could race to create them
-    ex = Exchange(client=None, token_for=token_for)
-    with db.session_scope() as s:
-        for fp in world["focal_points"]:
-            key = ex.signing[fp["id"]] = SigningKey.generate()
-            directory.register(
-                s,
-                KeyIn(
-                    agency_id=fp["id"].split("/")[0], focal_point_id=fp["id"], jwk=key.public.jwk
-                ),
-                actor="test",
-            )
-        for a in world["agencies"]:
-            enc = ex.encryption[a["id"]] = EncryptionKey.generate()
-            directory.register(s, KeyIn(agency_id=a["id"], jwk=enc.public.jwk), actor="test")
-            sig = ex.agency_signing[a["id"]] = SigningKey.generate()
-            directory.register(s, KeyIn(agency_id=a["id"], jwk=sig.public.jwk), actor="test")
-    return ex
+    return register_world_keys(Exchange(client=None, token_for=token_for), world)
 
 
 @dataclass

@@ -176,3 +176,31 @@ def test_delivery_has_its_own_queue_and_every_worker_consumes_both() -> None:
         assert router.route({}, name)["queue"].name == "delivery"
     assert router.route({}, "log.sequence")["queue"].name == "celery"
     assert {q.name for q in celery_app.conf.task_queues} == {"celery", "delivery"}
+
+
+def test_a_delivery_worker_sweeps_the_outbox_as_soon_as_it_is_ready(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Rows left while no worker ran go out at once; the pool process warms up on the sweep."""
+    from celery.signals import worker_ready
+    from kombu import Queue
+
+    import workers.celery_app as celery_module
+
+    sent: list[tuple[str, dict[str, Any]]] = []
+    monkeypatch.setattr(
+        celery_module.celery_app, "send_task", lambda name, **kw: sent.append((name, kw))
+    )
+
+    class Consumer:  # what `worker_ready` is sent with (a worker's consumer), hashable
+        def __init__(self, *queues: str) -> None:
+            self.task_consumer = type("TaskConsumer", (), {"queues": [Queue(q) for q in queues]})
+
+    def ready(*queues: str) -> None:
+        worker_ready.send(sender=Consumer(*queues))
+
+    ready("celery")  # a worker that does not deliver sends nothing
+    assert sent == []
+    ready("celery", "delivery")
+    ready("delivery")
+    assert sent == [("outbox.relay", {"expires": SWEEP_EXPIRES_S})] * 2

@@ -131,7 +131,11 @@ def _sha(text: str) -> str:
 @pytest.fixture
 def exchange(client: Any, world: dict[str, Any], token_for: Any) -> Exchange:
     """Register a signing key per focal point, an encryption and a signing key per agency."""
-    ex = Exchange(client=client, token_for=token_for)
+    return register_world_keys(Exchange(client=client, token_for=token_for), world)
+
+
+def register_world_keys(ex: Exchange, world: dict[str, Any]) -> Exchange:
+    """A new signing key per focal point, encryption and signing keys per agency, registered."""
     with db.session_scope() as s:
         for fp in world["focal_points"]:
             key = ex.signing[fp["id"]] = SigningKey.generate()
