@@ -28,6 +28,7 @@ from broker.crypto import envelope as env
 from broker.crypto import strictjson
 from broker.crypto.errors import CryptoError
 from broker.crypto.keys import EncryptionKey, SigningKey, b64u_decode, b64u_encode
+from broker.messages.schemas import EXAMPLE_ROUTING
 
 pytestmark = pytest.mark.hostile
 
@@ -68,22 +69,7 @@ def test_atheris_target(target: str, tmp_path: Path) -> None:
 
 SIGNER = SigningKey.from_seed(bytes(range(32)))
 KEYS = {"HK-CED": EncryptionKey.from_seed(bytes(range(32, 64)))}
-ROUTING: dict[str, Any] = {
-    "v": 1,
-    "kind": "alert",
-    "mid": "019ab0a2-6a1e-7c3b-9d2e-5b8f4a1c2d3e",
-    "iat": 1795000000,
-    "exp": 1795604800,
-    "sender": "VN-GDC",
-    "sender_fp": "VN-GDC/fp-hcm-01",
-    "recipients": ["HK-CED"],
-    "agreement": "VN-HK-CMAA-2013",
-    "operation": None,
-    "offence": "cites_wildlife",
-    "subject_types": ["route", "shipment"],
-    "priority": "urgent",
-    "handling": "TLP:AMBER",
-}
+ROUTING: dict[str, Any] = EXAMPLE_ROUTING  # the routing of the API examples
 VALID = env.build_envelope(ROUTING, {"title": "t"}, SIGNER, {"HK-CED": KEYS["HK-CED"].public})
 PAYLOAD = strictjson.loads(b64u_decode(VALID.split(".")[1]))
 HEADER = b64u_encode(strictjson.dumps({"alg": "Ed25519", "kid": SIGNER.kid, "typ": env.TYP_OUTER}))
