@@ -172,10 +172,8 @@ def lock_and_find(session: Session, sender: str, mid: uuid.UUID) -> tuple[bool, 
     conn = session.connection()
     if conn.dialect.name != "postgresql":
         return True, accepted(session, sender, mid)
-    key = int.from_bytes(
-        hashlib.sha256(f"{sender}/{mid}".encode()).digest()[:8], "big", signed=True
-    )
-    row = conn.execute(_LOCK_AND_FIND, {"lock_key": key, "sender": sender, "mid": mid}).one()
+    params = {"lock_key": _lock_key(sender, mid), "sender": sender, "mid": mid}
+    row = conn.execute(_LOCK_AND_FIND, params).one()
     found = None if row.mid is None else Accepted(*row[1:])
     return bool(row.locked), found
 

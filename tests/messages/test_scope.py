@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 import time_machine
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from broker import db
 from broker.agencies.models import FocalPoint
@@ -33,7 +33,7 @@ from broker.crypto import envelope as env
 from broker.crypto import errors as crypto_errors
 from broker.crypto.keys import EncryptionKey, SigningKey, sha256_b64u
 from broker.errors import BrokerError, NotFound
-from broker.messages import service
+from broker.messages import repository, service
 from broker.messages.models import Delivery, Message
 from tests.messages.conftest import BODY, Exchange, new_mid
 
@@ -872,57 +872,70 @@ def test_red_to_one_recipient_where_the_agreement_allows_it(w: World) -> None:
 def test_concurrent_duplicate_submit(
     w: World, backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Two submits of one envelope at once. PostgreSQL: the second answers 409 while the first
-    holds the (sender, mid) lock. SQLite runs writers one at a time: the second waits for the
-    first to commit and replays its receipt (200)."""
-    entered, release = threading.Event(), threading.Event()
+    """Two submits of one envelope at once.
+
+    PostgreSQL: a submit takes the (sender, mid) advisory lock in its transaction before any
+    further check and holds it until it commits; another submit of the same message meanwhile
+    answers 409 without looking further. The test holds that lock from its own transaction,
+    as an in-flight submit would (the submit path runs on the event loop, so it cannot be
+    paused in the middle without pausing the test client too). SQLite runs writers one at a
+    time: a second submit waits for the first (held at its scope decision, in its worker
+    thread) to commit and replays its receipt (200)."""
     real = policy.decide
     calls: list[None] = []
+    entered, release = threading.Event(), threading.Event()
 
-    def held(*args: Any) -> policy.Decision:
-        # The first decision waits until released: its transaction (and lock) stays open.
+    def counted(*args: Any) -> policy.Decision:
+        # The first decision waits until released (SQLite): its transaction stays open.
         calls.append(None)
-        if len(calls) == 1:
+        if backend == "sqlite" and len(calls) == 1:
             entered.set()
             release.wait(30)
         return real(*args)
 
-    monkeypatch.setattr(policy, "decide", held)
+    monkeypatch.setattr(policy, "decide", counted)
     attempt = w.attempt()
-    answers: dict[str, Any] = {}
-
-    def submit(name: str) -> None:
-        answers[name] = w.submit(attempt)
-
-    first = threading.Thread(target=submit, args=("first",))
-    first.start()
-    try:
-        assert entered.wait(30), "the first submit never reached the scope decision"
-        if backend == "postgresql":
+    digest = sha256_b64u(attempt.envelope.encode())
+    if backend == "postgresql":
+        mid = uuid.UUID(attempt.routing["mid"])
+        key = repository._lock_key(attempt.routing["sender"], mid)
+        with db.engine().connect() as holder:
+            holder.execute(text("select pg_advisory_xact_lock(:key)"), {"key": key})
             before = counts()
             second = w.submit(attempt)
-            # Checked before the first commits: nothing stored, one msg.rejected.
+            # Nothing stored, one msg.rejected, and no scope decision made.
             assert_refused(second, 409, "idempotency.in_flight", attempt.envelope, before)
             assert second.headers["Retry-After"] == "1"
-        else:
-            waiting = threading.Thread(target=submit, args=("second",))
-            waiting.start()
+            assert not calls
+            holder.rollback()  # the in-flight submit ends: the lock is free again
+        first = w.submit(attempt)
+        assert first.status_code == 201, first.text
+        receipt = first.json()
+    else:
+        answers: dict[str, Any] = {}
+
+        def submit(name: str) -> None:
+            answers[name] = w.submit(attempt)
+
+        threads = [threading.Thread(target=submit, args=(n,)) for n in ("first", "second")]
+        threads[0].start()
+        try:
+            assert entered.wait(30), "the first submit never reached the scope decision"
+            threads[1].start()
             time.sleep(0.5)  # let it queue on the write lock (if it is later, it replays anyway)
-    finally:
-        release.set()
-        first.join(30)
-    assert answers["first"].status_code == 201, answers["first"].text
-    receipt = answers["first"].json()
-    if backend == "sqlite":
-        waiting.join(30)
+        finally:
+            release.set()
+            for thread in threads:
+                thread.join(30)
+        assert answers["first"].status_code == 201, answers["first"].text
+        receipt = answers["first"].json()
         assert answers["second"].status_code == 200, answers["second"].text
         assert answers["second"].json() == receipt
-        assert not rejected_events(sha256_b64u(attempt.envelope.encode()))
+        assert not rejected_events(digest)
     # Afterwards, a retry replays the original receipt; one message was stored.
     again = w.submit(attempt)
     assert (again.status_code, again.json()) == (200, receipt)
     with db.session_scope() as s:
-        digest = sha256_b64u(attempt.envelope.encode())
         assert len(s.scalars(select(Message).where(Message.envelope_sha256 == digest)).all()) == 1
     assert len(calls) == 1  # the others never got as far as the scope check
 
