@@ -224,6 +224,37 @@ def test_token_brute_force_hits_429_quickly(
     assert elsewhere.get("/v1/me", headers=bearer(good)).status_code == 200
 
 
+@pytest.mark.redis
+def test_failed_authentication_is_counted_across_paths_at_once(
+    app: Any, exchange: Exchange, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The submit path remembers a clean address for a second (`CLEAN_S`); a failure from that
+    address, on any route, makes its next submit read the shared count at once."""
+    from fastapi.testclient import TestClient
+
+    limit(monkeypatch, rate_limit_storage=redis_url, rate_auth_failures_per_minute=3)
+    ratelimit.reset()
+    monkeypatch.setattr(ratelimit, "CLEAN_S", 60.0)  # a stale entry would outlive the test
+    peer = f"198.51.100.{secrets.randbelow(200) + 20}"
+    exchange.client = TestClient(app, client=(peer, 40000), raise_server_exceptions=False)
+    first, _, _ = exchange.send()
+    assert first.status_code == 201, first.text  # the address is now remembered as clean
+    guess = bearer("brk_" + secrets.token_urlsafe(32))
+    guesses = [exchange.client.get("/v1/me", headers=guess).status_code for _ in range(3)]
+    assert guesses == [401] * 3
+    refused, _, _ = exchange.send()  # a right token, from a blocked address
+    assert refused.status_code == 429, refused.text
+    assert refused.headers["ratelimit-policy"] == '"auth_failures";q=3;w=60'
+    # Wrong tokens on the submit route itself are counted too.
+    ratelimit.reset()
+    bad = {**guess, "Idempotency-Key": "x"}
+    on_submit = [
+        exchange.client.post("/v1/messages", json={"envelope": "x"}, headers=bad).status_code
+        for _ in range(4)
+    ]
+    assert on_submit == [401] * 3 + [429]
+
+
 def test_principal_budget_per_bucket(exchange: Exchange, monkeypatch: pytest.MonkeyPatch) -> None:
     limit(monkeypatch, rate_default_per_minute=5, rate_submit_per_minute=2)
     fp = "VN-GDC/fp-hcm-01"
