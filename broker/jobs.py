@@ -115,8 +115,12 @@ class _Publisher(threading.Thread):
     def _send(self, name: str) -> None:
         from workers.celery_app import celery_app
 
-        client = _redis()
         spacing = SPACED_S.get(name)
+        if spacing:
+            with self._cond:
+                if name in self._trailing:
+                    return  # the wake-up already due when the flag expires covers this commit
+        client = _redis()
         ttl_ms = int(spacing * 1000) if spacing else FLAG_TTL_MS
         if client.set(FLAG + name, b"1", nx=True, px=ttl_ms):
             try:
