@@ -372,6 +372,8 @@ class Load:
     latencies_ms: list[float] = field(repr=False)
     client_cpu_s: float
     server_cpu_s: float
+    postgres_cpu_s: float = 0.0
+    redis_cpu_s: float = 0.0
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -397,6 +399,11 @@ class Load:
             p99_ms=round(self.pct(99), 2),
             max_ms=round(max(self.latencies_ms, default=0.0), 2),
             server_cpu_ms_per_ok=round(1000 * self.server_cpu_s / max(1, self.count(201, 200)), 3),
+            postgres_cpu_ms_per_ok=round(
+                1000 * self.postgres_cpu_s / max(1, self.count(201, 200)), 3
+            ),
+            redis_cpu_ms_per_ok=round(1000 * self.redis_cpu_s / max(1, self.count(201, 200)), 3),
+            client_cpu_ms_per_ok=round(1000 * self.client_cpu_s / max(1, self.count(201, 200)), 3),
         )
         return d
 
@@ -411,6 +418,30 @@ def _cpu_of(pids: Sequence[int]) -> float:
             continue
         total += (int(fields[11]) + int(fields[12])) / tick
     return total
+
+
+def _cpu_by_command(*commands: str) -> dict[str, dict[int, float]]:
+    """CPU seconds of every process whose command is one of `commands` (PostgreSQL's backends,
+    Redis), by command and pid: the part of the machine a request costs outside the broker."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found: dict[str, dict[int, float]] = {c: {} for c in commands}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            head, _, rest = (entry / "stat").read_text().rpartition(")")
+        except OSError:
+            continue
+        comm = head.split("(", 1)[1]
+        if comm in found:
+            fields = rest.split()
+            found[comm][int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    return found
+
+
+def _cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    # Processes started during the phase (new backends) count from zero; ended ones are lost.
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
 
 
 def _client_cpu() -> float:
@@ -487,11 +518,13 @@ def drive(
 ) -> Load:
     """Closed loop at `concurrency`, or open loop at `rate` per second (wall-clock schedule)."""
     cpu0, srv0 = _client_cpu(), _cpu_of(server_pids)
+    others0 = _cpu_by_command("postgres", "redis-server")
     if rate is None:
         coro = _closed(port, requests, concurrency)
     else:
         coro = _open(port, requests, rate, max(64, concurrency * 2))
     elapsed, statuses, latencies, errors = uvloop.run(coro)
+    others = _cpu_by_command("postgres", "redis-server")
     return Load(
         sent=len(requests),
         seconds=elapsed,
@@ -499,6 +532,8 @@ def drive(
         latencies_ms=latencies,
         client_cpu_s=_client_cpu() - cpu0,
         server_cpu_s=_cpu_of(server_pids) - srv0,
+        postgres_cpu_s=_cpu_delta(others0["postgres"], others["postgres"]),
+        redis_cpu_s=_cpu_delta(others0["redis-server"], others["redis-server"]),
         errors=errors,
     )
 
@@ -848,6 +883,21 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         s[f"{k}_open_p99_ms"] = med(lambda r, k=k: r[k]["open"]["p99_ms"])
         s[f"{k}_server_cpu_ms"] = med(lambda r, k=k: r[k]["closed"]["server_cpu_ms_per_ok"])
 
+    # Where a request's CPU goes, machine-wide (ms per accepted request, closed loop).
+    phases = {
+        "insert_sync": lambda r: r["insert_sync"],
+        "insert_async": lambda r: r["insert_async"],
+        "submit2": lambda r: r["submit2"]["closed"],
+        "submit26": lambda r: r["submit26"]["closed"],
+    }
+    s["cpu_ms_per_request"] = {
+        name: {
+            part: med(lambda r, get=get, part=part: get(r)[f"{part}_cpu_ms_per_ok"])
+            for part in ("server", "postgres", "redis", "client")
+        }
+        for name, get in phases.items()
+    }
+
     # Ratios per run (same run, same load), then their median.
     def ratio(r: dict[str, Any]) -> float:
         ceiling = max(r["insert_sync"]["ok_per_s"], r["insert_async"]["ok_per_s"])
@@ -930,6 +980,14 @@ def print_table(results: dict[str, Any]) -> None:
             f"{'submit ' + str(n) + ' rcpt: broker CPU per submit (ms)':44} "
             f"{fmt(s[k + '_server_cpu_ms'], '.2f'):>10}"
         )
+    print(f"\nCPU per accepted request (ms; closed loop, {os.cpu_count()} cores on the box)")
+    print(f"{'phase':16} {'app':>7} {'postgres':>9} {'redis':>7} {'client':>7} {'total':>7}")
+    for name, parts in s["cpu_ms_per_request"].items():
+        if parts["server"] is None:
+            continue
+        values = [parts[k] or 0.0 for k in ("server", "postgres", "redis", "client")]
+        cells = "".join(f" {v:>{w}.2f}" for v, w in zip(values, (7, 9, 7, 7), strict=True))
+        print(f"{name:16}{cells} {sum(values):>7.2f}")
     print(
         f"{'2-recipient accepted/s of the ceiling':44} {fmt(s['submit2_of_ceiling'], '.0%'):>10}"
         "  (target >= 60%)"
