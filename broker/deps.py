@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
 from anyio import Semaphore
@@ -138,32 +138,15 @@ def json_body(model: type[M], request: Request, body: bytes) -> M:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
 
 
-class ShortRoleGate(RoleGate):
-    """A RoleGate with its own short session, for routes that wait (long-poll) without one."""
-
-    def __call__(self, request: Request) -> Caller:  # type: ignore[override]
-        with db.session_scope() as session:
-            return super().__call__(request, session)
-
-
-class LongPollGate(ShortRoleGate):
-    """A ShortRoleGate that also holds one of the agency's long-poll slots while it waits."""
-
-    def __call__(self, request: Request) -> Iterator[Caller]:  # type: ignore[override]
-        caller = super().__call__(request)
-        with ratelimit.long_poll_slot(request, caller):
-            yield caller
-
-
 R = Role
 AdminCaller = Annotated[Caller, Depends(RoleGate(R.admin))]
 AuditorCaller = Annotated[Caller, Depends(RoleGate(R.auditor))]
 FocalPointCaller = Annotated[Caller, Depends(RoleGate(R.focal_point))]
 AgencyCaller = Annotated[Caller, Depends(RoleGate(R.agency))]
-AgencyWaiter = Annotated[Caller, Depends(LongPollGate(R.agency), scope="function")]
 PartyCaller = Annotated[Caller, Depends(RoleGate(R.focal_point, R.agency))]
 AnyCaller = Annotated[Caller, Depends(RoleGate(R.focal_point, R.agency, R.auditor, R.admin))]
 FocalPointInThread = Annotated[InThreadRoleGate, Depends(InThreadRoleGate(R.focal_point))]
+AgencyInThread = Annotated[InThreadRoleGate, Depends(InThreadRoleGate(R.agency))]
 
 
 def problem_response(request: Request, err: BrokerError) -> JSONResponse:

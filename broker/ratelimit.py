@@ -17,9 +17,10 @@ that all API processes share them (`rate_limit_storage` overrides either). If th
 unreachable the request is let through and a warning is logged, and the store is skipped for a
 few seconds: shedding every request because Redis blinked would turn a limiter into an outage.
 
-Long-polls (`GET /v1/inbox?wait=...`) hold a worker thread while they wait, so they are capped
-by concurrency rather than by rate: `longpoll_per_agency` waiting requests per agency and
-`longpoll_total` per process (the resource is the process's thread pool).
+Long-polls (`GET /v1/inbox?wait=...`) that found nothing and wait hold no thread nor
+connection, but each is an open request and a waiter, so they are capped by concurrency
+rather than by rate: `longpoll_per_agency` waiting requests per agency and `longpoll_total`
+per process.
 
 Refusals are RFC 9457 problem+json with code `rate.limited`, `Retry-After` (seconds) and the
 `RateLimit-Policy` / `RateLimit` fields of draft-ietf-httpapi-ratelimit-headers.

@@ -240,6 +240,69 @@ def delivery_with_message(
     return None if row is None else (row[0], row[1])
 
 
+# --- the async acknowledgement path (PostgreSQL, psycopg async) ---------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AckedDelivery:
+    """What an acknowledgement reads of its delivery and message (`acked_delivery_async`)."""
+
+    id: uuid.UUID
+    inbox_seq: int | None
+    recipient: str
+    ack_status: str | None
+    ack_reason: str | None
+    ack_sha256: str | None
+    acked_at: datetime | None
+    mid: uuid.UUID
+    sender: str
+    agreement_id: str
+    received_at: datetime
+
+
+async def acked_delivery_async(
+    conn: Any, recipient: str, mid: uuid.UUID, envelope_sha256: str
+) -> AckedDelivery | None:
+    """`delivery_with_message` on the async connection: the delivery row locked (FOR UPDATE)."""
+    cur = await conn.execute(
+        "select d.id, d.inbox_seq, d.recipient, d.ack_status, d.ack_reason, d.ack_sha256,"
+        " d.acked_at, m.mid, m.sender, m.agreement_id, m.received_at"
+        " from deliveries as d join messages as m on m.id = d.message_id"
+        " where d.recipient = %(recipient)s and m.mid = %(mid)s"
+        " and m.envelope_sha256 = %(sha)s"
+        " for update of d",
+        {"recipient": recipient, "mid": mid, "sha": envelope_sha256},
+    )
+    row = await cur.fetchone()
+    return None if row is None else AckedDelivery(*row)
+
+
+async def record_ack_async(
+    conn: Any,
+    delivery_id: uuid.UUID,
+    now: datetime,
+    status: str,
+    reason: str | None,
+    ack: str,
+    ack_sha256: str,
+) -> None:
+    """The delivery acknowledged (first fetch too, if it was never fetched)."""
+    await conn.execute(
+        "update deliveries set state = 'acknowledged', acked_at = %(now)s,"
+        " ack_status = %(status)s, ack_reason = %(reason)s, ack = %(ack)s,"
+        " ack_sha256 = %(sha)s, fetched_at = coalesce(fetched_at, %(now)s)"
+        " where id = %(id)s",
+        {
+            "now": now,
+            "status": status,
+            "reason": reason,
+            "ack": ack,
+            "sha": ack_sha256,
+            "id": delivery_id,
+        },
+    )
+
+
 # --- gauges (read at scrape time) -----------------------------------------------------------
 
 

@@ -32,11 +32,13 @@ just ends the run, since nothing could be recorded anyway, and the next sweep st
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -50,7 +52,7 @@ from broker.audit import service as audit
 from broker.auth.service import Caller
 from broker.crypto import envelope as env
 from broker.crypto.keys import sha256_b64u
-from broker.directory import repository as directory
+from broker.db import AsyncScope
 from broker.errors import FieldProblem, NotFound, error
 from broker.faults import crash_point
 from broker.ids import epoch_ms, new_id, utcnow
@@ -58,8 +60,11 @@ from broker.inbox import notify, repository
 from broker.inbox.repository import Claimed
 from broker.inbox.schemas import AckOut, InboxItem, InboxPage
 from broker.logging import get_logger
+from broker.messages.repository import add_event_async
 from broker.push.models import JOB as PUSH_JOB
 from broker.push.models import TOPIC as PUSH
+from broker.registry import snapshot as registry
+from broker.registry.snapshot import DirectoryKey
 
 _log = get_logger("broker.inbox")
 
@@ -289,22 +294,47 @@ def _poll_once(
         return poll(session, caller, after, limit)
 
 
+def poll_seen(session: Session, caller: Caller, after: str | None, limit: int) -> Polled:
+    """`poll`, with the inbox's wake-up version read before it (for `long_poll`'s `first`)."""
+    assert caller.agency_id is not None
+    seen = notify.board.version(caller.agency_id)
+    return Polled(seen, poll(session, caller, after, limit))
+
+
+@dataclass(frozen=True, slots=True)
+class Polled:
+    """A page and the wake-up version read before the database read that made it."""
+
+    seen: int
+    page: InboxPage
+
+
 async def long_poll(
-    session_factory: SessionFactory, caller: Caller, after: str | None, limit: int, wait_s: float
+    session_factory: SessionFactory,
+    caller: Caller,
+    after: str | None,
+    limit: int,
+    wait_s: float,
+    *,
+    first: Polled | None = None,
 ) -> InboxPage:
     """A page after the cursor; if it is empty, wait up to `wait_s` for a delivery and read again.
 
     The wait is on the inbox's wake-up (Redis pub/sub, or in-process), never a database loop,
     and holds no thread. The version is read before each database read, so a delivery that
-    commits between the read and the wait ends the wait at once.
+    commits between the read and the wait ends the wait at once. `first`: the caller's own
+    first read (`poll_seen`, in the thread that authenticated it).
     """
     agency = caller.agency_id
     assert agency is not None
     loop = asyncio.get_running_loop()
     deadline = loop.time() + min(max(wait_s, 0.0), MAX_WAIT_S)
     while True:
-        seen = notify.board.version(agency)
-        page = await anyio.to_thread.run_sync(_poll_once, session_factory, caller, after, limit)
+        if first is None:
+            seen = notify.board.version(agency)
+            page = await anyio.to_thread.run_sync(_poll_once, session_factory, caller, after, limit)
+        else:
+            seen, page, first = first.seen, first.page, None
         remaining = deadline - loop.time()
         if page.items or remaining <= 0:
             return page
@@ -319,36 +349,20 @@ def acknowledge(session: Session, caller: Caller, mid: uuid.UUID, ack_jws: str) 
     Each change is recorded once (`msg.acked`): `received`, then at most one final status
     (`decrypted` or `rejected` with its reason). The same acknowledgement again, or a late
     `received` after the final one, changes nothing and answers with what is recorded; a
-    different final status is a conflict.
+    different final status is a conflict. `acknowledge_async` is the same on PostgreSQL.
     """
     agency = caller.agency_id
     assert agency is not None
     kid = env.compact_kid(ack_jws, env.TYP_ACK)
-    key = directory.key(session, kid)
-    if key is None or key.use != "sig" or key.agency_id != agency or key.status == "revoked":
-        raise AckKeyNotOurs(f"key {kid} is not a valid signing key of {agency}")
-    payload = env.verify_compact(ack_jws, key.jwk, env.TYP_ACK)
-    try:
-        schemas.validate("ack", payload)
-    except schemas.SchemaError as exc:
-        problems = [FieldProblem(pointer="/ack" + e.pointer, detail=e.message) for e in exc.errors]
-        raise BadAck("the acknowledgement is invalid", errors=problems) from exc
-    if payload["mid"] != str(mid):
-        raise BadAck(f"the acknowledgement is for {payload['mid']}, not {mid}")
+    payload = _verified_ack(registry.current(session).key(kid), kid, agency, mid, ack_jws)
     found = repository.delivery_with_message(session, agency, mid, payload["envelope_sha256"])
     if found is None or found[0].inbox_seq is None:  # not yet available is not in the inbox
         raise NotFound(f"no message {mid} with that envelope in your inbox")
     delivery, message = found
     digest = sha256_b64u(ack_jws.encode())
     status, reason = payload["status"], payload.get("reason")
-    if delivery.ack_sha256 == digest or (
-        delivery.ack_status == status and delivery.ack_reason == reason
-    ):
-        return _ack_out(delivery, message.mid)  # the same acknowledgement again: nothing new
-    if delivery.ack_status in FINAL_ACKS:
-        if status not in FINAL_ACKS:
-            return _ack_out(delivery, message.mid)  # a late `received`: the final one stands
-        raise AckConflict(f"{mid} was already acknowledged as {delivery.ack_status}")
+    if not _ack_changes(delivery, mid, status, reason, digest):
+        return _ack_out(delivery, message.mid)
     now = utcnow()
     if delivery.acked_at is None:  # the first acknowledgement, whatever its status
         metrics.observe_after_commit(
@@ -364,19 +378,111 @@ def acknowledge(session: Session, caller: Caller, mid: uuid.UUID, ack_jws: str) 
         "msg.acked",
         actor=caller.actor,
         subject=agency,
-        details={
-            "mid": str(mid),
-            "sender": message.sender,
-            "recipient": agency,
-            "ack_sha256": digest,
-            "status": status,
-            "reason": reason,
-            "agreement": message.agreement_id,
-            "delay_ms": epoch_ms(now) - epoch_ms(message.received_at),
-        },
+        details=_acked_details(mid, message, agency, digest, status, reason, now),
     )
     jobs.after_commit(session, audit.SEQUENCE_JOB)
     return _ack_out(delivery, message.mid)
+
+
+async def acknowledge_async(
+    scope: AsyncScope, caller: Caller, mid: uuid.UUID, ack_jws: str
+) -> AckOut:
+    """`acknowledge` on the async path (PostgreSQL): the same checks, answers and rows."""
+    agency = caller.agency_id
+    assert agency is not None
+    kid = env.compact_kid(ack_jws, env.TYP_ACK)
+    snap = await registry.current_async(scope)
+    payload = _verified_ack(snap.key(kid), kid, agency, mid, ack_jws)
+    found = await repository.acked_delivery_async(
+        scope.conn, agency, mid, payload["envelope_sha256"]
+    )
+    if found is None or found.inbox_seq is None:
+        raise NotFound(f"no message {mid} with that envelope in your inbox")
+    digest = sha256_b64u(ack_jws.encode())
+    status, reason = payload["status"], payload.get("reason")
+    if not _ack_changes(found, mid, status, reason, digest):
+        return _ack_out(found, found.mid)
+    now = utcnow()
+    await repository.record_ack_async(scope.conn, found.id, now, status, reason, ack_jws, digest)
+    await add_event_async(
+        scope.conn,
+        {
+            "id": new_id(),
+            "kind": "msg.acked",
+            "actor": caller.actor,
+            "subject": agency,
+            "details": _acked_details(mid, found, agency, digest, status, reason, now),
+            "created_at": utcnow(),
+            "leaf_index": None,
+        },
+    )
+    if found.acked_at is None:
+        delay = (now - found.received_at).total_seconds()
+        scope.after_commit(
+            "metric.acked", lambda: metrics.ACCEPTED_TO_ACKNOWLEDGED.observe(max(delay, 0.0))
+        )
+    scope.after_commit(audit.SEQUENCE_JOB, _wake_sequencer)
+    acked = dataclasses.replace(
+        found, ack_status=status, ack_reason=reason, acked_at=now, ack_sha256=digest
+    )
+    return _ack_out(acked, found.mid)
+
+
+def _wake_sequencer() -> None:
+    jobs.wake(audit.SEQUENCE_JOB)
+
+
+def _verified_ack(
+    key: DirectoryKey | None, kid: str, agency: str, mid: uuid.UUID, ack_jws: str
+) -> dict[str, Any]:
+    """The acknowledgement's payload, signed by a signing key of `agency`, for `mid`."""
+    if key is None or key.use != "sig" or key.agency_id != agency or key.status == "revoked":
+        raise AckKeyNotOurs(f"key {kid} is not a valid signing key of {agency}")
+    payload = env.verify_compact(ack_jws, key.public or key.jwk, env.TYP_ACK)
+    try:
+        schemas.validate("ack", payload)
+    except schemas.SchemaError as exc:
+        problems = [FieldProblem(pointer="/ack" + e.pointer, detail=e.message) for e in exc.errors]
+        raise BadAck("the acknowledgement is invalid", errors=problems) from exc
+    if payload["mid"] != str(mid):
+        raise BadAck(f"the acknowledgement is for {payload['mid']}, not {mid}")
+    return payload
+
+
+def _ack_changes(
+    recorded: Any, mid: uuid.UUID, status: str, reason: str | None, digest: str
+) -> bool:
+    """Whether this acknowledgement is a change to record (AckConflict if it contradicts one)."""
+    if recorded.ack_sha256 == digest or (
+        recorded.ack_status == status and recorded.ack_reason == reason
+    ):
+        return False  # the same acknowledgement again: nothing new
+    if recorded.ack_status in FINAL_ACKS:
+        if status not in FINAL_ACKS:
+            return False  # a late `received`: the final one stands
+        raise AckConflict(f"{mid} was already acknowledged as {recorded.ack_status}")
+    return True
+
+
+def _acked_details(
+    mid: uuid.UUID,
+    message: Any,
+    agency: str,
+    digest: str,
+    status: str,
+    reason: str | None,
+    now: datetime,
+) -> dict[str, Any]:
+    return {
+        "mid": str(mid),
+        "sender": message.sender,
+        "recipient": agency,
+        "ack_sha256": digest,
+        "status": status,
+        "reason": reason,
+        "agreement": message.agreement_id,
+        "delay_ms": epoch_ms(now) - epoch_ms(message.received_at),
+    }
 
 
 def _ack_out(delivery: Any, mid: uuid.UUID) -> AckOut:
