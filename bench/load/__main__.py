@@ -36,7 +36,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--db", default="broker_bench_load")
     g.add_argument("--redis-db", type=int, default=12)
     g.add_argument("--api-workers", type=int, default=2, help="uvicorn workers (compose: 2)")
-    g.add_argument("--celery-concurrency", type=int, default=2, help="(compose: 2)")
+    g.add_argument("--celery-concurrency", type=int, default=1, help="per worker (compose: 1)")
+    g.add_argument(
+        "--layout",
+        choices=["split", "shared"],
+        default="split",
+        help="split (compose): a delivery worker and a log worker; shared: one",
+    )
     g.add_argument("--longpoll-total", type=int, default=0,
                    help="BROKER_LONGPOLL_TOTAL (waiting polls per API process); 0: the product"
                    " default (64)")  # fmt: skip
@@ -203,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         "load_average": {"start": _load()},
     }
     print(f"load average at start: {_load()}", flush=True)
-    stack = Stack(args.db, args.redis_db, args.api_workers, args.celery_concurrency)
+    stack = Stack(
+        args.db, args.redis_db, args.api_workers, args.celery_concurrency, layout=args.layout
+    )
     stack.longpoll_total = args.longpoll_total or None
     pool = ProcessPoolExecutor(max_workers=os.cpu_count() or 2)
     phases: list[dict[str, Any]] = []

@@ -98,7 +98,7 @@ class CpuMeter:
         pids = self.stack.pids()
         return {
             "api": pids.get("api", []),
-            "celery_worker": pids.get("worker", []),
+            "celery_worker": pids.get("worker", []) + pids.get("worker-log", []),
             "celery_beat": pids.get("beat", []),
             "postgres_backends": stack_mod.pg_backend_pids(self.stack.db),
             "redis_server": stack_mod.redis_pids(),

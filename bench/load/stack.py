@@ -119,12 +119,18 @@ def children(pid: int) -> list[int]:
 
 @dataclass
 class Stack:
-    """uvicorn (`broker serve --workers N`), `broker worker --concurrency C`, `broker beat`."""
+    """uvicorn (`broker serve --workers N`), Celery workers and `broker beat`, as compose runs them.
+
+    `layout="split"` (compose's): `worker` consumes the delivery queue and `worker-log` the
+    rest (log sequencing, sweeps), `celery_concurrency` processes each. `layout="shared"`: one
+    `worker` consuming both.
+    """
 
     db: str
     redis_db: int
     api_workers: int = 2
-    celery_concurrency: int = 2
+    celery_concurrency: int = 1
+    layout: str = "split"
     port: int = 0
     longpoll_total: int | None = None  # None: the product's default
     data_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="load-bench-")))
@@ -157,15 +163,21 @@ class Stack:
 
         api.wait_for(ready)
         time.sleep(1.0)  # every worker bound
-        worker = delivery_bench.Proc(
-            "worker",
-            [BROKER_BIN, "worker", "--concurrency", str(self.celery_concurrency),
-             "--loglevel", "WARNING"],
-            {**env, "CELERY_HOSTNAME": f"load-{uuid.uuid4().hex[:6]}"},
-        )  # fmt: skip
-        self.procs["worker"] = worker
-        worker.wait_for(lambda: len(children(worker.proc.pid)) >= self.celery_concurrency, 90)
-        time.sleep(2.0)  # consumer connected
+        workers = {"worker": ["--queues", "delivery"], "worker-log": ["--queues", "celery"]}
+        if self.layout == "shared":
+            workers = {"worker": []}
+        for name, queues in workers.items():
+            worker = delivery_bench.Proc(
+                name,
+                [BROKER_BIN, "worker", "--concurrency", str(self.celery_concurrency),
+                 "--loglevel", "WARNING", *queues],
+                {**env, "CELERY_HOSTNAME": f"load-{name}-{uuid.uuid4().hex[:6]}"},
+            )  # fmt: skip
+            self.procs[name] = worker
+            worker.wait_for(
+                lambda w=worker: len(children(w.proc.pid)) >= self.celery_concurrency, 90
+            )
+        time.sleep(2.0)  # consumers connected
         beat = delivery_bench.Proc(
             "beat",
             [BROKER_BIN, "beat", "--schedule", str(self.data_dir / "beat-schedule"),
@@ -187,7 +199,7 @@ class Stack:
         return {name: p.proc.poll() is None for name, p in self.procs.items()}
 
     def stop(self) -> None:
-        for name in ("beat", "worker", "api"):
+        for name in ("beat", "worker-log", "worker", "api"):
             if name in self.procs:
                 self.procs[name].stop()
 
