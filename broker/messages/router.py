@@ -48,7 +48,12 @@ _SUBMIT_DOC = {
             "name": "Idempotency-Key",
             "in": "header",
             "required": False,
-            "schema": {"type": "string", "title": "Idempotency-Key"},
+            # What FastAPI generates for an optional `str | None` header parameter.
+            "schema": {
+                "anyOf": [{"type": "string"}, {"type": "null"}],
+                "description": "must equal the mid",
+                "title": "Idempotency-Key",
+            },
             "description": "must equal the mid",
         }
     ],
