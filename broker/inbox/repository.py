@@ -303,6 +303,54 @@ async def record_ack_async(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class PageRow:
+    """One row of `page_async`: the columns of `page`, under the same names."""
+
+    id: uuid.UUID
+    inbox_seq: int
+    state: str
+    available_at: datetime | None
+    mid: uuid.UUID
+    sender: str
+    kind: str
+    envelope: str
+    receipt: str
+    envelope_sha256: str
+    received_at: datetime
+    leaf_index: int | None
+
+
+async def page_async(conn: Any, agency: str, after: int, limit: int) -> list[PageRow]:
+    """`page` on the async connection."""
+    cur = await conn.execute(
+        "select d.id, d.inbox_seq, d.state, d.available_at, m.mid, m.sender, m.kind,"
+        " m.envelope, m.receipt, m.envelope_sha256, m.received_at, e.leaf_index"
+        " from deliveries as d join messages as m on m.id = d.message_id"
+        " join audit_events as e on e.id = m.event_id"
+        " where d.recipient = %(agency)s and d.inbox_seq > %(after)s"
+        " order by d.inbox_seq limit %(limit)s",
+        {"agency": agency, "after": after, "limit": limit},
+    )
+    return [PageRow(*row) for row in await cur.fetchall()]
+
+
+async def mark_fetched_async(
+    conn: Any, delivery_ids: Sequence[uuid.UUID], now: datetime
+) -> list[uuid.UUID]:
+    """`mark_fetched` on the async connection: rows locked in id order, then updated."""
+    if not delivery_ids:
+        return []
+    cur = await conn.execute(
+        "with locked as (select id from deliveries"
+        " where id = any(%(ids)s) and state = 'available' order by id for update)"
+        " update deliveries as d set state = 'fetched', fetched_at = %(now)s"
+        " from locked where d.id = locked.id and d.state = 'available' returning d.id",
+        {"ids": list(delivery_ids), "now": now},
+    )
+    return [row[0] for row in await cur.fetchall()]
+
+
 # --- gauges (read at scrape time) -----------------------------------------------------------
 
 

@@ -29,18 +29,28 @@ async def poll(
 ) -> Response:
     """Items after the cursor in inbox order; with `wait`, hold the request until one arrives.
 
-    Authentication and the first read share one worker thread and transaction. Only a poll
+    Authentication and the first read share one transaction: on the event loop with an async
+    connection on PostgreSQL, in one worker thread on SQLite (as the submit). Only a poll
     that found nothing and may wait takes one of the agency's long-poll slots (429 when they
     are all held), and holds it while it waits, with no thread nor connection.
     """
     if wait > 0:
         notify.ensure_listener()  # listening before the first read: no wake-up is missed
 
-    def first(session: Session) -> tuple[Caller, service.Polled]:
-        caller = gate.admit(request, session)
-        return caller, service.poll_seen(session, caller, after, limit)
+    if db.async_enabled():
 
-    caller, polled = await run_in_session(first)
+        async def first_async(scope: db.AsyncScope) -> tuple[Caller, service.Polled]:
+            caller = await gate.admit_async(request, scope)
+            return caller, await service.poll_seen_async(scope, caller, after, limit)
+
+        caller, polled = await run_in_transaction(first_async)
+    else:
+
+        def first(session: Session) -> tuple[Caller, service.Polled]:
+            caller = gate.admit(request, session)
+            return caller, service.poll_seen(session, caller, after, limit)
+
+        caller, polled = await run_in_session(first)
     page = polled.page
     if not page.items and wait > 0:
         with ratelimit.long_poll_slot(request, caller):

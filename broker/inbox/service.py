@@ -43,11 +43,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import anyio
+from prometheus_client import Histogram
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 import schemas
-from broker import jobs, metrics
+from broker import db, jobs, metrics
 from broker.audit import service as audit
 from broker.auth.service import Caller
 from broker.crypto import envelope as env
@@ -60,7 +61,7 @@ from broker.inbox import notify, repository
 from broker.inbox.repository import Claimed
 from broker.inbox.schemas import AckOut, InboxItem, InboxPage
 from broker.logging import get_logger
-from broker.messages.repository import add_event_async
+from broker.messages.repository import add_event_async, add_events_async
 from broker.push.models import JOB as PUSH_JOB
 from broker.push.models import TOPIC as PUSH
 from broker.registry import snapshot as registry
@@ -256,19 +257,68 @@ def poll(session: Session, caller: Caller, after: str | None, limit: int) -> Inb
                 "msg.fetched",
                 actor=caller.actor,
                 subject=agency,
-                details={"mid": str(row.mid), "sender": row.sender, "recipient": agency},
+                details=_fetched_details(row, agency),
             )
-            # Observed here, from the database's timestamps, whichever process relayed it.
-            metrics.observe_after_commit(
-                session,
-                metrics.ACCEPTED_TO_AVAILABLE,
-                (row.available_at - row.received_at).total_seconds(),
-            )
-            metrics.observe_after_commit(
-                session, metrics.AVAILABLE_TO_FETCHED, (now - row.available_at).total_seconds()
-            )
+            for histogram, value in _fetch_latencies(row, now):
+                metrics.observe_after_commit(session, histogram, value)
     if fetched:
         jobs.after_commit(session, audit.SEQUENCE_JOB)
+    return _page(rows, start)
+
+
+async def poll_async(scope: AsyncScope, caller: Caller, after: str | None, limit: int) -> InboxPage:
+    """`poll` on the async path (PostgreSQL): the same page, first fetches and events."""
+    agency = caller.agency_id
+    assert agency is not None
+    start = _cursor(after)
+    rows = await repository.page_async(scope.conn, agency, start, min(max(limit, 1), MAX_PAGE))
+    now = utcnow()
+    fetched = set(
+        await repository.mark_fetched_async(
+            scope.conn, [r.id for r in rows if r.state == "available"], now
+        )
+    )
+    if fetched:
+        firsts = [r for r in rows if r.id in fetched]
+        await add_events_async(
+            scope.conn,
+            [
+                {
+                    "id": new_id(),
+                    "kind": "msg.fetched",
+                    "actor": caller.actor,
+                    "subject": agency,
+                    "details": _fetched_details(row, agency),
+                    "created_at": utcnow(),
+                    "leaf_index": None,
+                }
+                for row in firsts
+            ],
+        )
+        observed = [pair for row in firsts for pair in _fetch_latencies(row, now)]
+        scope.after_commit("metric.fetched", lambda: _observe(observed))
+        scope.after_commit(audit.SEQUENCE_JOB, _wake_sequencer)
+    return _page(rows, start)
+
+
+def _fetched_details(row: Any, agency: str) -> dict[str, Any]:
+    return {"mid": str(row.mid), "sender": row.sender, "recipient": agency}
+
+
+def _fetch_latencies(row: Any, now: datetime) -> list[tuple[Histogram, float]]:
+    # Observed at the first fetch, from the database's timestamps, whichever process relayed.
+    return [
+        (metrics.ACCEPTED_TO_AVAILABLE, (row.available_at - row.received_at).total_seconds()),
+        (metrics.AVAILABLE_TO_FETCHED, (now - row.available_at).total_seconds()),
+    ]
+
+
+def _observe(observed: Sequence[tuple[Histogram, float]]) -> None:
+    for histogram, value in observed:
+        histogram.observe(max(value, 0.0))
+
+
+def _page(rows: Sequence[Any], start: int) -> InboxPage:
     items = [
         InboxItem(
             seq=r.inbox_seq,
@@ -294,11 +344,30 @@ def _poll_once(
         return poll(session, caller, after, limit)
 
 
+async def _read(
+    session_factory: SessionFactory, caller: Caller, after: str | None, limit: int
+) -> InboxPage:
+    """One read of the page in its own short transaction (on the event loop on PostgreSQL)."""
+    if db.async_enabled():
+        async with db.transaction() as scope:
+            return await poll_async(scope, caller, after, limit)
+    return await anyio.to_thread.run_sync(_poll_once, session_factory, caller, after, limit)
+
+
 def poll_seen(session: Session, caller: Caller, after: str | None, limit: int) -> Polled:
     """`poll`, with the inbox's wake-up version read before it (for `long_poll`'s `first`)."""
     assert caller.agency_id is not None
     seen = notify.board.version(caller.agency_id)
     return Polled(seen, poll(session, caller, after, limit))
+
+
+async def poll_seen_async(
+    scope: AsyncScope, caller: Caller, after: str | None, limit: int
+) -> Polled:
+    """`poll_seen` on the async path."""
+    assert caller.agency_id is not None
+    seen = notify.board.version(caller.agency_id)
+    return Polled(seen, await poll_async(scope, caller, after, limit))
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,7 +401,7 @@ async def long_poll(
     while True:
         if first is None:
             seen = notify.board.version(agency)
-            page = await anyio.to_thread.run_sync(_poll_once, session_factory, caller, after, limit)
+            page = await _read(session_factory, caller, after, limit)
         else:
             seen, page, first = first.seen, first.page, None
         remaining = deadline - loop.time()

@@ -293,11 +293,22 @@ async def add_accepted_async(
 
 
 async def add_event_async(conn: Any, event: dict[str, Any]) -> None:
-    """Insert one audit event (a refusal's `msg.rejected`)."""
-    await conn.execute(
-        f"INSERT INTO audit_events {_async_values(_events, 'e_', tuple(event))}",
-        _async_params("e_", event),
-    )
+    """Insert one audit event (a refusal's `msg.rejected`, an acknowledgement's `msg.acked`)."""
+    await add_events_async(conn, [event])
+
+
+async def add_events_async(conn: Any, events: Sequence[dict[str, Any]]) -> None:
+    """Insert audit events with the same columns in one statement (a page's `msg.fetched`)."""
+    if not events:
+        return
+    columns = tuple(events[0])
+    names = ", ".join(_events.c[c].name for c in columns)
+    rows, params = [], {}
+    for i, event in enumerate(events):
+        params.update(_async_params(f"e{i}_", event))
+        rows.append("(" + ", ".join(f"%(e{i}_{c})s" for c in columns) + ")")
+    # Names from the table metadata, never from a request.
+    await conn.execute(f"INSERT INTO audit_events ({names}) VALUES {', '.join(rows)}", params)  # noqa: S608
 
 
 def deliveries_of(session: Session, message_id: uuid.UUID) -> Sequence[Delivery]:
