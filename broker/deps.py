@@ -49,7 +49,10 @@ class RoleGate:
 
 
 class InThreadRoleGate(RoleGate):
-    """A RoleGate for a route that does all its blocking work in one worker thread (submit).
+    """A RoleGate that the route calls itself, inside its one transaction (submit, poll, ack).
+
+    On PostgreSQL those routes run on the event loop (`admit_async`, `run_in_transaction`);
+    on SQLite in one worker thread (`admit`, `run_in_session`).
 
     Every sync dependency is a threadpool hop: SessionDep's enter and exit, RoleGate and a
     `def` route make four per request, and under load the hand-offs cost more CPU than the

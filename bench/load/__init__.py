@@ -9,8 +9,10 @@
 
 Every run starts the production profile itself (`stack.py`): its own PostgreSQL database
 (`--db`, dropped and migrated; the demo world with MEKONG-DRAGON widened to 27 parties, keys
-and tokens for every actor), Redis db 12 (flushed), `broker serve --workers 2` (uvicorn),
-`broker worker --concurrency 2` and `broker beat`, as docker-compose runs them. The submit rate
+and tokens for every actor), Redis db 12 (flushed), `broker serve --workers 2` (uvicorn), a
+delivery worker (`broker worker --concurrency 1 --queues delivery`), a log worker (`--queues
+celery`) and `broker beat`, as docker-compose runs them (`--layout shared`: one worker for
+both queues). The submit rate
 limits are raised (counted in Redis on every request, never refusing); the long-poll cap is the
 product's (64 waiting polls per API process; `--longpoll-total N` sets another).
 
