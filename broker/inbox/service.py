@@ -392,7 +392,8 @@ async def long_poll(
     The wait is on the inbox's wake-up (Redis pub/sub, or in-process), never a database loop,
     and holds no thread. The version is read before each database read, so a delivery that
     commits between the read and the wait ends the wait at once. `first`: the caller's own
-    first read (`poll_seen`, in the thread that authenticated it).
+    first read (`poll_seen` or `poll_seen_async`, in the transaction that authenticated it);
+    later reads take their own short transaction (`_read`).
     """
     agency = caller.agency_id
     assert agency is not None
