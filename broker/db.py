@@ -194,14 +194,23 @@ class _AsyncPool:
 
         await self._slots.acquire()
         try:
-            if self._idle:
-                return self._idle.pop()
+            while self._idle:
+                conn = self._idle.pop()
+                if _alive(conn):
+                    return conn
+                await conn.close()  # the server ended it (a restart): never hand it out
             return await psycopg.AsyncConnection.connect(
                 self.conninfo, options="-c synchronous_commit=on -c timezone=UTC"
             )
         except BaseException:
             self._slots.release()
             raise
+
+    async def discard_idle(self) -> None:
+        """Close every idle connection (after a connection failed: the server may be new)."""
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await conn.close()
 
     async def release(self, conn: Any) -> None:
         from psycopg.pq import TransactionStatus
@@ -218,6 +227,24 @@ class _AsyncPool:
         idle, self._idle = self._idle, []
         for conn in idle:
             await conn.close()
+
+
+def _alive(conn: Any) -> bool:
+    """Whether an idle connection is still open, without a round trip.
+
+    An idle connection has nothing to read (the broker never LISTENs): if its socket is
+    readable, the server sent an error or closed it, as PostgreSQL does to every backend when it
+    shuts down. This is the async pool's pre-ping, at the cost of one `select` call.
+    """
+    import select
+
+    if conn.closed:
+        return False
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return not readable
 
 
 _pools: dict[int, tuple[Any, _AsyncPool]] = {}
@@ -285,6 +312,7 @@ async def transaction() -> AsyncIterator[AsyncScope]:
             raise
     # The errors the sync path's handlers answer (503, 400), as SQLAlchemy would wrap them.
     except psycopg.OperationalError as exc:
+        await pool.discard_idle()  # as SQLAlchemy invalidates its pool on a disconnect
         raise sa_exc.OperationalError(None, None, exc) from exc
     except psycopg.DataError as exc:
         raise sa_exc.DataError(None, None, exc) from exc

@@ -1,0 +1,74 @@
+"""The async connection pool of the PostgreSQL hot paths (submit, poll, ack) survives a restart.
+
+PostgreSQL ends every backend when it restarts. The sync engine pings on checkout; the async
+pool instead looks at an idle connection's socket (no round trip): a connection the server has
+closed is readable, and is replaced instead of failing the next request with 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import psycopg
+import pytest
+from sqlalchemy import exc as sa_exc
+
+from broker import db
+
+pytestmark = pytest.mark.postgres
+
+
+def _terminate(pids: list[int]) -> None:
+    """What a restart does to the pool's backends: ends them from the server side."""
+    url = db.engine().url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(url, autocommit=True) as admin:
+        for pid in pids:
+            admin.execute("select pg_terminate_backend(%s)", (pid,))
+
+
+async def _backend_pid() -> int:
+    async with db.transaction() as scope:
+        cur = await scope.conn.execute("select pg_backend_pid()")
+        row = await cur.fetchone()
+        return int(row[0])
+
+
+def test_a_connection_the_server_ended_is_replaced_not_used(backend: str) -> None:
+    assert backend == "postgresql"
+
+    async def scenario() -> tuple[int, int]:
+        first = await _backend_pid()  # now idle in the pool
+        await asyncio.to_thread(_terminate, [first])
+        await asyncio.sleep(0.2)  # the server's goodbye reaches the socket
+        second = await _backend_pid()  # would raise OperationalError (503) on the dead one
+        await db.close_async_pool()
+        return first, second
+
+    first, second = asyncio.run(scenario())
+    assert first != second
+
+
+def test_a_failed_connection_empties_the_idle_pool(backend: str) -> None:
+    """When a connection fails anyway (the check saw nothing yet), the idle ones go too."""
+    assert backend == "postgresql"
+
+    async def scenario() -> tuple[int, int, int]:
+        async def hold() -> int:
+            async with db.transaction() as scope:
+                cur = await scope.conn.execute("select pg_backend_pid()")
+                row = await cur.fetchone()
+                await asyncio.sleep(0.1)  # both open at once: two connections in the pool
+                return int(row[0])
+
+        pids = await asyncio.gather(hold(), hold())
+        pool = db._pool()
+        assert len(pool._idle) == 2
+        with pytest.raises(sa_exc.OperationalError):
+            async with db.transaction() as scope:
+                await scope.conn.execute("select pg_terminate_backend(pg_backend_pid())")
+        idle_after = len(pool._idle)
+        await db.close_async_pool()
+        return pids[0], pids[1], idle_after
+
+    *_, idle_after = asyncio.run(scenario())
+    assert idle_after == 0
