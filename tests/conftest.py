@@ -129,11 +129,15 @@ def backend(
         log_json=True,
     )
     db.reset_engine()
-    migrations_check.upgrade()
+    # Session and module fixtures run outside their tests' hold on the server lock: take it
+    # (shared) here too, so that no drill restarts PostgreSQL in the middle.
+    with server_lock(exclusive=False):
+        migrations_check.upgrade()
     yield request.param
     db.reset_engine()
     if request.param == "postgresql":
-        _postgres_admin(f'DROP DATABASE IF EXISTS "{_postgres_db_name()}" WITH (FORCE)')
+        with server_lock(exclusive=False):
+            _postgres_admin(f'DROP DATABASE IF EXISTS "{_postgres_db_name()}" WITH (FORCE)')
 
 
 @pytest.fixture

@@ -35,6 +35,7 @@ from broker import db, keyring
 from broker.config import settings
 from broker.faults import POINTS
 from broker.invariants import service as checker
+from tests.conftest import server_lock
 from tests.drills.stack import Api, DrillStack, Sender
 from tests.hostile.conftest import arm, wipe
 from tests.inbox.conftest import MEKONG, mekong
@@ -68,29 +69,37 @@ class Drills:
 def drills(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Drills]:
     if backend != "postgresql":
         pytest.skip("the production profile runs on PostgreSQL")
-    wipe()
-    keyring.load_or_create()  # before any process could race to create the broker's keys
-    ex = arm(None)
-    with_redis(lambda: redis.Redis.from_url(REDIS_URL).flushdb())
-    cfg = settings()
-    stack = DrillStack(
-        database_url=cfg.sqlalchemy_url,
-        redis_url=REDIS_URL,
-        data_dir=tmp_path_factory.mktemp("drills"),
-        keys_dir=cfg.broker_keys_dir.resolve(),
-    )
-    stack.new_drill("setup")
+    # A module fixture runs outside its tests' hold on the server lock: take it here, or a
+    # drill in another process could restart PostgreSQL in the middle of this set-up.
+    with server_lock(exclusive=False):
+        wipe()
+        keyring.load_or_create()  # before any process could race to create the broker's keys
+        ex = arm(None)
+        with_redis(lambda: redis.Redis.from_url(REDIS_URL).flushdb())
+        cfg = settings()
+        stack = DrillStack(
+            database_url=cfg.sqlalchemy_url,
+            redis_url=REDIS_URL,
+            data_dir=tmp_path_factory.mktemp("drills"),
+            keys_dir=cfg.broker_keys_dir.resolve(),
+        )
+        stack.new_drill("setup")
+        try:
+            a, b = stack.api("a"), stack.api("b")
+            stack.beat()
+            stack.drill_worker()
+            sender = Sender(ex, [a, b])
+        except BaseException:
+            stack.close()
+            raise
     try:
-        a, b = stack.api("a"), stack.api("b")
-        stack.beat()
-        stack.drill_worker()
-        sender = Sender(ex, [a, b])
         yield Drills(stack, sender, a, b)
         sender.http.close()
     finally:
-        stack.close()
-        with_redis(lambda: None)  # whatever a drill did, leave Redis running for everyone
-        wipe()
+        with server_lock(exclusive=False):
+            stack.close()
+            with_redis(lambda: None)  # whatever a drill did, leave Redis running for everyone
+            wipe()
 
 
 def with_redis(fn: Callable[[], object]) -> None:

@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import delete, text
 
 from broker import db
+from tests.conftest import server_lock
 from tests.messages.conftest import Exchange, register_world_keys
 from tests.messages.conftest import exchange as exchange  # the same fixture, here too
 
@@ -58,10 +59,15 @@ def armed(app: Any, backend: str) -> Iterator[Exchange]:
     """One world with keys and a client for the whole module (per backend)."""
     from fastapi.testclient import TestClient
 
-    wipe()
+    # Outside its tests' hold on the server lock (a module fixture): a drill elsewhere must not
+    # restart PostgreSQL while the world is loaded or wiped.
     with TestClient(app, raise_server_exceptions=False) as client:
-        yield arm(client)
-    wipe()
+        with server_lock(exclusive=False):
+            wipe()
+            armed = arm(client)
+        yield armed
+    with server_lock(exclusive=False):
+        wipe()
 
 
 def count(sql: str, **params: Any) -> int:
