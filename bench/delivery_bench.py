@@ -57,6 +57,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import submit_bench  # noqa: E402
 from broker.crypto import envelope as env  # noqa: E402
 from broker.crypto.keys import EncryptionKey, SigningKey  # noqa: E402
 
@@ -76,16 +77,8 @@ RECIPIENT_KEY = EncryptionKey.from_seed(_seed("enc", RECIPIENT))
 # --- setup ----------------------------------------------------------------------------------
 
 
-def admin_url(db: str) -> str:
-    return f"postgresql://postgres@127.0.0.1:5432/{db}"
-
-
-def create_database(name: str) -> None:
-    import psycopg
-
-    with psycopg.connect(admin_url("postgres"), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
+admin_url = submit_bench.admin_url
+create_database = submit_bench.create_database
 
 
 def setup_broker(db: str, redis_url: str, data_dir: Path) -> dict[str, str]:
@@ -548,20 +541,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     timed = envelopes(args.messages)
     extra = envelopes(max(args.fill - args.messages, 0))
 
-    base_env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
-    env = {
-        **base_env,
-        "BROKER_PROFILE": "production",
-        "BROKER_ENVIRONMENT": "development",
-        "BROKER_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{args.db}",
-        "BROKER_REDIS_URL": redis_url,
-        "BROKER_DATA_DIR": str(data_dir),
-        "BROKER_KEYS_DIR": str(data_dir / "keys"),
-        "BROKER_LOG_LEVEL": "WARNING",
-        "BROKER_RATE_SUBMIT_PER_MINUTE": "10000000",
-        "BROKER_RATE_DEFAULT_PER_MINUTE": "10000000",
-        "PYTHONPATH": str(ROOT),
-    }
+    env = submit_bench.broker_env(args.db, redis_url, data_dir)
     procs: list[Proc] = []
     results: dict[str, Any] = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -625,6 +605,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         n = copy_pages(args.db)
         plumb_port = free_port()
+        base_env = {k: v for k, v in env.items() if not k.startswith("BROKER_")}
         plumb_env = {**base_env, "BENCH_PLUMB_DB": f"postgres@127.0.0.1:5432/{args.db}"}
         procs.append(uvicorn("plumbing", ["bench.inbox_plumbing_app:app"], plumb_port, plumb_env))
         afters = list(range(0, max(n - 100, 1), 100))

@@ -104,8 +104,8 @@ def create_database(name: str) -> None:
         conn.execute(f'CREATE DATABASE "{name}"')
 
 
-def setup_broker(db: str, redis_url: str, data_dir: Path) -> World:
-    """Migrate, load the world, widen the frame by one party, register keys, issue tokens."""
+def configure_broker(db: str, redis_url: str, data_dir: Path) -> None:
+    """Point this process's broker settings at the benchmark's database, Redis and folder."""
     from broker import config
     from broker import db as broker_db
 
@@ -118,6 +118,32 @@ def setup_broker(db: str, redis_url: str, data_dir: Path) -> World:
         log_level="WARNING",
     )
     broker_db.reset_engine()
+
+
+def broker_env(db: str, redis_url: str, data_dir: Path) -> dict[str, str]:
+    """The environment of a broker process the benchmarks start (API, Celery worker, beat)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
+    return {
+        **base,
+        "BROKER_PROFILE": "production",
+        "BROKER_ENVIRONMENT": "development",  # no secrets files needed on a bench box
+        "BROKER_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{db}",
+        "BROKER_REDIS_URL": redis_url,
+        "BROKER_DATA_DIR": str(data_dir),
+        "BROKER_KEYS_DIR": str(data_dir / "keys"),
+        "BROKER_LOG_LEVEL": "WARNING",
+        # Counted in Redis on every request as in production, never refusing here.
+        "BROKER_RATE_SUBMIT_PER_MINUTE": "10000000",
+        "BROKER_RATE_DEFAULT_PER_MINUTE": "10000000",
+        "PYTHONPATH": str(ROOT),
+    }
+
+
+def setup_broker(db: str, redis_url: str, data_dir: Path) -> World:
+    """Migrate, load the world, widen the frame by one party, register keys, issue tokens."""
+    from broker import db as broker_db
+
+    configure_broker(db, redis_url, data_dir)
     from broker import keyring, migrations_check
     from broker import world as world_mod
     from broker.agencies import service as agencies
@@ -230,14 +256,21 @@ def _body() -> dict[str, Any]:
     return body
 
 
-def _request(port: int, token: str, mid: str, envelope: str) -> bytes:
-    payload = json.dumps({"envelope": envelope}, separators=(",", ":")).encode()
+def post_request(port: int, path: str, token: str, body: dict[str, Any], extra: str = "") -> bytes:
+    """A pre-encoded HTTP/1.1 POST of `body` as JSON (`extra`: more header lines, CRLF-ended)."""
+    payload = json.dumps(body, separators=(",", ":")).encode()
     head = (
-        f"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-        f"Authorization: Bearer {token}\r\nIdempotency-Key: {mid}\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Authorization: Bearer {token}\r\n{extra}"
         f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
     )
     return head.encode("ascii") + payload
+
+
+def _request(port: int, token: str, mid: str, envelope: str) -> bytes:
+    return post_request(
+        port, "/v1/messages", token, {"envelope": envelope}, f"Idempotency-Key: {mid}\r\n"
+    )
 
 
 def build_batch(
@@ -673,22 +706,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     broker_port, plumb_port = _free_port(), _free_port()
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
-    broker_env = {
-        **base_env,
-        "BROKER_PROFILE": "production",
-        "BROKER_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{args.db}",
-        "BROKER_REDIS_URL": redis_url,
-        "BROKER_DATA_DIR": str(data_dir),
-        "BROKER_KEYS_DIR": str(data_dir / "keys"),
-        "BROKER_LOG_LEVEL": "WARNING",
-        # Counted in Redis on every submit as in production, never refusing here.
-        "BROKER_RATE_SUBMIT_PER_MINUTE": "10000000",
-        "BROKER_RATE_DEFAULT_PER_MINUTE": "10000000",
-    }
+    server_env = broker_env(args.db, redis_url, data_dir)
     from broker.config import settings
 
     pool_size = args.pool_size or settings().db_pool_size
-    broker_env["BROKER_DB_POOL_SIZE"] = str(pool_size)
+    server_env["BROKER_DB_POOL_SIZE"] = str(pool_size)
     plumb_env = {
         **base_env,
         "BENCH_PLUMB_DB": f"postgres@127.0.0.1:5432/{args.db}",
@@ -749,7 +771,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.only in ("all", "submit"):
                 # Started per repeat, after the plumbing server stopped: each holds its pool.
                 broker = Server(
-                    "broker", ["broker.main:create_app", "--factory"], broker_port, broker_env
+                    "broker", ["broker.main:create_app", "--factory"], broker_port, server_env
                 )
                 servers[:] = [broker]
                 broker.wait_ready("/health/live")

@@ -40,18 +40,9 @@ def setup(db: str, redis_url: str, data_dir: Path) -> Actors:
     """Fresh database, the demo world widened to 27 parties, keys and tokens for every actor."""
     submit_bench.create_database(db)
     world = submit_bench.setup_broker(db, redis_url, data_dir)
-    from broker import config
     from broker import db as broker_db
 
-    config.configure(
-        database_url=f"postgresql+psycopg://postgres@127.0.0.1:5432/{db}",
-        profile="production",
-        redis_url=redis_url,
-        data_dir=data_dir,
-        keys_dir=data_dir / "keys",
-        log_level="WARNING",
-    )
-    broker_db.reset_engine()
+    submit_bench.configure_broker(db, redis_url, data_dir)
     from broker.auth import service as auth
     from broker.directory import service as directory
     from broker.directory.schemas import KeyIn
@@ -77,23 +68,10 @@ def setup(db: str, redis_url: str, data_dir: Path) -> Actors:
 def broker_env(
     db: str, redis_url: str, data_dir: Path, longpoll_total: int | None = None
 ) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
-    extra = {"BROKER_LONGPOLL_TOTAL": str(longpoll_total)} if longpoll_total else {}
-    return {
-        **extra,
-        **base,
-        "BROKER_PROFILE": "production",
-        "BROKER_ENVIRONMENT": "development",  # no secrets files needed on a bench box
-        "BROKER_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{db}",
-        "BROKER_REDIS_URL": redis_url,
-        "BROKER_DATA_DIR": str(data_dir),
-        "BROKER_KEYS_DIR": str(data_dir / "keys"),
-        "BROKER_LOG_LEVEL": "WARNING",
-        # Counted in Redis on every request as in production, never refusing here.
-        "BROKER_RATE_SUBMIT_PER_MINUTE": "10000000",
-        "BROKER_RATE_DEFAULT_PER_MINUTE": "10000000",
-        "PYTHONPATH": str(ROOT),
-    }
+    env = submit_bench.broker_env(db, redis_url, data_dir)
+    if longpoll_total:
+        env["BROKER_LONGPOLL_TOTAL"] = str(longpoll_total)
+    return env
 
 
 def children(pid: int) -> list[int]:

@@ -102,13 +102,7 @@ def schedule(segments: Sequence[tuple[float, float]]) -> list[float]:
 
 
 def _ack_request(port: int, token: str, mid: str, jws: str) -> bytes:
-    payload = json.dumps({"ack": jws}, separators=(",", ":")).encode()
-    head = (
-        f"POST /v1/inbox/{mid}/ack HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-        f"Authorization: Bearer {token}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
-    )
-    return head.encode("ascii") + payload
+    return submit_bench.post_request(port, f"/v1/inbox/{mid}/ack", token, {"ack": jws})
 
 
 @functools.lru_cache(maxsize=64)
