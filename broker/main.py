@@ -12,7 +12,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from prometheus_fastapi_instrumentator import Instrumentator
 from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -187,7 +186,4 @@ def create_app() -> FastAPI:
             swagger_favicon_url="/static/swagger/favicon.png",
         )
 
-    Instrumentator(excluded_handlers=["/metrics", "/health/.*"]).instrument(app).expose(
-        app, include_in_schema=False
-    )
     return app

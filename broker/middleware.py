@@ -1,4 +1,5 @@
-"""Pure ASGI middleware: request id, access log, body size limit and read deadline, no-store."""
+"""Pure ASGI middleware: request id, access log, HTTP metrics, body size limit and read deadline,
+no-store."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from broker import metrics
 from broker.errors import BrokerError, PayloadTooLarge, RequestTimeout
 from broker.ids import new_id
 from broker.logging import get_logger, request_id_var
@@ -22,7 +24,7 @@ _SAFE_RID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 
 
 class RequestContext:
-    """Give every request an id, refuse oversized bodies early, and log one line per request."""
+    """Give every request an id, refuse oversized bodies early, log and count every request."""
 
     def __init__(self, app: ASGIApp, *, max_body: int, read_timeout_s: float = 30.0) -> None:
         self.app = app
@@ -41,13 +43,15 @@ class RequestContext:
         started = time.perf_counter()
         status = 500
         path: str = scope["path"]
+        root_path: str = scope.get("root_path", "")
+        received = sent = 0
         # Set when the body broke a limit: whatever the app answers after that (FastAPI turns
         # an error while reading the body into a 400) is dropped and replaced by 413 or 408.
         refused: type[BrokerError] | None = None
         response_started = False
 
         async def send_wrapped(message: Message) -> None:
-            nonlocal status, response_started
+            nonlocal status, response_started, sent
             if refused is not None and not response_started:
                 return
             if message["type"] == "http.response.start":
@@ -57,6 +61,8 @@ class RequestContext:
                 if path.startswith("/v1/"):
                     extra.append((b"cache-control", b"no-store"))
                 message["headers"] = [*message.get("headers", []), *extra]
+            elif message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
             await send(message)
 
         try:
@@ -64,7 +70,6 @@ class RequestContext:
             if length is not None and length.isdigit() and int(length) > self.max_body:
                 await self._refuse(scope, send_wrapped, rid, PayloadTooLarge)
                 return
-            received = 0
             body_done = False
             deadline = asyncio.get_running_loop().time() + self.read_timeout_s
 
@@ -97,6 +102,8 @@ class RequestContext:
                 refused = None
                 await self._refuse(scope, send_wrapped, rid, error)
         finally:
+            elapsed = time.perf_counter() - started
+            metrics.observe_request(scope, root_path, status, elapsed, (received, sent))
             state: dict[str, Any] = scope.get("state", {})
             # structlog runs its processors before the stdlib level check: skip them all
             # when INFO is off (the benchmark's and many deployments' WARNING).
@@ -106,7 +113,7 @@ class RequestContext:
                     method=scope["method"],
                     path=path,
                     status=status,
-                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                    duration_ms=round(elapsed * 1000, 2),
                     principal=state.get("principal"),
                 )
             request_id_var.reset(token)

@@ -1,13 +1,15 @@
-"""Liveness and readiness probes for operators."""
+"""Liveness and readiness probes and the Prometheus metrics, for operators."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from broker.health import service
 
 router = APIRouter(prefix="/health", tags=["health"])
+public = APIRouter(tags=["health"])
 
 
 @router.get("/live")
@@ -24,3 +26,12 @@ def ready() -> JSONResponse:
     return JSONResponse(
         {"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503
     )
+
+
+@public.get("/metrics", include_in_schema=False)
+def metrics() -> Response:
+    """Prometheus exposition of this process's metrics.
+
+    A `def` route: the delivery gauges read the database (cached a few seconds).
+    """
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -114,10 +114,51 @@ def test_openapi_has_an_example_for_every_request_body(client: Any) -> None:
     assert missing == []
 
 
-def test_metrics_are_exposed(client: Any) -> None:
+def _sample(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in a Prometheus exposition (0 when absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+def test_metrics_count_requests_by_route_template(client: Any, world: Any, token_for: Any) -> None:
+    headers = bearer(token_for("agency", agency_id="HK-CED"))
+    mid = "0b7e5f0c-1d2e-4c3b-9a8f-000000000001"
+    template = "/v1/messages/{mid}"
+    before = client.get("/metrics")
+    assert before.headers["content-type"].startswith("text/plain")
+    client.get(f"/v1/messages/{mid}", headers=headers)  # unknown message: 404
     client.get("/health/live")
-    text = client.get("/metrics").text
-    assert "http_requests_total" in text or "http_request_duration" in text
+    client.get("/v1/nothing-here")
+    after = client.get("/metrics").text
+
+    def delta(name: str, **labels: str) -> float:
+        return _sample(after, name, **labels) - _sample(before.text, name, **labels)
+
+    # The template, not the path: one series per route however many message ids there are.
+    assert delta("http_requests_total", method="GET", status="4xx", handler=template) == 1
+    assert _sample(after, "http_requests_total", handler=f"/v1/messages/{mid}") == 0
+    assert delta("http_request_duration_seconds_count", method="GET", handler=template) == 1
+    assert delta("http_response_size_bytes_count", handler=template) == 1
+    assert delta("http_response_size_bytes_sum", handler=template) > 0
+    # No route matched: one series for all of them; probes and scrapes are not counted.
+    assert delta("http_requests_total", method="GET", status="4xx", handler="none") == 1
+    assert _sample(after, "http_requests_total", handler="/health/live") == 0
+    assert _sample(after, "http_requests_total", handler="/metrics") == 0
+    # The delivery gauges are on the same page.
+    assert "broker_delivery_metrics_up" in after
+
+
+def test_metrics_name_a_mount_by_its_path(client: Any) -> None:
+    before = client.get("/metrics").text
+    assert client.get("/static/swagger/LICENSE").status_code == 200
+    after = client.get("/metrics").text
+    count = _sample(after, "http_requests_total", method="GET", status="2xx", handler="/static")
+    assert count - _sample(before, "http_requests_total", handler="/static") == 1
 
 
 def test_logs_never_contain_tokens(
