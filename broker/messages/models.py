@@ -52,7 +52,11 @@ class Message(Base):
     __table_args__ = (
         UniqueConstraint("sender", "mid", name="uq_messages_sender_mid"),
         CheckConstraint("kind in ('alert', 'feedback')", name="kind"),
-        Index("ix_messages_in_reply_to", "in_reply_to"),
+        # Feedback names its alert by mid alone (`received_alerts_async`).
+        Index("ix_messages_mid", "mid"),
+        # PostgreSQL: a row with an envelope of up to ~7 KB stays in the table, uncompressed:
+        # ciphertext does not compress, and TOAST would try, then write a second table.
+        {"postgresql_with": {"toast_tuple_target": "8160"}},
     )
 
 
