@@ -12,12 +12,13 @@ What it does, all in one run (acceptance of the "Submission and agreement scope"
    --no-access-log --log-level warning`, BROKER_PROFILE=production, Redis db `--redis-db`,
    submit rate limit raised so that it counts but never refuses) and, next to it, the
    plumbing app (`bench/plumbing_app.py`: one INSERT+COMMIT per request on the same database,
-   sync psycopg in the threadpool and async asyncpg).
+   sync psycopg in the threadpool and async asyncpg; and the floor, a submit's database work
+   with nothing else: its statements and rows, on copies of the broker's tables).
 3. Pre-builds the signed, encrypted envelopes (4 KB bodies; 2 or 26 recipients; senders
    spread over the members' focal points) in worker processes before each timed phase, so
    client-side crypto does not compete with the broker for the 2 cores while it is measured.
 4. Per repeat: the generator's own ceiling (GET /ping), the plumbing ceiling (sync and
-   async), then for 2 and 26 recipients a closed loop at fixed concurrency (max accepted/s)
+   async), the floor, then for 2 and 26 recipients a closed loop at fixed concurrency (max accepted/s)
    and an open loop at half that rate, scheduled by wall clock (latency is measured from the
    scheduled send time, so a slow server cannot hide its queueing: no coordinated omission).
 5. Checks that every submit answered 201 and that the number of message rows equals the
@@ -212,11 +213,19 @@ def setup_broker(db: str, redis_url: str, data_dir: Path) -> World:
     return World(parties=parties, senders=senders)
 
 
+FLOOR_TABLES = ("messages", "deliveries", "audit_events", "outbox")
+
+
 def create_plain_table(db: str) -> None:
+    """The plumbing's table, and the floor's copies of the submit's tables (after migration)."""
     import psycopg
 
     with psycopg.connect(admin_url(db), autocommit=True) as conn:
         conn.execute("create table if not exists bench_plain (id bigserial primary key, body text)")
+        for table in FLOOR_TABLES:  # same columns, defaults, indexes and checks; no FKs
+            conn.execute(f"drop table if exists floor_{table}")
+            conn.execute(f"create table floor_{table} (like {table} including all)")
+        conn.execute("alter table floor_messages set (toast_tuple_target = 8160)")
 
 
 def sessions_opened(db: str) -> int:
@@ -757,15 +766,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 _ping_requests(plumb_port, args.n_plain * 2),
                                 args.concurrency,
                             )
-                        name = f"insert_{driver}"
-                        reqs = _plain_requests(plumb_port, f"/{name}", template, args.n_plain)
-                        drive(
-                            plumb_port,
-                            reqs[: args.warmup],
-                            plumb.pids,
-                            concurrency=args.concurrency,
+                        # asyncpg's server also measures the floor (see plumbing_app.py).
+                        names = [f"insert_{driver}"] + (
+                            ["floor_async"] if driver == "async" else []
                         )
-                        run[name] = _phase(name, plumb, reqs, args.concurrency)
+                        for name in names:
+                            reqs = _plain_requests(plumb_port, f"/{name}", template, args.n_plain)
+                            drive(
+                                plumb_port,
+                                reqs[: args.warmup],
+                                plumb.pids,
+                                concurrency=args.concurrency,
+                            )
+                            run[name] = _phase(name, plumb, reqs, args.concurrency)
                     finally:
                         plumb.stop()
             if args.only in ("all", "submit"):
@@ -894,6 +907,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "insert_async_per_s": med(lambda r: r["insert_async"]["ok_per_s"]),
         "insert_sync_p50_ms": med(lambda r: r["insert_sync"]["p50_ms"]),
         "insert_async_p50_ms": med(lambda r: r["insert_async"]["p50_ms"]),
+        "floor_per_s": med(lambda r: r["floor_async"]["ok_per_s"]),
     }
     for n in (2, 26):
         k = f"submit{n}"
@@ -909,6 +923,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     phases = {
         "insert_sync": lambda r: r["insert_sync"],
         "insert_async": lambda r: r["insert_async"],
+        "floor_async": lambda r: r["floor_async"],
         "submit2": lambda r: r["submit2"]["closed"],
         "submit26": lambda r: r["submit26"]["closed"],
     }
@@ -929,6 +944,13 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         lambda r: max(r["insert_sync"]["ok_per_s"], r["insert_async"]["ok_per_s"])
     )
     s["submit2_of_ceiling"] = med(ratio)
+    # The submit's database work alone, as a share of the same ceiling: no submit can do better.
+    s["floor_of_ceiling"] = med(
+        lambda r: (
+            r["floor_async"]["ok_per_s"]
+            / max(r["insert_sync"]["ok_per_s"], r["insert_async"]["ok_per_s"])
+        )
+    )
     s["cost26_over_cost2"] = med(
         lambda r: r["submit2"]["closed"]["ok_per_s"] / r["submit26"]["closed"]["ok_per_s"]
     )
@@ -975,6 +997,11 @@ def print_table(results: dict[str, Any]) -> None:
             lambda r: r["insert_async"]["ok_per_s"],
         ),
         (
+            "floor: a submit's DB work only, asyncpg (req/s)",
+            s["floor_per_s"],
+            lambda r: r["floor_async"]["ok_per_s"],
+        ),
+        (
             "submit, 2 recipients (accepted/s)",
             s["submit2_per_s"],
             lambda r: r["submit2"]["closed"]["ok_per_s"],
@@ -1013,6 +1040,10 @@ def print_table(results: dict[str, Any]) -> None:
     print(
         f"{'2-recipient accepted/s of the ceiling':44} {fmt(s['submit2_of_ceiling'], '.0%'):>10}"
         "  (target >= 60%)"
+    )
+    print(
+        f"{'floor (DB work of a submit) of the ceiling':44} {fmt(s['floor_of_ceiling'], '.0%'):>10}"
+        "  (no submit on this schema and driver can do better)"
     )
     print(
         f"{'26-recipient cost / 2-recipient cost':44} {fmt(s['cost26_over_cost2'], '.2f'):>10}"
