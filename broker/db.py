@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import functools
+import json
+import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
@@ -150,19 +155,134 @@ def get_session() -> Iterator[Session]:
         yield session
 
 
-# --- the async submit path (PostgreSQL) -----------------------------------------------------
+# --- the async hot paths (PostgreSQL) -------------------------------------------------------
 #
-# `POST /v1/messages` runs on the event loop with psycopg's async connection instead of a
-# worker thread with a Session: under load the thread hand-offs and GIL waits cost more than
-# the submit itself (docs/performance.md). `transaction()` below is that path's one place
-# that commits or rolls back, as `session_scope` is for everything else. The statements are
-# plain SQL in the repositories; the rules are the same functions as the sync path's.
+# `POST /v1/messages`, the inbox poll and the acknowledgement run on the event loop with an
+# asyncpg connection instead of a worker thread with a Session: under load the thread
+# hand-offs and GIL waits cost more than the submit itself, and asyncpg costs about half of
+# psycopg's async client CPU per statement under uvloop (docs/performance.md). `transaction()`
+# below is these paths' one place that commits or rolls back, as `session_scope` is for
+# everything else. The statements are plain SQL in the repositories, written with psycopg's
+# named placeholders (`%(name)s`); the rules are the same functions as the sync path's.
+
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s|%%")
+
+
+@functools.lru_cache(maxsize=256)
+def _positional(sql: str) -> tuple[str, tuple[str, ...]]:
+    """`%(name)s` placeholders as asyncpg's `$n` (a name used twice is one parameter)."""
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name is None:
+            return "%"
+        if name not in names:
+            names.append(name)
+        return f"${names.index(name) + 1}"
+
+    return _PLACEHOLDER.sub(number, sql), tuple(names)
+
+
+def _sa_error(exc: BaseException) -> Exception:
+    """An asyncpg failure as the SQLAlchemy error the sync path would raise (and the handlers
+    answer: 503 for a lost or refused connection, 400 for bad data, 409/422 for integrity)."""
+    import asyncpg
+    from sqlalchemy import exc as sa_exc
+
+    if isinstance(exc, asyncpg.PostgresError):
+        state = str(getattr(exc, "sqlstate", "") or "")
+        if state.startswith("23"):
+            return sa_exc.IntegrityError(None, None, exc)
+        if state.startswith("22"):
+            return sa_exc.DataError(None, None, exc)
+        if state[:2] in ("08", "53", "57", "58"):
+            return sa_exc.OperationalError(None, None, exc)
+        return sa_exc.DBAPIError(None, None, exc)
+    if isinstance(exc, (OSError, asyncpg.InterfaceError)):  # gone, refused, closed
+        return sa_exc.OperationalError(None, None, exc)
+    return sa_exc.DBAPIError(None, None, exc)
+
+
+def _driver_errors() -> tuple[type[BaseException], ...]:
+    import asyncpg
+
+    return (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+
+
+class Rows:
+    """The rows of one statement, read as from a psycopg cursor."""
+
+    __slots__ = ("_rows",)
+
+    def __init__(self, rows: list[Any]) -> None:
+        self._rows = rows
+
+    async def fetchone(self) -> Any:
+        return self._rows[0] if self._rows else None
+
+    async def fetchall(self) -> list[Any]:
+        return self._rows
+
+
+class AsyncConn:
+    """An asyncpg connection with the small psycopg-like surface the repositories use.
+
+    A transaction begins with the first statement after a commit or a rollback, as in
+    psycopg's default mode. Driver errors come out as SQLAlchemy's (`_sa_error`), so that the
+    repositories and handlers never see the driver.
+    """
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self._in_transaction = False
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.raw.is_closed())
+
+    @property
+    def idle(self) -> bool:
+        """Open and outside any transaction: fit to go back to the pool."""
+        return not self.raw.is_closed() and not self.raw.is_in_transaction()
+
+    async def execute(self, sql: str, params: dict[str, Any] | None = None) -> Rows:
+        text, names = _positional(sql)
+        args = [params[name] for name in names] if params else []
+        try:
+            if not self._in_transaction:
+                await self.raw.execute("BEGIN")
+                self._in_transaction = True
+            return Rows(await self.raw.fetch(text, *args))
+        except _driver_errors() as exc:
+            raise _sa_error(exc) from exc
+
+    async def commit(self) -> None:
+        await self._end("COMMIT")
+
+    async def rollback(self) -> None:
+        await self._end("ROLLBACK")
+
+    async def _end(self, command: str) -> None:
+        if not self._in_transaction:
+            return
+        self._in_transaction = False
+        try:
+            await self.raw.execute(command)
+        except _driver_errors() as exc:
+            raise _sa_error(exc) from exc
+
+    async def close(self) -> None:
+        try:
+            await self.raw.close(timeout=2)
+        except Exception:
+            self.raw.terminate()
 
 
 class AsyncScope:
-    """One connection and transaction of the async submit path; `transaction()` commits it."""
+    """One connection and transaction of the async paths; `transaction()` commits it."""
 
-    def __init__(self, conn: Any) -> None:
+    def __init__(self, conn: AsyncConn) -> None:
         self.conn = conn
         # Read with the token (auth.authenticate_async), for registry.snapshot.current_async.
         self.registry_stamp: str | None = None
@@ -179,29 +299,45 @@ class AsyncScope:
         await self.conn.rollback()
 
 
-class _AsyncPool:
-    """A small pool of psycopg async connections for one event loop (at most `size` open)."""
+async def _connect(dsn: str) -> AsyncConn:
+    import asyncpg
 
-    def __init__(self, conninfo: str, size: int) -> None:
+    raw = await asyncpg.connect(
+        dsn, server_settings={"synchronous_commit": "on", "timezone": "UTC"}
+    )
+    # JSON columns in and out as Python values, as SQLAlchemy's JSON types give them.
+    for name in ("json", "jsonb"):
+        await raw.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    return AsyncConn(raw)
+
+
+class _AsyncPool:
+    """A small pool of asyncpg connections for one event loop (at most `size` open).
+
+    An idle connection the server ended (a PostgreSQL restart ends every backend) is seen
+    without a round trip: asyncpg's protocol reads the server's goodbye on the event loop and
+    marks the connection closed, and such a connection is never handed out.
+    """
+
+    def __init__(self, dsn: str, size: int) -> None:
         import asyncio
 
-        self.conninfo = conninfo
-        self._idle: list[Any] = []
+        self.dsn = dsn
+        self._idle: list[AsyncConn] = []
         self._slots = asyncio.Semaphore(size)
 
-    async def acquire(self) -> Any:
-        import psycopg
-
+    async def acquire(self) -> AsyncConn:
         await self._slots.acquire()
         try:
             while self._idle:
                 conn = self._idle.pop()
-                if _alive(conn):
+                if not conn.closed:
                     return conn
-                await conn.close()  # the server ended it (a restart): never hand it out
-            return await psycopg.AsyncConnection.connect(
-                self.conninfo, options="-c synchronous_commit=on -c timezone=UTC"
-            )
+                await conn.close()
+            try:
+                return await _connect(self.dsn)
+            except _driver_errors() as exc:
+                raise _sa_error(exc) from exc
         except BaseException:
             self._slots.release()
             raise
@@ -212,47 +348,48 @@ class _AsyncPool:
         for conn in idle:
             await conn.close()
 
-    async def release(self, conn: Any) -> None:
-        from psycopg.pq import TransactionStatus
-
+    async def release(self, conn: AsyncConn) -> None:
         try:
-            if conn.closed or conn.info.transaction_status != TransactionStatus.IDLE:
-                await conn.close()
-            else:
+            if conn.idle:
                 self._idle.append(conn)
+            else:
+                await conn.close()
         finally:
             self._slots.release()
 
     async def close(self) -> None:
-        idle, self._idle = self._idle, []
-        for conn in idle:
-            await conn.close()
-
-
-def _alive(conn: Any) -> bool:
-    """Whether an idle connection is still open, without a round trip.
-
-    An idle connection has nothing to read (the broker never LISTENs): if its socket is
-    readable, the server sent an error or closed it, as PostgreSQL does to every backend when it
-    shuts down. This is the async pool's pre-ping, at the cost of one `select` call.
-    """
-    import select
-
-    if conn.closed:
-        return False
-    try:
-        readable, _, _ = select.select([conn.fileno()], [], [], 0)
-    except (OSError, ValueError):
-        return False
-    return not readable
+        await self.discard_idle()
 
 
 _pools: dict[int, tuple[Any, _AsyncPool]] = {}
 
 
 def async_enabled() -> bool:
-    """Whether the async submit path serves this database (PostgreSQL; SQLite stays sync)."""
+    """Whether the async paths serve this database (PostgreSQL; SQLite stays sync)."""
     return engine().dialect.name == "postgresql"
+
+
+def _abandon(conn: AsyncConn) -> None:
+    """Close the socket of a connection whose event loop has ended (asyncpg cannot: closing
+    needs the loop). Only test runs end loops with connections open (one `asyncio.run` each);
+    the server closes the pool in its lifespan."""
+    conn.raw._aborted = True  # closed, for `is_closed()` and its finaliser
+    transport = getattr(conn.raw, "_transport", None)
+    sock = getattr(transport, "_sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.close()
+        transport._sock = None  # type: ignore[union-attr]  # its finaliser has nothing to warn
+
+
+@atexit.register
+def _abandon_stale_pools() -> None:
+    """Drop the pools of event loops that have ended (at `_pool()` and at exit)."""
+    for key, (loop, stale) in list(_pools.items()):
+        if loop.is_closed():
+            del _pools[key]
+            for conn in stale._idle:
+                _abandon(conn)
 
 
 def _pool() -> _AsyncPool:
@@ -261,14 +398,10 @@ def _pool() -> _AsyncPool:
     loop = asyncio.get_running_loop()
     entry = _pools.get(id(loop))
     if entry is None or entry[0] is not loop:
-        for key, (other, stale) in list(_pools.items()):
-            if other.is_closed():  # a finished event loop (tests): close at the libpq level
-                del _pools[key]
-                for conn in stale._idle:
-                    conn.pgconn.finish()
+        _abandon_stale_pools()
         url = engine().url.set(drivername="postgresql")
-        conninfo = url.render_as_string(hide_password=False)
-        entry = (loop, _AsyncPool(conninfo, settings().db_pool_size))
+        dsn = url.render_as_string(hide_password=False)
+        entry = (loop, _AsyncPool(dsn, settings().db_pool_size))
         _pools[id(loop)] = entry
     pool: _AsyncPool = entry[1]
     return pool
@@ -285,19 +418,11 @@ async def close_async_pool() -> None:
 
 @asynccontextmanager
 async def transaction() -> AsyncIterator[AsyncScope]:
-    """Commit on success, roll back on error: the async twin of `session_scope`.
-
-    Not in psycopg's pipeline mode: it would save the BEGIN's round trip, but its polling
-    loop cost more CPU than the round trip (measured, docs/performance.md).
-    """
-    import psycopg
+    """Commit on success, roll back on error: the async twin of `session_scope`."""
     from sqlalchemy import exc as sa_exc
 
     pool = _pool()
-    try:
-        conn = await pool.acquire()
-    except psycopg.OperationalError as exc:
-        raise sa_exc.OperationalError(None, None, exc) from exc
+    conn = await pool.acquire()
     try:
         try:
             scope = AsyncScope(conn)
@@ -310,12 +435,9 @@ async def transaction() -> AsyncIterator[AsyncScope]:
                 except Exception:
                     await conn.close()
             raise
-    # The errors the sync path's handlers answer (503, 400), as SQLAlchemy would wrap them.
-    except psycopg.OperationalError as exc:
+    except sa_exc.OperationalError:
         await pool.discard_idle()  # as SQLAlchemy invalidates its pool on a disconnect
-        raise sa_exc.OperationalError(None, None, exc) from exc
-    except psycopg.DataError as exc:
-        raise sa_exc.DataError(None, None, exc) from exc
+        raise
     finally:
         await pool.release(conn)
     for hook in scope._after_commit.values():

@@ -64,7 +64,7 @@ _CALLER_SQL = (
 
 
 async def token_and_stamp(conn: Any, token_hash: str) -> tuple[TokenRow | None, str | None]:
-    """`token()` and the registry stamp (`registry.snapshot`) in one statement (psycopg async)."""
+    """`token()` and the registry stamp (`registry.snapshot`) in one statement (async path)."""
     cur = await conn.execute(_CALLER_SQL, {"token_hash": token_hash})
     row = await cur.fetchone()
     stamp = row[0]

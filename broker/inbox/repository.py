@@ -240,7 +240,7 @@ def delivery_with_message(
     return None if row is None else (row[0], row[1])
 
 
-# --- the async acknowledgement path (PostgreSQL, psycopg async) ---------------------------
+# --- the async poll and acknowledgement paths (PostgreSQL, `db.AsyncConn`) -----------------
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-import psycopg
-from psycopg.types.json import Jsonb
 from sqlalchemy import (
     ARRAY,
     BindParameter,
@@ -24,7 +22,6 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from broker.audit.models import AuditEvent
@@ -197,7 +194,7 @@ def add_accepted(
         conn.execute(statement, params)
 
 
-# --- the async submit path (PostgreSQL, psycopg async): the same statements in its syntax ---
+# --- the async submit path (PostgreSQL, asyncpg through `db.AsyncConn`): the same statements ---
 
 
 _LOCK_AND_FIND_ASYNC = (
@@ -252,11 +249,8 @@ async def received_alerts_async(conn: Any, recipient: str, mid: uuid.UUID) -> li
     return [(sender, agreement) for sender, agreement in await cur.fetchall()]
 
 
-_JSON_COLUMNS = frozenset({"routing", "details"})
-
-
 def _async_params(prefix: str, row: dict[str, Any]) -> dict[str, Any]:
-    return {f"{prefix}{k}": Jsonb(v) if k in _JSON_COLUMNS else v for k, v in row.items()}
+    return {f"{prefix}{k}": v for k, v in row.items()}
 
 
 def _async_values(table: Table, prefix: str, columns: Sequence[str]) -> str:
@@ -266,13 +260,13 @@ def _async_values(table: Table, prefix: str, columns: Sequence[str]) -> str:
 
 @functools.cache
 def _accept_async_sql(message_columns: tuple[str, ...], event_columns: tuple[str, ...]) -> str:
-    """`_accept_cte` in psycopg's parameter syntax: the four INSERTs as one statement."""
+    """`_accept_cte` in `db.AsyncConn`'s parameter syntax: the four INSERTs as one statement."""
     # Names from the table metadata, never from a request.
     return (
         f"WITH m AS (INSERT INTO messages {_async_values(_messages, 'm_', message_columns)}),"  # noqa: S608
         " d AS (INSERT INTO deliveries (id, message_id, recipient, state, created_at)"
         " SELECT gen_random_uuid(), %(m_id)s, r, 'queued', %(m_received_at)s"
-        " FROM unnest(string_to_array(%(d_recipients)s::text, ',')) AS r),"
+        " FROM unnest(%(d_recipients)s::varchar[]) AS r),"
         f" e AS (INSERT INTO audit_events {_async_values(_events, 'e_', event_columns)})"
         " INSERT INTO outbox (topic, ref, created_at, attempts)"
         " VALUES ('deliver', %(m_id)s, %(m_received_at)s, 0)"
@@ -285,15 +279,8 @@ async def add_accepted_async(
     """`add_accepted` on the async connection; a unique violation raises IntegrityError here."""
     params = _async_params("m_", message)
     params.update(_async_params("e_", event))
-    # One text, split by the server: psycopg's list dumper cost 2-3 % of a submit's CPU.
-    # Agency ids never hold a comma (defs.json `agency-id`); a recipient that did is a bug.
-    if any("," in r for r in recipients):
-        raise ValueError(f"not agency ids: {list(recipients)}")
-    params["d_recipients"] = ",".join(recipients)
-    try:
-        await scope.conn.execute(_accept_async_sql(tuple(message), tuple(event)), params)
-    except psycopg.IntegrityError as exc:
-        raise IntegrityError(None, None, exc) from exc
+    params["d_recipients"] = list(recipients)
+    await scope.conn.execute(_accept_async_sql(tuple(message), tuple(event)), params)
 
 
 async def add_event_async(conn: Any, event: dict[str, Any]) -> None:

@@ -1,8 +1,8 @@
 """The async connection pool of the PostgreSQL hot paths (submit, poll, ack) survives a restart.
 
 PostgreSQL ends every backend when it restarts. The sync engine pings on checkout; the async
-pool instead looks at an idle connection's socket (no round trip): a connection the server has
-closed is readable, and is replaced instead of failing the next request with 503.
+pool needs no round trip: asyncpg reads the server's goodbye on the event loop and marks the
+connection closed, and a closed one is replaced instead of failing the next request with 503.
 """
 
 from __future__ import annotations
