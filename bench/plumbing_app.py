@@ -14,6 +14,12 @@ starts it and points it at the benchmark's own PostgreSQL database with BENCH_PL
   the broker's tables (`floor_*`: same columns, indexes and checks, no foreign keys) made by the
   benchmark. No verification, scope, receipt signature, authentication rules or rate limit: the
   floor under any implementation of the submit on this schema and driver.
+- `POST /floor_crypto_async`: the floor plus the cryptography no submit can skip, with the
+  broker's own functions: the outer JWS split, its Ed25519 signature verified over the received
+  bytes and its payload parsed strictly (`envelope.verify_outer`, the sender's key found by
+  `kid` among the benchmark's fixed-seed keys), the envelope's SHA-256, and the signed receipt
+  (`envelope.sign_compact`). Still no authentication rules, rate limit, routing schema, scope,
+  JWE check or audit details.
 
 Each request stores its body (the same bytes as a submit request), so the WAL volume per
 commit is about the same as the message row of a submit. Pools: the broker's settings
@@ -22,6 +28,7 @@ commit is about the same as the message row of a submit. Pools: the broker's set
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -147,6 +154,40 @@ FLOOR_RECEIPT = "r" * 420
 async def floor_async(data: Annotated[dict[str, Any], Body()]) -> Response:
     envelope = data["envelope"]
     digest = hashlib.sha256(envelope.encode()).hexdigest()[:43]
+    return await _floor(envelope, digest, FLOOR_RECEIPT)
+
+
+@functools.cache
+def _floor_keys() -> tuple[dict[str, Any], Any]:
+    """The senders' public signing keys by kid (the benchmark's fixed seeds), a receipt key."""
+    from submit_bench import EXTRA_FP, signing_key  # bench/ is the app dir
+
+    from broker import world
+
+    fps = [fp["id"] for fp in world.demo_world()["focal_points"]] + [EXTRA_FP]
+    keys = {signing_key(fp).public.kid: signing_key(fp).public for fp in fps}
+    return keys, signing_key("bench-receipts")
+
+
+@app.post("/floor_crypto_async", status_code=201)
+async def floor_crypto_async(data: Annotated[dict[str, Any], Body()]) -> Response:
+    from broker.crypto import envelope as env
+    from broker.crypto.keys import sha256_b64u
+
+    keys, receipt_key = _floor_keys()
+    envelope = data["envelope"]
+    token = env.split_outer(envelope)
+    env.verify_outer(token, keys[token.kid])
+    digest = sha256_b64u(envelope.encode("utf-8"))
+    receipt = env.sign_compact(
+        {"v": 1, "mid": str(uuid.uuid4()), "envelope_sha256": digest, "accepted_at": 0},
+        receipt_key,
+        env.TYP_RECEIPT,
+    )
+    return await _floor(envelope, digest, receipt)
+
+
+async def _floor(envelope: str, digest: str, receipt: str) -> Response:
     mid, message_id, event_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     lock_key = int.from_bytes(hashlib.sha256(mid.bytes).digest()[:8], "big", signed=True)
     now = datetime.now(UTC)
@@ -160,8 +201,8 @@ async def floor_async(data: Annotated[dict[str, Any], Body()]) -> Response:
                 FLOOR_ACCEPT,
                 message_id, "VN-GDC", mid, "VN-GDC-FP-HCMC-01", "k" * 43, "ASEAN-CUSTOMS-MOU",
                 "wildlife", "TLP:AMBER", FLOOR_ROUTING, envelope, digest, "p" * 43,
-                FLOOR_RECEIPT, event_id, 1764892800, 1765497600, now, FLOOR_RECIPIENTS,
+                receipt, event_id, 1764892800, 1765497600, now, FLOOR_RECIPIENTS,
                 "fp:VN-GDC-FP-HCMC-01", FLOOR_DETAILS,
             )  # fmt: skip
-    body = json.dumps({"mid": str(mid), "receipt": FLOOR_RECEIPT, "event_id": str(event_id)})
+    body = json.dumps({"mid": str(mid), "receipt": receipt, "event_id": str(event_id)})
     return Response(body, status_code=201, media_type="application/json")
