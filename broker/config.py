@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     request_read_timeout_s: float = Field(
         default=30.0, gt=0, description="a request body must arrive within this (else 408)"
     )
+    gc_freeze: bool = Field(
+        default=True,
+        description="freeze the start-up heap out of the cyclic GC (broker/runtime.py)",
+    )
     # Rate limits (moving window, per minute) and long-poll caps: broker/ratelimit.py.
     rate_limit_enabled: bool = True
     rate_limit_storage: str | None = Field(

@@ -119,7 +119,7 @@ def install_error_handlers(app: FastAPI) -> None:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     migrations_check.require_current()
-    from broker import jobs, keyring, ratelimit, ticker
+    from broker import jobs, keyring, ratelimit, runtime, ticker
     from broker.audit import jobs as audit_jobs
     from broker.inbox import jobs as inbox_jobs
     from broker.inbox import notify
@@ -138,6 +138,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     else:
         notify.ensure_listener()
         jobs.start()
+    runtime.freeze_startup_heap()  # last: everything started is in the frozen heap
     try:
         yield
     finally:

@@ -127,6 +127,9 @@ def backend(
         keys_dir=tmp / "keys",
         log_level="WARNING",
         log_json=True,
+        # One test process starts hundreds of apps: freezing each start-up heap would keep
+        # every earlier test's cycles alive. test_app.py checks the freeze itself.
+        gc_freeze=False,
     )
     db.reset_engine()
     # Session and module fixtures run outside their tests' hold on the server lock: take it

@@ -15,10 +15,10 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from celery.signals import task_prerun, worker_ready
+from celery.signals import task_prerun, worker_process_init, worker_ready
 from kombu import Queue
 
-from broker import jobs
+from broker import jobs, runtime
 from broker.config import Profile, settings
 
 VISIBILITY_TIMEOUT_S = 300  # longer than any task; retries are scheduled in the database
@@ -102,6 +102,12 @@ def _sweep_on_start(sender: Any = None, **_: Any) -> None:
     queues = getattr(getattr(sender, "task_consumer", None), "queues", ())
     if any(queue.name == DELIVERY_QUEUE for queue in queues):
         celery_app.send_task(RELAY_TASK, expires=SWEEP_EXPIRES_S)
+
+
+@worker_process_init.connect
+def _freeze_heap(**_: Any) -> None:
+    """A pool process is ready: its start-up heap leaves the GC's scans (`broker.runtime`)."""
+    runtime.freeze_startup_heap()
 
 
 @task_prerun.connect
