@@ -184,9 +184,11 @@ def _positional(sql: str) -> tuple[str, tuple[str, ...]]:
     return _PLACEHOLDER.sub(number, sql), tuple(names)
 
 
-def _sa_error(exc: BaseException) -> Exception:
-    """An asyncpg failure as the SQLAlchemy error the sync path would raise (and the handlers
-    answer: 503 for a lost or refused connection, 400 for bad data, 409/422 for integrity)."""
+def _sa_error(exc: BaseException, *, closed: bool) -> Exception:
+    """An asyncpg failure as the SQLAlchemy error the sync path would raise, which the handlers
+    answer: 503 for a lost or refused connection, 422 for data PostgreSQL refuses (NUL, out of
+    range); an integrity violation stays an IntegrityError for the service to handle.
+    `closed`: the connection is closed now (asyncpg's own errors on it are then a loss)."""
     import asyncpg
     from sqlalchemy import exc as sa_exc
 
@@ -199,9 +201,9 @@ def _sa_error(exc: BaseException) -> Exception:
         if state[:2] in ("08", "53", "57", "58"):
             return sa_exc.OperationalError(None, None, exc)
         return sa_exc.DBAPIError(None, None, exc)
-    if isinstance(exc, (OSError, asyncpg.InterfaceError)):  # gone, refused, closed
+    if isinstance(exc, (OSError, asyncpg.ConnectionDoesNotExistError)) or closed:
         return sa_exc.OperationalError(None, None, exc)
-    return sa_exc.DBAPIError(None, None, exc)
+    return sa_exc.DBAPIError(None, None, exc)  # a misuse of the driver: a bug, 500
 
 
 def _driver_errors() -> tuple[type[BaseException], ...]:
@@ -255,7 +257,7 @@ class AsyncConn:
                 self._in_transaction = True
             return Rows(await self.raw.fetch(text, *args))
         except _driver_errors() as exc:
-            raise _sa_error(exc) from exc
+            raise _sa_error(exc, closed=self.closed) from exc
 
     async def commit(self) -> None:
         await self._end("COMMIT")
@@ -270,7 +272,7 @@ class AsyncConn:
         try:
             await self.raw.execute(command)
         except _driver_errors() as exc:
-            raise _sa_error(exc) from exc
+            raise _sa_error(exc, closed=self.closed) from exc
 
     async def close(self) -> None:
         try:
@@ -327,6 +329,8 @@ class _AsyncPool:
         self._slots = asyncio.Semaphore(size)
 
     async def acquire(self) -> AsyncConn:
+        from sqlalchemy import exc as sa_exc
+
         await self._slots.acquire()
         try:
             while self._idle:
@@ -336,8 +340,8 @@ class _AsyncPool:
                 await conn.close()
             try:
                 return await _connect(self.dsn)
-            except _driver_errors() as exc:
-                raise _sa_error(exc) from exc
+            except _driver_errors() as exc:  # refused, unreachable, or turned away: 503
+                raise sa_exc.OperationalError(None, None, exc) from exc
         except BaseException:
             self._slots.release()
             raise

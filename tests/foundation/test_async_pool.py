@@ -72,3 +72,44 @@ def test_a_failed_connection_empties_the_idle_pool(backend: str) -> None:
 
     *_, idle_after = asyncio.run(scenario())
     assert idle_after == 0
+
+
+def test_driver_errors_come_out_as_the_sync_paths(backend: str) -> None:
+    """What the handlers answer (422, 503) and the services catch (integrity) on both paths."""
+    assert backend == "postgresql"
+
+    async def scenario() -> None:
+        with pytest.raises(sa_exc.DataError):  # PostgreSQL refuses NUL in text: 422
+            async with db.transaction() as scope:
+                await scope.conn.execute("select %(v)s::text", {"v": "a\x00b"})
+        with pytest.raises(sa_exc.IntegrityError):  # a duplicate key, rolled back
+            async with db.transaction() as scope:
+                await scope.conn.execute(
+                    "insert into registry_state (id, stamp) values (7, 'x'), (7, 'x')"
+                )
+        # The connection that failed went back in a clean state: the next transaction works.
+        async with db.transaction() as scope:
+            row = await (
+                await scope.conn.execute("select %(a)s::int + %(a)s::int", {"a": 2})
+            ).fetchone()
+            assert row[0] == 4
+        await db.close_async_pool()
+
+    asyncio.run(scenario())
+
+
+def test_an_unreachable_server_is_an_operational_error(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing listening: 503 (OperationalError), as the sync engine answers."""
+    assert backend == "postgresql"
+
+    async def scenario() -> None:
+        pool = db._pool()
+        monkeypatch.setattr(pool, "dsn", "postgresql://postgres@127.0.0.1:1/nothing")
+        with pytest.raises(sa_exc.OperationalError):
+            async with db.transaction():
+                pass
+        await db.close_async_pool()
+
+    asyncio.run(scenario())
