@@ -184,7 +184,7 @@ def create_app() -> FastAPI:
             title="Exchange broker API",
             swagger_js_url="/static/swagger/swagger-ui-bundle.js",
             swagger_css_url="/static/swagger/swagger-ui.css",
-            swagger_favicon_url="/static/swagger/favicon.png",
+            swagger_favicon_url="/static/console/favicon.svg",
         )
 
     return app
