@@ -214,3 +214,17 @@ def test_the_start_up_heap_is_frozen_out_of_the_garbage_collector(
             assert c.get("/health/live").status_code == 200
     finally:
         gc.unfreeze()
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/v1/messages"), ("GET", "/v1/inbox"), ("POST", "/v1/inbox/x/ack")],
+)
+def test_hot_paths_are_matched_by_the_first_routers(app: Any, method: str, path: str) -> None:
+    """Each included router tried before the right one costs ~14 µs of every request."""
+    from starlette.routing import Match
+
+    scope = {"type": "http", "method": method, "path": path, "root_path": "", "headers": []}
+    matched = [i for i, r in enumerate(app.router.routes) if r.matches(scope)[0] == Match.FULL]
+    assert matched
+    assert matched[0] <= 2  # after /openapi.json (and the messages router, for the inbox)
