@@ -121,14 +121,14 @@ FLOOR_ACCEPT = (
     " $13, $14, $15, $16, $17)),"
     " d AS (INSERT INTO floor_deliveries (id, message_id, recipient, state, created_at)"
     " SELECT gen_random_uuid(), $1, r, 'queued', $17"
-    " FROM unnest(string_to_array($18::text, ',')) AS r),"
+    " FROM unnest($18::varchar[]) AS r),"
     " e AS (INSERT INTO floor_audit_events (id, kind, actor, subject, details, created_at,"
     " leaf_index) VALUES ($14, 'msg.accepted', $19, $2, $20::jsonb, $17, NULL))"
     " INSERT INTO floor_outbox (topic, ref, created_at, attempts)"
     " VALUES ('deliver', $1, $17, 0)"
 )
 FLOOR_TOKEN_HASH = hashlib.sha256(b"floor").hexdigest()
-FLOOR_RECIPIENTS = "HK-CED,KR-KCS"
+FLOOR_RECIPIENTS = ["HK-CED", "KR-KCS"]
 # What a 2-recipient submit stores besides its envelope, at about its size.
 FLOOR_ROUTING = json.dumps(
     {
@@ -136,7 +136,7 @@ FLOOR_ROUTING = json.dumps(
         "kind": "alert",
         "sender": "VN-GDC",
         "sender_fp": "VN-GDC-FP-HCMC-01",
-        "recipients": FLOOR_RECIPIENTS.split(","),
+        "recipients": FLOOR_RECIPIENTS,
         "agreement": "ASEAN-CUSTOMS-MOU",
         "operation": None,
         "offence": "wildlife",
