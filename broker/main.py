@@ -169,8 +169,8 @@ def create_app() -> FastAPI:
     )
     install_error_handlers(app)
     # The hot paths first: a request is matched against the included routers in this order,
-    # and each one tried costs ~14 µs (POST /v1/messages took 157 µs in ninth place, 12.5 µs
-    # first). No path of one router overlaps another's, so the order changes nothing else.
+    # and each one tried costs ~14 µs (POST /v1/messages took 157 µs when ten routers came
+    # before it, 12.5 µs first). No router's paths overlap another's: nothing else changes.
     for module in (messages, inbox, health, auth, agencies, directory, agreements, audit, push):
         for name in ("router", "public", "admin"):
             router = getattr(module, name, None)
