@@ -7,13 +7,14 @@ starts it and points it at the benchmark's own PostgreSQL database with BENCH_PL
 - `POST /insert_sync`: parse the JSON body (`{"envelope": ...}`, as a submit's), one INSERT of the envelope and COMMIT through a sync
   SQLAlchemy Core connection on psycopg 3, in a `def` route (FastAPI's threadpool).
 - `POST /insert_async`: the same with an `async def` route on the async engine and asyncpg.
-- `POST /floor_async`: the database work of an accepted 2-recipient submit and nothing else, on
-  asyncpg: the caller's token look-up with the registry stamp (the broker's statement, on its
-  tables), the `(sender, mid)` advisory lock and look-up, the four INSERTs in one statement
-  (message with the envelope, 2 deliveries, audit event, outbox row) and COMMIT, into copies of
-  the broker's tables (`floor_*`: same columns, indexes and checks, no foreign keys) made by the
-  benchmark. No verification, scope, receipt signature, authentication rules or rate limit: the
-  floor under any implementation of the submit on this schema and driver.
+- `POST /floor_async`: the database work of an accepted 2-recipient submit and nothing else,
+  through the broker's own async connection code and repository functions on its own tables
+  (`db.transaction`, `auth.repository.token_and_stamp`, `messages.repository.lock_and_find_async`
+  and `add_accepted_async`: the token and registry stamp, the `(sender, mid)` advisory lock and
+  look-up, the four INSERTs in one statement with their foreign keys, COMMIT). The rows are
+  realistic but their values fixed (sender VN-GDC, 2 recipients); nothing relays them. No
+  verification, scope, receipt signature, authentication rules or rate limit: the floor under
+  any implementation of the submit on this schema and driver.
 - `POST /floor_crypto_async`: the floor plus the cryptography no submit can skip, with the
   broker's own functions: the outer JWS split, its Ed25519 signature verified over the received
   bytes and its payload parsed strictly (`envelope.verify_outer`, the sender's key found by
@@ -21,7 +22,7 @@ starts it and points it at the benchmark's own PostgreSQL database with BENCH_PL
   (`envelope.sign_compact`). Still no authentication rules, rate limit, routing schema, scope,
   JWE check or audit details.
 
-Each request stores its body (the same bytes as a submit request), so the WAL volume per
+Each plumbing request stores its body (the same bytes as a submit request), so the WAL volume per
 commit is about the same as the message row of a submit. Pools: the broker's settings
 (BENCH_POOL_SIZE, BENCH_MAX_OVERFLOW). The table `bench_plain` is created by the benchmark before the server starts.
 """
@@ -98,55 +99,24 @@ async def insert_async(data: Annotated[dict[str, Any], Body()]) -> Response:
     return Response(CREATED, status_code=201, media_type="application/json")
 
 
-# The floor: the broker's statements, in asyncpg's parameter syntax.
-FLOOR_CALLER = (
-    "select (select stamp from registry_state where id = 1) as stamp,"
-    " c.revoked_at, c.expires_at, p.id, p.name, p.role, p.agency_id, p.focal_point_id,"
-    " p.audit_agencies, p.status"
-    " from (select 1) as one"
-    " left join (credentials as c join principals as p on p.id = c.principal_id)"
-    " on c.token_hash = $1"
-)
-FLOOR_LOCK = (
-    "select pg_try_advisory_xact_lock($1) as locked, m.mid, m.receipt,"
-    " m.envelope_sha256, m.received_at, m.event_id"
-    " from (select 1) as one"
-    " left join floor_messages as m on m.sender = $2 and m.mid = $3"
-)
-FLOOR_ACCEPT = (
-    "WITH m AS (INSERT INTO floor_messages (id, sender, mid, kind, sender_fp, sender_kid,"
-    " agreement_id, operation_id, offence, handling, routing, in_reply_to, envelope,"
-    " envelope_sha256, policy_sha256, receipt, event_id, iat, exp, received_at)"
-    " VALUES ($1, $2, $3, 'alert', $4, $5, $6, NULL, $7, $8, $9::jsonb, NULL, $10, $11, $12,"
-    " $13, $14, $15, $16, $17)),"
-    " d AS (INSERT INTO floor_deliveries (id, message_id, recipient, state, created_at)"
-    " SELECT gen_random_uuid(), $1, r, 'queued', $17"
-    " FROM unnest($18::varchar[]) AS r),"
-    " e AS (INSERT INTO floor_audit_events (id, kind, actor, subject, details, created_at,"
-    " leaf_index) VALUES ($14, 'msg.accepted', $19, $2, $20::jsonb, $17, NULL))"
-    " INSERT INTO floor_outbox (topic, ref, created_at, attempts)"
-    " VALUES ('deliver', $1, $17, 0)"
-)
+# The floor's fixed values: what a 2-recipient submit stores besides its envelope.
 FLOOR_TOKEN_HASH = hashlib.sha256(b"floor").hexdigest()
+FLOOR_SENDER, FLOOR_FP = "VN-GDC", "VN-GDC/fp-hcm-01"
 FLOOR_RECIPIENTS = ["HK-CED", "KR-KCS"]
-# What a 2-recipient submit stores besides its envelope, at about its size.
-FLOOR_ROUTING = json.dumps(
-    {
-        "v": 1,
-        "kind": "alert",
-        "sender": "VN-GDC",
-        "sender_fp": "VN-GDC-FP-HCMC-01",
-        "recipients": FLOOR_RECIPIENTS,
-        "agreement": "ASEAN-CUSTOMS-MOU",
-        "operation": None,
-        "offence": "wildlife",
-        "subject_types": ["shipment", "route"],
-        "handling": "TLP:AMBER",
-        "iat": 1764892800,
-        "exp": 1765497600,
-    }
-)
-FLOOR_DETAILS = json.dumps({**json.loads(FLOOR_ROUTING), "envelope_sha256": "x" * 43})
+FLOOR_ROUTING = {
+    "v": 1,
+    "kind": "alert",
+    "sender": FLOOR_SENDER,
+    "sender_fp": FLOOR_FP,
+    "recipients": FLOOR_RECIPIENTS,
+    "agreement": "ASEAN-CUSTOMS-MOU",
+    "operation": None,
+    "offence": "wildlife",
+    "subject_types": ["shipment", "route"],
+    "handling": "TLP:AMBER",
+    "iat": 1764892800,
+    "exp": 1765497600,
+}
 FLOOR_RECEIPT = "r" * 420
 
 
@@ -188,21 +158,28 @@ async def floor_crypto_async(data: Annotated[dict[str, Any], Body()]) -> Respons
 
 
 async def _floor(envelope: str, digest: str, receipt: str) -> Response:
+    from broker import db
+    from broker.auth import repository as auth_repository
+    from broker.messages import repository
+
     mid, message_id, event_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-    lock_key = int.from_bytes(hashlib.sha256(mid.bytes).digest()[:8], "big", signed=True)
     now = datetime.now(UTC)
-    async with async_engine.connect() as sa_conn:
-        raw = await sa_conn.get_raw_connection()
-        conn: Any = raw.driver_connection
-        async with conn.transaction():
-            await conn.fetchrow(FLOOR_CALLER, FLOOR_TOKEN_HASH)
-            await conn.fetchrow(FLOOR_LOCK, lock_key, "VN-GDC", mid)
-            await conn.execute(
-                FLOOR_ACCEPT,
-                message_id, "VN-GDC", mid, "VN-GDC-FP-HCMC-01", "k" * 43, "ASEAN-CUSTOMS-MOU",
-                "wildlife", "TLP:AMBER", FLOOR_ROUTING, envelope, digest, "p" * 43,
-                receipt, event_id, 1764892800, 1765497600, now, FLOOR_RECIPIENTS,
-                "fp:VN-GDC-FP-HCMC-01", FLOOR_DETAILS,
-            )  # fmt: skip
+    message = {  # the columns `messages.service._rows` writes, in its order
+        "id": message_id, "sender": FLOOR_SENDER, "mid": mid, "kind": "alert",
+        "sender_fp": FLOOR_FP, "sender_kid": "k" * 43, "agreement_id": "ASEAN-CUSTOMS-MOU",
+        "operation_id": None, "offence": "wildlife", "handling": "TLP:AMBER",
+        "routing": FLOOR_ROUTING, "in_reply_to": None, "envelope": envelope,
+        "envelope_sha256": digest, "policy_sha256": "p" * 43, "receipt": receipt,
+        "event_id": event_id, "iat": 1764892800, "exp": 1765497600, "received_at": now,
+    }  # fmt: skip
+    event = {
+        "id": event_id, "kind": "msg.accepted", "actor": f"fp:{FLOOR_FP}",
+        "subject": FLOOR_SENDER, "details": {**FLOOR_ROUTING, "envelope_sha256": digest},
+        "created_at": now, "leaf_index": None,
+    }  # fmt: skip
+    async with db.transaction() as scope:
+        await auth_repository.token_and_stamp(scope.conn, FLOOR_TOKEN_HASH)
+        await repository.lock_and_find_async(scope.conn, FLOOR_SENDER, mid)
+        await repository.add_accepted_async(scope, message, FLOOR_RECIPIENTS, event)
     body = json.dumps({"mid": str(mid), "receipt": receipt, "event_id": str(event_id)})
     return Response(body, status_code=201, media_type="application/json")

@@ -215,19 +215,11 @@ def setup_broker(db: str, redis_url: str, data_dir: Path) -> World:
     return World(parties=parties, senders=senders)
 
 
-FLOOR_TABLES = ("messages", "deliveries", "audit_events", "outbox")
-
-
 def create_plain_table(db: str) -> None:
-    """The plumbing's table, and the floor's copies of the submit's tables (after migration)."""
     import psycopg
 
     with psycopg.connect(admin_url(db), autocommit=True) as conn:
         conn.execute("create table if not exists bench_plain (id bigserial primary key, body text)")
-        for table in FLOOR_TABLES:  # same columns, defaults, indexes and checks; no FKs
-            conn.execute(f"drop table if exists floor_{table}")
-            conn.execute(f"create table floor_{table} (like {table} including all)")
-        conn.execute("alter table floor_messages set (toast_tuple_target = 8160)")
 
 
 def sessions_opened(db: str) -> int:
@@ -723,14 +715,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     redis.Redis.from_url(redis_url).flushdb()
 
     broker_port, plumb_port = _free_port(), _free_port()
-    base_env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
     server_env = broker_env(args.db, redis_url, data_dir)
     from broker.config import settings
 
     pool_size = args.pool_size or settings().db_pool_size
     server_env["BROKER_DB_POOL_SIZE"] = str(pool_size)
     plumb_env = {
-        **base_env,
+        **server_env,  # the floors run the broker's own database code (plumbing_app.py)
         "BENCH_PLUMB_DB": f"postgres@127.0.0.1:5432/{args.db}",
         "BENCH_POOL_SIZE": str(pool_size),
         "BENCH_MAX_OVERFLOW": str(settings().db_max_overflow),
