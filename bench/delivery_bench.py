@@ -52,7 +52,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -60,6 +60,9 @@ sys.path.insert(0, str(ROOT))
 from bench import submit_bench  # noqa: E402
 from broker.crypto import envelope as env  # noqa: E402
 from broker.crypto.keys import EncryptionKey, SigningKey  # noqa: E402
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
 
 SENDER_FP = "VN-GDC/fp-hcm-01"
 RECIPIENT = "HK-CED"
@@ -102,26 +105,29 @@ def setup_broker(db: str, redis_url: str, data_dir: Path) -> dict[str, str]:
 
     migrations_check.upgrade()
     keyring.load_or_create()
-    with broker_db.session_scope() as s:
-        world_mod.load_world(s, world_mod.demo_world(), actor="bench")
-    tokens = {}
-    with broker_db.session_scope() as s:
-        directory.register(
+    broker_db.call(world_mod.load_world, world_mod.demo_world(), actor="bench")
+
+    async def keys_and_tokens(s: AsyncSession) -> dict[str, str]:
+        await directory.register(
             s, KeyIn(agency_id=RECIPIENT, jwk=RECIPIENT_KEY.public.jwk), actor="bench"
         )
-        directory.register(
+        await directory.register(
             s,
             KeyIn(agency_id="VN-GDC", focal_point_id=SENDER_FP, jwk=SIGNER.public.jwk),
             actor="bench",
         )
+        tokens = {}
         for name, role, binding in (
             ("sender", auth.Role.focal_point, {"focal_point_id": SENDER_FP}),
             ("recipient", auth.Role.agency, {"agency_id": RECIPIENT}),
         ):
-            principal = auth.create_principal(
+            principal = await auth.create_principal(
                 s, name=f"bench-{name}", role=role, actor="bench", **binding
             )
-            _, tokens[name] = auth.issue_token(s, principal, actor="bench")
+            _, tokens[name] = await auth.issue_token(s, principal, actor="bench")
+        return tokens
+
+    tokens = broker_db.call(keys_and_tokens)
     broker_db.reset_engine()
     return tokens
 

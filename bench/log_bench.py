@@ -3,11 +3,13 @@
 1. Sequencer throughput (target 10,000 events/s): N unsequenced `msg.accepted`-shaped events are
    sequenced in batches of 5,000, one transaction and one signed checkpoint each. The ceiling,
    measured in the same run: the raw INSERT rate of the very same leaf rows into a plain table
-   (no keys, no indexes), with the same Core executemany, and the same for leaves plus nodes;
-   the same rows with COPY; the sequencer's own per-leaf CPU work (canonical bytes and hash, no
-   database); and raw SHA-256 of the same bytes, the floor of any log.
+   (no keys, no indexes), with the same Core executemany on the same `AsyncSession`, and the
+   same for leaves plus nodes; the same rows with asyncpg's COPY; the sequencer's own per-leaf
+   CPU work (canonical bytes and hash, no database); and raw SHA-256 of the same bytes, the
+   floor of any log.
 2. Inclusion-proof latency through the repository (target < 5 ms, flat in n): at 1 thousand
-   and 1 million leaves (bulk-loaded with COPY from `merkle.MemoryTreeStore.from_leaf_hashes`).
+   and 1 million leaves (bulk-loaded with COPY from `merkle.MemoryTreeStore.from_leaf_hashes`,
+   on a connection of its own: fixtures, not the broker's write path).
 3. Maximum merge delay with the embedded ticker (target p99 < 1 s): events committed at a steady
    rate, delay from the event's commit to the signed checkpoint that covers it.
 
@@ -19,6 +21,7 @@ It creates (and drops first) its own database `broker_bench_log`.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import random
@@ -27,10 +30,10 @@ import tempfile
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from sqlalchemy import (
@@ -47,6 +50,11 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import make_url
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from broker.audit.service import NewEvent
 
 DB_NAME = "broker_bench_log"
 URL = os.environ.get("BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -72,27 +80,43 @@ def setup_database() -> str:
     return bench_url
 
 
-def reset_log() -> None:
+def execute(sql: str) -> None:
+    """One statement in a transaction of its own."""
     from broker import db
 
-    with db.session_scope() as s:
-        s.execute(text("TRUNCATE log_leaves, log_nodes, checkpoints, audit_events"))
+    async def run(s: AsyncSession) -> None:
+        await s.execute(text(sql))
+
+    db.call(run)
 
 
-def event_rows(n: int, start: datetime) -> list[dict[str, Any]]:
+def plain_url() -> str:
+    """The benchmark database for psycopg (bulk loading, outside the broker's code)."""
+    from broker.config import settings
+
+    url = make_url(settings().sqlalchemy_url).set(drivername="postgresql")
+    return url.render_as_string(hide_password=False)
+
+
+def reset_log() -> None:
+    execute("TRUNCATE log_leaves, log_nodes, checkpoints, audit_events")
+
+
+def event_rows(n: int, start: datetime) -> list[NewEvent]:
     """Events shaped like the messaging domain's `msg.accepted` (PROTOCOL.md 5.2 example)."""
+    from broker.audit import service as audit
+
     rng = random.Random(7)
     agencies = ["VN-GDC", "HK-CED", "KR-KCS", "CN-GACC", "NZ-POL", "VN-MPS"]
     rows = []
     for i in range(n):
         sender, *recipients = rng.sample(agencies, 3)
         rows.append(
-            {
-                "id": uuid.uuid4(),
-                "kind": "msg.accepted",
-                "actor": f"focal_point:{sender.lower()}-fp-01",
-                "subject": sender,
-                "details": {
+            audit.event(
+                "msg.accepted",
+                actor=f"focal_point:{sender.lower()}-fp-01",
+                subject=sender,
+                details={
                     "mid": str(uuid.uuid4()),
                     "kind": "alert",
                     "sender": sender,
@@ -107,20 +131,18 @@ def event_rows(n: int, start: datetime) -> list[dict[str, Any]]:
                     "envelope_sha256": "pufLHJuyrgSLByv9owStC-HvsSmNW6elNNJum3PsUH0",
                     "policy_sha256": "pufLHJuyrgSLByv9owStC-HvsSmNW6elNNJum3PsUH0",
                 },
-                "created_at": start + timedelta(microseconds=i),
-                "leaf_index": None,
-            }
+                at=start + timedelta(microseconds=i),
+            )
         )
     return rows
 
 
-def insert_events(rows: list[dict[str, Any]]) -> None:
+def insert_events(rows: Sequence[NewEvent]) -> None:
     from broker import db
-    from broker.audit.models import AuditEvent
+    from broker.audit import service as audit
 
     for i in range(0, len(rows), 5000):
-        with db.session_scope() as s:
-            s.execute(insert(AuditEvent), rows[i : i + 5000])
+        db.call(audit.record_many, rows[i : i + 5000])
 
 
 class Phases:
@@ -131,42 +153,30 @@ class Phases:
         self._undo: list[Callable[[], None]] = []
 
     def wrap(self, module: Any, name: str) -> None:
+        """Time every call of `module.name`, a function or a coroutine function (awaited)."""
         original = getattr(module, name)
+        seconds = self.seconds
 
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            t = time.perf_counter()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                self.seconds[name] += time.perf_counter() - t
+        if inspect.iscoroutinefunction(original):
 
-        setattr(module, name, timed)
-        self._undo.append(lambda: setattr(module, name, original))
-
-    def wrap_context(self, module: Any, name: str) -> None:
-        """Time entering and leaving a context manager (not the block it wraps)."""
-        original = getattr(module, name)
-        phases = self
-
-        class Timed:
-            def __init__(self, *args: Any, **kwargs: Any) -> None:
-                self.inner = original(*args, **kwargs)
-
-            def __enter__(self) -> Any:
+            async def timed_async(*args: Any, **kwargs: Any) -> Any:
                 t = time.perf_counter()
                 try:
-                    return self.inner.__enter__()
+                    return await original(*args, **kwargs)
                 finally:
-                    phases.seconds[name] += time.perf_counter() - t
+                    seconds[name] += time.perf_counter() - t
 
-            def __exit__(self, *exc: Any) -> Any:
+            setattr(module, name, timed_async)
+        else:
+
+            def timed(*args: Any, **kwargs: Any) -> Any:
                 t = time.perf_counter()
                 try:
-                    return self.inner.__exit__(*exc)
+                    return original(*args, **kwargs)
                 finally:
-                    phases.seconds[name] += time.perf_counter() - t
+                    seconds[name] += time.perf_counter() - t
 
-        setattr(module, name, Timed)
+            setattr(module, name, timed)
         self._undo.append(lambda: setattr(module, name, original))
 
     def restore(self) -> None:
@@ -181,9 +191,7 @@ def sequencer_throughput(n: int) -> dict[str, float]:
 
     reset_log()
     insert_events(event_rows(n, datetime.now(UTC)))
-    with db.engine().connect() as conn:
-        conn.execute(text("ANALYZE audit_events"))
-        conn.commit()
+    execute("ANALYZE audit_events")
     phases = Phases()
     for name in (
         "lock_sequencer",
@@ -191,28 +199,28 @@ def sequencer_throughput(n: int) -> dict[str, float]:
         "leaf_count",
         "unsequenced",
         "get_nodes",
+        "mark_sequenced",
         "insert_leaves",
         "insert_nodes",
         "add_checkpoint",
     ):
         phases.wrap(repository, name)
-    # Sent in pipeline mode before the leaves are built: what shows is the wait at its end.
-    phases.wrap_context(repository, "mark_sequenced")
     for name in ("_leaves", "sign", "_check_consistent", "_check_head"):
         phases.wrap(sequencer, name)
     phases.wrap(merkle, "append_leaves")
-    commit_s = 0.0
-    t = time.perf_counter()
-    done = 0
-    while done < n:
-        session = db.new_session()
-        try:
-            done += sequencer.sequence(session)
-            c = time.perf_counter()
-            session.commit()
+
+    async def sequence_all() -> float:
+        """Batches until all `n` are sequenced, each in its own transaction; the commits' time."""
+        commit_s, done = 0.0, 0
+        while done < n:
+            async with db.session_scope() as session:
+                done += await sequencer.sequence(session)
+                c = time.perf_counter()
             commit_s += time.perf_counter() - c
-        finally:
-            session.close()
+        return commit_s
+
+    t = time.perf_counter()
+    commit_s = db.run(sequence_all)
     elapsed = time.perf_counter() - t
     phases.restore()
     out = {"events": n, "seconds": elapsed, "rate": n / elapsed, "commit": commit_s}
@@ -225,6 +233,7 @@ def sequencer_throughput(n: int) -> dict[str, float]:
 def plain_insert_ceiling(n: int) -> dict[str, float]:
     """Insert the same leaf (and node) rows into plain tables: no keys, indexes or FKs."""
     from broker import db
+    from broker.audit.models import LogLeaf, LogNode
 
     meta = MetaData()
     plain_leaves = Table(
@@ -243,59 +252,74 @@ def plain_insert_ceiling(n: int) -> dict[str, float]:
         Column("index", BigInteger),
         Column("hash", LargeBinary),
     )
-    meta.drop_all(db.engine())
-    meta.create_all(db.engine())
-    with db.session_scope() as s:
-        leaves = [
-            dict(r._mapping)
-            for r in s.execute(
-                text(
-                    'SELECT "index", event_id, leaf_bytes, leaf_hash, ts FROM log_leaves ORDER BY 1'
-                )
+
+    async def create_tables() -> None:
+        async with db.engine().begin() as conn:
+            await conn.run_sync(meta.drop_all)
+            await conn.run_sync(meta.create_all)
+
+    async def drop_tables() -> None:
+        async with db.engine().begin() as conn:
+            await conn.run_sync(meta.drop_all)
+
+    async def stored(s: AsyncSession) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        leaf, node = LogLeaf.__table__.c, LogNode.__table__.c
+        rows = await s.execute(
+            select(leaf["index"], leaf.event_id, leaf.leaf_bytes, leaf.leaf_hash, leaf.ts).order_by(
+                leaf["index"]
             )
-        ]
-        nodes = [
-            dict(r._mapping) for r in s.execute(text('SELECT level, "index", hash FROM log_nodes'))
-        ]
+        )
+        leaves = [dict(r._mapping) for r in rows]
+        rows = await s.execute(select(node.level, node["index"], node.hash))
+        return leaves, [dict(r._mapping) for r in rows]
+
+    db.run(create_tables)
+    leaves, nodes = db.call(stored)
     assert len(leaves) == n
 
     def run(rows: list[dict[str, Any]], table: Table, extra: list[dict[str, Any]] | None) -> float:
-        t = time.perf_counter()
         per = 5000
         k = len(extra) // max(len(rows) // per, 1) if extra else 0
-        for b, i in enumerate(range(0, len(rows), per)):
-            with db.session_scope() as s:
-                s.execute(insert(table), rows[i : i + per])
-                if extra:
-                    s.execute(insert(plain_nodes), extra[b * k : (b + 1) * k])
+
+        async def batches() -> None:
+            for b, i in enumerate(range(0, len(rows), per)):
+                async with db.session_scope() as s:
+                    await s.execute(insert(table), rows[i : i + per])
+                    if extra:
+                        await s.execute(insert(plain_nodes), extra[b * k : (b + 1) * k])
+
+        t = time.perf_counter()
+        db.run(batches)
         return time.perf_counter() - t
 
     leaves_s = run(leaves, plain_leaves, None)
-    with db.session_scope() as s:
-        s.execute(text("TRUNCATE bench_plain_leaves, bench_plain_nodes"))
+    execute("TRUNCATE bench_plain_leaves, bench_plain_nodes")
     both_s = run(leaves, plain_leaves, nodes)
-    with db.session_scope() as s:
-        s.execute(text("TRUNCATE bench_plain_leaves, bench_plain_nodes"))
-    from broker.audit import repository
+    execute("TRUNCATE bench_plain_leaves, bench_plain_nodes")
+
+    async def copy_batches() -> None:
+        """Leaves and nodes with asyncpg's binary COPY, one transaction per batch."""
+        per, k = 5000, len(nodes) // max(n // 5000, 1)
+        async with db.engine().connect() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            assert raw is not None
+            for b, i in enumerate(range(0, n, per)):
+                async with raw.transaction():
+                    await raw.copy_records_to_table(
+                        plain_leaves.name,
+                        records=[tuple(r.values()) for r in leaves[i : i + per]],
+                        columns=[c.name for c in plain_leaves.columns],
+                    )
+                    await raw.copy_records_to_table(
+                        plain_nodes.name,
+                        records=[tuple(r.values()) for r in nodes[b * k : (b + 1) * k]],
+                        columns=[c.name for c in plain_nodes.columns],
+                    )
 
     t = time.perf_counter()
-    per, k = 5000, len(nodes) // max(n // 5000, 1)
-    for b, i in enumerate(range(0, n, per)):
-        with db.session_scope() as s:
-            repository._copy(
-                s,
-                plain_leaves,
-                ("int8", "uuid", "bytea", "bytea", "timestamptz"),
-                [tuple(r.values()) for r in leaves[i : i + per]],
-            )
-            repository._copy(
-                s,
-                plain_nodes,
-                ("int2", "int8", "bytea"),
-                [tuple(r.values()) for r in nodes[b * k : (b + 1) * k]],
-            )
+    db.run(copy_batches)
     copy_s = time.perf_counter() - t
-    meta.drop_all(db.engine())
+    db.run(drop_tables)
     return {
         "leaves_rate": n / leaves_s,
         "leaves_nodes_rate": n / both_s,
@@ -311,10 +335,14 @@ def cpu_floor(n: int) -> dict[str, float]:
     from broker import db
     from broker.audit import repository, sequencer
 
-    with db.session_scope() as s:
-        s.execute(text("UPDATE audit_events SET leaf_index = NULL"))
-        events = repository.unsequenced(s, n)
-        s.rollback()
+    async def unsequenced(s: AsyncSession) -> Any:
+        # The events as the sequencer reads them; the UPDATE is rolled back.
+        await s.execute(text("UPDATE audit_events SET leaf_index = NULL"))
+        events = await repository.unsequenced(s, n)
+        await s.rollback()
+        return events
+
+    events = db.call(unsequenced)
     assert len(events) == n
     t = time.perf_counter()
     rows, _ = sequencer._leaves(events, 0)
@@ -339,8 +367,7 @@ def bulk_load(size: int) -> None:
     store = merkle.MemoryTreeStore.from_leaf_hashes(hashes)
     ids = [uuid.uuid4() for _ in range(size)]
     now = datetime.now(UTC)
-    raw = db.engine().raw_connection()
-    try:
+    with psycopg.connect(plain_url()) as raw:
         cur = raw.cursor()
         with cur.copy(
             "COPY audit_events (id, kind, actor, subject, details, created_at, leaf_index) "
@@ -363,13 +390,8 @@ def bulk_load(size: int) -> None:
                 for i, h in enumerate(row):
                     copy.write_row((level, i, h))
         raw.commit()
-    finally:
-        raw.close()
-    with db.session_scope() as s:
-        sequencer.sign(s, size, merkle.root(size, store))
-    with db.engine().connect() as conn:
-        conn.execute(text("ANALYZE"))
-        conn.commit()
+    db.call(sequencer.sign, size, merkle.root(size, store))
+    execute("ANALYZE")
     print(
         f"   loaded {size:,} leaves and {sum(map(len, store.levels)):,} nodes "
         f"in {time.perf_counter() - t:.1f} s"
@@ -383,21 +405,26 @@ def proof_latency(size: int, samples: int) -> dict[str, float]:
     from broker.crypto import merkle
 
     rng = random.Random(size)
-    repo_ms, service_ms, reads = [], [], []
-    with db.session_scope() as s:
+    repo_ms: list[float] = []
+    service_ms: list[float] = []
+    reads: list[int] = []
+
+    async def measure(s: AsyncSession) -> None:
         for _ in range(50):  # warm the cache and the connection
-            log.inclusion(s, rng.randrange(size), size)
+            await log.inclusion(s, rng.randrange(size), size)
         for _ in range(samples):
             index = rng.randrange(size)
             t = time.perf_counter()
             keys = merkle.inclusion_proof_keys(index, size)
-            nodes = repository.get_nodes(s, keys)
+            nodes = await repository.get_nodes(s, keys)
             proof = merkle.inclusion_proof(index, size, nodes)
             repo_ms.append((time.perf_counter() - t) * 1000)
             reads.append(len(proof))
             t = time.perf_counter()
-            log.inclusion(s, index, None)
+            await log.inclusion(s, index, None)
             service_ms.append((time.perf_counter() - t) * 1000)
+
+    db.call(measure)
     return {
         "size": size,
         "repo_p50": statistics.median(repo_ms),
@@ -422,19 +449,20 @@ def merge_delay(seconds: float, rate: float) -> dict[str, float]:
     try:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            with db.session_scope() as s:
-                event = service.record(s, "bench.probe", actor="bench", details={"n": 1})
+            event = db.call(service.record, "bench.probe", actor="bench", details={"n": 1})
             committed[event.id] = time.time()
             time.sleep(1 / rate)
         time.sleep(1.5)
     finally:
         worker.stop()
-    with db.session_scope() as s:
-        heads = [
-            (c.size, c.created_at.timestamp())
-            for c in s.scalars(select(Checkpoint).order_by(Checkpoint.size))
-        ]
-        indexes = {e.id: e.leaf_index for e in s.scalars(select(AuditEvent))}
+
+    async def read(s: AsyncSession) -> tuple[list[tuple[int, float]], dict[uuid.UUID, int | None]]:
+        checkpoints = await s.scalars(select(Checkpoint).order_by(Checkpoint.size))
+        heads = [(c.size, c.created_at.timestamp()) for c in checkpoints]
+        indexes = {e.id: e.leaf_index for e in await s.scalars(select(AuditEvent))}
+        return heads, indexes
+
+    heads, indexes = db.call(read)
     delays = []
     for eid, at in committed.items():
         index = indexes[eid]

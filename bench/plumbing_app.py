@@ -8,13 +8,16 @@ starts it and points it at the benchmark's own PostgreSQL database with BENCH_PL
   SQLAlchemy Core connection on psycopg 3, in a `def` route (FastAPI's threadpool).
 - `POST /insert_async`: the same with an `async def` route on the async engine and asyncpg.
 - `POST /floor_async`: the database work of an accepted 2-recipient submit and nothing else,
-  through the broker's own async connection code and repository functions on its own tables
-  (`db.transaction`, `auth.repository.token_and_stamp`, `messages.repository.lock_and_find_async`
-  and `add_accepted_async`: the token and registry stamp, the `(sender, mid)` advisory lock and
-  look-up, the four INSERTs in one statement with their foreign keys, COMMIT). The rows are
-  realistic but their values fixed (sender VN-GDC, 2 recipients); nothing relays them. No
-  verification, scope, receipt signature, authentication rules or rate limit: the floor under
-  any implementation of the submit on this schema and driver.
+  through the broker's own session and repository functions on its own tables, as the submit
+  calls them (`db.session_scope`, `auth.repository.token_and_stamp`,
+  `messages.repository.lock_and_find` and `add_accepted`, `audit.record_many`: the token and
+  registry stamp, the `(sender, mid)` advisory lock and look-up, the message, deliveries,
+  outbox and audit event INSERTs with their foreign keys, COMMIT). The rows are realistic but
+  their values fixed (sender VN-GDC, 2 recipients); nothing relays them. No verification,
+  scope, receipt signature, authentication rules or rate limit: the floor under any
+  implementation of the submit on this schema and driver. The benchmark starts this server
+  with the embedded profile, so the wake-ups the commit asks for cost nothing (no ticker runs
+  here, and no Redis round trips as in production).
 - `POST /floor_crypto_async`: the floor plus the cryptography no submit can skip, with the
   broker's own functions: the outer JWS split, its Ed25519 signature verified over the received
   bytes and its payload parsed strictly (`envelope.verify_outer`, the sender's key found by
@@ -71,9 +74,12 @@ async_engine = create_async_engine(
 
 @asynccontextmanager
 async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    from broker import db
+
     yield
     await async_engine.dispose()
     sync_engine.dispose()
+    await db.dispose()  # the floors' engine (the broker's own, on this event loop)
 
 
 app = FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
@@ -159,27 +165,31 @@ async def floor_crypto_async(data: Annotated[dict[str, Any], Body()]) -> Respons
 
 async def _floor(envelope: str, digest: str, receipt: str) -> Response:
     from broker import db
+    from broker.audit import service as audit
     from broker.auth import repository as auth_repository
     from broker.messages import repository
 
-    mid, message_id, event_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    mid = uuid.uuid4()
     now = datetime.now(UTC)
-    message = {  # the columns `messages.service._rows` writes, in its order
-        "id": message_id, "sender": FLOOR_SENDER, "mid": mid, "kind": "alert",
-        "sender_fp": FLOOR_FP, "sender_kid": "k" * 43, "agreement_id": "ASEAN-CUSTOMS-MOU",
-        "operation_id": None, "offence": "wildlife", "handling": "TLP:AMBER",
-        "routing": FLOOR_ROUTING, "in_reply_to": None, "envelope": envelope,
-        "envelope_sha256": digest, "policy_sha256": "p" * 43, "receipt": receipt,
-        "event_id": event_id, "iat": 1764892800, "exp": 1765497600, "received_at": now,
-    }  # fmt: skip
-    event = {
-        "id": event_id, "kind": "msg.accepted", "actor": f"fp:{FLOOR_FP}",
-        "subject": FLOOR_SENDER, "details": {**FLOOR_ROUTING, "envelope_sha256": digest},
-        "created_at": now, "leaf_index": None,
-    }  # fmt: skip
-    async with db.transaction() as scope:
-        await auth_repository.token_and_stamp(scope.conn, FLOOR_TOKEN_HASH)
-        await repository.lock_and_find_async(scope.conn, FLOOR_SENDER, mid)
-        await repository.add_accepted_async(scope, message, FLOOR_RECIPIENTS, event)
-    body = json.dumps({"mid": str(mid), "receipt": receipt, "event_id": str(event_id)})
+    event = audit.event(
+        "msg.accepted",
+        actor=f"fp:{FLOOR_FP}",
+        subject=FLOOR_SENDER,
+        details={**FLOOR_ROUTING, "envelope_sha256": digest},
+        at=now,
+    )
+    message = repository.NewMessage(
+        id=uuid.uuid4(), sender=FLOOR_SENDER, mid=mid, kind="alert",
+        sender_fp=FLOOR_FP, sender_kid="k" * 43, agreement_id="ASEAN-CUSTOMS-MOU",
+        operation_id=None, offence="wildlife", handling="TLP:AMBER",
+        routing=FLOOR_ROUTING, in_reply_to=None, envelope=envelope,
+        envelope_sha256=digest, policy_sha256="p" * 43, receipt=receipt,
+        event_id=event.id, iat=1764892800, exp=1765497600, received_at=now,
+    )  # fmt: skip
+    async with db.session_scope() as session:
+        await auth_repository.token_and_stamp(session, FLOOR_TOKEN_HASH)
+        await repository.lock_and_find(session, FLOOR_SENDER, mid)
+        await repository.add_accepted(session, message, FLOOR_RECIPIENTS)
+        await audit.record_many(session, [event])
+    body = json.dumps({"mid": str(mid), "receipt": receipt, "event_id": str(event.id)})
     return Response(body, status_code=201, media_type="application/json")

@@ -13,8 +13,9 @@ What it does, all in one run (acceptance of the "Submission and agreement scope"
    submit rate limit raised so that it counts but never refuses) and, next to it, the
    plumbing app (`bench/plumbing_app.py`: one INSERT+COMMIT per request on the same database,
    sync psycopg in the threadpool and async asyncpg; and the floor, a submit's database work
-   with nothing else: its statements and rows, on copies of the broker's tables; and the floor
-   plus the signature verification and the signed receipt no submit can skip).
+   with nothing else: the broker's own repository functions on its own tables, in an
+   `AsyncSession`; and the floor plus the signature verification and the signed receipt no
+   submit can skip).
 3. Pre-builds the signed, encrypted envelopes (4 KB bodies; 2 or 26 recipients; senders
    spread over the members' focal points) in worker processes before each timed phase, so
    client-side crypto does not compete with the broker for the 2 cores while it is measured.
@@ -56,7 +57,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httptools
 import uvloop
@@ -66,6 +67,9 @@ sys.path.insert(0, str(ROOT))
 
 from broker.crypto import envelope as env  # noqa: E402
 from broker.crypto.keys import EncryptionKey, SigningKey  # noqa: E402
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
 
 AGREEMENT = "MEKONG-DRAGON"
 OPERATION = "MEKONG-DRAGON-V"
@@ -160,57 +164,65 @@ def setup_broker(db: str, redis_url: str, data_dir: Path) -> World:
     migrations_check.upgrade()
     keyring.load_or_create()
     doc = world_mod.demo_world()
-    with broker_db.session_scope() as s:
-        world_mod.load_world(s, doc, actor="bench")
+    broker_db.call(world_mod.load_world, doc, actor="bench")
     frame = next(a for a in doc["agreements"] if a["id"] == AGREEMENT)
     operation = next(o for o in doc["operations"] if o["id"] == OPERATION)
-    with broker_db.session_scope() as s:
-        agencies.create_agency(s, AgencyIn(kind="customs", **EXTRA), actor="bench")
-        agencies.create_focal_point(
+    parties = sorted([*frame["parties"], EXTRA["id"]])
+
+    async def widen(s: AsyncSession) -> None:
+        await agencies.create_agency(s, AgencyIn(kind="customs", **EXTRA), actor="bench")
+        await agencies.create_focal_point(
             s,
             EXTRA["id"],
             FocalPointIn(id=EXTRA_FP, name="Bench desk", role="customs focal point"),
             actor="bench",
         )
-        parties = sorted([*frame["parties"], EXTRA["id"]])
-        agreements.update_agreement(s, AGREEMENT, {**frame, "parties": parties}, actor="bench")
-        agreements.update_operation(
+        await agreements.update_agreement(
+            s, AGREEMENT, {**frame, "parties": parties}, actor="bench"
+        )
+        await agreements.update_operation(
             s,
             OPERATION,
             {**operation, "members": sorted([*operation["members"], EXTRA["id"]])},
             actor="bench",
         )
-        agreements.designate(
+        await agreements.designate(
             s,
             EXTRA_FP,
             DesignationIn(agreement=AGREEMENT, valid_from=datetime(2023, 1, 1).date()),
             actor="bench",
         )
+
+    broker_db.call(widen)
     member_fps = {}
     for fp in doc["focal_points"]:
         agency = fp["id"].split("/")[0]
         designated = any(d["agreement"] == AGREEMENT for d in fp.get("designations", []))
         if agency in frame["parties"] and agency not in member_fps and designated:
             member_fps[agency] = fp["id"]
-    senders: dict[str, str] = {}
-    with broker_db.session_scope() as s:
+
+    async def keys_and_tokens(s: AsyncSession) -> dict[str, str]:
+        senders: dict[str, str] = {}
         for agency in parties:
             enc = encryption_key(agency).public.jwk
-            directory.register(s, KeyIn(agency_id=agency, jwk=enc), actor="bench")
+            await directory.register(s, KeyIn(agency_id=agency, jwk=enc), actor="bench")
         for agency, fp in sorted(member_fps.items()):
             sig = signing_key(fp).public.jwk
-            directory.register(
+            await directory.register(
                 s, KeyIn(agency_id=agency, focal_point_id=fp, jwk=sig), actor="bench"
             )
-            principal = auth.create_principal(
+            principal = await auth.create_principal(
                 s,
                 name=f"bench-{fp}",
                 role=auth.Role.focal_point,
                 actor="bench",
                 focal_point_id=fp,
             )
-            _, token = auth.issue_token(s, principal, actor="bench")
+            _, token = await auth.issue_token(s, principal, actor="bench")
             senders[fp] = token
+        return senders
+
+    senders = broker_db.call(keys_and_tokens)
     broker_db.reset_engine()
     return World(parties=parties, senders=senders)
 
@@ -722,6 +734,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     server_env["BROKER_DB_POOL_SIZE"] = str(pool_size)
     plumb_env = {
         **server_env,  # the floors run the broker's own database code (plumbing_app.py)
+        # Its commits' wake-ups go to an idle in-process ticker: database work only.
+        "BROKER_PROFILE": "embedded",
         "BENCH_PLUMB_DB": f"postgres@127.0.0.1:5432/{args.db}",
         "BENCH_POOL_SIZE": str(pool_size),
         "BENCH_MAX_OVERFLOW": str(settings().db_max_overflow),

@@ -1,25 +1,43 @@
-"""Engine, declarative base with a naming convention, and the one place that commits."""
+"""The database: SQLAlchemy's async engine, the declarative base, and the one place that commits.
+
+Every service is `async def` over an `AsyncSession` and runs on both backends: PostgreSQL over
+asyncpg in production, SQLite over aiosqlite on the embedded default. Statements are written
+once and compiled per dialect by SQLAlchemy; the pool, connections and transactions are
+SQLAlchemy's. `session_scope()` is the one owner of commit and rollback; services only flush.
+
+Sync callers (the CLI, Celery tasks, the embedded ticker, tests) run the same services through
+`run` and `call`, on one event loop per process (anyio's blocking portal), never through a
+second, sync copy. asyncpg connections belong to the event loop that opened them, so the
+engine is per event loop: the server's loop, the portal's, and each test client's; each is
+disposed on its own loop (`dispose`, in the application's shutdown; `reset_engine`).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import atexit
-import contextlib
-import functools
-import json
-import re
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+import os
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from contextlib import AbstractAsyncContextManager, ExitStack, asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import JSON, DateTime, Engine, MetaData, create_engine, event
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+from sqlalchemy import JSON, DateTime, MetaData, event, exc
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.engine.interfaces import Dialect
-from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
-from sqlalchemy.pool import NullPool
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Session
 from sqlalchemy.types import TypeDecorator
 
 from broker.config import settings
+
+T = TypeVar("T")
+C = TypeVar("C", bound=Callable[[], None])
+P = ParamSpec("P")
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -58,391 +76,263 @@ class Base(DeclarativeBase):
     type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime()}
 
 
-_engine: Engine | None = None
-_factory: sessionmaker[Session] | None = None
+SessionFactory = Callable[[], AbstractAsyncContextManager[AsyncSession]]
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # WAL with synchronous=FULL: an accepted message survives power loss (NORMAL would not).
+    # No driver-managed transactions: the "begin" listener takes the write lock up front, so
+    # concurrent writers queue on busy_timeout instead of failing on a lock upgrade.
+    dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=FULL")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=10000")
+    for pragma in (
+        "journal_mode=WAL",
+        "synchronous=FULL",
+        "foreign_keys=ON",
+        "busy_timeout=10000",
+    ):
+        cur.execute(f"PRAGMA {pragma}")
     cur.close()
 
 
-def make_engine(url: str) -> Engine:
-    """An engine with the durability settings the broker promises."""
+def _sqlite_begin(conn: Any) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _sqlite_file(url: str) -> None:
+    path = make_url(url).database
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+def async_url(url: str) -> str:
+    """The configured URL with the async driver: asyncpg for PostgreSQL, aiosqlite for SQLite."""
+    parsed = make_url(url)
+    driver = "sqlite+aiosqlite" if parsed.get_backend_name() == "sqlite" else "postgresql+asyncpg"
+    return parsed.set(drivername=driver).render_as_string(hide_password=False)
+
+
+def make_engine(url: str) -> AsyncEngine:
+    """An async engine with the durability settings the broker promises."""
     cfg = settings()
+    url = async_url(url)
     if url.startswith("sqlite"):
-        path = url.removeprefix("sqlite:///")
-        if path and path != ":memory:":
-            from pathlib import Path
-
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": 10})
-        event.listen(engine, "connect", _sqlite_pragmas)
-        # pysqlite's own transaction handling defers BEGIN; take the write lock up front
-        # so concurrent writers queue on busy_timeout instead of failing on upgrade.
-        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
-
-        @event.listens_for(engine, "connect")
-        def _no_autobegin(dbapi_conn: Any, _record: Any) -> None:
-            dbapi_conn.isolation_level = None
-
+        _sqlite_file(url)
+        engine = create_async_engine(url, connect_args={"timeout": 10})
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
-    return create_engine(
+    engine = create_async_engine(
         url,
         pool_size=cfg.db_pool_size,
         max_overflow=cfg.db_max_overflow,
         pool_pre_ping=True,
-        connect_args={"options": "-c synchronous_commit=on -c timezone=UTC"},
+        async_creator=_asyncpg_connect(url),
+    )
+    event.listen(engine.sync_engine, "handle_error", _by_sqlstate)
+    return engine
+
+
+# SQLSTATE classes as PostgreSQL's own drivers classify them (asyncpg's SQLAlchemy adapter
+# leaves most of them a plain DBAPIError): refused data is the client's (422), a lost or
+# refused server is an outage (503).
+_SQLSTATE_CLASSES: dict[str, type[exc.DBAPIError]] = {
+    "22": exc.DataError,
+    "08": exc.OperationalError,
+    "53": exc.OperationalError,
+    "57": exc.OperationalError,
+    "58": exc.OperationalError,
+}
+
+
+def _by_sqlstate(context: ExceptionContext) -> exc.DBAPIError | None:
+    state = getattr(context.original_exception, "sqlstate", None) or ""
+    wanted = _SQLSTATE_CLASSES.get(state[:2])
+    found = context.sqlalchemy_exception
+    if wanted is None or found is None or isinstance(found, wanted):
+        return None
+    original = context.original_exception
+    return wanted(
+        found.statement, found.params, original, connection_invalidated=context.is_disconnect
     )
 
 
-def engine() -> Engine:
-    """The process-wide engine, created on first use."""
-    global _engine, _factory
-    if _engine is None:
-        _engine = make_engine(settings().sqlalchemy_url)
-        _factory = sessionmaker(_engine, expire_on_commit=False)
-    return _engine
+def _asyncpg_connect(url: str) -> Callable[[], Awaitable[Any]]:
+    """asyncpg's connect, with the session settings, whose failures are OperationalErrors.
+
+    SQLAlchemy passes a failed connect of an async driver through unwrapped (an OSError or an
+    asyncpg error: sqlalchemy#11956); wrapped, the API answers 503 as for any lost database.
+    """
+    import asyncpg
+
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+    async def connect() -> Any:
+        try:
+            return await asyncpg.connect(
+                dsn,
+                timeout=10,
+                server_settings={"synchronous_commit": "on", "timezone": "UTC"},
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            raise exc.OperationalError("connect", None, error) from error
+
+    return connect
+
+
+def dialect_name() -> str:
+    """`postgresql` or `sqlite`: the configured backend."""
+    return make_url(settings().sqlalchemy_url).get_backend_name()
+
+
+def insert_for(table: Any) -> Any:
+    """The backend's INSERT construct, for `ON CONFLICT` (the same API on both dialects)."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    return (postgresql if dialect_name() == "postgresql" else sqlite).insert(table)
+
+
+# asyncpg connections are bound to the loop that opened them: one engine per running loop.
+_engines: dict[asyncio.AbstractEventLoop, AsyncEngine] = {}
+_engines_lock = threading.Lock()
+
+
+def engine() -> AsyncEngine:
+    """The running event loop's engine, created on first use."""
+    loop = asyncio.get_running_loop()
+    with _engines_lock:
+        found = _engines.get(loop)
+        if found is None:
+            found = _engines[loop] = make_engine(settings().sqlalchemy_url)
+        return found
+
+
+_on_dispose: list[Callable[[], Awaitable[None]]] = []
+
+
+def on_dispose(fn: Callable[[], Awaitable[None]]) -> None:
+    """Also run `fn` on the ending loop when `dispose` closes its connections (other clients)."""
+    _on_dispose.append(fn)
+
+
+async def dispose() -> None:
+    """Close this event loop's connections (application shutdown, the end of a test client)."""
+    for fn in _on_dispose:
+        await fn()
+    with _engines_lock:
+        found = _engines.pop(asyncio.get_running_loop(), None)
+    if found is not None:
+        await found.dispose()
 
 
 def reset_engine() -> None:
-    """Dispose the engine (after `config.configure`, or in tests)."""
-    global _engine, _factory
-    if _engine is not None:
-        _engine.dispose()
-    _engine = None
-    _factory = None
-
-
-def new_session() -> Session:
-    engine()
-    assert _factory is not None
-    return _factory()
-
-
-_after_commit_hooks: list[Callable[[Session], None]] = []
-
-
-def on_commit(hook: Callable[[Session], None]) -> None:
-    """Register a process-wide hook run after every successful commit (jobs use it)."""
-    _after_commit_hooks.append(hook)
-
-
-@contextmanager
-def session_scope() -> Iterator[Session]:
-    """Commit on success, roll back on error. Services only flush."""
-    session = new_session()
-    try:
-        yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
-    for hook in _after_commit_hooks:
-        hook(session)
-
-
-def get_session() -> Iterator[Session]:
-    """FastAPI dependency: one session per request, committed by `session_scope`."""
-    with session_scope() as session:
-        yield session
-
-
-# --- the async hot paths (PostgreSQL) -------------------------------------------------------
-#
-# `POST /v1/messages`, the inbox poll and the acknowledgement run on the event loop with an
-# asyncpg connection instead of a worker thread with a Session: under load the thread
-# hand-offs and GIL waits cost more than the submit itself, and asyncpg costs about half of
-# psycopg's async client CPU per statement under uvloop (docs/performance.md). `transaction()`
-# below is these paths' one place that commits or rolls back, as `session_scope` is for
-# everything else. The statements are plain SQL in the repositories, written with psycopg's
-# named placeholders (`%(name)s`); the rules are the same functions as the sync path's.
-
-_PLACEHOLDER = re.compile(r"%\((\w+)\)s|%%")
-
-
-@functools.lru_cache(maxsize=256)
-def _positional(sql: str) -> tuple[str, tuple[str, ...]]:
-    """`%(name)s` placeholders as asyncpg's `$n` (a name used twice is one parameter)."""
-    names: list[str] = []
-
-    def number(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name is None:
-            return "%"
-        if name not in names:
-            names.append(name)
-        return f"${names.index(name) + 1}"
-
-    return _PLACEHOLDER.sub(number, sql), tuple(names)
-
-
-def _sa_error(exc: BaseException, *, closed: bool) -> Exception:
-    """An asyncpg failure as the SQLAlchemy error the sync path would raise, which the handlers
-    answer: 503 for a lost or refused connection, 422 for data PostgreSQL refuses (NUL, out of
-    range); an integrity violation stays an IntegrityError for the service to handle.
-    `closed`: the connection is closed now (asyncpg's own errors on it are then a loss)."""
-    import asyncpg
-    from sqlalchemy import exc as sa_exc
-
-    if isinstance(exc, asyncpg.PostgresError):
-        state = str(getattr(exc, "sqlstate", "") or "")
-        if state.startswith("23"):
-            return sa_exc.IntegrityError(None, None, exc)
-        if state.startswith("22"):
-            return sa_exc.DataError(None, None, exc)
-        if state[:2] in ("08", "53", "57", "58"):
-            return sa_exc.OperationalError(None, None, exc)
-        return sa_exc.DBAPIError(None, None, exc)
-    if isinstance(exc, (OSError, asyncpg.ConnectionDoesNotExistError)) or closed:
-        return sa_exc.OperationalError(None, None, exc)
-    return sa_exc.DBAPIError(None, None, exc)  # a misuse of the driver: a bug, 500
-
-
-def _driver_errors() -> tuple[type[BaseException], ...]:
-    import asyncpg
-
-    return (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
-
-
-class Rows:
-    """The rows of one statement, read as from a psycopg cursor."""
-
-    __slots__ = ("_rows",)
-
-    def __init__(self, rows: list[Any]) -> None:
-        self._rows = rows
-
-    async def fetchone(self) -> Any:
-        return self._rows[0] if self._rows else None
-
-    async def fetchall(self) -> list[Any]:
-        return self._rows
-
-
-class AsyncConn:
-    """An asyncpg connection with the small psycopg-like surface the repositories use.
-
-    A transaction begins with the first statement after a commit or a rollback, as in
-    psycopg's default mode. Driver errors come out as SQLAlchemy's (`_sa_error`), so that the
-    repositories and handlers never see the driver.
-    """
-
-    def __init__(self, raw: Any) -> None:
-        self.raw = raw
-        self._in_transaction = False
-
-    @property
-    def closed(self) -> bool:
-        return bool(self.raw.is_closed())
-
-    @property
-    def idle(self) -> bool:
-        """Open and outside any transaction: fit to go back to the pool."""
-        return not self.raw.is_closed() and not self.raw.is_in_transaction()
-
-    async def execute(self, sql: str, params: dict[str, Any] | None = None) -> Rows:
-        text, names = _positional(sql)
-        args = [params[name] for name in names] if params else []
-        try:
-            if not self._in_transaction:
-                await self.raw.execute("BEGIN")
-                self._in_transaction = True
-            return Rows(await self.raw.fetch(text, *args))
-        except _driver_errors() as exc:
-            raise _sa_error(exc, closed=self.closed) from exc
-
-    async def commit(self) -> None:
-        await self._end("COMMIT")
-
-    async def rollback(self) -> None:
-        await self._end("ROLLBACK")
-
-    async def _end(self, command: str) -> None:
-        if not self._in_transaction:
-            return
-        self._in_transaction = False
-        try:
-            await self.raw.execute(command)
-        except _driver_errors() as exc:
-            raise _sa_error(exc, closed=self.closed) from exc
-
-    async def close(self) -> None:
-        try:
-            await self.raw.close(timeout=2)
-        except Exception:
-            self.raw.terminate()
-
-
-class AsyncScope:
-    """One connection and transaction of the async paths; `transaction()` commits it."""
-
-    def __init__(self, conn: AsyncConn) -> None:
-        self.conn = conn
-        # Read with the token (auth.authenticate_async), for registry.snapshot.current_async.
-        self.registry_stamp: str | None = None
-        self.stamp_read = False
-        self._after_commit: dict[str, Callable[[], None]] = {}
-
-    def after_commit(self, name: str, hook: Callable[[], None]) -> None:
-        """Run `hook` once (per `name`) after this transaction has committed."""
-        self._after_commit[name] = hook
-
-    async def rollback(self) -> None:
-        """Discard this transaction's writes and wake-ups; later statements start a new one."""
-        self._after_commit.clear()
-        await self.conn.rollback()
-
-
-async def _connect(dsn: str) -> AsyncConn:
-    import asyncpg
-
-    raw = await asyncpg.connect(
-        dsn, server_settings={"synchronous_commit": "on", "timezone": "UTC"}
-    )
-    # JSON columns in and out as Python values, as SQLAlchemy's JSON types give them.
-    for name in ("json", "jsonb"):
-        await raw.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
-    return AsyncConn(raw)
-
-
-class _AsyncPool:
-    """A small pool of asyncpg connections for one event loop (at most `size` open).
-
-    An idle connection the server ended (a PostgreSQL restart ends every backend) is seen
-    without a round trip: asyncpg's protocol reads the server's goodbye on the event loop and
-    marks the connection closed, and such a connection is never handed out.
-    """
-
-    def __init__(self, dsn: str, size: int) -> None:
-        import asyncio
-
-        self.dsn = dsn
-        self._idle: list[AsyncConn] = []
-        self._slots = asyncio.Semaphore(size)
-
-    async def acquire(self) -> AsyncConn:
-        from sqlalchemy import exc as sa_exc
-
-        await self._slots.acquire()
-        try:
-            while self._idle:
-                conn = self._idle.pop()
-                if not conn.closed:
-                    return conn
-                await conn.close()
-            try:
-                return await _connect(self.dsn)
-            except _driver_errors() as exc:  # refused, unreachable, or turned away: 503
-                raise sa_exc.OperationalError(None, None, exc) from exc
-        except BaseException:
-            self._slots.release()
-            raise
-
-    async def discard_idle(self) -> None:
-        """Close every idle connection (after a connection failed: the server may be new)."""
-        idle, self._idle = self._idle, []
-        for conn in idle:
-            await conn.close()
-
-    async def release(self, conn: AsyncConn) -> None:
-        try:
-            if conn.idle:
-                self._idle.append(conn)
-            else:
-                await conn.close()
-        finally:
-            self._slots.release()
-
-    async def close(self) -> None:
-        await self.discard_idle()
-
-
-_pools: dict[int, tuple[Any, _AsyncPool]] = {}
-
-
-def async_enabled() -> bool:
-    """Whether the async paths serve this database (PostgreSQL; SQLite stays sync)."""
-    return engine().dialect.name == "postgresql"
-
-
-def _abandon(conn: AsyncConn) -> None:
-    """Close the socket of a connection whose event loop has ended (asyncpg cannot: closing
-    needs the loop). Only test runs end loops with connections open (one `asyncio.run` each);
-    the server closes the pool in its lifespan."""
-    conn.raw._aborted = True  # closed, for `is_closed()` and its finaliser
-    transport = getattr(conn.raw, "_transport", None)
-    sock = getattr(transport, "_sock", None)
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.close()
-        transport._sock = None  # type: ignore[union-attr]  # its finaliser has nothing to warn
-
-
-@atexit.register
-def _abandon_stale_pools() -> None:
-    """Drop the pools of event loops that have ended (at `_pool()` and at exit)."""
-    for key, (loop, stale) in list(_pools.items()):
+    """Dispose every engine (after `config.configure`, or in tests), each on its own loop."""
+    with _engines_lock:
+        engines = list(_engines.items())
+        _engines.clear()
+    for loop, found in engines:
         if loop.is_closed():
-            del _pools[key]
-            for conn in stale._idle:
-                _abandon(conn)
+            continue
+        if loop.is_running():
+            future = asyncio.run_coroutine_threadsafe(found.dispose(), loop)
+            if not _on_loop_thread(loop):
+                future.result(timeout=10)
+        else:
+            loop.run_until_complete(found.dispose())
 
 
-def _pool() -> _AsyncPool:
-    import asyncio
-
-    loop = asyncio.get_running_loop()
-    entry = _pools.get(id(loop))
-    if entry is None or entry[0] is not loop:
-        _abandon_stale_pools()
-        url = engine().url.set(drivername="postgresql")
-        dsn = url.render_as_string(hide_password=False)
-        entry = (loop, _AsyncPool(dsn, settings().db_pool_size))
-        _pools[id(loop)] = entry
-    pool: _AsyncPool = entry[1]
-    return pool
+def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
 
 
-async def close_async_pool() -> None:
-    """Close this event loop's idle connections (application shutdown)."""
-    import asyncio
+_AFTER_COMMIT = "broker.after_commit"
 
-    entry = _pools.pop(id(asyncio.get_running_loop()), None)
-    if entry is not None:
-        await entry[1].close()
+
+def after_commit(session: AsyncSession, key: Hashable, fn: C) -> C:
+    """Run `fn` once per `key` after this session's transaction commits; a rollback drops it.
+
+    Returns the callable registered under `key` (the first one). Wake-ups, metrics and inbox
+    notifications go through here, so that nothing is announced that did not commit.
+    """
+    registered: C = session.info.setdefault(_AFTER_COMMIT, {}).setdefault(key, fn)
+    return registered
+
+
+@event.listens_for(Session, "after_rollback")
+def _forget_after_commit(session: Session) -> None:
+    session.info.pop(_AFTER_COMMIT, None)
 
 
 @asynccontextmanager
-async def transaction() -> AsyncIterator[AsyncScope]:
-    """Commit on success, roll back on error: the async twin of `session_scope`."""
-    from sqlalchemy import exc as sa_exc
-
-    pool = _pool()
-    conn = await pool.acquire()
-    try:
+async def session_scope() -> AsyncIterator[AsyncSession]:
+    """One transaction: commit on success, roll back on error. Services only flush."""
+    async with AsyncSession(engine(), expire_on_commit=False) as session:
         try:
-            scope = AsyncScope(conn)
-            yield scope
-            await conn.commit()
+            yield session
+            await session.commit()
         except BaseException:
-            if not conn.closed:
-                try:
-                    await conn.rollback()
-                except Exception:
-                    await conn.close()
+            await session.rollback()
             raise
-    except sa_exc.OperationalError:
-        await pool.discard_idle()  # as SQLAlchemy invalidates its pool on a disconnect
-        raise
-    finally:
-        await pool.release(conn)
-    for hook in scope._after_commit.values():
-        hook()
+    for fn in session.info.pop(_AFTER_COMMIT, {}).values():
+        fn()
+
+
+async def get_session() -> AsyncIterator[AsyncSession]:
+    """FastAPI dependency: one session per request, committed by `session_scope`."""
+    async with session_scope() as session:
+        yield session
+
+
+# --- sync callers: one event loop per process ------------------------------------------------
+
+_portal: tuple[int, BlockingPortal, ExitStack] | None = None
+_portal_lock = threading.Lock()
+
+
+def _blocking_portal() -> BlockingPortal:
+    global _portal
+    with _portal_lock:
+        if _portal is None or _portal[0] != os.getpid():  # a forked child starts its own
+            stack = ExitStack()
+            portal = stack.enter_context(start_blocking_portal())
+            _portal = (os.getpid(), portal, stack)
+            # Stopped before the interpreter freezes daemon threads, or the exit waits on it.
+            atexit.register(close_portal)
+        return _portal[1]
+
+
+def run(fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run the coroutine function `fn` to completion from sync code (CLI, tasks, tests).
+
+    On this process's own event loop, which keeps its engine and pool between calls.
+    """
+
+    async def call() -> T:
+        return await fn(*args, **kwargs)
+
+    return _blocking_portal().call(call)
+
+
+def call(
+    fn: Callable[Concatenate[AsyncSession, P], Awaitable[T]], *args: P.args, **kwargs: P.kwargs
+) -> T:
+    """Run `fn(session, ...)` in one transaction from sync code, committed before this returns."""
+
+    async def scoped() -> T:
+        async with session_scope() as session:
+            return await fn(session, *args, **kwargs)
+
+    return run(scoped)
+
+
+def close_portal() -> None:
+    """Dispose the sync callers' engine and stop their event loop (process exit, tests)."""
+    global _portal
+    with _portal_lock:
+        found, _portal = _portal, None
+    if found is not None and found[0] == os.getpid():
+        found[1].call(dispose)
+        found[2].close()

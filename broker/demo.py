@@ -1,4 +1,9 @@
-"""`broker demo`: the world of ARCHITECTURE.md section 2 on the embedded default, over HTTP."""
+"""`broker demo`: the world of ARCHITECTURE.md section 2 on the embedded default, over HTTP.
+
+The broker serves in a background thread (uvicorn, on its own event loop); the scenario talks
+to it as the agencies would, through the SDK and real HTTP. Only the first admin token is made
+directly, through the services (`db.call`).
+"""
 
 from __future__ import annotations
 
@@ -15,8 +20,9 @@ import httpx2
 import uvicorn
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from broker import db, migrations_check, world
+from broker import db, world
 from broker.auth import repository as auth_repo
 from broker.auth import service as auth
 from broker.auth.service import Role
@@ -43,6 +49,10 @@ DEMO_PRINCIPALS: list[dict[str, Any]] = [
 ]
 
 
+class NotServing(RuntimeError):
+    """The background server did not start (its port is taken, most likely)."""
+
+
 class ServerThread(threading.Thread):
     """uvicorn in a background thread, so the scenario can talk to it over real HTTP."""
 
@@ -65,7 +75,7 @@ class ServerThread(threading.Thread):
         deadline = time.monotonic() + timeout
         while not self.server.started:
             if not self.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(
+                raise NotServing(
                     f"the server did not start on port {self.server.config.port} (in use?)"
                 )
             time.sleep(0.05)
@@ -75,14 +85,17 @@ class ServerThread(threading.Thread):
         self.join(timeout=10)
 
 
+async def _admin_token(session: AsyncSession) -> str:
+    principal = await auth_repo.principal_by_name(session, ADMIN)
+    if principal is None:
+        principal = await auth.create_principal(session, name=ADMIN, role=Role.admin, actor="demo")
+    _, secret = await auth.issue_token(session, principal, actor="demo", ttl_days=30)
+    return secret
+
+
 def _bootstrap_admin() -> str:
     """The one principal created directly: everything else goes through the API."""
-    with db.session_scope() as session:
-        principal = auth_repo.principal_by_name(session, ADMIN)
-        if principal is None:
-            principal = auth.create_principal(session, name=ADMIN, role=Role.admin, actor="demo")
-        _, secret = auth.issue_token(session, principal, actor="demo", ttl_days=30)
-    return secret
+    return db.call(_admin_token)
 
 
 def _check(response: httpx2.Response) -> Any:
@@ -419,13 +432,15 @@ def _audit(auditor: Any, base_url: str, token: str, data_dir: Path) -> dict[str,
 
 
 def run(*, port: int, keep_serving: bool) -> dict[str, Any]:
-    """Play the scenario; write demo-credentials.json; serve until interrupted unless told not to."""
+    """Play the scenario on a migrated database, write demo-credentials.json, then serve.
+
+    Serves until interrupted, unless `keep_serving` is false.
+    """
     cfg = settings()
     data_dir = cfg.data_dir.resolve()
     started = time.monotonic()
     logging.getLogger("httpx2").setLevel(logging.WARNING)
     console.print(f"[bold]Exchange broker demo[/bold] — embedded default, data in {data_dir}")
-    migrations_check.upgrade()
     server = ServerThread(port)
     server.start()
     server.wait_started()

@@ -1,29 +1,26 @@
-"""Request dependencies: the session, and the role gate every route declares."""
+"""Request dependencies: the session, and the role gate every route declares (`admit`)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Collection
 from typing import Annotated, TypeVar
 
-from anyio import Semaphore
 from fastapi import Depends, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
-from sqlalchemy.orm import Session
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker import db, ratelimit
 from broker.auth import service as auth
 from broker.auth.service import Caller, Role
 from broker.errors import BrokerError, Forbidden
 
-T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 
-# One shared Depends object so the concurrency limit is global and matches the pool size.
-_session_dep = Depends(db.get_session, scope="function", max_concurrency=20)
-SessionDep = Annotated[Session, _session_dep]
+# One Depends object, so that the gate and the route share the request's one session. Its
+# exit (the commit) runs when the route returns, before the response is sent.
+SessionDep = Annotated[AsyncSession, Depends(db.get_session, scope="function")]
 
 
 def _bearer(request: Request) -> str | None:
@@ -32,86 +29,40 @@ def _bearer(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" else None
 
 
+async def authenticate(request: Request, session: AsyncSession, token: str | None) -> Caller:
+    """The token's caller, with the limit on failed authentication per client around it."""
+    address = ratelimit.client_address(request)
+    await ratelimit.auth_allowed(address)
+    try:
+        return await auth.authenticate(session, token)
+    except BrokerError as exc:
+        await ratelimit.auth_failed(address, exc)
+        raise
+
+
+async def admit(request: Request, session: AsyncSession, roles: Collection[Role]) -> Caller:
+    """Authenticate the bearer token and admit only `roles`, with the rate limits around it.
+
+    Refusals come in this order for every route: 429 for a client that keeps failing
+    authentication, 401, 429 for a spent budget, 403 for a role not admitted; a route parses
+    its body only after this (422).
+    """
+    caller = await authenticate(request, session, _bearer(request))
+    request.state.principal = caller.name
+    await ratelimit.check(request, caller)
+    if caller.role not in roles:
+        raise Forbidden(f"role {caller.role.value} may not call this route")
+    return caller
+
+
 class RoleGate:
-    """Deny by default: authenticate the bearer token and admit only the listed roles."""
+    """Deny by default: the dependency that admits only the listed roles (`admit`)."""
 
     def __init__(self, *roles: Role) -> None:
         self.roles = frozenset(roles)
 
-    def __call__(self, request: Request, session: SessionDep) -> Caller:
-        with ratelimit.guard_authentication(request):
-            caller = auth.authenticate(session, _bearer(request))
-        request.state.principal = caller.name
-        ratelimit.check(request, caller)
-        if caller.role not in self.roles:
-            raise Forbidden(f"role {caller.role.value} may not call this route")
-        return caller
-
-
-class InThreadRoleGate(RoleGate):
-    """A RoleGate that the route calls itself, inside its one transaction (submit, poll, ack).
-
-    On PostgreSQL those routes run on the event loop (`admit_async`, `run_in_transaction`);
-    on SQLite in one worker thread (`admit`, `run_in_session`).
-
-    Every sync dependency is a threadpool hop: SessionDep's enter and exit, RoleGate and a
-    `def` route make four per request, and under load the hand-offs cost more CPU than the
-    submit's own Python (docs/performance.md). As a dependency this gate only declares the
-    roles; the route calls `admit` first thing inside `run_in_session`, with the same checks,
-    errors and rate limits as RoleGate, before it parses the body (`json_body`), so the order
-    of refusals (401/403/429, then 422) is the same as for any other route.
-    """
-
-    async def __call__(self, request: Request) -> InThreadRoleGate:  # type: ignore[override]
-        return self
-
-    def admit(self, request: Request, session: Session) -> Caller:
-        """Authenticate and authorise, as `RoleGate.__call__` (call it in the worker thread)."""
-        return RoleGate.__call__(self, request, session)
-
-    async def admit_async(self, request: Request, scope: db.AsyncScope) -> Caller:
-        """`admit` on the async path (PostgreSQL): the same checks, errors and order."""
-        address = ratelimit.client_address(request)
-        await ratelimit.auth_allowed_async(address)
-        try:
-            caller = await auth.authenticate_async(scope, _bearer(request))
-        except BrokerError as exc:
-            await ratelimit.auth_failed_async(address, exc)
-            raise
-        request.state.principal = caller.name
-        await ratelimit.check_async(request, caller)
-        if caller.role not in self.roles:
-            raise Forbidden(f"role {caller.role.value} may not call this route")
-        return caller
-
-
-def _db_slots() -> Semaphore:
-    # SessionDep's own semaphore (FastAPI keeps it per event loop): one limit, matching the
-    # pool, for both kinds of route. `_concurrency` is FastAPI's (pinned version).
-    concurrency = _session_dep._concurrency
-    assert concurrency is not None
-    semaphore: Semaphore = concurrency.get_semaphore()
-    return semaphore
-
-
-def _scoped(fn: Callable[[Session], T]) -> T:
-    with db.session_scope() as session:
-        return fn(session)
-
-
-async def run_in_session(fn: Callable[[Session], T]) -> T:
-    """`fn(session)` in one worker thread, committed before this returns (as SessionDep)."""
-    async with _db_slots():
-        return await run_in_threadpool(_scoped, fn)
-
-
-async def run_in_transaction(fn: Callable[[db.AsyncScope], Awaitable[T]]) -> T:
-    """`fn(scope)` on the event loop, committed before this returns (PostgreSQL only).
-
-    No worker thread: the connection pool (`db.transaction`) bounds the concurrency.
-    """
-    async with db.transaction() as scope:
-        return await fn(scope)
+    async def __call__(self, request: Request, session: SessionDep) -> Caller:
+        return await admit(request, session, self.roles)
 
 
 def json_body(model: type[M], request: Request, body: bytes) -> M:
@@ -148,8 +99,6 @@ FocalPointCaller = Annotated[Caller, Depends(RoleGate(R.focal_point))]
 AgencyCaller = Annotated[Caller, Depends(RoleGate(R.agency))]
 PartyCaller = Annotated[Caller, Depends(RoleGate(R.focal_point, R.agency))]
 AnyCaller = Annotated[Caller, Depends(RoleGate(R.focal_point, R.agency, R.auditor, R.admin))]
-FocalPointInThread = Annotated[InThreadRoleGate, Depends(InThreadRoleGate(R.focal_point))]
-AgencyInThread = Annotated[InThreadRoleGate, Depends(InThreadRoleGate(R.agency))]
 
 
 def problem_response(request: Request, err: BrokerError) -> JSONResponse:

@@ -26,34 +26,35 @@ periodic sweep. Wake-ups carry no data at all.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from typing import cast
 
 import redis
-from sqlalchemy.orm import Session
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker import db, ticker
 from broker.config import Profile, settings
 from broker.logging import get_logger
 
 _log = get_logger("broker.jobs")
+
+# The job names: one constant each (Celery task names and ticker jobs alike).
+SEQUENCE = "log.sequence"  # the audit log sequencer
+RELAY = "outbox.relay"  # deliveries from the outbox into inboxes
+PUSH = "push.deliver"  # pushes to partners' endpoints
+
 _KEY = "broker.jobs"
 FLAG = "broker:wake:"
 FLAG_TTL_MS = 5000  # longer than a queued task normally waits; a lost one blocks no longer
 MERGE_S = 0.001  # after each round of sends, wake-ups arriving meanwhile become one round
-SPACED_S = {"log.sequence": 0.25}  # job -> least time between woken runs (throttled jobs)
+SPACED_S = {SEQUENCE: 0.25}  # job -> least time between woken runs (throttled jobs)
 
 
-def after_commit(session: Session, name: str) -> None:
+def after_commit(session: AsyncSession, name: str) -> None:
     """Ask for job `name` once this session's transaction has committed."""
-    session.info.setdefault(_KEY, set()).add(name)
-
-
-def _flush(session: Session) -> None:
-    names: set[str] = session.info.pop(_KEY, set())
-    for name in names:
-        wake(name)
+    db.after_commit(session, (_KEY, name), functools.partial(wake, name))
 
 
 def wake(name: str) -> None:
@@ -113,7 +114,7 @@ class _Publisher(threading.Thread):
                 self._cond.wait(max(timeout, 0.001))
 
     def _send(self, name: str) -> None:
-        from workers.celery_app import celery_app
+        from broker.queue import celery_app
 
         spacing = SPACED_S.get(name)
         if spacing:
@@ -139,7 +140,7 @@ class _Publisher(threading.Thread):
     def _warm(self) -> None:
         """Import Celery and connect to Redis now, not on the first commit's wake-up (~70 ms)."""
         try:
-            from workers.celery_app import celery_app
+            from broker.queue import celery_app
 
             _redis().ping()
             with celery_app.producer_pool.acquire(block=True) as producer:
@@ -180,6 +181,3 @@ def _publisher() -> _Publisher:
             _instance[:] = [_Publisher()]
             _instance[0].start()
         return _instance[0]
-
-
-db.on_commit(_flush)

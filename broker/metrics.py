@@ -6,33 +6,25 @@ Two kinds, so that API replicas and Celery workers need no shared metrics state:
   from the database's own timestamps (so it does not matter which process relayed a delivery):
   accepted -> available and available -> fetched at a delivery's first fetch, accepted ->
   acknowledged at its acknowledgement. Observations are made only after the commit.
-- **Gauges and counters read from the database at scrape time** (`DeliveryCollector`, cached
-  for a few seconds): the outbox queue depth per topic, rows being retried, dead letters, the
-  age of the oldest pending row, push attempts by outcome, and deliveries overdue for
-  acknowledgement per recipient. Every replica reports the same values: aggregate with `max`.
+- **Gauges and counters read from the database at scrape time**: the inbox's own collector
+  (`broker.inbox.metrics`), registered by the application.
 
 Besides, per request (`observe_request`, called by `middleware.RequestContext`): the HTTP
 series `http_requests_total{method,status,handler}`, `http_request_duration_seconds` and
 `http_request_duration_highr_seconds`, `http_request_size_bytes` and `http_response_size_bytes`
 (the names and labels prometheus-fastapi-instrumentator used before). The handler is the
-route's template, taken from the route the router already matched (`scope["route"]`): the
-instrumentator matched every request against the route table a second time (3 % of a submit's
-CPU). `/metrics` and `/health/*` are not counted.
+route's template, taken from the route the router already matched (`scope["route"]`), so
+that no request is matched twice. `/metrics` and `/health/*` are not counted.
 
 Everything is registered once, at import.
 """
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Iterable, Iterator
-from typing import Any
+import functools
 
-from prometheus_client import REGISTRY, Counter, Histogram, Summary
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
-from sqlalchemy.orm import Session
+from prometheus_client import Counter, Histogram, Summary
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.routing import Mount
 from starlette.types import Scope
 
@@ -125,117 +117,6 @@ def observe_request(
     HTTP_RESPONSE_SIZE.labels(handler).observe(sizes[1])
 
 
-def observe_after_commit(session: Session, histogram: Histogram, value: float) -> None:
+def observe_after_commit(session: AsyncSession, histogram: Histogram, value: float) -> None:
     """Observe `value` once this session's transaction has committed (never on rollback)."""
-    session.info.setdefault(_KEY, []).append((histogram, max(value, 0.0)))
-
-
-def _flush(session: Session) -> None:
-    for histogram, value in session.info.pop(_KEY, []):
-        histogram.observe(value)
-
-
-class DeliveryCollector(Collector):
-    """Queue depth, retries, dead letters and overdue acknowledgements, read from the database."""
-
-    CACHE_S = 5.0
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._cached: tuple[float, list[Metric]] | None = None
-
-    def describe(self) -> Iterable[Metric]:
-        # Without this the registry would call collect() (a query) when registering.
-        return list(self._families(empty=True))
-
-    def collect(self) -> Iterable[Metric]:
-        with self._lock:
-            now = time.monotonic()
-            if self._cached is None or now - self._cached[0] > self.CACHE_S:
-                try:
-                    families = list(self._families(empty=False))
-                except Exception as exc:
-                    _log.warning("delivery metrics unavailable", error=type(exc).__name__)
-                    up = GaugeMetricFamily(
-                        "broker_delivery_metrics_up", "1 if the database could be read."
-                    )
-                    up.add_metric([], 0)
-                    return [up]
-                self._cached = (now, families)
-            return self._cached[1]
-
-    def _families(self, *, empty: bool) -> Iterator[Metric]:
-        up = GaugeMetricFamily("broker_delivery_metrics_up", "1 if the database could be read.")
-        pending = GaugeMetricFamily(
-            "broker_outbox_pending", "Outbox rows not yet done (queue depth).", labels=["topic"]
-        )
-        retrying = GaugeMetricFamily(
-            "broker_outbox_retrying",
-            "Pending outbox rows that already failed or were cut short at least once.",
-            labels=["topic"],
-        )
-        dead = GaugeMetricFamily(
-            "broker_outbox_dead_letters",
-            "Outbox rows given up after their last attempt (kept for an operator).",
-            labels=["topic"],
-        )
-        oldest = GaugeMetricFamily(
-            "broker_outbox_oldest_pending_seconds",
-            "Age of the oldest pending outbox row.",
-            labels=["topic"],
-        )
-        attempts = CounterMetricFamily(
-            "broker_push_attempts", "Push POST attempts by outcome.", labels=["status"]
-        )
-        overdue = GaugeMetricFamily(
-            "broker_deliveries_overdue",
-            "Deliveries not acknowledged within their agreement's ack_deadline.",
-            labels=["recipient"],
-        )
-        if not empty:
-            self._read(pending, retrying, dead, oldest, attempts, overdue)
-            up.add_metric([], 1)
-        yield from (up, pending, retrying, dead, oldest, attempts, overdue)
-
-    @staticmethod
-    def _read(
-        pending: GaugeMetricFamily,
-        retrying: GaugeMetricFamily,
-        dead: GaugeMetricFamily,
-        oldest: GaugeMetricFamily,
-        attempts: CounterMetricFamily,
-        overdue: GaugeMetricFamily,
-    ) -> None:
-        from broker.ids import utcnow
-        from broker.inbox import repository as inbox_repo
-        from broker.inbox import service as inbox
-        from broker.push import repository as push_repo
-
-        session = db.new_session()
-        try:
-            now = utcnow()
-            stats: dict[str, Any] = {row[0]: row for row in inbox_repo.outbox_stats(session)}
-            for topic in sorted({"deliver", "push", *stats}):
-                _, n_pending, n_retrying, n_dead, first = stats.get(topic, (topic, 0, 0, 0, None))
-                pending.add_metric([topic], n_pending)
-                retrying.add_metric([topic], n_retrying)
-                dead.add_metric([topic], n_dead)
-                age = (now - first).total_seconds() if first is not None else 0.0
-                oldest.add_metric([topic], max(age, 0.0))
-            for status, count in push_repo.attempt_counts(session).items():
-                attempts.add_metric([status], count)
-            for recipient, count in sorted(inbox.overdue(session, now).items()):
-                overdue.add_metric([recipient], count)
-        finally:
-            session.rollback()
-            session.close()
-
-    def invalidate(self) -> None:
-        """Forget the cached values (tests)."""
-        with self._lock:
-            self._cached = None
-
-
-collector = DeliveryCollector()
-REGISTRY.register(collector)
-db.on_commit(_flush)
+    db.after_commit(session, object(), functools.partial(histogram.observe, max(value, 0.0)))

@@ -38,18 +38,21 @@ def head() -> str | None:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
-def current() -> str | None:
-    with db.engine().connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+async def current() -> str | None:
+    """The database's revision (None before the first migration)."""
+    async with db.engine().connect() as conn:
+        return await conn.run_sync(
+            lambda sync: MigrationContext.configure(sync).get_current_revision()
+        )
 
 
-def is_current() -> bool:
-    return current() == head()
+async def is_current() -> bool:
+    return await current() == head()
 
 
-def require_current() -> None:
+async def require_current() -> None:
     """Raise with the fix if the schema is behind (or ahead of) the code."""
-    have, want = current(), head()
+    have, want = await current(), head()
     if have != want:
         raise NotMigrated(
             f"database schema is at {have or 'nothing'}, the code needs {want}: run `broker migrate`"

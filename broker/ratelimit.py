@@ -1,14 +1,13 @@
 """Rate limits per principal, a limit on failed authentication per client, long-poll caps.
 
-Every gated route goes through `deps.RoleGate`, which calls this module twice:
+Every gated route goes through `deps.admit`, which calls this module around authentication:
 
-1. `guard_authentication` around token checking. A client address (the socket peer, so put
+1. `auth_allowed` before the token is looked at, `auth_failed` after a refused one. A client address (the socket peer, so put
    the broker behind a proxy that sets it, e.g. uvicorn `--forwarded-allow-ips`) that has
    failed authentication `rate_auth_failures_per_minute` times in the last minute is refused
    with 429 *before* its token is looked at: a token guesser cannot tell a right guess from a
-   wrong one once it is blocked, and each further guess costs no database lookup. On the
-   async submit path an address read as clean is not read again for `CLEAN_S` unless it
-   fails meanwhile (one Redis round trip less per submit).
+   wrong one once it is blocked, and each further guess costs no database lookup. An address
+   read as clean is not read again for `CLEAN_S` unless it fails meanwhile.
 2. `check` after authentication: one moving-window budget per principal and bucket, `submit`
    for `POST /v1/messages` and `default` for every other route.
 
@@ -28,19 +27,23 @@ Refusals are RFC 9457 problem+json with code `rate.limited`, `Retry-After` (seco
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import math
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 from fastapi import Request
 from limits import RateLimitItem, RateLimitItemPerMinute
+from limits.aio.storage import Storage as AsyncStorage
+from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
-from limits.strategies import MovingWindowRateLimiter
+from redis.asyncio import ConnectionPool
 
+from broker import db
 from broker.auth.service import Caller
 from broker.config import Profile, Settings, settings
 from broker.errors import BrokerError, RateLimited
@@ -64,7 +67,7 @@ def storage_uri(cfg: Settings) -> str:
 
 
 class Limiter:
-    """A moving-window limiter over one `limits` storage."""
+    """A moving-window limiter over one `limits` async storage (memory or Redis)."""
 
     # After the store fails, skip it for this long instead of paying a connect timeout on
     # every request while Redis is down.
@@ -73,9 +76,15 @@ class Limiter:
     def __init__(self, uri: str) -> None:
         self.uri = uri
         options: dict[str, Any] = {}
+        self._pool: ConnectionPool | None = None
         if uri.startswith(("redis://", "rediss://")):
-            options = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}
-        self.storage = storage_from_string(uri, wrap_exceptions=True, **options)
+            # Our own pool, so that `close` can close its connections with their event loop.
+            self._pool = ConnectionPool.from_url(
+                uri, socket_timeout=0.5, socket_connect_timeout=0.5
+            )
+            options = {"implementation": "redispy", "connection_pool": self._pool}
+        storage = storage_from_string("async+" + uri, wrap_exceptions=True, **options)
+        self.storage = cast(AsyncStorage, storage)
         self.strategy = MovingWindowRateLimiter(self.storage)
         self._down_until = 0.0
 
@@ -87,66 +96,91 @@ class Limiter:
         self._down_until = time.monotonic() + self.RETRY_STORE_S
         _log.warning("rate limit store unavailable", bucket=bucket, error=type(exc).__name__)
 
-    def hit(self, bucket: str, per_minute: int, key: str) -> bool:
-        """Take one unit; False when the budget is spent (fails open if the store is down)."""
+    async def hit(self, bucket: str, per_minute: int, key: str) -> int:
+        """Take one unit: 0 if allowed (also when the store is down), else the Retry-After."""
+        return await self._ask(bucket, per_minute, key, take=True)
+
+    async def exhausted(self, bucket: str, per_minute: int, key: str) -> int:
+        """0 if the budget is not spent (or the store is down), else the Retry-After."""
+        return await self._ask(bucket, per_minute, key, take=False)
+
+    async def _ask(self, bucket: str, per_minute: int, key: str, *, take: bool) -> int:
         if time.monotonic() < self._down_until:
-            return True
+            return 0
+        item = self.item(per_minute)
         try:
-            return self.strategy.hit(self.item(per_minute), bucket, key)
+            ask = self.strategy.hit if take else self.strategy.test
+            if await ask(item, bucket, key):
+                return 0
+            stats = await self.strategy.get_window_stats(item, bucket, key)
         except Exception as exc:
             self._store_down(bucket, exc)
-            return True
+            return 0
+        return _retry_after(stats.reset_time)
 
-    def exhausted(self, bucket: str, per_minute: int, key: str) -> bool:
-        """Whether the budget is spent, without taking a unit."""
-        if time.monotonic() < self._down_until:
-            return False
+    async def reset(self) -> None:
         try:
-            return not self.strategy.test(self.item(per_minute), bucket, key)
-        except Exception as exc:
-            self._store_down(bucket, exc)
-            return False
-
-    def retry_after(self, bucket: str, per_minute: int, key: str) -> int:
-        """Whole seconds until the oldest counted request leaves the window (at least 1)."""
-        try:
-            stats = self.strategy.get_window_stats(self.item(per_minute), bucket, key)
-        except Exception:
-            return _WINDOW_S
-        return min(_WINDOW_S, max(1, math.ceil(stats.reset_time - time.time())))
-
-    def reset(self) -> None:
-        try:
-            self.storage.reset()
+            await self.storage.reset()
         except Exception as exc:
             _log.warning("rate limit store not reset", error=type(exc).__name__)
 
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.aclose()
 
+
+def _retry_after(reset_time: float) -> int:
+    """Whole seconds until the oldest counted request leaves the window (1 to 60)."""
+    return min(_WINDOW_S, max(1, math.ceil(reset_time - time.time())))
+
+
+# The async storages' clients and timers belong to the event loop that made them: one limiter
+# per storage URI and loop. In-memory counts therefore live with their loop (the embedded
+# profile serves from one loop).
 _lock = threading.Lock()
-_limiters: dict[str, Limiter] = {}
+_limiters: dict[tuple[str, asyncio.AbstractEventLoop], Limiter] = {}
 
 
 def limiter() -> Limiter:
-    """The limiter for the current settings (one per storage URI)."""
-    uri = storage_uri(settings())
+    """The running loop's limiter for the current settings."""
+    key = (storage_uri(settings()), asyncio.get_running_loop())
     with _lock:
-        if uri not in _limiters:
-            _limiters[uri] = Limiter(uri)
-        return _limiters[uri]
+        for stale in [k for k in _limiters if k[1].is_closed()]:
+            del _limiters[stale]
+        if key not in _limiters:
+            _limiters[key] = Limiter(key[0])
+        return _limiters[key]
+
+
+async def close() -> None:
+    """Close the running loop's limiters (their loop is ending: application shutdown)."""
+    loop = asyncio.get_running_loop()
+    with _lock:
+        mine = [k for k in _limiters if k[1] is loop]
+        closing = [_limiters.pop(k) for k in mine]
+    for found in closing:
+        await found.close()
+
+
+db.on_dispose(close)
 
 
 def on_startup() -> None:
     """Start in-memory counts afresh with the application (shared Redis counts are kept)."""
     with _lock:
-        for uri in [u for u in _limiters if u.startswith("memory://")]:
-            del _limiters[uri]
+        for key in [k for k in _limiters if k[0].startswith("memory://")]:
+            del _limiters[key]
 
 
 def reset() -> None:
     """Forget all counts (tests and operators; clears the Redis keys of `limits` too)."""
     _clean_until.clear()
-    limiter().reset()
     on_startup()
+
+    async def clear() -> None:
+        await limiter().reset()
+
+    db.run(clear)
 
 
 def _refusal(bucket: str, per_minute: int, retry_after: int, detail: str) -> BrokerError:
@@ -178,102 +212,8 @@ def client_address(request: Request) -> str:
     return str(address)
 
 
-@contextmanager
-def guard_authentication(request: Request) -> Iterator[None]:
-    """Refuse clients that keep failing authentication; count each failure (401)."""
-    cfg = settings()
-    if not cfg.rate_limit_enabled:
-        yield
-        return
-    limit, address = cfg.rate_auth_failures_per_minute, client_address(request)
-    store = limiter()
-    if store.exhausted(AUTH_FAILURES, limit, address):
-        retry = store.retry_after(AUTH_FAILURES, limit, address)
-        raise _refusal(AUTH_FAILURES, limit, retry, "too many failed authentications")
-    try:
-        yield
-    except BrokerError as exc:
-        if exc.status_code == 401:
-            _forget_clean(address)
-        if exc.status_code == 401 and not store.hit(AUTH_FAILURES, limit, address):
-            retry = store.retry_after(AUTH_FAILURES, limit, address)
-            _log.warning("authentication failures rate-limited", client=address)
-            raise _refusal(AUTH_FAILURES, limit, retry, "too many failed authentications") from exc
-        raise
-
-
-def check(request: Request, caller: Caller) -> None:
-    """Spend one unit of the caller's budget for this route's bucket, or refuse with 429."""
-    cfg = settings()
-    if not cfg.rate_limit_enabled:
-        return
-    route = request.scope.get("route")
-    bucket = _ROUTE_BUCKETS.get((request.method, getattr(route, "path", "")), DEFAULT)
-    limit = cfg.rate_submit_per_minute if bucket == SUBMIT else cfg.rate_default_per_minute
-    key = str(caller.principal_id)
-    store = limiter()
-    if not store.hit(bucket, limit, key):
-        retry = store.retry_after(bucket, limit, key)
-        raise _refusal(bucket, limit, retry, f"more than {limit} requests a minute ({bucket})")
-
-
-# --- the async submit path -------------------------------------------------------------------
-#
-# The same budgets, counted in the same place: `limits`' async Redis storage uses the same
-# keys and scripts as its sync one, and an in-memory store is called directly (no I/O).
-# Redis clients are bound to an event loop, so there is one async limiter per loop.
-
-_async_limiters: dict[int, tuple[Any, Limiter, Any, Any]] = {}
-
-
-def _async_store() -> tuple[Limiter, Any, Any] | None:
-    """(sync limiter for its down-state, async storage, async strategy), None for memory."""
-    import asyncio
-
-    store = limiter()
-    if not store.uri.startswith(("redis://", "rediss://")):
-        return None
-    loop = asyncio.get_running_loop()
-    entry = _async_limiters.get(id(loop))
-    if entry is None or entry[0] is not loop or entry[1] is not store:
-        from limits.aio.strategies import MovingWindowRateLimiter as AsyncMovingWindow
-
-        storage = storage_from_string(
-            "async+" + store.uri,
-            implementation="redispy",
-            wrap_exceptions=True,
-            socket_timeout=0.5,
-            socket_connect_timeout=0.5,
-        )
-        entry = (loop, store, storage, AsyncMovingWindow(storage))
-        _async_limiters[id(loop)] = entry
-    return entry[1], entry[2], entry[3]
-
-
-async def _hit_async(bucket: str, per_minute: int, key: str) -> tuple[bool, int]:
-    """(allowed, retry_after) for one unit of `bucket`; fails open like `Limiter.hit`."""
-    found = _async_store()
-    if found is None:
-        store = limiter()
-        if store.hit(bucket, per_minute, key):
-            return True, 0
-        return False, store.retry_after(bucket, per_minute, key)
-    store, _, strategy = found
-    if time.monotonic() < store._down_until:
-        return True, 0
-    item = store.item(per_minute)
-    try:
-        if await strategy.hit(item, bucket, key):
-            return True, 0
-        stats = await strategy.get_window_stats(item, bucket, key)
-    except Exception as exc:
-        store._store_down(bucket, exc)
-        return True, 0
-    return False, min(_WINDOW_S, max(1, math.ceil(stats.reset_time - time.time())))
-
-
 # Addresses whose failure count was read as clean, until when (monotonic). A client that
-# authenticates correctly costs no Redis round trip for its failure check while it is clean;
+# authenticates correctly costs no store round trip for its failure check while it is clean;
 # any failure this process sees for it forgets the entry, so its next request reads the shared
 # count again. Another process's failures reach this one within CLEAN_S at most.
 CLEAN_S = 1.0
@@ -281,12 +221,8 @@ _CLEAN_MAX = 10_000
 _clean_until: dict[str, float] = {}
 
 
-def _forget_clean(address: str) -> None:
-    _clean_until.pop(address, None)
-
-
-async def auth_allowed_async(address: str) -> None:
-    """`guard_authentication`'s first half: 429 if `address` keeps failing authentication."""
+async def auth_allowed(address: str) -> None:
+    """Before the token is looked at: 429 if `address` keeps failing authentication."""
     cfg = settings()
     if not cfg.rate_limit_enabled:
         return
@@ -294,54 +230,37 @@ async def auth_allowed_async(address: str) -> None:
     if _clean_until.get(address, 0.0) > now:
         return
     limit = cfg.rate_auth_failures_per_minute
-    found = _async_store()
-    if found is None:
-        store = limiter()
-        if store.exhausted(AUTH_FAILURES, limit, address):
-            retry = store.retry_after(AUTH_FAILURES, limit, address)
-            raise _refusal(AUTH_FAILURES, limit, retry, "too many failed authentications")
-        return
-    store, _, strategy = found
-    if time.monotonic() < store._down_until:
-        return
-    item = store.item(limit)
-    try:
-        if await strategy.test(item, AUTH_FAILURES, address):
-            if len(_clean_until) >= _CLEAN_MAX:
-                _clean_until.clear()
-            _clean_until[address] = now + CLEAN_S
-            return
-        stats = await strategy.get_window_stats(item, AUTH_FAILURES, address)
-    except Exception as exc:
-        store._store_down(AUTH_FAILURES, exc)
-        return
-    retry = min(_WINDOW_S, max(1, math.ceil(stats.reset_time - time.time())))
-    raise _refusal(AUTH_FAILURES, limit, retry, "too many failed authentications")
+    retry = await limiter().exhausted(AUTH_FAILURES, limit, address)
+    if retry:
+        raise _refusal(AUTH_FAILURES, limit, retry, "too many failed authentications")
+    if len(_clean_until) >= _CLEAN_MAX:
+        _clean_until.clear()
+    _clean_until[address] = now + CLEAN_S
 
 
-async def auth_failed_async(address: str, exc: BrokerError) -> None:
-    """`guard_authentication`'s second half: count a 401; 429 once the budget is spent."""
+async def auth_failed(address: str, exc: BrokerError) -> None:
+    """After a refused token: count a 401; 429 once the budget is spent."""
     cfg = settings()
     if not cfg.rate_limit_enabled or exc.status_code != 401:
         return
-    _forget_clean(address)
+    _clean_until.pop(address, None)
     limit = cfg.rate_auth_failures_per_minute
-    allowed, retry = await _hit_async(AUTH_FAILURES, limit, address)
-    if not allowed:
+    retry = await limiter().hit(AUTH_FAILURES, limit, address)
+    if retry:
         _log.warning("authentication failures rate-limited", client=address)
         raise _refusal(AUTH_FAILURES, limit, retry, "too many failed authentications") from exc
 
 
-async def check_async(request: Request, caller: Caller) -> None:
-    """`check` on the async submit path."""
+async def check(request: Request, caller: Caller) -> None:
+    """Spend one unit of the caller's budget for this route's bucket, or refuse with 429."""
     cfg = settings()
     if not cfg.rate_limit_enabled:
         return
     route = request.scope.get("route")
     bucket = _ROUTE_BUCKETS.get((request.method, getattr(route, "path", "")), DEFAULT)
     limit = cfg.rate_submit_per_minute if bucket == SUBMIT else cfg.rate_default_per_minute
-    allowed, retry = await _hit_async(bucket, limit, str(caller.principal_id))
-    if not allowed:
+    retry = await limiter().hit(bucket, limit, str(caller.principal_id))
+    if retry:
         raise _refusal(bucket, limit, retry, f"more than {limit} requests a minute ({bucket})")
 
 

@@ -1,7 +1,7 @@
 """In-process periodic jobs for the embedded profile (production uses Celery beat instead).
 
-Each job is a plain function that opens its own session and calls one service; the same
-function backs the Celery task, so both profiles run the same code. `wake(name)` runs a job
+Each job is a plain function that runs one async service on the process's event loop for sync
+callers (`db.run`); the same function backs the Celery task, so both profiles run the same code. `wake(name)` runs a job
 soon instead of waiting for its interval (used after a commit that created work for it).
 """
 

@@ -8,7 +8,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.orm import Session
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.agencies import repository as agency_repo
 from broker.agencies import service as agencies
@@ -42,42 +42,46 @@ class Loaded:
         target[kind] = target.get(kind, 0) + 1
 
 
-def load_world(
-    session: Session, world: dict[str, Any], *, actor: str, skip_existing: bool = True
+async def load_world(
+    session: AsyncSession, world: dict[str, Any], *, actor: str, skip_existing: bool = True
 ) -> Loaded:
-    """Create everything in `world`; with `skip_existing`, ids already present are left alone."""
+    """Create everything in `world`; with `skip_existing`, ids already present are left alone.
+
+    In the caller's transaction (sync callers: `db.call(load_world, doc, actor=...)`).
+    """
     agreements._validate("world", world)
     out = Loaded()
     for item in world.get("agencies", []):
-        exists = agency_repo.agency(session, item["id"]) is not None
+        exists = await agency_repo.agency(session, item["id"]) is not None
         if not (exists and skip_existing):
-            agencies.create_agency(session, AgencyIn(**item), actor=actor)
+            await agencies.create_agency(session, AgencyIn(**item), actor=actor)
         out.count("agencies", created=not exists)
     for item in world.get("focal_points", []):
-        exists = agency_repo.focal_point(session, item["id"]) is not None
+        exists = await agency_repo.focal_point(session, item["id"]) is not None
         if not (exists and skip_existing):
             fp = {k: v for k, v in item.items() if k != "designations"}
-            agencies.create_focal_point(
+            await agencies.create_focal_point(
                 session, item["id"].split("/")[0], FocalPointIn(**fp), actor=actor
             )
         out.count("focal_points", created=not exists)
     for doc in world.get("agreements", []):
-        exists = agreement_repo.agreement(session, doc["id"]) is not None
+        exists = await agreement_repo.agreement(session, doc["id"]) is not None
         if not (exists and skip_existing):
-            agreements.create_agreement(session, doc, actor=actor)
+            await agreements.create_agreement(session, doc, actor=actor)
         out.count("agreements", created=not exists)
     for item in world.get("focal_points", []):
         existing = {
-            d.agreement_id for d in agreement_repo.designations(session, focal_point_id=item["id"])
+            d.agreement_id
+            for d in await agreement_repo.designations(session, focal_point_id=item["id"])
         }
         for des in item.get("designations", []):
             exists = des["agreement"] in existing
             if not (exists and skip_existing):
-                agreements.designate(session, item["id"], DesignationIn(**des), actor=actor)
+                await agreements.designate(session, item["id"], DesignationIn(**des), actor=actor)
             out.count("designations", created=not exists)
     for doc in world.get("operations", []):
-        exists = agreement_repo.operation(session, doc["id"]) is not None
+        exists = await agreement_repo.operation(session, doc["id"]) is not None
         if not (exists and skip_existing):
-            agreements.create_operation(session, doc, actor=actor)
+            await agreements.create_operation(session, doc, actor=actor)
         out.count("operations", created=not exists)
     return out

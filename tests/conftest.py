@@ -138,6 +138,7 @@ def backend(
         migrations_check.upgrade()
     yield request.param
     db.reset_engine()
+    db.close_portal()
     if request.param == "postgresql":
         with server_lock(exclusive=False):
             _postgres_admin(f'DROP DATABASE IF EXISTS "{_postgres_db_name()}" WITH (FORCE)')
@@ -152,18 +153,11 @@ def clean_db(backend: str) -> Iterator[str]:
     from broker import db
     from broker.models import Base
 
-    with db.session_scope() as session:
+    async def empty(session: Any) -> None:
         for table in reversed(Base.metadata.sorted_tables):
-            session.execute(delete(table))
+            await session.execute(delete(table))
 
-
-@pytest.fixture
-def session(clean_db: str) -> Iterator[Any]:
-    """A session committed at the end of the test, like a request's."""
-    from broker import db
-
-    with db.session_scope() as s:
-        yield s
+    db.call(empty)
 
 
 @pytest.fixture(scope="session")
@@ -188,8 +182,7 @@ def world(clean_db: str) -> dict[str, Any]:
     from broker import world as world_mod
 
     doc = world_mod.demo_world()
-    with db.session_scope() as s:
-        world_mod.load_world(s, doc, actor="test")
+    db.call(world_mod.load_world, doc, actor="test")
     return doc
 
 
@@ -203,13 +196,15 @@ def token_for(clean_db: str) -> TokenFactory:
     from broker.auth import service
     from broker.auth.service import Role
 
-    def make(role: str, *, ttl_days: int | None = None, **binding: Any) -> str:
-        with db.session_scope() as s:
-            principal = service.create_principal(
-                s, name=f"{role}-{uuid.uuid4().hex[:8]}", role=Role(role), actor="test", **binding
-            )
-            _, secret = service.issue_token(s, principal, actor="test", ttl_days=ttl_days)
+    async def issue(s: Any, role: str, ttl_days: int | None, binding: dict[str, Any]) -> str:
+        principal = await service.create_principal(
+            s, name=f"{role}-{uuid.uuid4().hex[:8]}", role=Role(role), actor="test", **binding
+        )
+        _, secret = await service.issue_token(s, principal, actor="test", ttl_days=ttl_days)
         return secret
+
+    def make(role: str, *, ttl_days: int | None = None, **binding: Any) -> str:
+        return db.call(issue, role, ttl_days, binding)
 
     return make
 

@@ -14,10 +14,13 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench import delivery_bench, submit_bench
 from bench.submit_bench import ROOT, World, admin_url
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
 
 BROKER_BIN = str(ROOT / ".venv/bin/broker")
 
@@ -47,20 +50,23 @@ def setup(db: str, redis_url: str, data_dir: Path) -> Actors:
     from broker.directory import service as directory
     from broker.directory.schemas import KeyIn
 
-    recipients: dict[str, str] = {}
-    with broker_db.session_scope() as s:
+    async def tokens_and_keys(s: AsyncSession) -> tuple[dict[str, str], str]:
+        recipients: dict[str, str] = {}
         for agency in world.parties:
-            directory.register(
+            await directory.register(
                 s, KeyIn(agency_id=agency, jwk=ack_key(agency).public.jwk), actor="bench"
             )
-            principal = auth.create_principal(
+            principal = await auth.create_principal(
                 s, name=f"load-{agency}", role=auth.Role.agency, actor="bench", agency_id=agency
             )
-            _, recipients[agency] = auth.issue_token(s, principal, actor="bench")
-        principal = auth.create_principal(
+            _, recipients[agency] = await auth.issue_token(s, principal, actor="bench")
+        principal = await auth.create_principal(
             s, name="load-auditor", role=auth.Role.auditor, actor="bench"
         )
-        _, auditor = auth.issue_token(s, principal, actor="bench")
+        _, auditor = await auth.issue_token(s, principal, actor="bench")
+        return recipients, auditor
+
+    recipients, auditor = broker_db.call(tokens_and_keys)
     broker_db.reset_engine()
     return Actors(world=world, recipients=recipients, auditor=auditor)
 

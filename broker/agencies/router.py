@@ -23,21 +23,21 @@ public = APIRouter(prefix="/v1/directory", tags=["directory"])
 @admin.post(
     "/agencies", status_code=201, responses=error_responses(Forbidden, DuplicateId, InvalidRequest)
 )
-def create_agency(data: AgencyIn, caller: AdminCaller, session: SessionDep) -> AgencyOut:
+async def create_agency(data: AgencyIn, caller: AdminCaller, session: SessionDep) -> AgencyOut:
     """Register an agency."""
-    return AgencyOut.model_validate(service.create_agency(session, data, actor=caller.actor))
+    return AgencyOut.model_validate(await service.create_agency(session, data, actor=caller.actor))
 
 
 @admin.get("/agencies", responses=error_responses(Forbidden))
-def list_agencies(caller: AdminCaller, session: SessionDep) -> list[AgencyOut]:
+async def list_agencies(caller: AdminCaller, session: SessionDep) -> list[AgencyOut]:
     """Every registered agency."""
-    return [AgencyOut.model_validate(a) for a in service.list_agencies(session)]
+    return [AgencyOut.model_validate(a) for a in await service.list_agencies(session)]
 
 
 @admin.get("/agencies/{agency_id}", responses=error_responses(Forbidden, NotFound))
-def get_agency(agency_id: str, caller: AdminCaller, session: SessionDep) -> AgencyOut:
+async def get_agency(agency_id: str, caller: AdminCaller, session: SessionDep) -> AgencyOut:
     """One agency."""
-    return AgencyOut.model_validate(service.get_agency(session, agency_id))
+    return AgencyOut.model_validate(await service.get_agency(session, agency_id))
 
 
 @admin.post(
@@ -45,23 +45,25 @@ def get_agency(agency_id: str, caller: AdminCaller, session: SessionDep) -> Agen
     status_code=201,
     responses=error_responses(Forbidden, DuplicateId, UnknownAgency, InvalidRequest),
 )
-def create_focal_point(
+async def create_focal_point(
     agency_id: str, data: FocalPointIn, caller: AdminCaller, session: SessionDep
 ) -> FocalPointOut:
     """Register a focal point of an agency."""
-    fp = service.create_focal_point(session, agency_id, data, actor=caller.actor)
+    fp = await service.create_focal_point(session, agency_id, data, actor=caller.actor)
     return FocalPointOut.model_validate(fp)
 
 
 @admin.get("/focal-points", responses=error_responses(Forbidden))
-def list_focal_points(
+async def list_focal_points(
     caller: AdminCaller, session: SessionDep, agency: str | None = None
 ) -> list[FocalPointOut]:
     """Focal points, optionally of one agency."""
-    return [FocalPointOut.model_validate(fp) for fp in service.list_focal_points(session, agency)]
+    return [
+        FocalPointOut.model_validate(fp) for fp in await service.list_focal_points(session, agency)
+    ]
 
 
 @public.get("/agencies", responses=error_responses(Forbidden))
-def directory_agencies(caller: AnyCaller, session: SessionDep) -> list[AgencyOut]:
+async def directory_agencies(caller: AnyCaller, session: SessionDep) -> list[AgencyOut]:
     """The parties any authenticated caller may address."""
-    return [AgencyOut.model_validate(a) for a in service.list_agencies(session)]
+    return [AgencyOut.model_validate(a) for a in await service.list_agencies(session)]

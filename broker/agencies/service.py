@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pycountry
-from sqlalchemy.orm import Session
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.agencies import repository
 from broker.agencies.models import Agency, FocalPoint
@@ -22,9 +22,9 @@ FocalPointOutsideAgency = error(
 EXTRA_COUNTRIES = frozenset({"XK"})
 
 
-def create_agency(session: Session, data: AgencyIn, *, actor: str) -> Agency:
+async def create_agency(session: AsyncSession, data: AgencyIn, *, actor: str) -> Agency:
     """Register an agency."""
-    if repository.agency(session, data.id) is not None:
+    if await repository.agency(session, data.id) is not None:
         raise DuplicateId(f"agency {data.id!r} already exists")
     if (
         data.country not in EXTRA_COUNTRIES
@@ -36,51 +36,55 @@ def create_agency(session: Session, data: AgencyIn, *, actor: str) -> Agency:
         )
     agency = Agency(**data.model_dump(), status="active", created_at=utcnow())
     session.add(agency)
-    session.flush()
-    audit.record(session, "agency.created", actor=actor, subject=data.id, details=data.model_dump())
+    await session.flush()
+    await audit.record(
+        session, "agency.created", actor=actor, subject=data.id, details=data.model_dump()
+    )
     return agency
 
 
-def get_agency(session: Session, agency_id: str) -> Agency:
-    found = repository.agency(session, agency_id)
+async def get_agency(session: AsyncSession, agency_id: str) -> Agency:
+    found = await repository.agency(session, agency_id)
     if found is None:
         raise NotFound(f"no agency {agency_id!r}")
     return found
 
 
-def list_agencies(session: Session) -> Sequence[Agency]:
-    return repository.agencies(session)
+async def list_agencies(session: AsyncSession) -> Sequence[Agency]:
+    return await repository.agencies(session)
 
 
-def create_focal_point(
-    session: Session, agency_id: str, data: FocalPointIn, *, actor: str
+async def create_focal_point(
+    session: AsyncSession, agency_id: str, data: FocalPointIn, *, actor: str
 ) -> FocalPoint:
     """Register a focal point of an agency (designations come with agreements)."""
-    if repository.agency(session, agency_id) is None:
+    if await repository.agency(session, agency_id) is None:
         raise UnknownAgency(f"no agency {agency_id!r}")
     if not data.id.startswith(agency_id + "/"):
         raise FocalPointOutsideAgency(
             f"focal point ids of {agency_id} start with '{agency_id}/'",
             errors=[FieldProblem(pointer="/id", detail=f"must start with {agency_id}/")],
         )
-    if repository.focal_point(session, data.id) is not None:
+    if await repository.focal_point(session, data.id) is not None:
         raise DuplicateId(f"focal point {data.id!r} already exists")
     fp = FocalPoint(**data.model_dump(), agency_id=agency_id, status="active", created_at=utcnow())
     session.add(fp)
-    session.flush()
+    await session.flush()
     # Focal point names are duty desks, not people; the leaf still carries only ids.
-    audit.record(
+    await audit.record(
         session, "focal_point.created", actor=actor, subject=data.id, details={"agency": agency_id}
     )
     return fp
 
 
-def get_focal_point(session: Session, focal_point_id: str) -> FocalPoint:
-    found = repository.focal_point(session, focal_point_id)
+async def get_focal_point(session: AsyncSession, focal_point_id: str) -> FocalPoint:
+    found = await repository.focal_point(session, focal_point_id)
     if found is None:
         raise NotFound(f"no focal point {focal_point_id!r}")
     return found
 
 
-def list_focal_points(session: Session, agency_id: str | None = None) -> Sequence[FocalPoint]:
-    return repository.focal_points(session, agency_id)
+async def list_focal_points(
+    session: AsyncSession, agency_id: str | None = None
+) -> Sequence[FocalPoint]:
+    return await repository.focal_points(session, agency_id)

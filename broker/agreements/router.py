@@ -63,36 +63,36 @@ def _out(v: AgreementVersion) -> AgreementOut:
 
 
 @admin.post("/agreements", status_code=201, responses=error_responses(*_DOC_ERRORS))
-def create_agreement(
+async def create_agreement(
     document: AgreementDoc, caller: AdminCaller, session: SessionDep
 ) -> AgreementOut:
     """Register an agreement (version 1 of its policy document)."""
-    return _out(service.create_agreement(session, document, actor=caller.actor))
+    return _out(await service.create_agreement(session, document, actor=caller.actor))
 
 
 @admin.get("/agreements", responses=error_responses(Forbidden))
-def list_agreements(caller: AdminCaller, session: SessionDep) -> list[AgreementOut]:
+async def list_agreements(caller: AdminCaller, session: SessionDep) -> list[AgreementOut]:
     """Current version of every agreement."""
-    return [_out(v) for v in service.list_current(session)]
+    return [_out(v) for v in await service.list_current(session)]
 
 
 @admin.get("/agreements/{agreement_id}/versions", responses=error_responses(Forbidden, NotFound))
-def agreement_versions(
+async def agreement_versions(
     agreement_id: str, caller: AdminCaller, session: SessionDep
 ) -> list[AgreementOut]:
     """Every version of an agreement, oldest first."""
-    return [_out(v) for v in service.history(session, agreement_id)]
+    return [_out(v) for v in await service.history(session, agreement_id)]
 
 
 @admin.put(
     "/agreements/{agreement_id}",
     responses=error_responses(*_DOC_ERRORS, NotFound, service.IdMismatch),
 )
-def update_agreement(
+async def update_agreement(
     agreement_id: str, document: AgreementDoc, caller: AdminCaller, session: SessionDep
 ) -> AgreementOut:
     """Store a new version of an agreement's policy (suspend by setting status)."""
-    return _out(service.update_agreement(session, agreement_id, document, actor=caller.actor))
+    return _out(await service.update_agreement(session, agreement_id, document, actor=caller.actor))
 
 
 @admin.post(
@@ -100,31 +100,31 @@ def update_agreement(
     status_code=201,
     responses=error_responses(*_DOC_ERRORS, service.UnknownAgreement, service.NotAParty),
 )
-def create_operation(
+async def create_operation(
     document: OperationDoc, caller: AdminCaller, session: SessionDep
 ) -> OperationOut:
     """Register an operation: a window and members inside an agreement."""
     return OperationOut.model_validate(
-        service.create_operation(session, document, actor=caller.actor)
+        await service.create_operation(session, document, actor=caller.actor)
     )
 
 
 @admin.get("/operations", responses=error_responses(Forbidden))
-def list_operations(caller: AdminCaller, session: SessionDep) -> list[OperationOut]:
+async def list_operations(caller: AdminCaller, session: SessionDep) -> list[OperationOut]:
     """Every operation."""
-    return [OperationOut.model_validate(op) for op in service.list_operations(session)]
+    return [OperationOut.model_validate(op) for op in await service.list_operations(session)]
 
 
 @admin.put(
     "/operations/{operation_id}",
     responses=error_responses(*_DOC_ERRORS, NotFound, service.IdMismatch, service.NotAParty),
 )
-def update_operation(
+async def update_operation(
     operation_id: str, document: OperationDoc, caller: AdminCaller, session: SessionDep
 ) -> OperationOut:
     """Change an operation's window, members or status."""
     return OperationOut.model_validate(
-        service.update_operation(session, operation_id, document, actor=caller.actor)
+        await service.update_operation(session, operation_id, document, actor=caller.actor)
     )
 
 
@@ -140,27 +140,27 @@ def update_operation(
         service.BadValidity,
     ),
 )
-def designate(
+async def designate(
     agency_id: str, slug: str, data: DesignationIn, caller: AdminCaller, session: SessionDep
 ) -> DesignationOut:
     """Designate a focal point under an agreement for a period."""
-    row = service.designate(session, f"{agency_id}/{slug}", data, actor=caller.actor)
+    row = await service.designate(session, f"{agency_id}/{slug}", data, actor=caller.actor)
     return DesignationOut.model_validate(row)
 
 
 @admin.get("/focal-points/{agency_id}/{slug}/designations", responses=error_responses(Forbidden))
-def designations(
+async def designations(
     agency_id: str, slug: str, caller: AdminCaller, session: SessionDep
 ) -> list[DesignationOut]:
     """A focal point's designations."""
     return [
         DesignationOut.model_validate(d)
-        for d in service.designations(session, f"{agency_id}/{slug}")
+        for d in await service.designations(session, f"{agency_id}/{slug}")
     ]
 
 
 @admin.post("/world", responses=error_responses(*_DOC_ERRORS))
-def load_world(
+async def load_world(
     document: Annotated[
         dict[str, Any],
         Body(
@@ -189,11 +189,11 @@ def load_world(
     session: SessionDep,
 ) -> dict[str, dict[str, int]]:
     """Create a whole world from one document; ids that already exist are skipped."""
-    loaded = world.load_world(session, document, actor=caller.actor)
+    loaded = await world.load_world(session, document, actor=caller.actor)
     return {"created": loaded.created, "skipped": loaded.skipped}
 
 
 @public.get("/agreements", responses=error_responses(Forbidden))
-def my_agreements(caller: PartyCaller, session: SessionDep) -> list[AgreementView]:
+async def my_agreements(caller: PartyCaller, session: SessionDep) -> list[AgreementView]:
     """For the caller's agency: each agreement, partners, offences per direction, limits."""
-    return service.views_for(session, caller)
+    return await service.views_for(session, caller)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime, time
 from typing import Any
 
-from sqlalchemy.orm import Session
+from sqlalchemy.ext.asyncio import AsyncSession
 
 import schemas
 from broker.agencies import repository as agency_repo
@@ -51,11 +51,11 @@ def _validate(name: str, document: dict[str, Any]) -> None:
         ) from exc
 
 
-def _check_agreement(session: Session, doc: dict[str, Any]) -> None:
+async def _check_agreement(session: AsyncSession, doc: dict[str, Any]) -> None:
     """Specific codes for the mistakes registrars make, then the full schema."""
     parties = doc.get("parties") or []
     for i, party in enumerate(parties):
-        if not isinstance(party, str) or agency_repo.agency(session, party) is None:
+        if not isinstance(party, str) or await agency_repo.agency(session, party) is None:
             raise UnknownParty(
                 f"party {party!r} is not a registered agency",
                 errors=[FieldProblem(pointer=f"/parties/{i}", detail="unknown agency")],
@@ -88,10 +88,12 @@ def _check_agreement(session: Session, doc: dict[str, Any]) -> None:
         )
 
 
-def create_agreement(session: Session, document: dict[str, Any], *, actor: str) -> AgreementVersion:
+async def create_agreement(
+    session: AsyncSession, document: dict[str, Any], *, actor: str
+) -> AgreementVersion:
     """Register an agreement with its first policy version."""
-    _check_agreement(session, document)
-    if repository.agreement(session, document["id"]) is not None:
+    await _check_agreement(session, document)
+    if await repository.agreement(session, document["id"]) is not None:
         raise DuplicateId(f"agreement {document['id']!r} already exists")
     now = utcnow()
     session.add(
@@ -103,26 +105,26 @@ def create_agreement(session: Session, document: dict[str, Any], *, actor: str) 
             updated_at=now,
         )
     )
-    session.flush()
-    return _add_version(session, document, 1, actor=actor)
+    await session.flush()
+    return await _add_version(session, document, 1, actor=actor)
 
 
-def update_agreement(
-    session: Session, agreement_id: str, document: dict[str, Any], *, actor: str
+async def update_agreement(
+    session: AsyncSession, agreement_id: str, document: dict[str, Any], *, actor: str
 ) -> AgreementVersion:
     """Store a new version of the policy; earlier versions stay for re-deriving decisions."""
-    agreement = get_agreement(session, agreement_id)
+    agreement = await get_agreement(session, agreement_id)
     if document.get("id") != agreement_id:
         raise IdMismatch(f"document id {document.get('id')!r} != {agreement_id!r}")
-    _check_agreement(session, document)
+    await _check_agreement(session, document)
     agreement.current_version += 1
     agreement.status = document["status"]
     agreement.updated_at = utcnow()
-    return _add_version(session, document, agreement.current_version, actor=actor)
+    return await _add_version(session, document, agreement.current_version, actor=actor)
 
 
-def _add_version(
-    session: Session, document: dict[str, Any], version: int, *, actor: str
+async def _add_version(
+    session: AsyncSession, document: dict[str, Any], version: int, *, actor: str
 ) -> AgreementVersion:
     digest = policy_hash(document)
     row = AgreementVersion(
@@ -134,8 +136,8 @@ def _add_version(
         created_by=actor,
     )
     session.add(row)
-    session.flush()
-    audit.record(
+    await session.flush()
+    await audit.record(
         session,
         "agreement.updated",
         actor=actor,
@@ -145,36 +147,36 @@ def _add_version(
     return row
 
 
-def get_agreement(session: Session, agreement_id: str) -> Agreement:
-    found = repository.agreement(session, agreement_id)
+async def get_agreement(session: AsyncSession, agreement_id: str) -> Agreement:
+    found = await repository.agreement(session, agreement_id)
     if found is None:
         raise NotFound(f"no agreement {agreement_id!r}")
     return found
 
 
-def current(session: Session, agreement_id: str) -> AgreementVersion:
-    found = repository.current_version(session, agreement_id)
+async def current(session: AsyncSession, agreement_id: str) -> AgreementVersion:
+    found = await repository.current_version(session, agreement_id)
     if found is None:
         raise NotFound(f"no agreement {agreement_id!r}")
     return found
 
 
-def list_current(session: Session) -> Sequence[AgreementVersion]:
-    return repository.current_versions(session)
+async def list_current(session: AsyncSession) -> Sequence[AgreementVersion]:
+    return await repository.current_versions(session)
 
 
-def history(session: Session, agreement_id: str) -> Sequence[AgreementVersion]:
-    get_agreement(session, agreement_id)
-    return repository.versions(session, agreement_id)
+async def history(session: AsyncSession, agreement_id: str) -> Sequence[AgreementVersion]:
+    await get_agreement(session, agreement_id)
+    return await repository.versions(session, agreement_id)
 
 
 def _parse_time(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
 
 
-def _check_operation(session: Session, doc: dict[str, Any]) -> AgreementVersion:
+async def _check_operation(session: AsyncSession, doc: dict[str, Any]) -> AgreementVersion:
     _validate("operation", doc)
-    version = repository.current_version(session, doc["agreement"])
+    version = await repository.current_version(session, doc["agreement"])
     if version is None:
         raise UnknownAgreement(
             f"no agreement {doc['agreement']!r}",
@@ -205,10 +207,12 @@ def _check_operation(session: Session, doc: dict[str, Any]) -> AgreementVersion:
     return version
 
 
-def create_operation(session: Session, document: dict[str, Any], *, actor: str) -> Operation:
+async def create_operation(
+    session: AsyncSession, document: dict[str, Any], *, actor: str
+) -> Operation:
     """Register an operation inside an agreement: a window and a membership."""
-    _check_operation(session, document)
-    if repository.operation(session, document["id"]) is not None:
+    await _check_operation(session, document)
+    if await repository.operation(session, document["id"]) is not None:
         raise DuplicateId(f"operation {document['id']!r} already exists")
     now = utcnow()
     op = Operation(
@@ -224,29 +228,29 @@ def create_operation(session: Session, document: dict[str, Any], *, actor: str) 
         updated_at=now,
     )
     session.add(op)
-    session.flush()
-    _record_operation(session, op, actor)
+    await session.flush()
+    await _record_operation(session, op, actor)
     return op
 
 
-def update_operation(
-    session: Session, operation_id: str, document: dict[str, Any], *, actor: str
+async def update_operation(
+    session: AsyncSession, operation_id: str, document: dict[str, Any], *, actor: str
 ) -> Operation:
     """Change an operation's window, members or status (a new version)."""
-    op = get_operation(session, operation_id)
+    op = await get_operation(session, operation_id)
     if document.get("id") != operation_id or document.get("agreement") != op.agreement_id:
         raise IdMismatch("an operation keeps its id and agreement")
-    _check_operation(session, document)
+    await _check_operation(session, document)
     op.version += 1
     op.document, op.sha256, op.status = document, policy_hash(document), document["status"]
     op.starts_at, op.ends_at = _parse_time(document["starts_at"]), _parse_time(document["ends_at"])
     op.updated_at = utcnow()
-    _record_operation(session, op, actor)
+    await _record_operation(session, op, actor)
     return op
 
 
-def _record_operation(session: Session, op: Operation, actor: str) -> None:
-    audit.record(
+async def _record_operation(session: AsyncSession, op: Operation, actor: str) -> None:
+    await audit.record(
         session,
         "operation.updated",
         actor=actor,
@@ -260,25 +264,25 @@ def _record_operation(session: Session, op: Operation, actor: str) -> None:
     )
 
 
-def get_operation(session: Session, operation_id: str) -> Operation:
-    found = repository.operation(session, operation_id)
+async def get_operation(session: AsyncSession, operation_id: str) -> Operation:
+    found = await repository.operation(session, operation_id)
     if found is None:
         raise NotFound(f"no operation {operation_id!r}")
     return found
 
 
-def list_operations(session: Session) -> Sequence[Operation]:
-    return repository.operations(session)
+async def list_operations(session: AsyncSession) -> Sequence[Operation]:
+    return await repository.operations(session)
 
 
-def designate(
-    session: Session, focal_point_id: str, data: DesignationIn, *, actor: str
+async def designate(
+    session: AsyncSession, focal_point_id: str, data: DesignationIn, *, actor: str
 ) -> Designation:
     """Designate a focal point under an agreement for a period (no overlapping periods)."""
-    fp = agency_repo.focal_point(session, focal_point_id)
+    fp = await agency_repo.focal_point(session, focal_point_id)
     if fp is None:
         raise NotFound(f"no focal point {focal_point_id!r}")
-    version = repository.current_version(session, data.agreement)
+    version = await repository.current_version(session, data.agreement)
     if version is None:
         raise UnknownAgreement(
             f"no agreement {data.agreement!r}",
@@ -291,7 +295,7 @@ def designate(
             "valid_until is before valid_from",
             errors=[FieldProblem(pointer="/valid_until", detail="before valid_from")],
         )
-    for other in repository.designations(
+    for other in await repository.designations(
         session, focal_point_id=focal_point_id, agreement_id=data.agreement
     ):
         if _overlaps(other.valid_from, other.valid_until, data.valid_from, data.valid_until):
@@ -307,8 +311,8 @@ def designate(
         created_at=utcnow(),
     )
     session.add(row)
-    session.flush()
-    audit.record(
+    await session.flush()
+    await audit.record(
         session,
         "designation.changed",
         actor=actor,
@@ -326,15 +330,15 @@ def _overlaps(a_from: date, a_until: date | None, b_from: date, b_until: date | 
     return (a_until is None or b_from <= a_until) and (b_until is None or a_from <= b_until)
 
 
-def designations(session: Session, focal_point_id: str) -> Sequence[Designation]:
-    return repository.designations(session, focal_point_id=focal_point_id)
+async def designations(session: AsyncSession, focal_point_id: str) -> Sequence[Designation]:
+    return await repository.designations(session, focal_point_id=focal_point_id)
 
 
-def views_for(session: Session, caller: Caller) -> list[AgreementView]:
+async def views_for(session: AsyncSession, caller: Caller) -> list[AgreementView]:
     """For the caller's agency: each agreement it is party to, and what it may send to whom."""
     agency_id = caller.agency_id
     views = []
-    for version in repository.current_versions(session):
+    for version in await repository.current_versions(session):
         doc = version.document
         if agency_id not in doc["parties"]:
             continue
@@ -365,12 +369,12 @@ def views_for(session: Session, caller: Caller) -> list[AgreementView]:
                 "members": op.document["members"],
                 "status": op.status,
             }
-            for op in repository.operations(session, doc["id"])
+            for op in await repository.operations(session, doc["id"])
             if agency_id in op.document["members"]
         ]
         fps = [
             d.focal_point_id
-            for d in repository.designations(session, agreement_id=doc["id"])
+            for d in await repository.designations(session, agreement_id=doc["id"])
             if d.focal_point_id.startswith(f"{agency_id}/")
         ]
         views.append(
@@ -393,10 +397,10 @@ def views_for(session: Session, caller: Caller) -> list[AgreementView]:
     return views
 
 
-def policy_for(session: Session, routing: dict[str, Any]) -> Policy:
+async def policy_for(session: AsyncSession, routing: dict[str, Any]) -> Policy:
     """Gather what `decide` needs for this routing header (the only I/O of a scope check).
 
     From the registry snapshot (broker/registry), which is checked against the registry's
     stamp on every call: one short query while nothing changed.
     """
-    return registry.current(session).policy(routing)
+    return (await registry.current(session)).policy(routing)

@@ -12,14 +12,14 @@ import io
 import json
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy.orm import Session
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from broker import db
 from broker.audit import log, repository
 from broker.audit import service as audit
 from broker.audit.models import AuditEvent
@@ -58,7 +58,6 @@ NotOverseen = error("audit.not_overseen", 403, "Agency not overseen by this audi
 BadFilter = error("audit.bad_filter", 422, "Bad filter")
 
 ExportFormat = Literal["json", "csv"]
-SessionFactory = Callable[[], AbstractContextManager[Session]]
 
 
 def scoped(caller: Caller, f: EventFilter) -> EventFilter:
@@ -87,15 +86,15 @@ def rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def events(
-    session: Session, caller: Caller, f: EventFilter, *, cursor: str | None, limit: int
+async def events(
+    session: AsyncSession, caller: Caller, f: EventFilter, *, cursor: str | None, limit: int
 ) -> EventsPage:
     """One keyset page of events (metadata only), oldest first."""
     f = scoped(caller, f)
     after = _cursor(cursor)
     limit = min(max(limit, 1), MAX_PAGE)
-    rows = repository.events(session, f, after=after, limit=limit)
-    audit.record(
+    rows = await repository.events(session, f, after=after, limit=limit)
+    await audit.record(
         session,
         "audit.queried",
         actor=caller.actor,
@@ -126,26 +125,26 @@ def _delays(values: list[int]) -> Delays | None:
     return Delays(count=n, min=values[0], p50=rank(50), p90=rank(90), p99=rank(99), max=values[-1])
 
 
-def summary(session: Session, caller: Caller, f: EventFilter) -> Summary:
+async def summary(session: AsyncSession, caller: Caller, f: EventFilter) -> Summary:
     """Volume by direction and offence, rejections by reason, delivery and acknowledgement delays."""
     f = scoped(caller, f)
     volume: Counter[tuple[str, str, str]] = Counter()
     mids: set[str] = set()
     accepted = 0
-    for _, d in repository.event_details(session, _with(f, kinds=("msg.accepted",))):
+    async for _, d in repository.event_details(session, _with(f, kinds=("msg.accepted",))):
         accepted += 1
         mids.add(str(d.get("mid")))
         for recipient in d.get("recipients") or []:
             volume[(str(d.get("sender")), str(recipient), str(d.get("offence")))] += 1
     reasons: Counter[str] = Counter()
-    for _, d in repository.event_details(session, _with(f, kinds=("msg.rejected",))):
+    async for _, d in repository.event_details(session, _with(f, kinds=("msg.rejected",))):
         reasons[str(d.get("reason"))] += 1
     # Deliveries and acknowledgements of the messages accepted in the period, whenever they came.
     later = _with(f, kinds=("msg.delivered", "msg.acked"), agreement=None, until=None)
     delivery: list[int] = []
     ack_delays: list[int] = []
     statuses: Counter[str] = Counter()
-    for kind, d in repository.event_details(session, later):
+    async for kind, d in repository.event_details(session, later):
         if str(d.get("mid")) not in mids:
             continue
         delay = d.get("delay_ms")
@@ -156,7 +155,7 @@ def summary(session: Session, caller: Caller, f: EventFilter) -> Summary:
         statuses[str(d.get("status"))] += 1
         if isinstance(delay, int):
             ack_delays.append(delay)
-    audit.record(
+    await audit.record(
         session,
         "audit.queried",
         actor=caller.actor,
@@ -198,11 +197,13 @@ class ExportPlan:
     exported_at: datetime
 
 
-def start_export(session: Session, caller: Caller, f: EventFilter, fmt: ExportFormat) -> ExportPlan:
+async def start_export(
+    session: AsyncSession, caller: Caller, f: EventFilter, fmt: ExportFormat
+) -> ExportPlan:
     """Record the export (before any data leaves) and pin the checkpoint it proves against."""
     f = scoped(caller, f)
-    head = log.latest(session)
-    audit.record(
+    head = await log.latest(session)
+    await audit.record(
         session,
         "audit.exported",
         actor=caller.actor,
@@ -211,18 +212,20 @@ def start_export(session: Session, caller: Caller, f: EventFilter, fmt: ExportFo
     return ExportPlan(f, fmt, head.size, head.note, log.verifier_key(), utcnow())
 
 
-def _pages(factory: SessionFactory, plan: ExportPlan) -> Iterator[list[dict[str, Any]]]:
+async def _pages(
+    factory: db.SessionFactory, plan: ExportPlan
+) -> AsyncIterator[list[dict[str, Any]]]:
     after: uuid.UUID | None = None
     while True:
-        with factory() as session:
-            rows = repository.events(session, plan.filter, after=after, limit=EXPORT_PAGE)
+        async with factory() as session:
+            rows = await repository.events(session, plan.filter, after=after, limit=EXPORT_PAGE)
             proven = [
                 e.leaf_index
                 for e in rows
                 if e.leaf_index is not None and e.leaf_index < plan.tree_size
             ]
-            data = repository.leaves_by_index(session, proven)
-            proofs = log.inclusion_proofs(session, proven, plan.tree_size)
+            data = await repository.leaves_by_index(session, proven)
+            proofs = await log.inclusion_proofs(session, proven, plan.tree_size)
             page = [_exported(e, data, proofs) for e in rows]
         if page:
             yield page
@@ -249,14 +252,14 @@ def _exported(
     }
 
 
-def export_chunks(factory: SessionFactory, plan: ExportPlan) -> Iterator[bytes]:
+def export_chunks(factory: db.SessionFactory, plan: ExportPlan) -> AsyncIterator[bytes]:
     """The export, streamed page by page, each page read in its own short transaction."""
     if plan.fmt == "csv":
         return _csv(factory, plan)
     return _json(factory, plan)
 
 
-def _json(factory: SessionFactory, plan: ExportPlan) -> Iterator[bytes]:
+async def _json(factory: db.SessionFactory, plan: ExportPlan) -> AsyncIterator[bytes]:
     head = {
         "format": EXPORT_FORMAT,
         "exported_at": rfc3339(plan.exported_at),
@@ -267,7 +270,7 @@ def _json(factory: SessionFactory, plan: ExportPlan) -> Iterator[bytes]:
     }
     yield (json.dumps(head, ensure_ascii=False)[:-1] + ',"events":[').encode()
     count = 0
-    for page in _pages(factory, plan):
+    async for page in _pages(factory, plan):
         parts = [json.dumps(item, ensure_ascii=False, separators=(",", ":")) for item in page]
         yield ((",\n" if count else "\n") + ",\n".join(parts)).encode()
         count += len(page)
@@ -295,7 +298,7 @@ def _csv_row(item: dict[str, Any]) -> list[Any]:
     ]
 
 
-def _csv(factory: SessionFactory, plan: ExportPlan) -> Iterator[bytes]:
+async def _csv(factory: db.SessionFactory, plan: ExportPlan) -> AsyncIterator[bytes]:
     # First a header, then one `checkpoint` record (the signed note in `details`, the tree size
     # in `leaf_index`, the log key in `subject`), then one `event` record per event.
     checkpoint = [
@@ -311,5 +314,5 @@ def _csv(factory: SessionFactory, plan: ExportPlan) -> Iterator[bytes]:
         "",
     ]
     yield _csv_lines([CSV_COLUMNS, checkpoint])
-    for page in _pages(factory, plan):
+    async for page in _pages(factory, plan):
         yield _csv_lines([_csv_row(item) for item in page])

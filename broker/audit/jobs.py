@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-from broker import db, ticker
+from broker import db, jobs, ticker
 from broker.audit import sequencer
 from broker.faults import crash_point
 
-SEQUENCE = "log.sequence"
 INTERVAL_S = 0.5
 MAX_BATCHES_PER_RUN = 20  # then yield to the other jobs; the next run continues
 
 
-def sequence_pending() -> int:
-    """Sequence the backlog, one transaction and one checkpoint per batch."""
+async def sequence_batches(session_factory: db.SessionFactory) -> int:
+    """Sequence the backlog, one transaction and one checkpoint per batch; returns how many."""
     total = 0
     for _ in range(MAX_BATCHES_PER_RUN):
-        with db.session_scope() as session:
-            done = sequencer.sequence(session)
+        async with session_factory() as session:
+            done = await sequencer.sequence(session)
         crash_point("log.after_commit")
         total += done
         if done < sequencer.MAX_BATCH:
@@ -24,6 +23,11 @@ def sequence_pending() -> int:
     return total
 
 
+def sequence_pending() -> int:
+    """The job (Celery task, embedded ticker): `sequence_batches` on this process's event loop."""
+    return db.run(sequence_batches, db.session_scope)
+
+
 def install() -> None:
     """Register the sequencer with the embedded ticker (commits that record events wake it)."""
-    ticker.register(SEQUENCE, INTERVAL_S, sequence_pending)
+    ticker.register(jobs.SEQUENCE, INTERVAL_S, sequence_pending)

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -14,7 +13,6 @@ from sqlalchemy import (
     Row,
     Table,
     Text,
-    bindparam,
     exists,
     false,
     func,
@@ -27,14 +25,14 @@ from sqlalchemy import (
 )
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.orm import Session
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.audit.models import AuditEvent, Checkpoint, LogLeaf, LogNode
 from broker.crypto.merkle import NodeKey
 
 # pg_advisory_xact_lock key of the single sequencer ("tlog" in ASCII).
 SEQUENCER_LOCK = 0x746C6F67
-# Bound parameters per statement stay well under SQLite's limit (32766).
+# Bound parameters per statement stay well under both backends' limit (32766 and 32767).
 _KEYS_PER_QUERY = 4000
 
 _leaves = cast(Table, LogLeaf.__table__)
@@ -42,18 +40,21 @@ _nodes = cast(Table, LogNode.__table__)
 _events = cast(Table, AuditEvent.__table__)
 
 
-def _dialect(session: Session) -> str:
+def _dialect(session: AsyncSession) -> str:
     return session.get_bind().dialect.name
 
 
-def add(session: Session, event: AuditEvent) -> AuditEvent:
-    """Add an event to the session (flushed with the caller's transaction)."""
-    session.add(event)
-    return event
+async def insert_events(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Insert audit event rows in one statement (only `broker.audit.service` calls this)."""
+    await session.execute(insert(_events), list(rows))
 
 
-def list_events(
-    session: Session, *, kind: str | None = None, subject: str | None = None, limit: int = 100
+async def list_events(
+    session: AsyncSession,
+    *,
+    kind: str | None = None,
+    subject: str | None = None,
+    limit: int = 100,
 ) -> Sequence[AuditEvent]:
     """Events by kind and subject, in id order (tests and tools)."""
     stmt = select(AuditEvent).order_by(AuditEvent.id)
@@ -61,41 +62,44 @@ def list_events(
         stmt = stmt.where(AuditEvent.kind == kind)
     if subject is not None:
         stmt = stmt.where(AuditEvent.subject == subject)
-    return session.scalars(stmt.limit(limit)).all()
+    return (await session.scalars(stmt.limit(limit))).all()
 
 
 # --- the sequencer -------------------------------------------------------------------------
 
 
-def lock_sequencer(session: Session) -> None:
-    """Serialise sequencers: a transaction-scoped advisory lock (SQLite: BEGIN IMMEDIATE did)."""
+async def lock_sequencer(session: AsyncSession) -> None:
+    """Serialise sequencers for the rest of the transaction."""
+    # PostgreSQL only: SQLite's BEGIN IMMEDIATE already admits one writer at a time.
     if _dialect(session) == "postgresql":
-        session.execute(select(func.pg_advisory_xact_lock(SEQUENCER_LOCK)))
+        await session.execute(select(func.pg_advisory_xact_lock(SEQUENCER_LOCK)))
 
 
-def latest_checkpoint(session: Session) -> Checkpoint | None:
+async def latest_checkpoint(session: AsyncSession) -> Checkpoint | None:
     """The checkpoint of the largest size."""
-    return session.scalar(select(Checkpoint).order_by(Checkpoint.size.desc()).limit(1))
+    return await session.scalar(select(Checkpoint).order_by(Checkpoint.size.desc()).limit(1))
 
 
-def latest_size(session: Session) -> int | None:
+async def latest_size(session: AsyncSession) -> int | None:
     """The largest signed tree size, or None before the first checkpoint."""
-    size = session.scalar(select(func.max(Checkpoint.size)))
+    size = await session.scalar(select(func.max(Checkpoint.size)))
     return None if size is None else int(size)
 
 
-def checkpoint(session: Session, size: int) -> Checkpoint | None:
+async def checkpoint(session: AsyncSession, size: int) -> Checkpoint | None:
     """The checkpoint of one size, if one was signed."""
-    return session.get(Checkpoint, size)
+    return await session.get(Checkpoint, size)
 
 
-def leaf_count(session: Session) -> int:
+async def leaf_count(session: AsyncSession) -> int:
     """One past the highest stored leaf index."""
-    top = session.scalar(select(func.max(_leaves.c["index"])))
+    top = await session.scalar(select(func.max(_leaves.c["index"])))
     return 0 if top is None else int(top) + 1
 
 
-def unsequenced(session: Session, limit: int) -> Sequence[Row[Any, Any, Any, Any, Any, Any]]:
+async def unsequenced(
+    session: AsyncSession, limit: int
+) -> Sequence[Row[Any, Any, Any, Any, Any, Any]]:
     """The oldest events without a leaf, in (created_at, id) order; details as JSON text."""
     stmt = (
         select(_events.c.id, _events.c.kind, _events.c.actor, _events.c.subject)
@@ -105,16 +109,16 @@ def unsequenced(session: Session, limit: int) -> Sequence[Row[Any, Any, Any, Any
         .order_by(_events.c.created_at, _events.c.id)
         .limit(limit)
     )
-    return session.execute(stmt).all()
+    return (await session.execute(stmt)).all()
 
 
-def get_nodes(session: Session, keys: Sequence[NodeKey]) -> dict[NodeKey, bytes]:
+async def get_nodes(session: AsyncSession, keys: Sequence[NodeKey]) -> dict[NodeKey, bytes]:
     """Stored hashes among `keys`: one query (chunked only for thousands of keys)."""
     found: dict[NodeKey, bytes] = {}
     unique = list(dict.fromkeys(keys))
     for i in range(0, len(unique), _KEYS_PER_QUERY):
         chunk = unique[i : i + _KEYS_PER_QUERY]
-        rows = session.execute(
+        rows = await session.execute(
             select(_nodes.c.level, _nodes.c["index"], _nodes.c.hash).where(
                 tuple_(_nodes.c.level, _nodes.c["index"]).in_(chunk)
             )
@@ -124,116 +128,65 @@ def get_nodes(session: Session, keys: Sequence[NodeKey]) -> dict[NodeKey, bytes]
     return found
 
 
-def _copy(
-    session: Session, table: Table, types: Sequence[str], rows: Iterable[Sequence[Any]]
+async def insert_leaves(
+    session: AsyncSession, rows: Sequence[tuple[int, uuid.UUID, bytes, bytes, datetime]]
 ) -> None:
-    # PostgreSQL's COPY (binary) inside the session's transaction: ~9x insertmanyvalues.
-    columns = ", ".join(f'"{c.name}"' for c in table.columns)
-    driver = session.connection().connection.driver_connection
-    assert driver is not None
-    with (
-        driver.cursor() as cur,
-        cur.copy(f"COPY {table.name} ({columns}) FROM STDIN (FORMAT BINARY)") as copy,
-    ):
-        copy.set_types(list(types))
-        for row in rows:
-            copy.write_row(row)
-
-
-def insert_leaves(
-    session: Session, rows: Sequence[tuple[int, uuid.UUID, bytes, bytes, datetime]]
-) -> None:
-    """Bulk insert (index, event_id, leaf_bytes, leaf_hash, ts): COPY, else executemany."""
+    """Bulk insert (index, event_id, leaf_bytes, leaf_hash, ts) in one statement."""
     if not rows:
         return
-    if _dialect(session) == "postgresql":
-        _copy(session, _leaves, ("int8", "uuid", "bytea", "bytea", "timestamptz"), rows)
-    else:
-        keys = [c.name for c in _leaves.columns]
-        session.execute(insert(_leaves), [dict(zip(keys, row, strict=True)) for row in rows])
+    keys = [c.name for c in _leaves.columns]
+    await session.execute(insert(_leaves), [dict(zip(keys, row, strict=True)) for row in rows])
 
 
-def insert_nodes(session: Session, nodes: Sequence[tuple[NodeKey, bytes]]) -> None:
-    """Bulk insert new node hashes: COPY, else executemany."""
+async def insert_nodes(session: AsyncSession, nodes: Sequence[tuple[NodeKey, bytes]]) -> None:
+    """Bulk insert new node hashes in one statement."""
     if not nodes:
         return
-    if _dialect(session) == "postgresql":
-        _copy(session, _nodes, ("int2", "int8", "bytea"), ((lv, i, h) for (lv, i), h in nodes))
-    else:
-        session.execute(
-            insert(_nodes), [{"level": lv, "index": i, "hash": h} for (lv, i), h in nodes]
-        )
-
-
-class Marking:
-    """The pending UPDATE of `mark_sequenced`; `count` is the number of events it marked."""
-
-    count = 0
-
-
-@contextmanager
-def mark_sequenced(
-    session: Session, event_ids: Sequence[uuid.UUID], start: int
-) -> Iterator[Marking]:
-    """Give the events `event_ids` the leaf indexes start, start + 1, ...; only unsequenced ones.
-
-    On PostgreSQL the UPDATE is sent in pipeline mode and runs while the caller's block
-    computes the leaves (the server and the sequencer work at once); `count` is known when the
-    block exits. Elsewhere it runs on entry.
-    """
-    marking = Marking()
-    if not event_ids:
-        yield marking
-        return
-    if _dialect(session) == "postgresql":
-        driver = session.connection().connection.driver_connection
-        assert driver is not None
-        with driver.pipeline(), driver.cursor() as cur:
-            cur.execute(_MARK_SQL, (start, list(event_ids)))
-            yield marking
-        marking.count = cur.rowcount
-        return
-    result = session.execute(
-        update(_events)
-        .where(_events.c.id == bindparam("eid"), _events.c.leaf_index.is_(None))
-        .values(leaf_index=bindparam("idx")),
-        [{"eid": e, "idx": start + n} for n, e in enumerate(event_ids)],
-        execution_options={"synchronize_session": False},
+    await session.execute(
+        insert(_nodes), [{"level": lv, "index": i, "hash": h} for (lv, i), h in nodes]
     )
-    marking.count = int(result.rowcount)  # type: ignore[attr-defined]
-    yield marking
 
 
-# One statement for the whole batch; `leaf_index is null` keeps an index from ever changing.
-_MARK_SQL = (
-    "UPDATE audit_events AS e SET leaf_index = %s::int8 + v.n - 1"
-    " FROM unnest(%s::uuid[]) WITH ORDINALITY AS v (id, n)"
-    " WHERE e.id = v.id AND e.leaf_index IS NULL"
-)
+async def mark_sequenced(session: AsyncSession, event_ids: Sequence[uuid.UUID], start: int) -> int:
+    """Give the events `event_ids` the leaf indexes start, start + 1, ...; returns how many.
+
+    `event_ids` are in the order `unsequenced` read them, (created_at, id), which one UPDATE
+    reproduces with a row number; an event only counts when it got exactly its index, so
+    the caller refuses any disagreement. Only events still without an index change: an
+    index, once committed, never does.
+    """
+    if not event_ids:
+        return 0
+    rank = func.row_number().over(order_by=(_events.c.created_at, _events.c.id))
+    numbered = (
+        select(_events.c.id, (rank + (start - 1)).label("n"))
+        .where(_events.c.id.in_(event_ids))
+        .subquery("v")
+    )
+    changed = await session.execute(
+        update(_events)
+        .where(_events.c.id == numbered.c.id, _events.c.leaf_index.is_(None))
+        .values(leaf_index=numbered.c.n)
+        .returning(_events.c.id, _events.c.leaf_index)
+    )
+    expected = {event_id: start + n for n, event_id in enumerate(event_ids)}
+    return sum(expected.get(event_id) == index for event_id, index in changed)
 
 
-def add_checkpoint(session: Session, row: Checkpoint) -> None:
+async def add_checkpoint(session: AsyncSession, row: Checkpoint) -> None:
     """Insert now: a second root for a size fails here, on the primary key."""
     session.add(row)
-    session.flush()
-
-
-class DbTreeStore:
-    """`merkle.TreeStore` over the log_nodes table."""
-
-    def __init__(self, session: Session) -> None:
-        self.session = session
-
-    def get_nodes(self, keys: Sequence[NodeKey]) -> Mapping[NodeKey, bytes]:
-        """Stored hashes among `keys`, in one query."""
-        return get_nodes(self.session, keys)
+    await session.flush()
 
 
 # --- who an event names --------------------------------------------------------------------
 
 
-def names_any(session: Session, agencies: Collection[str]) -> ColumnElement[bool]:
-    """SQL for "the event names one of `agencies`" (same rule as `leaf.agencies_named`)."""
+def names_any(session: AsyncSession, agencies: Collection[str]) -> ColumnElement[bool]:
+    """SQL for "the event names one of `agencies`" (same rule as `leaf.agencies_named`).
+
+    Builds a clause and reads nothing: the session only says which dialect to write for.
+    """
     ids = sorted(agencies)
     if not ids:
         return false()
@@ -241,6 +194,7 @@ def names_any(session: Session, agencies: Collection[str]) -> ColumnElement[bool
     clauses: list[ColumnElement[bool]] = [AuditEvent.subject.in_(ids)]
     clauses += [AuditEvent.subject.startswith(a + "/", autoescape=True) for a in ids]
     clauses += [details[key].as_string().in_(ids) for key in ("sender", "recipient", "agency")]
+    # A JSON array's membership test has no common SQL: JSONB's `?|`, SQLite's json_each.
     if _dialect(session) == "postgresql":
         array = postgresql.array([literal(a) for a in ids])
         clauses.append(details["recipients"].op("?|")(array))
@@ -253,8 +207,8 @@ def names_any(session: Session, agencies: Collection[str]) -> ColumnElement[bool
 # --- reading the log -----------------------------------------------------------------------
 
 
-def leaves(
-    session: Session,
+async def leaves(
+    session: AsyncSession,
     *,
     start: int,
     end: int,
@@ -272,15 +226,16 @@ def leaves(
         stmt = stmt.join(_events, _events.c.id == _leaves.c.event_id).where(
             names_any(session, agencies)
         )
-    return [(i, bytes(data), bytes(digest)) for i, data, digest in session.execute(stmt)]
+    rows = await session.execute(stmt)
+    return [(i, bytes(data), bytes(digest)) for i, data, digest in rows]
 
 
-def leaves_by_index(session: Session, indexes: Collection[int]) -> dict[int, bytes]:
+async def leaves_by_index(session: AsyncSession, indexes: Collection[int]) -> dict[int, bytes]:
     """Leaf bytes of the given indexes."""
     out: dict[int, bytes] = {}
     ordered = sorted(indexes)
     for i in range(0, len(ordered), _KEYS_PER_QUERY):
-        rows = session.execute(
+        rows = await session.execute(
             select(_leaves.c["index"], _leaves.c.leaf_bytes).where(
                 _leaves.c["index"].in_(ordered[i : i + _KEYS_PER_QUERY])
             )
@@ -289,9 +244,11 @@ def leaves_by_index(session: Session, indexes: Collection[int]) -> dict[int, byt
     return out
 
 
-def nodes_range(session: Session, level: int, start: int, end: int) -> list[tuple[int, bytes]]:
+async def nodes_range(
+    session: AsyncSession, level: int, start: int, end: int
+) -> list[tuple[int, bytes]]:
     """Stored nodes of one level with index in [start, end)."""
-    rows = session.execute(
+    rows = await session.execute(
         select(_nodes.c["index"], _nodes.c.hash)
         .where(_nodes.c.level == level, _nodes.c["index"] >= start, _nodes.c["index"] < end)
         .order_by(_nodes.c["index"])
@@ -316,7 +273,7 @@ class EventFilter:
     visible: frozenset[str] | None = None
 
 
-def _where(session: Session, f: EventFilter) -> list[ColumnElement[bool]]:
+def _where(session: AsyncSession, f: EventFilter) -> list[ColumnElement[bool]]:
     details = AuditEvent.details
     where: list[ColumnElement[bool]] = []
     if f.since is not None:
@@ -338,18 +295,85 @@ def _where(session: Session, f: EventFilter) -> list[ColumnElement[bool]]:
     return where
 
 
-def events(
-    session: Session, f: EventFilter, *, after: uuid.UUID | None, limit: int
+async def events(
+    session: AsyncSession, f: EventFilter, *, after: uuid.UUID | None, limit: int
 ) -> Sequence[AuditEvent]:
     """A keyset page of events in id (UUIDv7, time) order."""
     stmt = select(AuditEvent).where(*_where(session, f)).order_by(AuditEvent.id).limit(limit)
     if after is not None:
         stmt = stmt.where(AuditEvent.id > after)
-    return session.scalars(stmt).all()
+    return (await session.scalars(stmt)).all()
 
 
-def event_details(session: Session, f: EventFilter) -> Iterator[tuple[str, dict[str, Any]]]:
+async def event_details(
+    session: AsyncSession, f: EventFilter
+) -> AsyncIterator[tuple[str, dict[str, Any]]]:
     """(kind, details) of every matching event, streamed."""
     stmt = select(AuditEvent.kind, AuditEvent.details).where(*_where(session, f))
-    for kind, details in session.execute(stmt.execution_options(yield_per=2000)):
+    result = await session.stream(stmt.execution_options(yield_per=2000))
+    async for kind, details in result:
         yield str(kind), details
+
+
+# --- the auditor's console: a message's events, volume per day, the backlog ---
+
+
+def _visible(session: AsyncSession, visible: Collection[str] | None) -> list[ColumnElement[bool]]:
+    return [] if visible is None else [names_any(session, visible)]
+
+
+async def message_events(
+    session: AsyncSession,
+    mid: str,
+    *,
+    kinds: Sequence[str],
+    visible: Collection[str] | None,
+    limit: int,
+) -> Sequence[AuditEvent]:
+    """The events of one message id (`details.mid`), oldest first; `visible` scopes them."""
+    stmt = (
+        select(AuditEvent)
+        .where(
+            AuditEvent.kind.in_(kinds),
+            AuditEvent.details["mid"].as_string() == mid,
+            *_visible(session, visible),
+        )
+        .order_by(AuditEvent.created_at, AuditEvent.id)
+        .limit(limit)
+    )
+    return (await session.scalars(stmt)).all()
+
+
+async def kind_times(
+    session: AsyncSession,
+    *,
+    kinds: Sequence[str],
+    agreement: str,
+    since: datetime,
+    visible: Collection[str] | None,
+) -> AsyncIterator[tuple[str, datetime]]:
+    """(kind, created_at) of the events of `kinds` under an agreement since a time, streamed."""
+    stmt = select(AuditEvent.kind, AuditEvent.created_at).where(
+        AuditEvent.kind.in_(kinds),
+        AuditEvent.details["agreement"].as_string() == agreement,
+        AuditEvent.created_at >= since,
+        *_visible(session, visible),
+    )
+    result = await session.stream(stmt.execution_options(yield_per=2000))
+    async for kind, at in result:
+        yield str(kind), at
+
+
+async def backlog(session: AsyncSession) -> tuple[int, datetime | None]:
+    """How many events await a leaf, and the oldest one's time.
+
+    Few, and found through the partial index on `leaf_index is null`.
+    """
+    row: Any = (
+        await session.execute(
+            select(func.count(), func.min(AuditEvent.created_at)).where(
+                AuditEvent.leaf_index.is_(None)
+            )
+        )
+    ).one()
+    return int(row[0] or 0), row[1]

@@ -40,13 +40,13 @@ Name = Annotated[str | None, Query(max_length=64)]
         **error_responses(log.NoCheckpoint),
     },
 )
-def checkpoint(caller: AnyCaller, session: SessionDep) -> PlainTextResponse:
+async def checkpoint(caller: AnyCaller, session: SessionDep) -> PlainTextResponse:
     """The latest signed checkpoint (C2SP tlog-checkpoint signed note)."""
-    return PlainTextResponse(log.latest(session).note)
+    return PlainTextResponse((await log.latest(session)).note)
 
 
 @public.get("/key", response_class=PlainTextResponse, responses=error_responses())
-def key(caller: AnyCaller) -> PlainTextResponse:
+async def key(caller: AnyCaller) -> PlainTextResponse:
     """The log's verifier key `<origin>+<key id>+<base64 key>`: pin it out of band, then verify."""
     return PlainTextResponse(log.verifier_key() + "\n")
 
@@ -55,32 +55,32 @@ def key(caller: AnyCaller) -> PlainTextResponse:
     "/proof/inclusion",
     responses=error_responses(log.NoCheckpoint, log.OutOfRange, InvalidRequest),
 )
-def inclusion_proof(
+async def inclusion_proof(
     caller: AnyCaller,
     session: SessionDep,
     index: Index,
     size: Annotated[int | None, Query(ge=1, le=MAX_INDEX)] = None,
 ) -> InclusionProofOut:
     """Inclusion proof of leaf `index` in the tree of `size` leaves (default: latest)."""
-    return log.inclusion(session, index, size)
+    return await log.inclusion(session, index, size)
 
 
 @public.get(
     "/proof/consistency",
     responses=error_responses(log.NoCheckpoint, log.OutOfRange, InvalidRequest),
 )
-def consistency_proof(
+async def consistency_proof(
     caller: AnyCaller,
     session: SessionDep,
     size1: Annotated[int, Query(alias="from", ge=1, le=MAX_INDEX)],
     size2: Annotated[int | None, Query(alias="to", ge=1, le=MAX_INDEX)] = None,
 ) -> ConsistencyProofOut:
     """Consistency proof from tree size `from` to `to` (default: latest)."""
-    return log.consistency(session, size1, size2)
+    return await log.consistency(session, size1, size2)
 
 
 @public.get("/leaves", responses=error_responses(Forbidden, log.NoCheckpoint, InvalidRequest))
-def leaves(
+async def leaves(
     caller: LeafReader,
     session: SessionDep,
     start: Index = 0,
@@ -88,11 +88,11 @@ def leaves(
     limit: Annotated[int, Query(ge=1, le=log.MAX_LEAVES)] = log.MAX_LEAVES,
 ) -> LeavesPage:
     """Leaves in [start, end) naming an agency the caller oversees (auditor) or is (agency)."""
-    return log.leaves(session, caller, start=start, end=end, limit=limit)
+    return await log.leaves(session, caller, start=start, end=end, limit=limit)
 
 
 @public.get("/nodes", responses=error_responses(log.NoCheckpoint, InvalidRequest))
-def nodes(
+async def nodes(
     caller: AnyCaller,
     session: SessionDep,
     level: Annotated[int, Query(ge=0, le=63)] = 0,
@@ -100,10 +100,10 @@ def nodes(
     end: Annotated[int | None, Query(ge=0, le=MAX_INDEX)] = None,
 ) -> NodesPage:
     """Stored subtree hashes of one level (at most 4096), for full verification of the store."""
-    return log.nodes(session, level=level, start=start, end=end)
+    return await log.nodes(session, level=level, start=start, end=end)
 
 
-def event_filter(
+async def event_filter(  # async: pure, so no worker thread
     since: Annotated[AwareDatetime | None, Query(description="created at or after")] = None,
     until: Annotated[AwareDatetime | None, Query(description="created before")] = None,
     agency: Annotated[str | None, Query(max_length=16, description="events naming it")] = None,
@@ -129,7 +129,7 @@ AUDIT_ERRORS = (Forbidden, auditor.NotOverseen, auditor.BadFilter, InvalidReques
 
 
 @router.get("/events", responses=error_responses(*AUDIT_ERRORS, auditor.BadCursor))
-def audit_events(
+async def audit_events(
     caller: AuditorCaller,
     session: SessionDep,
     filters: Filters,
@@ -137,13 +137,13 @@ def audit_events(
     limit: Annotated[int, Query(ge=1, le=auditor.MAX_PAGE)] = 100,
 ) -> EventsPage:
     """Events matching the filters, oldest first, with a keyset cursor; metadata only."""
-    return auditor.events(session, caller, filters, cursor=cursor, limit=limit)
+    return await auditor.events(session, caller, filters, cursor=cursor, limit=limit)
 
 
 @router.get("/summary", responses=error_responses(*AUDIT_ERRORS))
-def audit_summary(caller: AuditorCaller, session: SessionDep, filters: Filters) -> Summary:
+async def audit_summary(caller: AuditorCaller, session: SessionDep, filters: Filters) -> Summary:
     """Volume by direction and offence, rejections by reason, delivery and ack delays."""
-    return auditor.summary(session, caller, filters)
+    return await auditor.summary(session, caller, filters)
 
 
 @router.get(
@@ -154,14 +154,14 @@ def audit_summary(caller: AuditorCaller, session: SessionDep, filters: Filters) 
         **error_responses(*AUDIT_ERRORS, log.NoCheckpoint),
     },
 )
-def audit_export(
+async def audit_export(
     caller: AuditorCaller,
     session: SessionDep,
     filters: Filters,
     format: auditor.ExportFormat = "json",
 ) -> StreamingResponse:
     """Matching events with the current checkpoint and inclusion proofs, verifiable offline."""
-    plan = auditor.start_export(session, caller, filters, format)
+    plan = await auditor.start_export(session, caller, filters, format)
     media = "text/csv; charset=utf-8" if format == "csv" else "application/json"
     return StreamingResponse(
         auditor.export_chunks(db.session_scope, plan),

@@ -8,15 +8,13 @@ root and the new root must be provably consistent with it: the broker never sign
 one size, nor a tree that does not extend what it signed before. When that fails the
 sequencer stops with `log.inconsistent` and logs an error; it never repairs silently.
 
-A batch costs a fixed number of round trips whatever its size (docs/performance.md,
+A batch costs a fixed number of statements whatever its size (docs/performance.md,
 "Transparency log"): one SELECT of the events (details as JSON text, parsed once straight
-into the leaf), one UPDATE giving them their indexes (on PostgreSQL sent in pipeline mode, so
-the server runs it while the leaves are encoded and hashed here), one COPY each for leaves and
+into the leaf), one UPDATE giving them their indexes, one multi-row INSERT each for leaves and
 nodes, and the checkpoint. The UPDATE only touches events still without an index, and the
 count must match: an index, once committed, never changes. A crash anywhere before the commit
 rolls the whole batch back, and the next run assigns the same indexes. Batches stay at 5,000:
-four times that was only 7-20 % faster, and under a backlog a batch must still commit well
-within the 1 s merge delay.
+under a backlog a batch must still commit well within the 1 s merge delay.
 """
 
 from __future__ import annotations
@@ -28,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
 from sqlalchemy import Row
-from sqlalchemy.orm import Session
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker import keyring
 from broker.audit import leaf, repository
@@ -52,18 +50,18 @@ def epoch_ms(moment: datetime) -> int:
     return (moment - _EPOCH) // _MS
 
 
-def sequence(session: Session, *, max_batch: int = MAX_BATCH) -> int:
+async def sequence(session: AsyncSession, *, max_batch: int = MAX_BATCH) -> int:
     """Append up to `max_batch` unsequenced events to the log and sign a checkpoint; returns how many."""
-    repository.lock_sequencer(session)
-    head = repository.latest_checkpoint(session)
+    await repository.lock_sequencer(session)
+    head = await repository.latest_checkpoint(session)
     size = head.size if head is not None else 0
-    stored = repository.leaf_count(session)
+    stored = await repository.leaf_count(session)
     if stored != size:
         _refuse(f"{stored} leaves are stored but the latest checkpoint has size {size}")
-    events = repository.unsequenced(session, max_batch)
+    events = await repository.unsequenced(session, max_batch)
     if not events and head is not None:
         return 0
-    edge = repository.get_nodes(session, merkle.root_keys(size))
+    edge = await repository.get_nodes(session, merkle.root_keys(size))
     try:
         old_root = merkle.root(size, edge)
     except merkle.MissingNodeError as exc:
@@ -71,22 +69,21 @@ def sequence(session: Session, *, max_batch: int = MAX_BATCH) -> int:
     if head is not None:
         _check_head(head, old_root)
     new_size = size + len(events)
-    # The UPDATE of the events runs in the database while the leaves are hashed here.
-    with repository.mark_sequenced(session, [e[0] for e in events], size) as marked:
-        rows, hashes = _leaves(events, size)
-        new_nodes, new_root = merkle.append_leaves(size, hashes, edge)
-        if size:
-            _check_consistent(size, new_size, old_root, new_root, {**edge, **dict(new_nodes)})
-    if marked.count != len(events):
-        _refuse(f"{len(events)} events to sequence but {marked.count} were still unsequenced")
-    repository.insert_leaves(session, rows)
-    repository.insert_nodes(session, new_nodes)
-    sign(session, new_size, new_root)
+    marked = await repository.mark_sequenced(session, [e[0] for e in events], size)
+    if marked != len(events):
+        _refuse(f"{len(events)} events to sequence but {marked} were still unsequenced")
+    rows, hashes = _leaves(events, size)
+    new_nodes, new_root = merkle.append_leaves(size, hashes, edge)
+    if size:
+        _check_consistent(size, new_size, old_root, new_root, {**edge, **dict(new_nodes)})
+    await repository.insert_leaves(session, rows)
+    await repository.insert_nodes(session, new_nodes)
+    await sign(session, new_size, new_root)
     crash_point("log.before_commit")
     return len(events)
 
 
-def sign(session: Session, size: int, root_hash: bytes) -> Checkpoint:
+async def sign(session: AsyncSession, size: int, root_hash: bytes) -> Checkpoint:
     """Sign and store the checkpoint of `size` (a second root for one size fails on the key)."""
     keys = keyring.load_or_create()
     text = note.Checkpoint(keys.log_origin, size, root_hash).format()
@@ -96,7 +93,7 @@ def sign(session: Session, size: int, root_hash: bytes) -> Checkpoint:
         note=note.sign_note(text, keys.log_origin, keys.log.private_key),
         created_at=utcnow(),
     )
-    repository.add_checkpoint(session, row)
+    await repository.add_checkpoint(session, row)
     return row
 
 

@@ -1,8 +1,11 @@
 """Independent verification of the broker's transparency log, online and from exports.
 
 Needs only the broker's log verifier key, pinned out of band, and HTTP: it imports
-`broker.crypto`, the pure `broker.audit.leaf` and `httpx2`, never the server stack. Every check
-that fails raises `VerifyError` with a stable `code`:
+`broker.crypto`, the pure `broker.audit.leaf` and `httpx2`, never the server stack. The checks
+are written once, as steps that ask for the log's answers (`Read`) without doing any I/O: the
+CLI answers them over HTTP (`verify_log`), the broker itself from its own store through an
+async source (`verify_source`; `broker.audit.log.verify_stored`). Every check that fails raises
+`VerifyError` with a stable `code`:
 
 - ``bad_key``: the pinned key does not parse.
 - ``bad_checkpoint``: the checkpoint's signature, origin or form is wrong.
@@ -13,9 +16,10 @@ that fails raises `VerifyError` with a stable `code`:
   checkpoint's root.
 - ``nodes``: a stored subtree hash (full mode) differs from the one the leaves imply.
 - ``export``: an export does not verify (signature, proof, or an event differs from its leaf).
+- ``state``: the stored (or given) earlier checkpoint does not read or verify.
 - ``behind``: the broker serves an older checkpoint than the stored one and cannot prove that
   the two are consistent (a lagging replica, or a rollback).
-- ``http``: the broker answered with an error.
+- ``http``: the broker answered with an error (its store, when it verifies itself).
 """
 
 from __future__ import annotations
@@ -27,11 +31,11 @@ import io
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 import httpx2
 
@@ -43,6 +47,8 @@ MAX_RETRIES = 10
 NODE_PAGE = 4096
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
+
+T = TypeVar("T")
 
 
 class VerifyError(Exception):
@@ -136,6 +142,73 @@ class LogClient:
         return doc
 
 
+class LogSource(Protocol):
+    """The log's answers as `LogClient` gives them, from an async source (the broker's store)."""
+
+    async def checkpoint(self) -> str:
+        """The latest signed checkpoint note."""
+        ...
+
+    async def inclusion(self, index: int, size: int) -> dict[str, Any]:
+        """An inclusion proof, as /v1/log/proof/inclusion answers."""
+        ...
+
+    async def consistency(self, size1: int, size2: int) -> dict[str, Any]:
+        """A consistency proof, as /v1/log/proof/consistency answers."""
+        ...
+
+    async def leaves(self, start: int, end: int) -> dict[str, Any]:
+        """One page of leaves, as /v1/log/leaves answers."""
+        ...
+
+    async def nodes(self, level: int, start: int, end: int) -> dict[str, Any]:
+        """One page of stored subtree hashes, as /v1/log/nodes answers."""
+        ...
+
+
+@dataclass(frozen=True)
+class Read:
+    """One answer a verification step needs: the `LogClient`/`LogSource` method and arguments."""
+
+    method: Literal["checkpoint", "inclusion", "consistency", "leaves", "nodes"]
+    args: tuple[int, ...] = ()
+
+
+# A verification step: yields the reads it needs, is sent their answers (or thrown the
+# `VerifyError` a read raised), and returns its result.
+Steps = Generator[Read, Any, T]
+
+
+def _drive(steps: Steps[T], client: LogClient) -> T:
+    answer: Any = None
+    failed: VerifyError | None = None
+    while True:
+        try:
+            read = steps.throw(failed) if failed is not None else steps.send(answer)
+        except StopIteration as done:
+            result: T = done.value
+            return result
+        try:
+            answer, failed = getattr(client, read.method)(*read.args), None
+        except VerifyError as exc:
+            answer, failed = None, exc
+
+
+async def _drive_async(steps: Steps[T], source: LogSource) -> T:
+    answer: Any = None
+    failed: VerifyError | None = None
+    while True:
+        try:
+            read = steps.throw(failed) if failed is not None else steps.send(answer)
+        except StopIteration as done:
+            result: T = done.value
+            return result
+        try:
+            answer, failed = await getattr(source, read.method)(*read.args), None
+        except VerifyError as exc:
+            answer, failed = None, exc
+
+
 @dataclass
 class Report:
     """What a verification established."""
@@ -220,7 +293,7 @@ def _hashes(doc: Mapping[str, Any], key: str) -> list[bytes]:
     return [_unb64(v, key, "bad_proof") for v in values]
 
 
-def _consistent(client: LogClient, old: note.Checkpoint, new: note.Checkpoint) -> str:
+def _consistent(old: note.Checkpoint, new: note.Checkpoint) -> Steps[str]:
     """How `new` relates to `old`, after checking the consistency proof between them."""
     if old.size == new.size:
         if old.root_hash != new.root_hash:
@@ -229,7 +302,7 @@ def _consistent(client: LogClient, old: note.Checkpoint, new: note.Checkpoint) -
     small, large = (old, new) if old.size < new.size else (new, old)
     if small.size > 0:
         try:
-            served = client.consistency(small.size, large.size)
+            served = yield Read("consistency", (small.size, large.size))
         except VerifyError as exc:
             if new.size > old.size:
                 raise
@@ -261,41 +334,60 @@ def verify_log(
 ) -> Report:
     """Verify the broker's latest checkpoint, its consistency with `state`, and optionally more."""
     verifier = parse_key(log_key)
+    steps = _verify(verifier, _load_state(state, verifier), full, index)
     if http is None:
         with open_http(base_url) as owned:
-            return _verify_log(LogClient(owned, token), verifier, state, full, index)
-    return _verify_log(LogClient(http, token), verifier, state, full, index)
-
-
-def _verify_log(
-    client: LogClient,
-    verifier: note.NoteVerifier,
-    state: Path | None,
-    full: bool,
-    index: int | None,
-) -> Report:
-    text = client.checkpoint()
-    checkpoint = check_checkpoint(text, verifier)
-    report = Report(checkpoint.origin, checkpoint.size, checkpoint.root_hash)
-    stored = _load_state(state, verifier)
-    if stored is not None:
-        report.relation = _consistent(client, stored, checkpoint)
-        report.previous = (stored.size, stored.root_hash)
-    if full:
-        report.leaves_checked, report.nodes_checked = _verify_full(client, checkpoint)
-    if index is not None:
-        _verify_inclusion(client, checkpoint, index)
-        report.included.append(index)
+            report, text = _drive(steps, LogClient(owned, token))
+    else:
+        report, text = _drive(steps, LogClient(http, token))
     if state is not None and report.relation != "behind":
         _save_state(state, text)
     return report
 
 
-def _verify_full(client: LogClient, checkpoint: note.Checkpoint) -> tuple[int, int]:
+async def verify_source(
+    source: LogSource,
+    log_key: str,
+    *,
+    previous: str | None = None,
+    full: bool = False,
+    index: int | None = None,
+) -> Report:
+    """`verify_log`'s checks over an async source; `previous` is a checkpoint verified before."""
+    verifier = parse_key(log_key)
+    stored = None
+    if previous is not None:
+        try:
+            stored = note.verify_checkpoint(previous, verifier)
+        except note.NoteError as exc:
+            raise VerifyError("state", f"the earlier checkpoint does not verify: {exc}") from None
+    report, _ = await _drive_async(_verify(verifier, stored, full, index), source)
+    return report
+
+
+def _verify(
+    verifier: note.NoteVerifier, stored: note.Checkpoint | None, full: bool, index: int | None
+) -> Steps[tuple[Report, str]]:
+    """The checks of a verification; returns the report and the checkpoint note it verified."""
+    text = yield Read("checkpoint")
+    checkpoint = check_checkpoint(text, verifier)
+    report = Report(checkpoint.origin, checkpoint.size, checkpoint.root_hash)
+    if stored is not None:
+        report.relation = yield from _consistent(stored, checkpoint)
+        report.previous = (stored.size, stored.root_hash)
+    if full:
+        report.leaves_checked, report.nodes_checked = yield from _verify_full(checkpoint)
+    if index is not None:
+        yield from _verify_inclusion(checkpoint, index)
+        report.included.append(index)
+    return report, text
+
+
+def _verify_full(checkpoint: note.Checkpoint) -> Steps[tuple[int, int]]:
     size = checkpoint.size
     hashes: list[bytes] = []
     while len(hashes) < size:
-        page = client.leaves(len(hashes), size)
+        page = yield Read("leaves", (len(hashes), size))
         items = page.get("leaves") or []
         if not items:
             raise VerifyError(
@@ -330,16 +422,16 @@ def _verify_full(client: LogClient, checkpoint: note.Checkpoint) -> tuple[int, i
             f"the {size} leaves give root {_b64(got)}, the checkpoint says "
             f"{_b64(checkpoint.root_hash)}",
         )
-    return size, _verify_nodes(client, store, size)
+    return size, (yield from _verify_nodes(store, size))
 
 
-def _verify_nodes(client: LogClient, store: merkle.MemoryTreeStore, size: int) -> int:
+def _verify_nodes(store: merkle.MemoryTreeStore, size: int) -> Steps[int]:
     checked = 0
     for level in range(size.bit_length()):
         count = size >> level
         start = 0
         while start < count:
-            page = client.nodes(level, start, count)
+            page = yield Read("nodes", (level, start, count))
             served = [_unb64(h, f"node ({level}, {start})", "nodes") for h in page["hashes"]]
             if not served:
                 raise VerifyError("nodes", f"stored node ({level}, {start}) is missing")
@@ -354,16 +446,16 @@ def _verify_nodes(client: LogClient, store: merkle.MemoryTreeStore, size: int) -
     return checked
 
 
-def _verify_inclusion(client: LogClient, checkpoint: note.Checkpoint, index: int) -> None:
+def _verify_inclusion(checkpoint: note.Checkpoint, index: int) -> Steps[None]:
     if not 0 <= index < checkpoint.size:
         raise VerifyError("bad_proof", f"leaf {index} is not in the tree of size {checkpoint.size}")
-    doc = client.inclusion(index, checkpoint.size)
+    doc = yield Read("inclusion", (index, checkpoint.size))
     if doc.get("leafIdx") != index or doc.get("treeSize") != checkpoint.size:
         raise VerifyError("bad_proof", "the proof is for another leaf or tree size")
     leaf_hash = _unb64(doc.get("leafHash"), "leafHash", "bad_proof")
     # Hash the leaf ourselves when this token may read it.
     try:
-        page = client.leaves(index, index + 1)
+        page = yield Read("leaves", (index, index + 1))
     except VerifyError:
         page = {}
     for item in page.get("leaves") or []:
@@ -413,7 +505,10 @@ def _read_export(data: bytes) -> tuple[str, list[dict[str, Any]]]:
     text = data.decode("utf-8")
     if text.lstrip().startswith("{"):
         doc = json.loads(text)
-        return str(doc["checkpoint"]), list(doc["events"])
+        events = list(doc["events"])
+        if not all(isinstance(e, dict) for e in events):
+            raise TypeError("`events` holds something other than objects")
+        return str(doc["checkpoint"]), events
     rows = list(csv.DictReader(io.StringIO(text, newline="")))
     if not rows or rows[0].get("record") != "checkpoint":
         raise VerifyError("export", "a CSV export starts with its checkpoint record")

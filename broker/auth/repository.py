@@ -6,12 +6,12 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import bindparam, select
-from sqlalchemy.orm import Session
+from sqlalchemy import bindparam, literal_column, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.auth.models import Credential, Principal
+from broker.registry.models import RegistryState
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,8 +29,13 @@ class TokenRow:
     status: str
 
 
-_TOKEN = (
+# Every request of every route runs this: columns only (no ORM rows), and the registry stamp
+# (`registry.snapshot`) in the same round trip. The token side is outer-joined to a one-row
+# relation so that the stamp comes back for an unknown token too.
+_ONE = select(literal_column("1").label("one")).subquery("one")
+_TOKEN_AND_STAMP = (
     select(
+        select(RegistryState.stamp).where(RegistryState.id == 1).scalar_subquery().label("stamp"),
         Credential.revoked_at,
         Credential.expires_at,
         Principal.id,
@@ -41,62 +46,58 @@ _TOKEN = (
         Principal.audit_agencies,
         Principal.status,
     )
-    .join(Principal, Principal.id == Credential.principal_id)
-    .where(Credential.token_hash == bindparam("token_hash"))
+    .select_from(_ONE)
+    .outerjoin(
+        # A join of the tables, not of the ORM classes: the latter is flattened out of the
+        # parentheses and the outer join would cover credentials alone.
+        Credential.__table__.join(Principal.__table__, Principal.id == Credential.principal_id),
+        Credential.token_hash == bindparam("token_hash"),
+    )
 )
 
 
-def token(session: Session, token_hash: str) -> TokenRow | None:
-    """One query, columns only (no ORM rows): every request of every route runs it."""
-    row = session.connection().execute(_TOKEN, {"token_hash": token_hash}).first()
-    return None if row is None else TokenRow(*row)
+async def token_and_stamp(
+    session: AsyncSession, token_hash: str
+) -> tuple[TokenRow | None, str | None]:
+    """The token's row (None if unknown) and the registry stamp, in one statement."""
+    row = (await session.execute(_TOKEN_AND_STAMP, {"token_hash": token_hash})).one()
+    return (None if row.id is None else TokenRow(*row[1:])), row.stamp
 
 
-# The async submit path: the same columns, and the registry stamp in the same round trip.
-_CALLER_SQL = (
-    "select (select stamp from registry_state where id = 1) as stamp,"
-    " c.revoked_at, c.expires_at, p.id, p.name, p.role, p.agency_id, p.focal_point_id,"
-    " p.audit_agencies, p.status"
-    " from (select 1) as one"
-    " left join (credentials as c join principals as p on p.id = c.principal_id)"
-    " on c.token_hash = %(token_hash)s"
-)
-
-
-async def token_and_stamp(conn: Any, token_hash: str) -> tuple[TokenRow | None, str | None]:
-    """`token()` and the registry stamp (`registry.snapshot`) in one statement (async path)."""
-    cur = await conn.execute(_CALLER_SQL, {"token_hash": token_hash})
-    row = await cur.fetchone()
-    stamp = row[0]
-    return (None if row[3] is None else TokenRow(*row[1:])), stamp
-
-
-def credential_by_hash(session: Session, token_hash: str) -> tuple[Credential, Principal] | None:
-    row = session.execute(
-        select(Credential, Principal)
-        .join(Principal, Principal.id == Credential.principal_id)
-        .where(Credential.token_hash == token_hash)
+async def credential_by_hash(
+    session: AsyncSession, token_hash: str
+) -> tuple[Credential, Principal] | None:
+    row = (
+        await session.execute(
+            select(Credential, Principal)
+            .join(Principal, Principal.id == Credential.principal_id)
+            .where(Credential.token_hash == token_hash)
+        )
     ).first()
     return None if row is None else (row[0], row[1])
 
 
-def principal(session: Session, principal_id: uuid.UUID) -> Principal | None:
-    return session.get(Principal, principal_id)
+async def principal(session: AsyncSession, principal_id: uuid.UUID) -> Principal | None:
+    return await session.get(Principal, principal_id)
 
 
-def principal_by_name(session: Session, name: str) -> Principal | None:
-    return session.scalar(select(Principal).where(Principal.name == name))
+async def principal_by_name(session: AsyncSession, name: str) -> Principal | None:
+    return await session.scalar(select(Principal).where(Principal.name == name))
 
 
-def list_principals(session: Session) -> Sequence[Principal]:
-    return session.scalars(select(Principal).order_by(Principal.name)).all()
+async def list_principals(session: AsyncSession) -> Sequence[Principal]:
+    return (await session.scalars(select(Principal).order_by(Principal.name))).all()
 
 
-def credential(session: Session, credential_id: uuid.UUID) -> Credential | None:
-    return session.get(Credential, credential_id)
+async def credential(session: AsyncSession, credential_id: uuid.UUID) -> Credential | None:
+    return await session.get(Credential, credential_id)
 
 
-def credentials_of(session: Session, principal_id: uuid.UUID) -> Sequence[Credential]:
-    return session.scalars(
-        select(Credential).where(Credential.principal_id == principal_id).order_by(Credential.id)
+async def credentials_of(session: AsyncSession, principal_id: uuid.UUID) -> Sequence[Credential]:
+    return (
+        await session.scalars(
+            select(Credential)
+            .where(Credential.principal_id == principal_id)
+            .order_by(Credential.id)
+        )
     ).all()

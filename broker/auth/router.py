@@ -33,9 +33,9 @@ def _token_out(principal: str, issued: tuple[Credential, str]) -> TokenOut:
     status_code=201,
     responses=error_responses(Forbidden, DuplicateId, InvalidRequest),
 )
-def create_principal(data: PrincipalIn, caller: AdminCaller, session: SessionDep) -> TokenOut:
+async def create_principal(data: PrincipalIn, caller: AdminCaller, session: SessionDep) -> TokenOut:
     """Create a principal bound to a focal point, an agency, agencies (auditor) or all; return its first token."""
-    principal = service.create_principal(
+    principal = await service.create_principal(
         session,
         name=data.name,
         role=data.role,
@@ -46,37 +46,40 @@ def create_principal(data: PrincipalIn, caller: AdminCaller, session: SessionDep
     )
     return _token_out(
         principal.name,
-        service.issue_token(session, principal, actor=caller.actor, ttl_days=data.ttl_days),
+        await service.issue_token(session, principal, actor=caller.actor, ttl_days=data.ttl_days),
     )
 
 
 @admin.get("/principals", responses=error_responses(Forbidden))
-def list_principals(caller: AdminCaller, session: SessionDep) -> list[PrincipalOut]:
+async def list_principals(caller: AdminCaller, session: SessionDep) -> list[PrincipalOut]:
     """Every principal (never their tokens)."""
-    return [PrincipalOut.model_validate(p) for p in service.list_principals(session)]
+    return [PrincipalOut.model_validate(p) for p in await service.list_principals(session)]
 
 
 @admin.post(
     "/principals/{name}/tokens", status_code=201, responses=error_responses(Forbidden, NotFound)
 )
-def issue_token(name: str, data: TokenIn, caller: AdminCaller, session: SessionDep) -> TokenOut:
+async def issue_token(
+    name: str, data: TokenIn, caller: AdminCaller, session: SessionDep
+) -> TokenOut:
     """Issue another token for a principal (rotation)."""
-    principal = service.principal_by_name(session, name)
+    principal = await service.principal_by_name(session, name)
     return _token_out(
-        name, service.issue_token(session, principal, actor=caller.actor, ttl_days=data.ttl_days)
+        name,
+        await service.issue_token(session, principal, actor=caller.actor, ttl_days=data.ttl_days),
     )
 
 
 @admin.post(
     "/tokens/{token_id}/revoke", status_code=204, responses=error_responses(Forbidden, NotFound)
 )
-def revoke_token(token_id: uuid.UUID, caller: AdminCaller, session: SessionDep) -> None:
+async def revoke_token(token_id: uuid.UUID, caller: AdminCaller, session: SessionDep) -> None:
     """Revoke a token; it stops working at once."""
-    service.revoke_token(session, token_id, actor=caller.actor)
+    await service.revoke_token(session, token_id, actor=caller.actor)
 
 
 @public.get("/me", responses=error_responses(Forbidden))
-def me(caller: AnyCaller) -> Me:
+async def me(caller: AnyCaller) -> Me:
     """The authenticated principal and its binding."""
     return _me(caller)
 

@@ -11,20 +11,21 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy.orm import Session
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.agencies import repository as agency_repo
 from broker.audit import service as audit
 from broker.auth import repository
 from broker.auth.models import Credential, Principal
 from broker.config import settings
-from broker.db import AsyncScope
 from broker.errors import DuplicateId, InvalidRequest, NotFound, Unauthenticated
 from broker.errors import TokenExpired as TokenExpired
 from broker.errors import TokenRevoked as TokenRevoked
 from broker.ids import new_id, utcnow
 
 TOKEN_PREFIX = "brk_"  # noqa: S105 - a recognisable prefix, not a secret
+# Where `authenticate` leaves the registry stamp it read (`registry.snapshot` looks there).
+REGISTRY_STAMP = "registry_stamp"
 
 
 class Role(StrEnum):
@@ -63,18 +64,17 @@ def hash_token(token: str) -> str:
     return hmac.new(pepper, token.encode(), hashlib.sha256).hexdigest()
 
 
-def authenticate(session: Session, token: str | None, *, now: datetime | None = None) -> Caller:
-    """Resolve a bearer token to its caller, or raise 401 with a precise code."""
+async def authenticate(session: AsyncSession, token: str | None) -> Caller:
+    """Resolve a bearer token to its caller, or raise 401 with a precise code.
+
+    The same statement reads the registry stamp, kept in `session.info` for the registry
+    snapshot (`registry.snapshot.current`): one round trip fewer on every submit.
+    """
     token = check_token_format(token)
     # No cache in front of this query: a revoked token must fail on its next request.
-    return caller_of(repository.token(session, hash_token(token)), now)
-
-
-async def authenticate_async(scope: AsyncScope, token: str | None) -> Caller:
-    """`authenticate` on the async submit path; reads the registry stamp in the same query."""
-    token = check_token_format(token)
-    found, scope.registry_stamp = await repository.token_and_stamp(scope.conn, hash_token(token))
-    scope.stamp_read = True
+    found, session.info[REGISTRY_STAMP] = await repository.token_and_stamp(
+        session, hash_token(token)
+    )
     return caller_of(found)
 
 
@@ -108,8 +108,8 @@ def caller_of(found: repository.TokenRow | None, now: datetime | None = None) ->
     )
 
 
-def create_principal(
-    session: Session,
+async def create_principal(
+    session: AsyncSession,
     *,
     name: str,
     role: Role,
@@ -119,22 +119,22 @@ def create_principal(
     audit_agencies: list[str] | None = None,
 ) -> Principal:
     """Register a principal, checking that its binding fits its role."""
-    if repository.principal_by_name(session, name) is not None:
+    if await repository.principal_by_name(session, name) is not None:
         raise DuplicateId(f"principal {name!r} already exists")
     if role is Role.focal_point:
-        fp = agency_repo.focal_point(session, focal_point_id or "")
+        fp = await agency_repo.focal_point(session, focal_point_id or "")
         if fp is None:
             raise InvalidRequest(
                 f"focal_point role needs a registered focal point, got {focal_point_id!r}"
             )
         agency_id = fp.agency_id
     elif role is Role.agency:
-        if agency_id is None or agency_repo.agency(session, agency_id) is None:
+        if agency_id is None or await agency_repo.agency(session, agency_id) is None:
             raise InvalidRequest(f"agency role needs a registered agency, got {agency_id!r}")
         focal_point_id = None
     elif role is Role.auditor:
         for aid in audit_agencies or []:
-            if agency_repo.agency(session, aid) is None:
+            if await agency_repo.agency(session, aid) is None:
                 raise InvalidRequest(f"unknown agency {aid!r} in the auditor's binding")
         agency_id = focal_point_id = None
     else:
@@ -150,8 +150,8 @@ def create_principal(
         created_at=utcnow(),
     )
     session.add(principal)
-    session.flush()
-    audit.record(
+    await session.flush()
+    await audit.record(
         session,
         "admin.changed",
         actor=actor,
@@ -161,8 +161,8 @@ def create_principal(
     return principal
 
 
-def issue_token(
-    session: Session, principal: Principal, *, actor: str, ttl_days: int | None = None
+async def issue_token(
+    session: AsyncSession, principal: Principal, *, actor: str, ttl_days: int | None = None
 ) -> tuple[Credential, str]:
     """Create a token for `principal`; the secret is returned once and never stored."""
     secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
@@ -177,8 +177,8 @@ def issue_token(
         revoked_at=None,
     )
     session.add(credential)
-    session.flush()
-    audit.record(
+    await session.flush()
+    await audit.record(
         session,
         "token.issued",
         actor=actor,
@@ -188,23 +188,27 @@ def issue_token(
     return credential, secret
 
 
-def revoke_token(session: Session, credential_id: uuid.UUID, *, actor: str) -> Credential:
+async def revoke_token(
+    session: AsyncSession, credential_id: uuid.UUID, *, actor: str
+) -> Credential:
     """Revoke a token; it stops working on the next request."""
-    credential = repository.credential(session, credential_id)
+    credential = await repository.credential(session, credential_id)
     if credential is None:
         raise NotFound(f"no token {credential_id}")
     if credential.revoked_at is None:
         credential.revoked_at = utcnow()
-        audit.record(session, "token.revoked", actor=actor, subject=f"credential:{credential_id}")
+        await audit.record(
+            session, "token.revoked", actor=actor, subject=f"credential:{credential_id}"
+        )
     return credential
 
 
-def list_principals(session: Session) -> Sequence[Principal]:
-    return repository.list_principals(session)
+async def list_principals(session: AsyncSession) -> Sequence[Principal]:
+    return await repository.list_principals(session)
 
 
-def principal_by_name(session: Session, name: str) -> Principal:
-    found = repository.principal_by_name(session, name)
+async def principal_by_name(session: AsyncSession, name: str) -> Principal:
+    found = await repository.principal_by_name(session, name)
     if found is None:
         raise NotFound(f"no principal {name!r}")
     return found

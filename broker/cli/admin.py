@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import getpass
-import json
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from sqlalchemy.orm import Session
 
-from broker.cli.common import DataDir, configure, print_json
+from broker.cli.common import DataDir, call, fail, print_json, read_json, validated
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
 
 app = typer.Typer(no_args_is_help=True, help="Registry and access administration.")
 agency_app = typer.Typer(no_args_is_help=True, help="Agencies.")
@@ -30,33 +29,12 @@ app.add_typer(agreement_app, name="agreement")
 app.add_typer(operation_app, name="operation")
 app.add_typer(token_app, name="token")
 
-T = TypeVar("T")
 JsonFile = Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSON document")]
+ROLES = ("focal_point", "agency", "auditor", "admin")
 
 
 def _actor() -> str:
     return f"cli:{getpass.getuser()}"
-
-
-@contextmanager
-def _session(data_dir: Path | None) -> Iterator[Session]:
-    configure(data_dir)
-    from broker import db, migrations_check
-    from broker.errors import BrokerError
-
-    migrations_check.require_current()
-    try:
-        with db.session_scope() as session:
-            yield session
-    except BrokerError as exc:
-        problem = exc.problem(instance=None, request_id=None).model_dump(exclude_none=True)
-        typer.echo(json.dumps(problem, indent=2), err=True)
-        raise typer.Exit(2) from exc
-
-
-def _run(data_dir: Path | None, action: Callable[[Session], T]) -> T:
-    with _session(data_dir) as session:
-        return action(session)
 
 
 def _dump(rows: Any) -> None:
@@ -70,8 +48,10 @@ def _dump(rows: Any) -> None:
     print_json([one(r) for r in rows] if isinstance(rows, list | tuple) else one(rows))
 
 
-def _read(path: Path) -> dict[str, Any]:
-    doc: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+def _document(path: Path, what: str) -> dict[str, Any]:
+    doc = read_json(path, what)
+    if not isinstance(doc, dict):
+        fail(f"{what}: {path} holds a JSON {type(doc).__name__}, not an object: fix the file")
     return doc
 
 
@@ -85,8 +65,8 @@ def load_world(
     """Create agencies, focal points, agreements, designations and operations from a file."""
     from broker import world
 
-    doc = world.read_world(file) if file else world.demo_world()
-    loaded = _run(data_dir, lambda s: world.load_world(s, doc, actor=_actor()))
+    doc = _document(file, "FILE") if file else world.demo_world()
+    loaded = call(data_dir, world.load_world, doc, actor=_actor())
     print_json({"created": loaded.created, "skipped": loaded.skipped})
 
 
@@ -102,10 +82,12 @@ def agency_create(
     from broker.agencies import service
     from broker.agencies.schemas import AgencyIn
 
-    data = AgencyIn.model_validate(
-        {"id": agency_id, "name": name, "country": country, "kind": kind}
+    data = validated(
+        AgencyIn,
+        {"id": agency_id, "name": name, "country": country, "kind": kind},
+        {"id": "AGENCY_ID"},
     )
-    _dump(_run(data_dir, lambda s: service.create_agency(s, data, actor=_actor())))
+    _dump(call(data_dir, service.create_agency, data, actor=_actor()))
 
 
 @agency_app.command("list")
@@ -113,7 +95,7 @@ def agency_list(data_dir: DataDir = None) -> None:
     """List agencies."""
     from broker.agencies import service
 
-    _dump(list(_run(data_dir, service.list_agencies)))
+    _dump(list(call(data_dir, service.list_agencies)))
 
 
 @fp_app.command("create")
@@ -127,9 +109,13 @@ def fp_create(
     from broker.agencies import service
     from broker.agencies.schemas import FocalPointIn
 
-    data = FocalPointIn.model_validate({"id": focal_point_id, "name": name, "role": role})
+    data = validated(
+        FocalPointIn,
+        {"id": focal_point_id, "name": name, "role": role},
+        {"id": "FOCAL_POINT_ID"},
+    )
     agency = focal_point_id.split("/")[0]
-    _dump(_run(data_dir, lambda s: service.create_focal_point(s, agency, data, actor=_actor())))
+    _dump(call(data_dir, service.create_focal_point, agency, data, actor=_actor()))
 
 
 @fp_app.command("list")
@@ -137,7 +123,7 @@ def fp_list(agency: Annotated[str | None, typer.Option()] = None, data_dir: Data
     """List focal points."""
     from broker.agencies import service
 
-    _dump(list(_run(data_dir, lambda s: service.list_focal_points(s, agency))))
+    _dump(list(call(data_dir, service.list_focal_points, agency)))
 
 
 @fp_app.command("designate")
@@ -152,12 +138,16 @@ def fp_designate(
     from broker.agreements import service
     from broker.agreements.schemas import DesignationIn
 
-    data = DesignationIn(
-        agreement=agreement,
-        valid_from=valid_from.date(),
-        valid_until=valid_until.date() if valid_until else None,
+    data = validated(
+        DesignationIn,
+        {
+            "agreement": agreement,
+            "valid_from": valid_from.date(),
+            "valid_until": valid_until.date() if valid_until else None,
+        },
+        {"agreement": "AGREEMENT", "valid_from": "--from", "valid_until": "--until"},
     )
-    _dump(_run(data_dir, lambda s: service.designate(s, focal_point_id, data, actor=_actor())))
+    _dump(call(data_dir, service.designate, focal_point_id, data, actor=_actor()))
 
 
 @key_app.command("register")
@@ -171,8 +161,16 @@ def key_register(
     from broker.directory import service
     from broker.directory.schemas import KeyIn
 
-    data = KeyIn(agency_id=agency, focal_point_id=focal_point, jwk=_read(jwk_file))
-    _dump(_run(data_dir, lambda s: service.register(s, data, actor=_actor())))
+    data = validated(
+        KeyIn,
+        {
+            "agency_id": agency,
+            "focal_point_id": focal_point,
+            "jwk": read_json(jwk_file, "JWK_FILE"),
+        },
+        {"agency_id": "--agency", "jwk": "JWK_FILE"},
+    )
+    _dump(call(data_dir, service.register, data, actor=_actor()))
 
 
 @key_app.command("list")
@@ -182,7 +180,7 @@ def key_list(
     """List keys with their status."""
     from broker.directory import service
 
-    _dump(list(_run(data_dir, lambda s: service.list_keys(s, agency_id=agency))))
+    _dump(list(call(data_dir, service.list_keys, agency_id=agency)))
 
 
 @key_app.command("rotate")
@@ -191,8 +189,8 @@ def key_rotate(kid: str, jwk_file: JsonFile, data_dir: DataDir = None) -> None:
     from broker.directory import service
     from broker.directory.schemas import RotateIn
 
-    data = RotateIn(jwk=_read(jwk_file))
-    _dump(_run(data_dir, lambda s: service.rotate(s, kid, data, actor=_actor())))
+    data = validated(RotateIn, {"jwk": read_json(jwk_file, "JWK_FILE")}, {"jwk": "JWK_FILE"})
+    _dump(call(data_dir, service.rotate, kid, data, actor=_actor()))
 
 
 @key_app.command("retire")
@@ -200,7 +198,7 @@ def key_retire(kid: str, data_dir: DataDir = None) -> None:
     """Retire a key."""
     from broker.directory import service
 
-    _dump(_run(data_dir, lambda s: service.retire(s, kid, actor=_actor())))
+    _dump(call(data_dir, service.retire, kid, actor=_actor()))
 
 
 @key_app.command("revoke")
@@ -216,8 +214,8 @@ def key_revoke(
     from broker.directory import service
     from broker.directory.schemas import RevokeIn
 
-    data = RevokeIn.model_validate({"reason": reason, "compromised_since": compromised_since})
-    _dump(_run(data_dir, lambda s: service.revoke(s, kid, data, actor=_actor())))
+    data = validated(RevokeIn, {"reason": reason, "compromised_since": compromised_since}, {})
+    _dump(call(data_dir, service.revoke, kid, data, actor=_actor()))
 
 
 @agreement_app.command("create")
@@ -225,8 +223,8 @@ def agreement_create(document: JsonFile, data_dir: DataDir = None) -> None:
     """Register an agreement from its policy document."""
     from broker.agreements import service
 
-    doc = _read(document)
-    _dump(_run(data_dir, lambda s: service.create_agreement(s, doc, actor=_actor())))
+    doc = _document(document, "DOCUMENT")
+    _dump(call(data_dir, service.create_agreement, doc, actor=_actor()))
 
 
 @agreement_app.command("update")
@@ -234,8 +232,8 @@ def agreement_update(agreement_id: str, document: JsonFile, data_dir: DataDir = 
     """Store a new version of an agreement."""
     from broker.agreements import service
 
-    doc = _read(document)
-    _dump(_run(data_dir, lambda s: service.update_agreement(s, agreement_id, doc, actor=_actor())))
+    doc = _document(document, "DOCUMENT")
+    _dump(call(data_dir, service.update_agreement, agreement_id, doc, actor=_actor()))
 
 
 @agreement_app.command("list")
@@ -243,7 +241,7 @@ def agreement_list(data_dir: DataDir = None) -> None:
     """Current version of each agreement."""
     from broker.agreements import service
 
-    _dump(list(_run(data_dir, service.list_current)))
+    _dump(list(call(data_dir, service.list_current)))
 
 
 @operation_app.command("create")
@@ -251,8 +249,8 @@ def operation_create(document: JsonFile, data_dir: DataDir = None) -> None:
     """Register an operation."""
     from broker.agreements import service
 
-    doc = _read(document)
-    _dump(_run(data_dir, lambda s: service.create_operation(s, doc, actor=_actor())))
+    doc = _document(document, "DOCUMENT")
+    _dump(call(data_dir, service.create_operation, doc, actor=_actor()))
 
 
 @operation_app.command("update")
@@ -260,8 +258,8 @@ def operation_update(operation_id: str, document: JsonFile, data_dir: DataDir = 
     """Change an operation."""
     from broker.agreements import service
 
-    doc = _read(document)
-    _dump(_run(data_dir, lambda s: service.update_operation(s, operation_id, doc, actor=_actor())))
+    doc = _document(document, "DOCUMENT")
+    _dump(call(data_dir, service.update_operation, operation_id, doc, actor=_actor()))
 
 
 @operation_app.command("list")
@@ -269,7 +267,7 @@ def operation_list(data_dir: DataDir = None) -> None:
     """List operations."""
     from broker.agreements import service
 
-    _dump(list(_run(data_dir, service.list_operations)))
+    _dump(list(call(data_dir, service.list_operations)))
 
 
 @token_app.command("create")
@@ -290,12 +288,15 @@ def token_create(
     from broker.auth import repository, service
     from broker.auth.service import Role
 
-    def action(session: Session) -> dict[str, Any]:
-        principal = repository.principal_by_name(session, name)
+    if role is not None and role not in ROLES:
+        fail(f"--role {role!r} is not a role: use one of {', '.join(ROLES)}")
+
+    async def action(session: AsyncSession) -> dict[str, Any]:
+        principal = await repository.principal_by_name(session, name)
         if principal is None:
             if role is None:
-                raise typer.BadParameter(f"no principal {name!r}: pass --role to create it")
-            principal = service.create_principal(
+                fail(f"no principal {name!r}: pass --role to create it")
+            principal = await service.create_principal(
                 session,
                 name=name,
                 role=Role(role),
@@ -304,7 +305,7 @@ def token_create(
                 focal_point_id=focal_point,
                 audit_agencies=audit_agency,
             )
-        credential, secret = service.issue_token(
+        credential, secret = await service.issue_token(
             session, principal, actor=_actor(), ttl_days=ttl_days
         )
         return {
@@ -315,7 +316,7 @@ def token_create(
             "token": secret,
         }
 
-    print_json(_run(data_dir, action))
+    print_json(call(data_dir, action))
 
 
 @token_app.command("revoke")
@@ -323,7 +324,7 @@ def token_revoke(token_id: uuid.UUID, data_dir: DataDir = None) -> None:
     """Revoke a token by id."""
     from broker.auth import service
 
-    _dump(_run(data_dir, lambda s: service.revoke_token(s, token_id, actor=_actor())))
+    _dump(call(data_dir, service.revoke_token, token_id, actor=_actor()))
 
 
 @token_app.command("list")
@@ -331,8 +332,8 @@ def token_list(name: str, data_dir: DataDir = None) -> None:
     """A principal's tokens (ids, prefixes, expiry; never the secrets)."""
     from broker.auth import repository, service
 
-    def action(session: Session) -> list[dict[str, Any]]:
-        principal = service.principal_by_name(session, name)
+    async def action(session: AsyncSession) -> list[dict[str, Any]]:
+        principal = await service.principal_by_name(session, name)
         return [
             {
                 "id": str(c.id),
@@ -341,10 +342,10 @@ def token_list(name: str, data_dir: DataDir = None) -> None:
                 "expires_at": c.expires_at,
                 "revoked_at": c.revoked_at,
             }
-            for c in repository.credentials_of(session, principal.id)
+            for c in await repository.credentials_of(session, principal.id)
         ]
 
-    print_json(_run(data_dir, action))
+    print_json(call(data_dir, action))
 
 
 push_app = typer.Typer(no_args_is_help=True, help="Push delivery to partner endpoints.")
@@ -360,4 +361,4 @@ def push_redeliver(
     """Push MID to the agency again (re-arms a dead letter); the worker sends it."""
     from broker.push import service
 
-    _dump(_run(data_dir, lambda s: service.redeliver(s, mid, agency, actor=_actor())))
+    _dump(call(data_dir, service.redeliver, mid, agency, actor=_actor()))

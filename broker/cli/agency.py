@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from broker.cli.common import fail, print_json
+from broker.cli.common import fail, parse_json, print_json, read_json
 
 URL = Annotated[str, typer.Option("--url", envvar="BROKER_URL", help="Broker base URL")]
 TOKEN = Annotated[str, typer.Option("--token", envvar="BROKER_TOKEN", help="API token (brk_...)")]
@@ -29,7 +30,15 @@ def _passphrase(confirm: bool = False) -> str:
     value = os.environ.get("BROKER_KEY_PASSPHRASE")
     if value:
         return value
+    if not sys.stdin.isatty():
+        fail("the keystore needs its passphrase: set BROKER_KEY_PASSPHRASE")
     return str(typer.prompt("Keystore passphrase", hide_input=True, confirmation_prompt=confirm))
+
+
+def _need_token(token: str | None) -> str:
+    if not token:
+        fail("--token is required: pass your API token (brk_...) or set BROKER_TOKEN")
+    return token
 
 
 def _keystore(folder: Path) -> Any:
@@ -41,7 +50,7 @@ def _keystore(folder: Path) -> Any:
 def _client(url: str, token: str) -> Any:
     from broker.sdk.client import BrokerClient
 
-    return BrokerClient(url, token)
+    return BrokerClient(url, _need_token(token))
 
 
 def _api_errors(fn: Any) -> Any:
@@ -50,6 +59,8 @@ def _api_errors(fn: Any) -> Any:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import httpx2
+
         import schemas
         from broker.crypto.errors import CryptoError
         from broker.sdk.agent import NoUsableKey, ScopeRefused
@@ -57,6 +68,15 @@ def _api_errors(fn: Any) -> Any:
 
         try:
             return fn(*args, **kwargs)
+        except httpx2.TransportError as exc:
+            url = kwargs.get("url", "the broker")
+            fail(
+                f"cannot reach {url} ({type(exc).__name__}: {exc}): "
+                "start the broker, or pass --url (BROKER_URL)",
+                2,
+            )
+        except FileNotFoundError as exc:  # no key of that owner in the keystore
+            fail(f"{exc}: generate it with `broker keys generate`, or pass --keystore", 2)
         except BrokerAPIError as exc:
             typer.echo(json.dumps(exc.problem, indent=2), err=True)
             raise typer.Exit(2) from exc
@@ -90,13 +110,13 @@ def keys_generate(
     from broker.sdk.keystore import Keystore
 
     if use not in ("sig", "enc"):
-        fail("--use is sig or enc")
+        fail(f"--use {use!r} is not a key use: pass sig or enc")
+    if register and not token:
+        fail("--register needs --token (an admin token) or BROKER_TOKEN")
     store = Keystore.open(keystore, _passphrase(confirm=True))
     path, key = store.generate(owner, use)
     out: dict[str, Any] = {"kid": key.kid, "jwk": key.public.jwk, "file": str(path)}
-    if register:
-        if not token:
-            fail("--register needs --token (an admin token)")
+    if register and token:
         agency, _, _slug = owner.partition("/")
         with _client(url, token) as client:
             body = {
@@ -135,7 +155,9 @@ def send(
 
     from broker.sdk import agent
 
-    content = json.loads(body.read_text(encoding="utf-8"))
+    _need_token(token)
+    content = read_json(body, "BODY")
+    routing_extra = parse_json(extra, "--extra") if extra else None
     store = _keystore(keystore)
     with _client(url, token) as client:
         draft = agent.compose(
@@ -150,7 +172,7 @@ def send(
             kind=kind,
             priority=priority,
             handling=handling,
-            extra=json.loads(extra) if extra else None,
+            extra=routing_extra,
         )
         if dry_run:
             print_json({"decision": "accept", "mid": draft.mid, "routing": draft.routing})
@@ -192,6 +214,7 @@ def inbox_pull(
     keystore: KEYSTORE = Path("keys"),
 ) -> None:
     """Follow the cursor: open and verify every envelope, keep the evidence, acknowledge."""
+    _need_token(token)
     from rich.progress import Progress, SpinnerColumn, TextColumn
 
     from broker.sdk.agent import InboxPuller

@@ -1,10 +1,15 @@
-"""`broker audit ...`: verify the broker's transparency log and audit exports independently."""
+"""`broker audit ...`: verify the broker's transparency log and audit exports independently.
+
+Over HTTP with the pinned log key only: no database, no server settings. Mistakes (a bad URL,
+an unwritable state file) and failed checks each end in one `error: ...` line.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated
 
+import httpx2
 import typer
 
 from broker.audit import verify as verifier
@@ -51,7 +56,10 @@ def verify(
         report = verifier.verify_log(url, token, log_key, state=state, full=full, index=index)
     except verifier.VerifyError as exc:
         fail(f"{exc.code}: {exc}")
-        return
+    except httpx2.InvalidURL as exc:
+        fail(f"--url {url!r} is not a URL ({exc}): give the broker's, e.g. http://127.0.0.1:8000")
+    except OSError as exc:  # the state file: its checkpoint was verified but cannot be kept
+        fail(f"--state: cannot write {state} ({exc.strerror}): give a writable file")
     typer.echo(str(report))
     typer.echo("OK")
 
@@ -71,10 +79,8 @@ def verify_export(
     try:
         report = verifier.verify_export(file.read_bytes(), log_key, require_all=require_all)
     except OSError as exc:
-        fail(f"cannot read {file}: {exc}")
-        return
+        fail(f"FILE: cannot read {file} ({exc.strerror}): give a readable export")
     except verifier.VerifyError as exc:
         fail(f"{exc.code}: {exc}")
-        return
     typer.echo(str(report))
     typer.echo("OK")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from broker.cli.common import DataDir, configure, fail, print_json
+from broker.cli.common import DataDir, configure, fail, print_json, require_database
 
 
 def check(
@@ -39,17 +39,25 @@ def check(
     on the audit log exactly once; the stored log verifies with the log key.
     """
     configure(data_dir)
-    from broker import db, migrations_check
+    from broker import db
     from broker.invariants import service
 
-    migrations_check.require_current()
     past = None
     if history is not None:
-        past = service.History.from_jsonl(history.read_text(encoding="utf-8").splitlines())
+        try:
+            past = service.History.from_jsonl(history.read_text(encoding="utf-8").splitlines())
+        except (ValueError, KeyError, TypeError) as exc:
+            fail(
+                f"--history {history} is not JSON lines of "
+                f'{{"sender", "mid", "envelope_sha256", "outcome"}} ({exc!r}): fix the file'
+            )
+    require_database()
     try:
-        report = service.wait_settled(db.session_scope, past, timeout_s=timeout, log_key=log_key)
+        report = db.run(
+            service.wait_settled, db.session_scope, past, timeout_s=timeout, log_key=log_key
+        )
     except TimeoutError as exc:
-        fail(str(exc))
+        fail(f"{exc}: start it, or raise --timeout")
     if as_json:
         print_json(report.summary())
     else:

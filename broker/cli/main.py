@@ -11,6 +11,13 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,  # locals may hold keys and passphrases
     help="Secure inter-agency exchange broker.",
 )
+
+
+@app.callback()
+def main() -> None:
+    """Secure inter-agency exchange broker."""
+
+
 for command in (server.serve, server.worker, server.beat, server.migrate, server.demo):
     app.command(rich_help_panel="Server")(command)
 app.command(rich_help_panel="Server")(invariants.check)

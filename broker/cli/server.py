@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from broker.cli.common import DataDir, configure
+from broker.cli.common import DataDir, configure, database_errors, fail
 
 
 def migrate(
@@ -16,13 +16,19 @@ def migrate(
 ) -> None:
     """Apply database migrations (or roll back with --down)."""
     configure(data_dir)
-    from broker import migrations_check
+    from alembic.util import CommandError
 
-    if down:
-        migrations_check.downgrade(revision)
-    else:
-        migrations_check.upgrade(revision)
-    typer.echo(f"database at revision {migrations_check.current()}")
+    from broker import db, migrations_check
+
+    with database_errors():
+        try:
+            if down:
+                migrations_check.downgrade(revision)
+            else:
+                migrations_check.upgrade(revision)
+        except CommandError as exc:
+            fail(f"--revision {revision}: {exc}: give a revision id, `head` or `base`")
+        typer.echo(f"database at revision {db.run(migrations_check.current)}")
 
 
 def serve(
@@ -40,7 +46,8 @@ def serve(
 
     cfg = settings()
     if cfg.profile is Profile.embedded:
-        migrations_check.upgrade()
+        with database_errors():
+            migrations_check.upgrade()
     typer.echo(f"serving on http://{cfg.host}:{cfg.port} (API docs at /docs)")
     uvicorn.run(
         "broker.main:create_app",
@@ -92,5 +99,11 @@ def demo(
     # The narrated scenario is the output; the server's request log would drown it.
     configure(data_dir, port=port, log_level=os.environ.get("BROKER_LOG_LEVEL", "WARNING"))
     from broker import demo as scenario
+    from broker import migrations_check
 
-    scenario.run(port=port, keep_serving=not exit_after)
+    with database_errors():
+        migrations_check.upgrade()
+    try:
+        scenario.run(port=port, keep_serving=not exit_after)
+    except scenario.NotServing as exc:
+        fail(f"{exc}: pass --port with a free port")

@@ -10,7 +10,7 @@ style), and every error is an HTML page, never a stack trace.
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from importlib import resources
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -20,14 +20,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import RedirectResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from broker import db, ratelimit
+from broker import deps, ratelimit
 from broker.audit import auditor, log
-from broker.audit.repository import EventFilter
-from broker.auth import service as auth
 from broker.auth.service import Caller, Role
 from broker.config import settings
 from broker.console import service
@@ -224,7 +222,8 @@ class ConsoleRoute(APIRoute):
                 )
             except StarletteHTTPException as exc:
                 response = _error_page(request, exc.status_code, "Request refused", str(exc.detail))
-            except OperationalError as exc:
+            # asyncpg raises ConnectionError itself when it cannot connect at all.
+            except (OperationalError, InterfaceError, ConnectionError) as exc:
                 _log.error("database unavailable", error=type(exc).__name__)
                 response = _error_page(
                     request,
@@ -253,12 +252,12 @@ router = APIRouter(include_in_schema=False, route_class=ConsoleRoute)
 # --- who is signed in ----------------------------------------------------------------------
 
 
-def _authenticate(request: Request, session: Session, token: str | None) -> Caller:
+async def _authenticate(request: Request, session: AsyncSession, token: str | None) -> Caller:
+    """The signed-in auditor, or the sign-in page (with why) for any other token."""
     if not token:
         raise SignInRequired("required")
     try:
-        with ratelimit.guard_authentication(request):
-            caller = auth.authenticate(session, token)
+        caller = await deps.authenticate(request, session, token)
     except BrokerError as exc:
         if exc.status_code == 401:
             raise SignInRequired(exc.code) from None
@@ -266,13 +265,13 @@ def _authenticate(request: Request, session: Session, token: str | None) -> Call
     if caller.role is not Role.auditor:
         raise SignInRequired("auth.forbidden")
     request.state.principal = caller.name
-    ratelimit.check(request, caller)
+    await ratelimit.check(request, caller)
     return caller
 
 
-def console_auditor(request: Request, session: SessionDep) -> Caller:
+async def console_auditor(request: Request, session: SessionDep) -> Caller:
     """The signed-in auditor, authenticated again from the cookie on every request."""
-    return _authenticate(request, session, request.cookies.get(COOKIE))
+    return await _authenticate(request, session, request.cookies.get(COOKIE))
 
 
 Auditor = Annotated[Caller, Depends(console_auditor)]
@@ -300,7 +299,7 @@ def render(
 
 
 @router.get("/login")
-def login_page(
+async def login_page(
     request: Request,
     session: SessionDep,
     notice: Annotated[str | None, Query(max_length=40)] = None,
@@ -309,7 +308,7 @@ def login_page(
     token = request.cookies.get(COOKIE)
     if token:
         try:
-            _authenticate(request, session, token)
+            await _authenticate(request, session, token)
             return RedirectResponse(f"{COOKIE_PATH}/", status_code=303)
         except SignInRequired as exc:
             notice = notice or exc.notice
@@ -318,7 +317,7 @@ def login_page(
 
 
 @router.post("/login")
-def login(
+async def login(
     request: Request,
     session: SessionDep,
     token: Annotated[str, Form(max_length=400)] = "",
@@ -326,8 +325,7 @@ def login(
     """Check an auditor token and keep it in the console cookie."""
     token = token.strip()
     try:
-        with ratelimit.guard_authentication(request):
-            caller = auth.authenticate(session, token)
+        caller = await deps.authenticate(request, session, token)
     except BrokerError as exc:
         if exc.status_code != 401:
             raise
@@ -353,7 +351,7 @@ def login(
 
 
 @router.post("/logout")
-def logout() -> Response:
+async def logout() -> Response:
     """Forget the token cookie."""
     return _forget(RedirectResponse(f"{COOKIE_PATH}/login?notice=signed_out", status_code=303))
 
@@ -361,17 +359,12 @@ def logout() -> Response:
 # --- the exchange log ----------------------------------------------------------------------
 
 
-def _choices(session: Session, caller: Caller) -> dict[str, Any]:
-    return {
-        "agencies": service.agencies_for(session, caller),
-        "agreements": service.agreements_for(session, caller),
-        "operations": service.operations_for(session, caller),
-        "kinds": [(value, label) for value, (label, _) in service.KIND_CHOICES.items()],
-    }
+async def _choices(session: AsyncSession, caller: Caller) -> dict[str, Any]:
+    return vars(await service.choices(session, caller))
 
 
 @router.get("/")
-def exchange_log(
+async def exchange_log(
     request: Request,
     caller: Auditor,
     session: SessionDep,
@@ -399,7 +392,7 @@ def exchange_log(
             kind=kind,
             reason=reason,
         )
-    rows, next_cursor = service.event_page(
+    rows, next_cursor = await service.event_page(
         session, caller, filters.event_filter(), cursor=cursor, limit=limit
     )
     extra = {"limit": limit} if limit != service.PAGE else {}
@@ -412,7 +405,7 @@ def exchange_log(
         "events.html",
         {
             **context,
-            **_choices(session, caller),
+            **await _choices(session, caller),
             "section": "log",
             "form": filters.form(),
             "first_page": f"{COOKIE_PATH}/?{filters.query()}",
@@ -422,19 +415,19 @@ def exchange_log(
 
 
 @router.get("/messages/{mid}")
-def message(
+async def message(
     request: Request,
     caller: Auditor,
     session: SessionDep,
     mid: Annotated[str, Path(max_length=64)],
 ) -> Response:
     """One message's timeline: accepted, delivered, fetched, acknowledged, or rejected attempts."""
-    timeline = service.message_timeline(session, caller, mid)
+    timeline = await service.message_timeline(session, caller, mid)
     return render(request, "message.html", {"t": timeline, "section": "log"}, caller=caller)
 
 
 @router.get("/rejections")
-def rejections(
+async def rejections(
     request: Request,
     caller: Auditor,
     session: SessionDep,
@@ -458,20 +451,20 @@ def rejections(
         reason=reason,
     )
     f = filters.event_filter()
-    rows, next_cursor = service.event_page(session, caller, f, cursor=cursor, limit=limit)
+    rows, next_cursor = await service.event_page(session, caller, f, cursor=cursor, limit=limit)
     extra = {"limit": limit} if limit != service.PAGE else {}
     query = filters.query(kind=None, cursor=next_cursor, **extra)
     more = f"{COOKIE_PATH}/rejections?{query}" if next_cursor else None
     context = {"rows": rows, "more": more, "continued": cursor is not None}
     if _htmx(request) and cursor:
         return render(request, "_rejection_rows.html", context, caller=caller)
-    summary = auditor.summary(session, caller, f)
+    summary = await auditor.summary(session, caller, f)
     return render(
         request,
         "rejections.html",
         {
             **context,
-            **_choices(session, caller),
+            **await _choices(session, caller),
             "section": "rejections",
             "form": filters.form(),
             "summary": summary,
@@ -484,16 +477,16 @@ def rejections(
 
 
 @router.get("/agreements")
-def agreements(request: Request, caller: Auditor, session: SessionDep) -> Response:
+async def agreements(request: Request, caller: Auditor, session: SessionDep) -> Response:
     """The agreements the auditor oversees a party of."""
-    items = service.agreements_for(session, caller)
+    items = await service.agreements_for(session, caller)
     return render(
         request, "agreements.html", {"items": items, "section": "agreements"}, caller=caller
     )
 
 
 @router.get("/agreements/{agreement_id}")
-def agreement(
+async def agreement(
     request: Request,
     caller: Auditor,
     session: SessionDep,
@@ -501,30 +494,16 @@ def agreement(
     days: Annotated[int, Query()] = 30,
 ) -> Response:
     """Volume over time (per day) and by direction, rejections by reason, delays."""
-    if days not in service.PERIODS:
-        raise service.BadFilter(f"the period is one of {', '.join(map(str, service.PERIODS))} days")
-    item = service.agreement_for(session, caller, agreement_id)
-    today: date = utcnow().date()
-    counts = service.daily_volume(session, caller, item.id, days=days, today=today)
-    first = today - timedelta(days=days - 1)
-    summary = auditor.summary(
-        session, caller, EventFilter(agreement=item.id, since=service.midnight(first))
+    view = await service.agreement_view(
+        session, caller, agreement_id, days=days, today=utcnow().date()
     )
-    by_direction = service.directions(summary)
     return render(
         request,
         "agreement.html",
         {
-            "a": item,
-            "days": days,
+            **vars(view),
+            "a": view.item,
             "periods": service.PERIODS,
-            "first": first,
-            "today": today,
-            "counts": counts,
-            "day_chart": service.day_chart(counts),
-            "directions": by_direction,
-            "direction_chart": service.direction_chart(by_direction),
-            "summary": summary,
             "section": "agreements",
         },
         caller=caller,
@@ -535,7 +514,7 @@ def agreement(
 
 
 @router.get("/log")
-def log_page(
+async def log_page(
     request: Request,
     caller: Auditor,
     session: SessionDep,
@@ -546,7 +525,7 @@ def log_page(
         request,
         "log.html",
         {
-            "state": service.log_state(session),
+            "state": await service.log_state(session),
             "all_agencies": log.visible_agencies(caller) is None,
             "index": index,
             "result": None,
@@ -566,38 +545,24 @@ def _leaf_index(value: str) -> int | None:
 
 
 @router.post("/log/verify")
-def verify_now(
+async def verify_now(
     request: Request,
+    caller: Auditor,
+    session: SessionDep,
     full: Annotated[bool, Form()] = False,
     index: Annotated[str, Form(max_length=40)] = "",
     since: Annotated[int | None, Form(ge=1, le=2**62)] = None,
 ) -> Response:
-    """Run the log verifier against this broker, in process, with the auditor's own token."""
+    """Run the log verifier on this broker's log with the auditor's own scope."""
     leaf = _leaf_index(index)
-    token = request.cookies.get(COOKIE)
-    # No session is held while the verifier runs: each of its in-process API calls opens its
-    # own, and SQLite admits one writer at a time.
-    with db.session_scope() as session:
-        caller = _authenticate(request, session, token)
-        note = service.checkpoint_note(session, since) if since else None
-    assert token is not None  # _authenticate refused a missing token
-    result = service.verify_in_process(
-        request.app.state.broker,
-        token,
-        full=full,
-        index=leaf,
-        previous=(since, note) if since and note else None,
-    )
-    with db.session_scope() as session:
-        service.record_verification(session, caller, result)
-        state = None if _htmx(request) else service.log_state(session)
+    result = await service.verify_now(session, caller, full=full, index=leaf, since=since)
     if _htmx(request):
         return render(request, "_verify_result.html", {"result": result}, caller=caller)
     return render(
         request,
         "log.html",
         {
-            "state": state,
+            "state": await service.log_state(session),
             "all_agencies": log.visible_agencies(caller) is None,
             "index": leaf,
             "result": result,
@@ -623,15 +588,13 @@ async def _routing_error(request: Request, exc: Exception) -> Response:
     return response
 
 
-def console_app(broker: FastAPI) -> FastAPI:
-    """The console as its own application, for `broker` to mount at /console.
+def console_app() -> FastAPI:
+    """The console as its own application, for the broker to mount at /console.
 
     A mounted application keeps the console's cookie-authenticated HTML routes apart from the
-    API's bearer-token routes (their role gates, OpenAPI, problem+json); `broker` is the API
-    that "verify now" checks, in process.
+    API's bearer-token routes (their role gates, OpenAPI, problem+json).
     """
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
-    app.state.broker = broker
     app.include_router(router)
     app.add_exception_handler(StarletteHTTPException, _routing_error)
     return app

@@ -2,35 +2,31 @@
 
 The console reads through the auditor's services (`broker.audit.auditor`), so an auditor bound to
 some agencies sees only the events that name one of them, and every query is itself an audit
-event (`audit.queried`). Two views need a query the auditor service does not offer yet (all the
+event (`audit.queried`). Two views need a query the auditor service does not offer (all the
 events of one message id, and accepted/rejected counts per day): they apply the same rule
-(`log.visible_agencies` and `repository.names_any`) and record their own `audit.queried` event.
+(`log.visible_agencies`, through `broker.console.repository`) and record their own
+`audit.queried` event. "Verify now" runs the log verifier on this broker's stored log with the
+auditor's own scope, in the request's transaction.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
-from tempfile import TemporaryDirectory
 from typing import Any
 from urllib.parse import urlencode
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
-from starlette.testclient import TestClient
-from starlette.types import ASGIApp
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.agencies import service as agencies
 from broker.agreements import service as agreements
-from broker.audit import auditor, log, repository, verify
+from broker.audit import auditor, log, verify
+from broker.audit import repository as audit_repo
 from broker.audit import service as audit
-from broker.audit.models import AuditEvent
 from broker.audit.repository import EventFilter
 from broker.audit.schemas import EventOut, Summary
 from broker.auth.service import Caller
@@ -255,8 +251,8 @@ def row(event: EventOut) -> Row:
     )
 
 
-def event_page(
-    session: Session,
+async def event_page(
+    session: AsyncSession,
     caller: Caller,
     f: EventFilter,
     *,
@@ -264,7 +260,9 @@ def event_page(
     limit: int = PAGE,
 ) -> tuple[list[Row], str | None]:
     """One page of the exchange log, through `auditor.events` (scoped, and recorded)."""
-    page = auditor.events(session, caller, f, cursor=cursor, limit=min(max(limit, 1), MAX_PAGE))
+    page = await auditor.events(
+        session, caller, f, cursor=cursor, limit=min(max(limit, 1), MAX_PAGE)
+    )
     return [row(e) for e in page.items], page.next_cursor
 
 
@@ -285,10 +283,10 @@ def _sees(caller: Caller, parties: list[str]) -> bool:
     return visible is None or any(p in visible for p in parties)
 
 
-def agreements_for(session: Session, caller: Caller) -> list[AgreementItem]:
+async def agreements_for(session: AsyncSession, caller: Caller) -> list[AgreementItem]:
     """Agreements with at least one party the auditor oversees."""
     items = []
-    for version in agreements.list_current(session):
+    for version in await agreements.list_current(session):
         doc = version.document
         parties = [str(p) for p in doc.get("parties", [])]
         if _sees(caller, parties):
@@ -304,23 +302,43 @@ def agreements_for(session: Session, caller: Caller) -> list[AgreementItem]:
     return sorted(items, key=lambda a: a.id)
 
 
-def agencies_for(session: Session, caller: Caller) -> list[tuple[str, str]]:
+async def agencies_for(session: AsyncSession, caller: Caller) -> list[tuple[str, str]]:
     """(id, name) of the agencies the auditor oversees."""
     visible = log.visible_agencies(caller)
     return [
         (a.id, a.name)
-        for a in sorted(agencies.list_agencies(session), key=lambda a: a.id)
+        for a in sorted(await agencies.list_agencies(session), key=lambda a: a.id)
         if visible is None or a.id in visible
     ]
 
 
-def operations_for(session: Session, caller: Caller) -> list[tuple[str, str]]:
+async def operations_for(session: AsyncSession, caller: Caller) -> list[tuple[str, str]]:
     """(id, agreement) of the operations with a member the auditor oversees."""
     return [
         (op.id, op.agreement_id)
-        for op in sorted(agreements.list_operations(session), key=lambda o: o.id)
+        for op in sorted(await agreements.list_operations(session), key=lambda o: o.id)
         if _sees(caller, [str(m) for m in op.document.get("members", [])])
     ]
+
+
+@dataclass(frozen=True)
+class Choices:
+    """What the filter form offers the auditor."""
+
+    agencies: list[tuple[str, str]]
+    agreements: list[AgreementItem]
+    operations: list[tuple[str, str]]
+    kinds: list[tuple[str, str]]
+
+
+async def choices(session: AsyncSession, caller: Caller) -> Choices:
+    """The agencies, agreements and operations the auditor oversees, and the event kinds."""
+    return Choices(
+        agencies=await agencies_for(session, caller),
+        agreements=await agreements_for(session, caller),
+        operations=await operations_for(session, caller),
+        kinds=[(value, label) for value, (label, _) in KIND_CHOICES.items()],
+    )
 
 
 # --- one message ---------------------------------------------------------------------------
@@ -353,29 +371,21 @@ class Timeline:
     rejected: list[Row] = field(default_factory=list)
 
 
-def _scope(session: Session, caller: Caller) -> list[Any]:
-    visible = log.visible_agencies(caller)
-    return [] if visible is None else [repository.names_any(session, visible)]
-
-
-def message_timeline(session: Session, caller: Caller, mid_text: str) -> Timeline:
+async def message_timeline(session: AsyncSession, caller: Caller, mid_text: str) -> Timeline:
     """A message's timeline; 404 alike for an unknown id and for one the auditor may not see."""
     try:
         mid = str(uuid.UUID(mid_text))
     except ValueError:
         raise NoSuchMessage("a message id is a UUID") from None
-    stmt = (
-        select(AuditEvent)
-        .where(
-            AuditEvent.kind.in_(MESSAGE_KINDS),
-            AuditEvent.details["mid"].as_string() == mid,
-            *_scope(session, caller),
-        )
-        .order_by(AuditEvent.created_at, AuditEvent.id)
-        .limit(MAX_TIMELINE)
+    found = await audit_repo.message_events(
+        session,
+        mid,
+        kinds=MESSAGE_KINDS,
+        visible=log.visible_agencies(caller),
+        limit=MAX_TIMELINE,
     )
-    events = [EventOut.model_validate(e) for e in session.scalars(stmt)]
-    audit.record(
+    events = [EventOut.model_validate(e) for e in found]
+    await audit.record(
         session,
         "audit.queried",
         actor=caller.actor,
@@ -415,9 +425,9 @@ def message_timeline(session: Session, caller: Caller, mid_text: str) -> Timelin
 # --- agreements: volume charts -------------------------------------------------------------
 
 
-def agreement_for(session: Session, caller: Caller, agreement_id: str) -> AgreementItem:
+async def agreement_for(session: AsyncSession, caller: Caller, agreement_id: str) -> AgreementItem:
     """An agreement the auditor oversees a party of; 404 otherwise."""
-    for item in agreements_for(session, caller):
+    for item in await agreements_for(session, caller):
         if item.id == agreement_id:
             return item
     raise NoSuchAgreement(f"no agreement {agreement_id[:64]!r} among those you oversee")
@@ -430,22 +440,22 @@ class DayCount:
     rejected: int
 
 
-def daily_volume(
-    session: Session, caller: Caller, agreement_id: str, *, days: int, today: date
+async def daily_volume(
+    session: AsyncSession, caller: Caller, agreement_id: str, *, days: int, today: date
 ) -> list[DayCount]:
     """Accepted messages and rejected attempts per day (UTC) under an agreement."""
     first = today - timedelta(days=days - 1)
     since = midnight(first)
-    stmt = select(AuditEvent.kind, AuditEvent.created_at).where(
-        AuditEvent.kind.in_(("msg.accepted", "msg.rejected")),
-        AuditEvent.details["agreement"].as_string() == agreement_id,
-        AuditEvent.created_at >= since,
-        *_scope(session, caller),
-    )
     counts: Counter[tuple[date, str]] = Counter()
-    for kind, at in session.execute(stmt.execution_options(yield_per=2000)):
+    async for kind, at in audit_repo.kind_times(
+        session,
+        kinds=("msg.accepted", "msg.rejected"),
+        agreement=agreement_id,
+        since=since,
+        visible=log.visible_agencies(caller),
+    ):
         counts[(at.astimezone(UTC).date(), kind)] += 1
-    audit.record(
+    await audit.record(
         session,
         "audit.queried",
         actor=caller.actor,
@@ -589,6 +599,47 @@ def direction_chart(rows: list[DirectionCount], *, width: int = 760, limit: int 
     return Chart(width, height, rects, labels, [], sum(r.count for r in rows))
 
 
+@dataclass(frozen=True)
+class AgreementView:
+    """One agreement's page: volume per day and by direction, rejections, delays."""
+
+    item: AgreementItem
+    days: int
+    first: date
+    today: date
+    counts: list[DayCount]
+    day_chart: Chart
+    directions: list[DirectionCount]
+    direction_chart: Chart
+    summary: Summary
+
+
+async def agreement_view(
+    session: AsyncSession, caller: Caller, agreement_id: str, *, days: int, today: date
+) -> AgreementView:
+    """The last `days` days (one of PERIODS) of an agreement the auditor oversees a party of."""
+    if days not in PERIODS:
+        raise BadFilter(f"the period is one of {', '.join(map(str, PERIODS))} days")
+    item = await agreement_for(session, caller, agreement_id)
+    counts = await daily_volume(session, caller, item.id, days=days, today=today)
+    first = today - timedelta(days=days - 1)
+    summary = await auditor.summary(
+        session, caller, EventFilter(agreement=item.id, since=midnight(first))
+    )
+    by_direction = directions(summary)
+    return AgreementView(
+        item=item,
+        days=days,
+        first=first,
+        today=today,
+        counts=counts,
+        day_chart=day_chart(counts),
+        directions=by_direction,
+        direction_chart=direction_chart(by_direction),
+        summary=summary,
+    )
+
+
 # --- the transparency log ------------------------------------------------------------------
 
 
@@ -603,30 +654,21 @@ class LogState:
     oldest_pending: datetime | None
 
 
-def log_state(session: Session) -> LogState | None:
+async def log_state(session: AsyncSession) -> LogState | None:
     """The latest checkpoint, the verifier key and the sequencer's backlog; None before any."""
-    head = repository.latest_checkpoint(session)
+    head = await audit_repo.latest_checkpoint(session)
     if head is None:
         return None
-    # Events without a leaf yet: few, and found through the partial index on that condition.
-    pending, oldest = session.execute(
-        select(func.count(), func.min(AuditEvent.created_at)).where(AuditEvent.leaf_index.is_(None))
-    ).one()
+    pending, oldest = await audit_repo.backlog(session)
     return LogState(
         size=head.size,
         root=log.b64(head.root_hash),
         created_at=head.created_at,
         note=head.note,
         key=log.verifier_key(),
-        pending=int(pending or 0),
+        pending=pending,
         oldest_pending=oldest,
     )
-
-
-def checkpoint_note(session: Session, size: int) -> str | None:
-    """The signed note of the checkpoint of `size`, if there is one."""
-    found = repository.checkpoint(session, size)
-    return found.note if found is not None else None
 
 
 @dataclass(frozen=True)
@@ -643,65 +685,45 @@ class Verification:
     elapsed_ms: int
 
 
-IN_PROCESS_URL = "http://broker.in-process"
-
-
-def verify_in_process(
-    app: ASGIApp,
-    token: str,
+async def verify_now(
+    session: AsyncSession,
+    caller: Caller,
     *,
     full: bool,
     index: int | None,
-    previous: tuple[int, str] | None,
+    since: int | None,
 ) -> Verification:
-    """Run the offline verifier against this broker's own HTTP API, in process.
+    """Run the log verifier on this broker's log, as the auditor would over the API; record it.
 
-    The verifier (`broker.audit.verify.verify_log`) talks to the app through an in-process
-    transport with the auditor's token, exactly as `broker audit verify` would over the network.
-    `previous` (size, signed note) seeds the verifier's state, so it also proves that the current
-    checkpoint extends the one the page showed. The caller must hold no database transaction.
+    The verifier reads what the auditor's token may read (`full` needs every agency). `since`
+    is the tree size the page showed: that checkpoint seeds the verifier's state, so it also
+    proves that the current checkpoint extends it.
     """
     started = time.perf_counter()
-    since = previous[0] if previous else None
-
-    def done(ok: bool, code: str | None, message: str, lines: list[str]) -> Verification:
-        elapsed = int((time.perf_counter() - started) * 1000)
-        return Verification(ok, code, message, lines, full, index, since, elapsed)
-
-    with TemporaryDirectory(prefix="console-verify-") as tmp:
-        state = None
-        if previous is not None:
-            state = Path(tmp) / "checkpoint.json"
-            state.write_text(json.dumps({"checkpoint": previous[1]}), encoding="utf-8")
-        client = TestClient(app, base_url=IN_PROCESS_URL, raise_server_exceptions=False)
-        try:
-            report = verify.verify_log(
-                IN_PROCESS_URL,
-                token,
-                log.verifier_key(),
-                state=state,
-                full=full,
-                index=index,
-                http=client,
-            )
-        except verify.VerifyError as exc:
-            return done(False, exc.code, str(exc), [])
-        finally:
-            client.close()
-    return done(True, None, "", str(report).splitlines())
-
-
-def record_verification(session: Session, caller: Caller, result: Verification) -> None:
-    """The verification the auditor ran, as an audit event."""
-    audit.record(
+    previous = await audit_repo.checkpoint(session, since) if since else None
+    try:
+        report = await log.verify_stored(
+            session,
+            caller=caller,
+            full=full,
+            index=index,
+            previous=previous.note if previous is not None else None,
+        )
+        ok, code, message, lines = True, None, "", str(report).splitlines()
+    except verify.VerifyError as exc:
+        ok, code, message, lines = False, exc.code, str(exc), []
+    elapsed = int((time.perf_counter() - started) * 1000)
+    result = Verification(ok, code, message, lines, full, index, since, elapsed)
+    await audit.record(
         session,
         "audit.queried",
         actor=caller.actor,
         details={
             "query": "console.verify",
-            "full": result.full,
-            "index": result.index,
-            "since": result.since,
-            "result": "ok" if result.ok else result.code,
+            "full": full,
+            "index": index,
+            "since": since,
+            "result": "ok" if ok else code,
         },
     )
+    return result

@@ -29,38 +29,43 @@ _KEY_ERRORS = (
     service.InvalidKey,
     service.WrongCurve,
     service.PrivateKeyMaterial,
+    service.WrongUse,
+    service.LowOrderKey,
+    service.KeyKidMismatch,
     service.KeyBinding,
 )
 
 
 @admin.post("", status_code=201, responses=error_responses(*_KEY_ERRORS))
-def register_key(data: KeyIn, caller: AdminCaller, session: SessionDep) -> KeyOut:
+async def register_key(data: KeyIn, caller: AdminCaller, session: SessionDep) -> KeyOut:
     """Register a public key (OKP Ed25519 for signing, X25519 for encryption)."""
-    return KeyOut.model_validate(service.register(session, data, actor=caller.actor))
+    return KeyOut.model_validate(await service.register(session, data, actor=caller.actor))
 
 
 @admin.get("", responses=error_responses(Forbidden))
-def list_keys(caller: AdminCaller, session: SessionDep, agency: str | None = None) -> list[KeyOut]:
+async def list_keys(
+    caller: AdminCaller, session: SessionDep, agency: str | None = None
+) -> list[KeyOut]:
     """Every key, optionally of one agency."""
-    return [KeyOut.model_validate(k) for k in service.list_keys(session, agency_id=agency)]
+    return [KeyOut.model_validate(k) for k in await service.list_keys(session, agency_id=agency)]
 
 
 @admin.get("/{kid}", responses=error_responses(Forbidden, NotFound))
-def get_key(kid: str, caller: AdminCaller, session: SessionDep) -> KeyOut:
+async def get_key(kid: str, caller: AdminCaller, session: SessionDep) -> KeyOut:
     """One key with its status."""
-    return KeyOut.model_validate(service.get(session, kid))
+    return KeyOut.model_validate(await service.get(session, kid))
 
 
 @admin.post("/{kid}/rotate", status_code=201, responses=error_responses(*_KEY_ERRORS, NotFound))
-def rotate_key(kid: str, data: RotateIn, caller: AdminCaller, session: SessionDep) -> KeyOut:
+async def rotate_key(kid: str, data: RotateIn, caller: AdminCaller, session: SessionDep) -> KeyOut:
     """Register the successor of a key and retire the old one."""
-    return KeyOut.model_validate(service.rotate(session, kid, data, actor=caller.actor))
+    return KeyOut.model_validate(await service.rotate(session, kid, data, actor=caller.actor))
 
 
 @admin.post("/{kid}/retire", responses=error_responses(Forbidden, NotFound, service.KeyNotActive))
-def retire_key(kid: str, caller: AdminCaller, session: SessionDep) -> KeyOut:
+async def retire_key(kid: str, caller: AdminCaller, session: SessionDep) -> KeyOut:
     """Retire a key: no new use; past signatures stay valid."""
-    return KeyOut.model_validate(service.retire(session, kid, actor=caller.actor))
+    return KeyOut.model_validate(await service.retire(session, kid, actor=caller.actor))
 
 
 @admin.post(
@@ -69,19 +74,19 @@ def retire_key(kid: str, caller: AdminCaller, session: SessionDep) -> KeyOut:
         Forbidden, NotFound, service.KeyNotActive, service.BadValidity, service.InvalidKey
     ),
 )
-def revoke_key(kid: str, data: RevokeIn, caller: AdminCaller, session: SessionDep) -> KeyOut:
+async def revoke_key(kid: str, data: RevokeIn, caller: AdminCaller, session: SessionDep) -> KeyOut:
     """Revoke a key, with `compromised_since` for a key compromise."""
-    return KeyOut.model_validate(service.revoke(session, kid, data, actor=caller.actor))
+    return KeyOut.model_validate(await service.revoke(session, kid, data, actor=caller.actor))
 
 
 @public.get("/jwks", response_model=JWKSet, responses=error_responses(Forbidden))
-def jwks(caller: AnyCaller, session: SessionDep, agency: str | None = None) -> dict[str, Any]:
+async def jwks(caller: AnyCaller, session: SessionDep, agency: str | None = None) -> dict[str, Any]:
     """RFC 7517 JWK Set with status, validity and revocation metadata on each key."""
-    return service.jwks(session, agency_id=agency)
+    return await service.jwks(session, agency_id=agency)
 
 
 @public.get("/broker", responses=error_responses(Forbidden))
-def broker_keys(caller: AnyCaller) -> dict[str, Any]:
+async def broker_keys(caller: AnyCaller) -> dict[str, Any]:
     """The broker's own public keys: receipt signing JWK and transparency-log verifier key."""
     from broker import keyring
 

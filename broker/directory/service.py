@@ -6,16 +6,16 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy.orm import Session
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.agencies import repository as agency_repo
 from broker.audit import service as audit
+from broker.crypto import errors as crypto_errors
 from broker.crypto import keys as crypto_keys
-from broker.crypto.errors import CryptoError
 from broker.directory import repository
 from broker.directory.models import PublicKey
 from broker.directory.schemas import KeyIn, RevokeIn, RotateIn
-from broker.errors import DuplicateId, FieldProblem, NotFound, UnknownAgency, error
+from broker.errors import BrokerError, DuplicateId, FieldProblem, NotFound, UnknownAgency, error
 from broker.ids import utcnow
 
 DEFAULT_LIFETIME = timedelta(days=365)
@@ -23,31 +23,43 @@ DEFAULT_LIFETIME = timedelta(days=365)
 InvalidKey = error("key.invalid", 422, "Invalid public key")
 WrongCurve = error("key.wrong_curve", 422, "Wrong key type or curve")
 PrivateKeyMaterial = error("key.private_material", 422, "Private key material sent as public")
+WrongUse = error("key.wrong_use", 422, "Wrong key use or algorithm")
+LowOrderKey = error("key.low_order", 422, "Small-order public key")
+KeyKidMismatch = error("key.kid_mismatch", 422, "Key id is not the key's thumbprint")
 KeyBinding = error("key.bad_binding", 422, "Key bound to the wrong owner")
 KeyNotActive = error("key.not_active", 409, "Key is not active")
 BadValidity = error("key.bad_validity", 422, "Bad key validity window")
+
+# What a refused JWK is reported as: the crypto package's reason, as this package's error.
+_JWK_ERRORS: dict[type[crypto_errors.CryptoError], type[BrokerError]] = {
+    crypto_errors.WrongCurve: WrongCurve,
+    crypto_errors.PrivateMaterial: PrivateKeyMaterial,
+    crypto_errors.WrongUse: WrongUse,
+    crypto_errors.LowOrderKey: LowOrderKey,
+    crypto_errors.KeyKidMismatch: KeyKidMismatch,
+}
 
 
 def _parse(jwk: dict[str, Any]) -> crypto_keys.PublicJWK:
     try:
         return crypto_keys.parse_public_jwk(jwk)
-    except CryptoError as exc:
-        err = error(exc.code, 422, "Invalid public key")
+    except crypto_errors.CryptoError as exc:
+        err = next((e for c, e in _JWK_ERRORS.items() if isinstance(exc, c)), InvalidKey)
         raise err(exc.detail, errors=[FieldProblem(pointer="/jwk", detail=exc.detail)]) from exc
 
 
-def register(session: Session, data: KeyIn, *, actor: str) -> PublicKey:
+async def register(session: AsyncSession, data: KeyIn, *, actor: str) -> PublicKey:
     """Register a public key after strict validation; every key event is a log leaf."""
     parsed = _parse(data.jwk)
-    if agency_repo.agency(session, data.agency_id) is None:
+    if await agency_repo.agency(session, data.agency_id) is None:
         raise UnknownAgency(f"no agency {data.agency_id!r}")
     if data.focal_point_id is not None:
-        fp = agency_repo.focal_point(session, data.focal_point_id)
+        fp = await agency_repo.focal_point(session, data.focal_point_id)
         if fp is None or fp.agency_id != data.agency_id:
             raise KeyBinding(f"{data.focal_point_id!r} is not a focal point of {data.agency_id}")
         if parsed.use != "sig":
             raise KeyBinding("encryption keys belong to the agency, not to a focal point")
-    if repository.key(session, parsed.kid) is not None:
+    if await repository.key(session, parsed.kid) is not None:
         raise DuplicateId(f"key {parsed.kid} is already registered")
     now = utcnow()
     not_before = data.not_before or now
@@ -66,32 +78,34 @@ def register(session: Session, data: KeyIn, *, actor: str) -> PublicKey:
         created_at=now,
     )
     session.add(key)
-    session.flush()
-    audit.record(session, "key.registered", actor=actor, subject=key.kid, details=published(key))
+    await session.flush()
+    await audit.record(
+        session, "key.registered", actor=actor, subject=key.kid, details=published(key)
+    )
     return key
 
 
-def get(session: Session, kid: str) -> PublicKey:
-    found = repository.key(session, kid)
+async def get(session: AsyncSession, kid: str) -> PublicKey:
+    found = await repository.key(session, kid)
     if found is None:
         raise NotFound(f"no key {kid!r}")
     return found
 
 
-def retire(session: Session, kid: str, *, actor: str) -> PublicKey:
+async def retire(session: AsyncSession, kid: str, *, actor: str) -> PublicKey:
     """Stop using a key for new messages; past signatures and decryptions stay valid."""
-    key = get(session, kid)
+    key = await get(session, kid)
     if key.status != "active":
         raise KeyNotActive(f"key {kid} is {key.status}")
     key.status, key.retired_at = "retired", utcnow()
-    audit.record(session, "key.retired", actor=actor, subject=kid, details=published(key))
+    await audit.record(session, "key.retired", actor=actor, subject=kid, details=published(key))
     return key
 
 
-def rotate(session: Session, kid: str, data: RotateIn, *, actor: str) -> PublicKey:
+async def rotate(session: AsyncSession, kid: str, data: RotateIn, *, actor: str) -> PublicKey:
     """Register a successor for the same owner and retire the old key."""
-    old = get(session, kid)
-    new = register(
+    old = await get(session, kid)
+    new = await register(
         session,
         KeyIn(
             agency_id=old.agency_id,
@@ -103,13 +117,13 @@ def rotate(session: Session, kid: str, data: RotateIn, *, actor: str) -> PublicK
     )
     if new.use != old.use:
         raise KeyBinding(f"a {old.use} key must be rotated to a {old.use} key")
-    retire(session, kid, actor=actor)
+    await retire(session, kid, actor=actor)
     return new
 
 
-def revoke(session: Session, kid: str, data: RevokeIn, *, actor: str) -> PublicKey:
+async def revoke(session: AsyncSession, kid: str, data: RevokeIn, *, actor: str) -> PublicKey:
     """Revoke a key; with key_compromise, messages after `compromised_since` lose trust."""
-    key = get(session, kid)
+    key = await get(session, kid)
     if key.status == "revoked":
         raise KeyNotActive(f"key {kid} is already revoked")
     now = utcnow()
@@ -127,12 +141,12 @@ def revoke(session: Session, kid: str, data: RevokeIn, *, actor: str) -> PublicK
     key.status, key.revoked_at = "revoked", now
     key.revocation_reason = data.reason
     key.compromised_since = data.compromised_since
-    audit.record(session, "key.revoked", actor=actor, subject=kid, details=published(key))
+    await audit.record(session, "key.revoked", actor=actor, subject=kid, details=published(key))
     return key
 
 
-def list_keys(session: Session, *, agency_id: str | None = None) -> Sequence[PublicKey]:
-    return repository.keys(session, agency_id=agency_id)
+async def list_keys(session: AsyncSession, *, agency_id: str | None = None) -> Sequence[PublicKey]:
+    return await repository.keys(session, agency_id=agency_id)
 
 
 def published(key: PublicKey) -> dict[str, Any]:
@@ -153,11 +167,17 @@ def published(key: PublicKey) -> dict[str, Any]:
     return {**key.jwk, "kid": key.kid, **meta}
 
 
-def jwks(session: Session, *, agency_id: str | None = None) -> dict[str, list[dict[str, Any]]]:
+async def jwks(
+    session: AsyncSession, *, agency_id: str | None = None
+) -> dict[str, list[dict[str, Any]]]:
     """The public JWK Set with status, validity and revocation of every key."""
-    return {"keys": [published(k) for k in repository.keys(session, agency_id=agency_id)]}
+    return {"keys": [published(k) for k in await repository.keys(session, agency_id=agency_id)]}
 
 
-def usable_keys(session: Session, agency_id: str, use: str, at: datetime) -> list[PublicKey]:
+async def usable_keys(
+    session: AsyncSession, agency_id: str, use: str, at: datetime
+) -> list[PublicKey]:
     """Keys of `agency_id` with `use` that are active and valid at `at`."""
-    return [k for k in repository.keys(session, agency_id=agency_id, use=use) if k.usable_at(at)]
+    return [
+        k for k in await repository.keys(session, agency_id=agency_id, use=use) if k.usable_at(at)
+    ]

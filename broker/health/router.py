@@ -19,9 +19,9 @@ def live() -> dict[str, str]:
 
 
 @router.get("/ready", responses={503: {"description": "a dependency is down"}})
-def ready() -> JSONResponse:
+async def ready() -> JSONResponse:
     """The database is reachable and migrated (and Redis, in the production profile)."""
-    checks = service.readiness()
+    checks = await service.readiness()
     ok = all(v == "ok" for v in checks.values())
     return JSONResponse(
         {"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from broker import db, ticker
+from broker import db, jobs, ticker
 from broker.inbox import service
-
-RELAY = service.RELAY_JOB
 
 
 def relay() -> int:
-    """Drain the outbox: make every queued delivery available."""
-    return service.relay_all(db.session_scope)
+    """Drain the outbox: make every queued delivery available (sync callers: task, ticker)."""
+    return db.run(service.relay_all, db.session_scope)
 
 
 def install() -> None:
     """Register with the embedded ticker (the outbox sweep also covers lost wake-ups)."""
-    ticker.register(RELAY, 1.0, relay)
+    ticker.register(jobs.RELAY, 1.0, relay)

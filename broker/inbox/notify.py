@@ -20,7 +20,7 @@ import threading
 from collections.abc import Iterable
 
 import redis
-from sqlalchemy.orm import Session
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker import db
 from broker.config import Profile, settings
@@ -109,15 +109,16 @@ def _set(future: asyncio.Future[None]) -> None:
 board = _Board()
 
 
-def after_commit(session: Session, agencies: Iterable[str]) -> None:
+def after_commit(session: AsyncSession, agencies: Iterable[str]) -> None:
     """Wake readers of these inboxes once this transaction commits."""
-    session.info.setdefault(_KEY, set()).update(agencies)
+    db.after_commit(session, _KEY, _Pending()).update(agencies)
 
 
-def _flush(session: Session) -> None:
-    agencies: set[str] = session.info.pop(_KEY, set())
-    if agencies:
-        publish(agencies)
+class _Pending(set[str]):
+    """The inboxes a transaction delivered to, announced in one publish after its commit."""
+
+    def __call__(self) -> None:
+        publish(self)
 
 
 def publish(agencies: Iterable[str]) -> None:
@@ -198,6 +199,3 @@ def ensure_listener() -> None:
             thread = threading.Thread(target=_listen, name="inbox-listener", daemon=True)
             thread.start()
             _listener[:] = [thread]
-
-
-db.on_commit(_flush)

@@ -36,16 +36,14 @@ import dataclasses
 import random
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import anyio
 from prometheus_client import Histogram
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.orm import Session
+from sqlalchemy.ext.asyncio import AsyncSession
 
 import schemas
 from broker import db, jobs, metrics
@@ -53,24 +51,19 @@ from broker.audit import service as audit
 from broker.auth.service import Caller
 from broker.crypto import envelope as env
 from broker.crypto.keys import sha256_b64u
-from broker.db import AsyncScope
 from broker.errors import FieldProblem, NotFound, error
 from broker.faults import crash_point
-from broker.ids import epoch_ms, new_id, utcnow
+from broker.ids import epoch_ms, utcnow
 from broker.inbox import notify, repository
-from broker.inbox.repository import Claimed
+from broker.inbox.repository import AckedDelivery, Claimed
 from broker.inbox.schemas import AckOut, InboxItem, InboxPage
 from broker.logging import get_logger
-from broker.messages.repository import add_event_async, add_events_async
-from broker.push.models import JOB as PUSH_JOB
-from broker.push.models import TOPIC as PUSH
+from broker.messages.models import OUTBOX_DELIVER, OUTBOX_PUSH
 from broker.registry import snapshot as registry
 from broker.registry.snapshot import DirectoryKey
 
 _log = get_logger("broker.inbox")
 
-DELIVER = "deliver"
-RELAY_JOB = "outbox.relay"
 RELAY_BATCH = 500
 MAX_BATCHES_PER_RUN = 20  # then return; the woken task or the next sweep continues
 STALE_S = 10.0  # a pending row older than this: a relay failed or died holding it, or none ran
@@ -80,8 +73,6 @@ MAX_PAGE = 500
 FINAL_ACKS = ("decrypted", "rejected")  # `received` may be followed by one of these, once
 MAX_WAIT_S = 30.0
 
-SessionFactory = Callable[[], AbstractContextManager[Session]]
-
 BadAck = error("ack.invalid", 422, "Invalid acknowledgement")
 AckKeyNotOurs = error(
     "ack.key_not_recipient", 422, "Acknowledgement not signed by the recipient agency"
@@ -90,9 +81,13 @@ AckConflict = error("ack.conflict", 409, "A different final acknowledgement was 
 BadCursor = error("inbox.bad_cursor", 400, "Bad cursor")
 
 
+# --- the relay ------------------------------------------------------------------------------
+
+
 def transient(exc: BaseException) -> bool:
     """A database outage or a lost connection: nothing about the rows themselves."""
-    if isinstance(exc, OperationalError | InterfaceError):
+    # asyncpg raises OSError itself when it cannot connect (SQLAlchemy wraps only DBAPI errors).
+    if isinstance(exc, OperationalError | InterfaceError | OSError):
         return True
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
@@ -102,127 +97,133 @@ def _retry_delay(attempts: int) -> timedelta:
     return timedelta(seconds=min(60.0, 2.0 ** max(attempts - 1, 0)) * random.uniform(0.5, 1.0))  # noqa: S311
 
 
-def _deliver(session: Session, claimed: Sequence[Claimed], now: datetime) -> None:
+async def _deliver(session: AsyncSession, claimed: Sequence[Claimed], now: datetime) -> None:
     """Make the claimed messages' queued deliveries available, record them, settle the rows."""
-    rows = repository.queued_deliveries(session, [c.ref for c in claimed])
+    rows = await repository.queued_deliveries(session, [c.ref for c in claimed])
     by_recipient: dict[str, list[Any]] = defaultdict(list)
     for row in rows:
         by_recipient[row.recipient].append(row)
     numbered: list[tuple[str, Any, int]] = []
     for recipient in sorted(by_recipient):  # one lock order everywhere: no deadlocks
         items = by_recipient[recipient]
-        first = repository.take_seqs(session, recipient, len(items))
+        first = await repository.take_seqs(session, recipient, len(items))
         numbered += [(recipient, row, first + offset) for offset, row in enumerate(items)]
     # A delivery is available from this transaction's commit: stamp it as close to it as we can
     # (the inbox numbers above wait on the recipients' counter locks).
     at = utcnow()
-    updates = [{"id": row.id, "seq": seq, "at": at} for _, row, seq in numbered]
-    events = [
-        {
-            "id": new_id(),
-            "kind": "msg.delivered",
-            "actor": "broker:relay",
-            "subject": recipient,
-            "details": {
-                "mid": str(row.mid),
-                "sender": row.sender,
-                "recipient": recipient,
-                "delay_ms": epoch_ms(at) - epoch_ms(row.received_at),
-            },
-            "created_at": at,
-            "leaf_index": None,
-        }
-        for recipient, row, _ in numbered
-    ]
-    repository.make_available(session, updates)
-    repository.add_events(session, events)
+    await repository.make_available(
+        session, [{"id": row.id, "seq": seq, "at": at} for _, row, seq in numbered]
+    )
+    await audit.record_many(
+        session,
+        [
+            audit.event(
+                "msg.delivered",
+                actor="broker:relay",
+                subject=recipient,
+                details={
+                    "mid": str(row.mid),
+                    "sender": row.sender,
+                    "recipient": recipient,
+                    "delay_ms": epoch_ms(at) - epoch_ms(row.received_at),
+                },
+                at=at,
+            )
+            for recipient, row, _ in numbered
+        ],
+    )
     push_refs = [row.id for row in rows if row.push]
-    repository.add_outbox(session, PUSH, push_refs, now)
+    await repository.add_outbox(session, OUTBOX_PUSH, push_refs, now)
     crash_point("relay.after_seq")
-    repository.mark_outbox_done(session, [c.id for c in claimed], now)
+    await repository.mark_outbox_done(session, [c.id for c in claimed], now)
     if by_recipient:
         notify.after_commit(session, by_recipient.keys())
-        jobs.after_commit(session, audit.SEQUENCE_JOB)
     if push_refs:
-        jobs.after_commit(session, PUSH_JOB)
+        jobs.after_commit(session, jobs.PUSH)
 
 
-def relay(session: Session, *, batch: int = RELAY_BATCH) -> tuple[int, list[list[int]]]:
+async def relay(session: AsyncSession, *, batch: int = RELAY_BATCH) -> tuple[int, list[list[int]]]:
     """One fast-path pass: deliver the fresh rows of a batch; count and lease the others.
 
     Returns how many rows it claimed and the groups of leased rows to try next, each in its
     own transaction (`relay_leased`), once this one has committed their attempt.
     """
     now = utcnow()
-    claimed = repository.claim_outbox(session, DELIVER, batch, now)
+    claimed = await repository.claim_outbox(session, OUTBOX_DELIVER, batch, now)
     stale = now - timedelta(seconds=STALE_S)
     fresh = [c for c in claimed if c.attempts == 0 and c.created_at > stale]
     suspect = [c for c in claimed if c.attempts > 0 or c.created_at <= stale]
     dead = [c.id for c in suspect if c.attempts >= MAX_RELAY_ATTEMPTS]
     if dead:
-        repository.dead_letter(session, dead, now, f"gave up after {MAX_RELAY_ATTEMPTS} attempts")
-        _log.error("outbox rows dead-lettered", topic=DELIVER, ids=dead)
+        await repository.dead_letter(
+            session, dead, now, f"gave up after {MAX_RELAY_ATTEMPTS} attempts"
+        )
+        _log.error("outbox rows dead-lettered", topic=OUTBOX_DELIVER, ids=dead)
     retry = [c for c in suspect if c.attempts < MAX_RELAY_ATTEMPTS]
-    repository.lease_outbox(session, [c.id for c in retry], now + timedelta(seconds=RELAY_LEASE_S))
+    await repository.lease_outbox(
+        session, [c.id for c in retry], now + timedelta(seconds=RELAY_LEASE_S)
+    )
     if fresh:
-        _deliver(session, fresh, now)
+        await _deliver(session, fresh, now)
     # A first retry goes as a batch; from the second on, alone (a poison row stays alone).
     groups = [[c.id for c in retry if c.attempts == 0]] + [[c.id] for c in retry if c.attempts]
     return len(claimed), [g for g in groups if g]
 
 
-def relay_leased(session_factory: SessionFactory, ids: list[int]) -> int:
+async def relay_leased(session_factory: db.SessionFactory, ids: list[int]) -> int:
     """Deliver leased rows (their attempt is already counted); split a failing group."""
     try:
-        with session_factory() as session:
+        async with session_factory() as session:
             now = utcnow()
-            claimed = repository.claim_outbox_ids(session, ids)
+            claimed = await repository.claim_outbox_ids(session, ids)
             if claimed:
-                _deliver(session, claimed, now)
+                await _deliver(session, claimed, now)
             return len(claimed)
     except Exception as exc:
         if transient(exc):
             raise
         if len(ids) > 1:
-            return sum(relay_leased(session_factory, [i]) for i in ids)
+            return sum([await relay_leased(session_factory, [i]) for i in ids])
         reason = _describe(exc)
-        with session_factory() as session:
-            for row in repository.claim_outbox_ids(session, ids):
+        async with session_factory() as session:
+            for row in await repository.claim_outbox_ids(session, ids):
                 when = utcnow() + _retry_delay(row.attempts)
-                repository.retry_outbox_at(session, [row.id], when, reason, count=False)
-        _log.warning("outbox row failed; retried later", topic=DELIVER, id=ids[0], error=reason)
+                await repository.retry_outbox_at(session, [row.id], when, reason, count=False)
+        _log.warning(
+            "outbox row failed; retried later", topic=OUTBOX_DELIVER, id=ids[0], error=reason
+        )
         return 0
 
 
-def relay_all(session_factory: SessionFactory) -> int:
+async def relay_all(session_factory: db.SessionFactory) -> int:
     """Drain the outbox, one transaction per batch (the task, the sweep and the ticker)."""
     total = 0
     for _ in range(MAX_BATCHES_PER_RUN):
         held: list[int] = []
         try:
-            with session_factory() as session:
-                claimed, groups = relay(session)
+            async with session_factory() as session:
+                claimed, groups = await relay(session)
                 held = [i for g in groups for i in g]
         except Exception as exc:
             if transient(exc):
                 raise
             # The pass rolled back. Count an attempt on each row it held and try them again
             # as leased rows: a failing group is split until the bad row is alone.
-            with session_factory() as session:
+            async with session_factory() as session:
                 now = utcnow()
-                rows = repository.claim_outbox(session, DELIVER, RELAY_BATCH, now)
-                repository.lease_outbox(
+                rows = await repository.claim_outbox(session, OUTBOX_DELIVER, RELAY_BATCH, now)
+                await repository.lease_outbox(
                     session, [r.id for r in rows], now + timedelta(seconds=RELAY_LEASE_S)
                 )
                 claimed, groups = len(rows), [[r.id for r in rows]]
             _log.warning("relay batch failed; retrying its rows", error=_describe(exc))
         for group in groups:
-            relay_leased(session_factory, group)
+            await relay_leased(session_factory, group)
         crash_point("relay.after_commit")
         total += claimed
         if claimed < RELAY_BATCH and not held:
             return total
-    jobs.wake(RELAY_JOB)  # more is due: run again soon rather than hold this worker
+    jobs.wake(jobs.RELAY)  # more is due: run again soon rather than hold this worker
     return total
 
 
@@ -232,72 +233,49 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:200]
 
 
+# --- polling --------------------------------------------------------------------------------
+
+
 def _cursor(after: str | None) -> int:
     if after is None or after == "":
         return 0
-    if not after.isdigit() or len(after) > 18:
+    # ASCII digits only: str.isdigit() also accepts other scripts' digits and superscripts.
+    if not (after.isascii() and after.isdigit()) or len(after) > 18:
         raise BadCursor("the cursor is the `next_cursor` of the previous page")
     return int(after)
 
 
-def poll(session: Session, caller: Caller, after: str | None, limit: int) -> InboxPage:
-    """One page of the caller's inbox after the cursor; records first fetches."""
+async def poll(session: AsyncSession, caller: Caller, after: str | None, limit: int) -> InboxPage:
+    """One page of the caller's inbox after the cursor; records first fetches.
+
+    Three statements at most: the page, the first fetches marked in one UPDATE, and their
+    `msg.fetched` events in one INSERT.
+    """
     agency = caller.agency_id
     assert agency is not None
     start = _cursor(after)
-    rows = repository.page(session, agency, start, min(max(limit, 1), MAX_PAGE))
+    rows = await repository.page(session, agency, start, min(max(limit, 1), MAX_PAGE))
     now = utcnow()
     fetched = set(
-        repository.mark_fetched(session, [r.id for r in rows if r.state == "available"], now)
-    )
-    for row in rows:
-        if row.id in fetched:
-            audit.record(
-                session,
-                "msg.fetched",
-                actor=caller.actor,
-                subject=agency,
-                details=_fetched_details(row, agency),
-            )
-            for histogram, value in _fetch_latencies(row, now):
-                metrics.observe_after_commit(session, histogram, value)
-    if fetched:
-        jobs.after_commit(session, audit.SEQUENCE_JOB)
-    return _page(rows, start)
-
-
-async def poll_async(scope: AsyncScope, caller: Caller, after: str | None, limit: int) -> InboxPage:
-    """`poll` on the async path (PostgreSQL): the same page, first fetches and events."""
-    agency = caller.agency_id
-    assert agency is not None
-    start = _cursor(after)
-    rows = await repository.page_async(scope.conn, agency, start, min(max(limit, 1), MAX_PAGE))
-    now = utcnow()
-    fetched = set(
-        await repository.mark_fetched_async(
-            scope.conn, [r.id for r in rows if r.state == "available"], now
-        )
+        await repository.mark_fetched(session, [r.id for r in rows if r.state == "available"], now)
     )
     if fetched:
         firsts = [r for r in rows if r.id in fetched]
-        await add_events_async(
-            scope.conn,
+        await audit.record_many(
+            session,
             [
-                {
-                    "id": new_id(),
-                    "kind": "msg.fetched",
-                    "actor": caller.actor,
-                    "subject": agency,
-                    "details": _fetched_details(row, agency),
-                    "created_at": utcnow(),
-                    "leaf_index": None,
-                }
+                audit.event(
+                    "msg.fetched",
+                    actor=caller.actor,
+                    subject=agency,
+                    details=_fetched_details(row, agency),
+                )
                 for row in firsts
             ],
         )
-        observed = [pair for row in firsts for pair in _fetch_latencies(row, now)]
-        scope.after_commit("metric.fetched", lambda: _observe(observed))
-        scope.after_commit(audit.SEQUENCE_JOB, _wake_sequencer)
+        for row in firsts:
+            for histogram, value in _fetch_latencies(row, now):
+                metrics.observe_after_commit(session, histogram, value)
     return _page(rows, start)
 
 
@@ -311,11 +289,6 @@ def _fetch_latencies(row: Any, now: datetime) -> list[tuple[Histogram, float]]:
         (metrics.ACCEPTED_TO_AVAILABLE, (row.available_at - row.received_at).total_seconds()),
         (metrics.AVAILABLE_TO_FETCHED, (now - row.available_at).total_seconds()),
     ]
-
-
-def _observe(observed: Sequence[tuple[Histogram, float]]) -> None:
-    for histogram, value in observed:
-        histogram.observe(max(value, 0.0))
 
 
 def _page(rows: Sequence[Any], start: int) -> InboxPage:
@@ -336,40 +309,6 @@ def _page(rows: Sequence[Any], start: int) -> InboxPage:
     return InboxPage(items=items, next_cursor=str(items[-1].seq if items else start))
 
 
-def _poll_once(
-    session_factory: SessionFactory, caller: Caller, after: str | None, limit: int
-) -> InboxPage:
-    # Its own short transaction: a long-poll must not hold a connection while it waits.
-    with session_factory() as session:
-        return poll(session, caller, after, limit)
-
-
-async def _read(
-    session_factory: SessionFactory, caller: Caller, after: str | None, limit: int
-) -> InboxPage:
-    """One read of the page in its own short transaction (on the event loop on PostgreSQL)."""
-    if db.async_enabled():
-        async with db.transaction() as scope:
-            return await poll_async(scope, caller, after, limit)
-    return await anyio.to_thread.run_sync(_poll_once, session_factory, caller, after, limit)
-
-
-def poll_seen(session: Session, caller: Caller, after: str | None, limit: int) -> Polled:
-    """`poll`, with the inbox's wake-up version read before it (for `long_poll`'s `first`)."""
-    assert caller.agency_id is not None
-    seen = notify.board.version(caller.agency_id)
-    return Polled(seen, poll(session, caller, after, limit))
-
-
-async def poll_seen_async(
-    scope: AsyncScope, caller: Caller, after: str | None, limit: int
-) -> Polled:
-    """`poll_seen` on the async path."""
-    assert caller.agency_id is not None
-    seen = notify.board.version(caller.agency_id)
-    return Polled(seen, await poll_async(scope, caller, after, limit))
-
-
 @dataclass(frozen=True, slots=True)
 class Polled:
     """A page and the wake-up version read before the database read that made it."""
@@ -378,8 +317,15 @@ class Polled:
     page: InboxPage
 
 
+async def poll_seen(session: AsyncSession, caller: Caller, after: str | None, limit: int) -> Polled:
+    """`poll`, with the inbox's wake-up version read before it (for `long_poll`'s `first`)."""
+    assert caller.agency_id is not None
+    seen = notify.board.version(caller.agency_id)
+    return Polled(seen, await poll(session, caller, after, limit))
+
+
 async def long_poll(
-    session_factory: SessionFactory,
+    session_factory: db.SessionFactory,
     caller: Caller,
     after: str | None,
     limit: int,
@@ -390,10 +336,10 @@ async def long_poll(
     """A page after the cursor; if it is empty, wait up to `wait_s` for a delivery and read again.
 
     The wait is on the inbox's wake-up (Redis pub/sub, or in-process), never a database loop,
-    and holds no thread. The version is read before each database read, so a delivery that
-    commits between the read and the wait ends the wait at once. `first`: the caller's own
-    first read (`poll_seen` or `poll_seen_async`, in the transaction that authenticated it);
-    later reads take their own short transaction (`_read`).
+    and holds neither a thread nor a connection. The version is read before each database
+    read, so a delivery that commits between the read and the wait ends the wait at once.
+    `first`: the caller's own first read (`poll_seen`, in the transaction that authenticated
+    it, already committed); each later read is a short transaction of its own.
     """
     agency = caller.agency_id
     assert agency is not None
@@ -402,7 +348,8 @@ async def long_poll(
     while True:
         if first is None:
             seen = notify.board.version(agency)
-            page = await _read(session_factory, caller, after, limit)
+            async with session_factory() as session:
+                page = await poll(session, caller, after, limit)
         else:
             seen, page, first = first.seen, first.page, None
         remaining = deadline - loop.time()
@@ -413,93 +360,50 @@ async def long_poll(
             return page
 
 
-def acknowledge(session: Session, caller: Caller, mid: uuid.UUID, ack_jws: str) -> AckOut:
+# --- acknowledgements -----------------------------------------------------------------------
+
+
+async def acknowledge(
+    session: AsyncSession, caller: Caller, mid: uuid.UUID, ack_jws: str
+) -> AckOut:
     """Verify and record the recipient's signed acknowledgement (idempotent).
 
     Each change is recorded once (`msg.acked`): `received`, then at most one final status
     (`decrypted` or `rejected` with its reason). The same acknowledgement again, or a late
     `received` after the final one, changes nothing and answers with what is recorded; a
-    different final status is a conflict. `acknowledge_async` is the same on PostgreSQL.
+    different final status is a conflict. Statements: the locked delivery, its UPDATE and the
+    event's INSERT (the registry comes with the token's query).
     """
     agency = caller.agency_id
     assert agency is not None
     kid = env.compact_kid(ack_jws, env.TYP_ACK)
-    payload = _verified_ack(registry.current(session).key(kid), kid, agency, mid, ack_jws)
-    found = repository.delivery_with_message(session, agency, mid, payload["envelope_sha256"])
-    if found is None or found[0].inbox_seq is None:  # not yet available is not in the inbox
-        raise NotFound(f"no message {mid} with that envelope in your inbox")
-    delivery, message = found
-    digest = sha256_b64u(ack_jws.encode())
-    status, reason = payload["status"], payload.get("reason")
-    if not _ack_changes(delivery, mid, status, reason, digest):
-        return _ack_out(delivery, message.mid)
-    now = utcnow()
-    if delivery.acked_at is None:  # the first acknowledgement, whatever its status
-        metrics.observe_after_commit(
-            session, metrics.ACCEPTED_TO_ACKNOWLEDGED, (now - message.received_at).total_seconds()
-        )
-    delivery.state, delivery.acked_at = "acknowledged", now
-    delivery.ack_status, delivery.ack_reason = status, reason
-    delivery.ack, delivery.ack_sha256 = ack_jws, digest
-    if delivery.fetched_at is None:
-        delivery.fetched_at = now
-    audit.record(
-        session,
-        "msg.acked",
-        actor=caller.actor,
-        subject=agency,
-        details=_acked_details(mid, message, agency, digest, status, reason, now),
-    )
-    jobs.after_commit(session, audit.SEQUENCE_JOB)
-    return _ack_out(delivery, message.mid)
-
-
-async def acknowledge_async(
-    scope: AsyncScope, caller: Caller, mid: uuid.UUID, ack_jws: str
-) -> AckOut:
-    """`acknowledge` on the async path (PostgreSQL): the same checks, answers and rows."""
-    agency = caller.agency_id
-    assert agency is not None
-    kid = env.compact_kid(ack_jws, env.TYP_ACK)
-    snap = await registry.current_async(scope)
+    snap = await registry.current(session)
     payload = _verified_ack(snap.key(kid), kid, agency, mid, ack_jws)
-    found = await repository.acked_delivery_async(
-        scope.conn, agency, mid, payload["envelope_sha256"]
-    )
-    if found is None or found.inbox_seq is None:
+    found = await repository.delivery_for_ack(session, agency, mid, payload["envelope_sha256"])
+    if found is None or found.inbox_seq is None:  # not yet available is not in the inbox
         raise NotFound(f"no message {mid} with that envelope in your inbox")
     digest = sha256_b64u(ack_jws.encode())
     status, reason = payload["status"], payload.get("reason")
     if not _ack_changes(found, mid, status, reason, digest):
-        return _ack_out(found, found.mid)
+        return _ack_out(found)
     now = utcnow()
-    await repository.record_ack_async(scope.conn, found.id, now, status, reason, ack_jws, digest)
-    await add_event_async(
-        scope.conn,
-        {
-            "id": new_id(),
-            "kind": "msg.acked",
-            "actor": caller.actor,
-            "subject": agency,
-            "details": _acked_details(mid, found, agency, digest, status, reason, now),
-            "created_at": utcnow(),
-            "leaf_index": None,
-        },
-    )
-    if found.acked_at is None:
-        delay = (now - found.received_at).total_seconds()
-        scope.after_commit(
-            "metric.acked", lambda: metrics.ACCEPTED_TO_ACKNOWLEDGED.observe(max(delay, 0.0))
+    if found.acked_at is None:  # the first acknowledgement, whatever its status
+        metrics.observe_after_commit(
+            session, metrics.ACCEPTED_TO_ACKNOWLEDGED, (now - found.received_at).total_seconds()
         )
-    scope.after_commit(audit.SEQUENCE_JOB, _wake_sequencer)
-    acked = dataclasses.replace(
-        found, ack_status=status, ack_reason=reason, acked_at=now, ack_sha256=digest
+    await repository.record_ack(session, found.id, now, status, reason, ack_jws, digest)
+    await audit.record(
+        session,
+        "msg.acked",
+        actor=caller.actor,
+        subject=agency,
+        details=_acked_details(mid, found, agency, digest, status, reason, now),
     )
-    return _ack_out(acked, found.mid)
-
-
-def _wake_sequencer() -> None:
-    jobs.wake(audit.SEQUENCE_JOB)
+    return _ack_out(
+        dataclasses.replace(
+            found, ack_status=status, ack_reason=reason, acked_at=now, ack_sha256=digest
+        )
+    )
 
 
 def _verified_ack(
@@ -520,7 +424,7 @@ def _verified_ack(
 
 
 def _ack_changes(
-    recorded: Any, mid: uuid.UUID, status: str, reason: str | None, digest: str
+    recorded: AckedDelivery, mid: uuid.UUID, status: str, reason: str | None, digest: str
 ) -> bool:
     """Whether this acknowledgement is a change to record (AckConflict if it contradicts one)."""
     if recorded.ack_sha256 == digest or (
@@ -536,7 +440,7 @@ def _ack_changes(
 
 def _acked_details(
     mid: uuid.UUID,
-    message: Any,
+    found: AckedDelivery,
     agency: str,
     digest: str,
     status: str,
@@ -545,28 +449,35 @@ def _acked_details(
 ) -> dict[str, Any]:
     return {
         "mid": str(mid),
-        "sender": message.sender,
+        "sender": found.sender,
         "recipient": agency,
         "ack_sha256": digest,
         "status": status,
         "reason": reason,
-        "agreement": message.agreement_id,
-        "delay_ms": epoch_ms(now) - epoch_ms(message.received_at),
+        "agreement": found.agreement_id,
+        "delay_ms": epoch_ms(now) - epoch_ms(found.received_at),
     }
 
 
-def _ack_out(delivery: Any, mid: uuid.UUID) -> AckOut:
+def _ack_out(acked: AckedDelivery) -> AckOut:
+    # Only ever called with an acknowledgement recorded (or just being recorded).
+    assert acked.ack_status is not None
+    assert acked.acked_at is not None
+    assert acked.ack_sha256 is not None
     return AckOut(
-        mid=mid,
-        recipient=delivery.recipient,
-        status=delivery.ack_status,
-        reason=delivery.ack_reason,
-        acked_at=delivery.acked_at,
-        ack_sha256=delivery.ack_sha256,
+        mid=acked.mid,
+        recipient=acked.recipient,
+        status=acked.ack_status,
+        reason=acked.ack_reason,
+        acked_at=acked.acked_at,
+        ack_sha256=acked.ack_sha256,
     )
 
 
-def overdue(session: Session, now: datetime | None = None) -> dict[str, int]:
+# --- deadlines ------------------------------------------------------------------------------
+
+
+async def overdue(session: AsyncSession, now: datetime | None = None) -> dict[str, int]:
     """Deliveries not acknowledged within their agreement's `ack_deadline`, per recipient.
 
     The same rule as the `overdue` flag of `GET /v1/messages/{mid}`: the deadline of the
@@ -577,11 +488,11 @@ def overdue(session: Session, now: datetime | None = None) -> dict[str, int]:
 
     now = now or utcnow()
     counts: dict[str, int] = defaultdict(int)
-    for version in agreements.current_versions(session):
+    for version in await agreements.current_versions(session):
         deadline = parse_duration(version.document.get("ack_deadline"))
         if deadline is None:
             continue
-        for recipient, count in repository.unacknowledged_since(
+        for recipient, count in await repository.unacknowledged_since(
             session, version.agreement_id, now - deadline
         ):
             counts[recipient] += int(count)

@@ -3,25 +3,30 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, ScalarSelect, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from broker.audit.models import AuditEvent, Checkpoint, LogLeaf
+from broker import db
+from broker.audit.models import AuditEvent, LogLeaf
+from broker.db import Base
 from broker.messages.models import Delivery, Message, Outbox
 
 # The message-flow actions that each have exactly one audit event.
 FLOW_KINDS = ("msg.accepted", "msg.rejected", "msg.delivered", "msg.fetched", "msg.acked")
 
 
-def snapshot(session: Session) -> None:
-    """Read everything that follows from one snapshot (PostgreSQL: REPEATABLE READ, read only)."""
-    if session.get_bind().dialect.name == "postgresql" and not session.in_transaction():
-        session.connection(
+async def snapshot(session: AsyncSession) -> None:
+    """Read everything that follows from one snapshot.
+
+    PostgreSQL: a REPEATABLE READ, read-only transaction (an isolation level SQLite does not
+    have; its transaction, taken with BEGIN IMMEDIATE, is one snapshot already).
+    """
+    if db.dialect_name() == "postgresql" and not session.in_transaction():
+        await session.connection(
             execution_options={"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
         )
 
@@ -58,7 +63,26 @@ class EventRow:
     leaf_index: int | None
 
 
-def messages(session: Session) -> list[MessageRow]:
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """What the relay and the sequencer still owe, and what the relay gave up on."""
+
+    queued_deliveries: int
+    pending_outbox: int
+    unsequenced_events: int
+    dead_outbox: int
+
+    def pending(self) -> dict[str, int]:
+        """The work still in flight (all zero when settled)."""
+        return {
+            "queued_deliveries": self.queued_deliveries,
+            "pending_outbox": self.pending_outbox,
+            "unsequenced_events": self.unsequenced_events,
+        }
+
+
+async def messages(session: AsyncSession) -> list[MessageRow]:
+    """Every stored message, with its routed recipients."""
     stmt = select(
         Message.id,
         Message.sender,
@@ -69,11 +93,12 @@ def messages(session: Session) -> list[MessageRow]:
     )
     return [
         MessageRow(id_, sender, str(mid), tuple(routing.get("recipients", ())), event, digest)
-        for id_, sender, mid, routing, event, digest in session.execute(stmt)
+        for id_, sender, mid, routing, event, digest in await session.execute(stmt)
     ]
 
 
-def deliveries(session: Session) -> list[DeliveryRow]:
+async def deliveries(session: AsyncSession) -> list[DeliveryRow]:
+    """Every inbox entry (queued ones too)."""
     stmt = select(
         Delivery.message_id,
         Delivery.recipient,
@@ -83,29 +108,11 @@ def deliveries(session: Session) -> list[DeliveryRow]:
         Delivery.acked_at,
         Delivery.ack_sha256,
     )
-    return [DeliveryRow(*row) for row in session.execute(stmt)]
+    return [DeliveryRow(*row) for row in await session.execute(stmt)]
 
 
-def flow_events(session: Session) -> list[EventRow]:
-    """The audit events of the message flow (accepted, rejected, delivered, fetched, acked)."""
-    stmt = select(
-        AuditEvent.id,
-        AuditEvent.kind,
-        AuditEvent.actor,
-        AuditEvent.subject,
-        AuditEvent.details,
-        AuditEvent.created_at,
-        AuditEvent.leaf_index,
-    ).where(AuditEvent.kind.in_(FLOW_KINDS))
-    return [EventRow(*row) for row in session.execute(stmt)]
-
-
-def event_indexes(session: Session) -> list[tuple[uuid.UUID, int | None]]:
-    """Every audit event's id and leaf index (null until sequenced)."""
-    return [(i, n) for i, n in session.execute(select(AuditEvent.id, AuditEvent.leaf_index))]
-
-
-def events_by_id(session: Session, ids: Sequence[uuid.UUID]) -> list[EventRow]:
+async def events(session: AsyncSession) -> list[EventRow]:
+    """Every audit event (sequenced or not)."""
     stmt = select(
         AuditEvent.id,
         AuditEvent.kind,
@@ -115,31 +122,31 @@ def events_by_id(session: Session, ids: Sequence[uuid.UUID]) -> list[EventRow]:
         AuditEvent.created_at,
         AuditEvent.leaf_index,
     )
-    out: list[EventRow] = []
-    for i in range(0, len(ids), 4000):
-        rows = session.execute(stmt.where(AuditEvent.id.in_(ids[i : i + 4000])))
-        out += [EventRow(*row) for row in rows]
-    return out
+    return [EventRow(*row) for row in await session.execute(stmt)]
 
 
-def leaves(session: Session) -> list[tuple[int, uuid.UUID, bytes]]:
+async def leaves(session: AsyncSession) -> list[tuple[int, uuid.UUID, bytes]]:
     """(index, event id, leaf bytes) of every stored leaf, in index order."""
     stmt = select(LogLeaf.index, LogLeaf.event_id, LogLeaf.leaf_bytes).order_by(LogLeaf.index)
-    return [(i, e, bytes(b)) for i, e, b in session.execute(stmt)]
+    return [(i, e, bytes(b)) for i, e, b in await session.execute(stmt)]
 
 
-def latest_checkpoint_size(session: Session) -> int | None:
-    return session.scalar(select(func.max(Checkpoint.size)))
+async def backlog(session: AsyncSession) -> Backlog:
+    """Queued deliveries, pending and dead `deliver` outbox rows, unsequenced events: one read.
 
+    Only `deliver` rows are the relay's work; push is optional and slow.
+    """
 
-def outbox_counts(session: Session) -> dict[str, int]:
-    """Pending and dead-lettered `deliver` rows (the relay's work; push is optional and slow)."""
-    pending = session.scalar(
-        select(func.count())
-        .select_from(Outbox)
-        .where(Outbox.topic == "deliver", Outbox.done_at.is_(None), Outbox.dead_at.is_(None))
+    def count(model: type[Base], *where: ColumnElement[bool]) -> ScalarSelect[int]:
+        return select(func.count()).select_from(model).where(*where).scalar_subquery()
+
+    stmt = select(
+        count(Delivery, Delivery.state == "queued"),
+        count(
+            Outbox, Outbox.topic == "deliver", Outbox.done_at.is_(None), Outbox.dead_at.is_(None)
+        ),
+        count(AuditEvent, AuditEvent.leaf_index.is_(None)),
+        count(Outbox, Outbox.dead_at.is_not(None)),
     )
-    dead = session.scalar(
-        select(func.count()).select_from(Outbox).where(Outbox.dead_at.is_not(None))
-    )
-    return {"pending": int(pending or 0), "dead": int(dead or 0)}
+    queued, outbox, unsequenced, dead = (await session.execute(stmt)).one()
+    return Backlog(int(queued), int(outbox), int(unsequenced), int(dead))

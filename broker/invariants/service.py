@@ -22,30 +22,27 @@ only reads: one REPEATABLE READ snapshot on PostgreSQL, and it never records its
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping
-from contextlib import AbstractContextManager
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from broker import keyring
+from broker import db
 from broker.audit import leaf, log, verify
 from broker.audit import repository as audit_repo
 from broker.audit.sequencer import epoch_ms
-from broker.errors import BrokerError
 from broker.invariants import repository
 from broker.invariants.repository import DeliveryRow, EventRow, MessageRow
 
 SETTLE_TIMEOUT_S = 120.0
 MAX_LISTED = 50  # violations listed per code; the count says how many there were
-
-SessionFactory = Callable[[], AbstractContextManager[Session]]
 
 
 @dataclass(frozen=True)
@@ -137,38 +134,31 @@ class Report:
         return "\n".join(lines)
 
 
-def pending(session: Session) -> dict[str, int]:
+async def pending(session: AsyncSession) -> dict[str, int]:
     """Work the relay and the sequencer still owe (all zero when settled)."""
-    outbox = repository.outbox_counts(session)
-    deliveries = repository.deliveries(session)
-    events = repository.event_indexes(session)
-    return {
-        "queued_deliveries": sum(d.state == "queued" for d in deliveries),
-        "pending_outbox": outbox["pending"],
-        "unsequenced_events": sum(index is None for _, index in events),
-    }
+    return (await repository.backlog(session)).pending()
 
 
-def check(
-    session: Session,
+async def check(
+    session: AsyncSession,
     history: History | None = None,
     *,
     log_key: str | None = None,
 ) -> Report:
     """Check every invariant on one snapshot of the database (read only)."""
-    repository.snapshot(session)
-    messages = repository.messages(session)
-    deliveries = repository.deliveries(session)
-    events = repository.events_by_id(session, [i for i, _ in repository.event_indexes(session)])
+    await repository.snapshot(session)
+    messages = await repository.messages(session)
+    deliveries = await repository.deliveries(session)
+    events = await repository.events(session)
     found: list[Violation] = []
     found += _inboxes(messages, deliveries)
     found += _flow_events(messages, deliveries, events)
     if history is not None:
         found += _history(messages, events, history)
-    found += _log(session, events, log_key)
-    outbox = repository.outbox_counts(session)
-    if outbox["dead"]:
-        found.append(Violation("outbox.dead", f"{outbox['dead']} outbox rows dead-lettered"))
+    found += await _log(session, events, log_key)
+    backlog = await repository.backlog(session)
+    if backlog.dead_outbox:
+        found.append(Violation("outbox.dead", f"{backlog.dead_outbox} outbox rows dead-lettered"))
     kinds = Counter(e.kind for e in events)
     counts = {
         "messages": len(messages),
@@ -177,23 +167,18 @@ def check(
         **{kind.removeprefix("msg."): kinds[kind] for kind in repository.FLOW_KINDS},
         "leaves": sum(e.leaf_index is not None for e in events),
     }
-    waiting = {
-        "queued_deliveries": sum(d.state == "queued" for d in deliveries),
-        "pending_outbox": outbox["pending"],
-        "unsequenced_events": counts["events"] - counts["leaves"],
-    }
-    return Report(counts=counts, pending=waiting, violations=found)
+    return Report(counts=counts, pending=backlog.pending(), violations=found)
 
 
-def wait_settled(
-    session_factory: SessionFactory,
+async def wait_settled(
+    session_factory: db.SessionFactory,
     history: History | None = None,
     *,
     timeout_s: float = SETTLE_TIMEOUT_S,
     every_s: float = 0.5,
     log_key: str | None = None,
     clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> Report:
     """Wait until the broker has caught up, then check; unsettled after `timeout_s` fails.
 
@@ -201,28 +186,32 @@ def wait_settled(
     """
     start = clock()
     attempts = 0
-    last_error = "never reached the database"
     while True:
         attempts += 1
         try:
-            with session_factory() as session:
-                repository.snapshot(session)
-                settled = not any(pending(session).values())
+            async with session_factory() as session:
+                settled = not any((await pending(session)).values())
             if settled or clock() - start >= timeout_s:
-                with session_factory() as session:
-                    report = check(session, history, log_key=log_key)
+                async with session_factory() as session:
+                    report = await check(session, history, log_key=log_key)
                 if report.settled or clock() - start >= timeout_s:
                     report.waited_s, report.attempts = clock() - start, attempts
                     if not report.settled:
                         report.violations.append(_unsettled(report, timeout_s))
                     return report
-        except DBAPIError as exc:
-            last_error = f"{type(exc).__name__}: {str(exc.orig or exc).splitlines()[0]}"
+        # asyncpg raises OSError itself when it cannot connect at all (server down).
+        except (DBAPIError, OSError) as exc:
             if clock() - start >= timeout_s:
                 raise TimeoutError(
-                    f"the database did not answer within {timeout_s:.0f} s ({last_error})"
+                    f"the database did not answer within {timeout_s:.0f} s ({_reason(exc)})"
                 ) from exc
-        sleep(every_s)
+        await sleep(every_s)
+
+
+def _reason(exc: Exception) -> str:
+    orig = exc.orig if isinstance(exc, DBAPIError) else None
+    lines = str(orig or exc).splitlines() or [""]
+    return f"{type(exc).__name__}: {lines[0]}"
 
 
 def _unsettled(report: Report, timeout_s: float) -> Violation:
@@ -391,13 +380,15 @@ def _history(
 # --- the log (I6) ----------------------------------------------------------------------------
 
 
-def _log(session: Session, events: list[EventRow], log_key: str | None) -> list[Violation]:
+async def _log(
+    session: AsyncSession, events: list[EventRow], log_key: str | None
+) -> list[Violation]:
     found: list[Violation] = []
     by_index = {e.leaf_index: e for e in events if e.leaf_index is not None}
     indexes = sorted(by_index)
     if indexes != list(range(len(indexes))):
         found.append(Violation("log.index", f"event leaf indexes are not 0..{len(indexes) - 1}"))
-    stored = repository.leaves(session)
+    stored = await repository.leaves(session)
     if [i for i, _, _ in stored] != list(range(len(stored))):
         found.append(Violation("log.index", f"stored leaves are not 0..{len(stored) - 1}"))
     if len(stored) != len(indexes):
@@ -419,68 +410,18 @@ def _log(session: Session, events: list[EventRow], log_key: str | None) -> list[
         )
         if data != expected:
             found.append(Violation("log.leaf", f"leaf {index} differs from its event ({e.kind})"))
-    size = repository.latest_checkpoint_size(session)
+    size = await audit_repo.latest_size(session)
     if stored and size != len(stored):
         found.append(
             Violation("log.checkpoint", f"latest checkpoint size {size}, {len(stored)} leaves")
         )
     if stored and size:
         try:
-            verify.verify_log(
-                "stored:",
-                None,
-                log_key or keyring.load_or_create().log_verifier_key,
-                full=True,
-                http=StoredLog(session),
-            )
+            # The offline verifier's own checks, on the stored log (it records nothing).
+            await log.verify_stored(session, log_key, full=True)
         except verify.VerifyError as exc:
             found.append(Violation("log.verify", f"{exc.code}: {exc}"))
     return found
-
-
-@dataclass
-class _Answer:
-    status_code: int
-    text: str
-    headers: Mapping[str, str] = field(default_factory=dict)
-
-    def json(self) -> Any:
-        return json.loads(self.text)
-
-
-class StoredLog:
-    """`verify.HttpClient` over the stored log: the verifier's own checks, no HTTP, no audit."""
-
-    def __init__(self, session: Session) -> None:
-        self.session = session
-
-    def get(self, url: str, *, params: Any = None, headers: Any = None) -> _Answer:
-        """Answer the /v1/log routes the full verifier reads, as the API would."""
-        p = dict(params or {})
-        s = self.session
-        try:
-            if url == "/v1/log/checkpoint":
-                return _Answer(200, log.latest(s).note)
-            if url == "/v1/log/leaves":
-                stop = min(int(p["end"]), log.latest(s).size)
-                rows = audit_repo.leaves(
-                    s, start=int(p["start"]), end=stop, limit=int(p["limit"]), agencies=None
-                )
-                items = [{"index": i, "leaf": log.b64(d), "hash": log.b64(h)} for i, d, h in rows]
-                return _Answer(200, json.dumps({"start": int(p["start"]), "leaves": items}))
-            if url == "/v1/log/nodes":
-                page = log.nodes(s, level=int(p["level"]), start=int(p["start"]), end=p.get("end"))
-                return _Answer(200, page.model_dump_json())
-            if url == "/v1/log/proof/consistency":
-                proof = log.consistency(s, int(p["from"]), int(p["to"]))
-                return _Answer(200, proof.model_dump_json())
-            if url == "/v1/log/proof/inclusion":
-                inclusion = log.inclusion(s, int(p["index"]), int(p["size"]))
-                return _Answer(200, inclusion.model_dump_json())
-        except BrokerError as exc:
-            body = json.dumps({"code": exc.code, "detail": exc.detail})
-            return _Answer(exc.status_code, body)
-        return _Answer(404, json.dumps({"code": "not_found", "detail": url}))
 
 
 def mid_of(value: str | uuid.UUID) -> str:

@@ -52,7 +52,7 @@ class Message(Base):
     __table_args__ = (
         UniqueConstraint("sender", "mid", name="uq_messages_sender_mid"),
         CheckConstraint("kind in ('alert', 'feedback')", name="kind"),
-        # Feedback names its alert by mid alone (`received_alerts_async`).
+        # Feedback names its alert by mid alone (`repository.received_alerts`).
         Index("ix_messages_mid", "mid"),
         # PostgreSQL: a row with an envelope of up to ~7 KB stays in the table, uncompressed:
         # ciphertext does not compress, and TOAST would try, then write a second table.
@@ -100,6 +100,11 @@ class InboxCounter(Base):
 
     agency_id: Mapped[str] = mapped_column(ForeignKey("agencies.id"), primary_key=True)
     next_seq: Mapped[int] = mapped_column(BigInteger, default=1)
+
+
+# Outbox topics (see `Outbox`).
+OUTBOX_DELIVER = "deliver"
+OUTBOX_PUSH = "push"
 
 
 class Outbox(Base):

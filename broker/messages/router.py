@@ -6,18 +6,14 @@ import uuid
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from sqlalchemy.orm import Session
 
 from broker import db
 from broker.deps import (
     FocalPointCaller,
-    FocalPointInThread,
     PartyCaller,
     SessionDep,
     json_body,
     problem_response,
-    run_in_session,
-    run_in_transaction,
 )
 from broker.errors import Forbidden, NotFound, error_responses
 from broker.faults import crash_point
@@ -41,7 +37,8 @@ _SUBMIT_ERRORS = (
 
 
 # The body is parsed in the route, after authentication (see `submit`), and the header is
-# read there too (FastAPI's header parameter cost 10 % of a submit's CPU): documented here.
+# read there too (a FastAPI header parameter costs a visible share of a submit's CPU): both
+# are documented here.
 _SUBMIT_DOC = {
     "parameters": [
         {
@@ -75,37 +72,19 @@ _IDEMPOTENCY_KEY = b"idempotency-key"
     },
     openapi_extra=_SUBMIT_DOC,
 )
-async def submit(request: Request, gate: FocalPointInThread) -> Response:
+async def submit(request: Request, caller: FocalPointCaller, session: SessionDep) -> Response:
     """Submit a signed, encrypted envelope; the answer carries the broker's signed receipt.
 
-    The hot path. On PostgreSQL, authentication, body validation and the service run on the
-    event loop with one async connection and transaction (`deps.run_in_transaction`): no
-    worker thread at all. On SQLite they run in one worker thread and one transaction with
-    the sync service, instead of one threadpool hop per sync dependency (ARCHITECTURE
-    decision 9, measured in docs/performance.md). Same checks, same order, same rows.
+    The body is parsed here, after the role gate, so that 401/403/429 come before 422. The
+    answer is sent after the commit (a refusal's audit event is committed with it).
     """
     body = await request.body()
     idempotency_key = next(
         (v.decode("latin-1") for k, v in request.scope["headers"] if k == _IDEMPOTENCY_KEY), None
     )
-
-    if db.async_enabled():
-
-        async def work_async(scope: db.AsyncScope) -> service.Outcome:
-            caller = await gate.admit_async(request, scope)
-            data = json_body(SubmitIn, request, body)
-            return await service.submit_async(scope, caller, data.envelope, idempotency_key)
-
-        outcome = await run_in_transaction(work_async)
-    else:
-
-        def work(session: Session) -> service.Outcome:
-            caller = gate.admit(request, session)
-            data = json_body(SubmitIn, request, body)
-            return service.submit(session, caller, data.envelope, idempotency_key)
-
-        outcome = await run_in_session(work)  # committed, refusals' audit events included
-    crash_point("submit.after_commit")
+    data = json_body(SubmitIn, request, body)
+    outcome = await service.submit(session, caller, data.envelope, idempotency_key)
+    db.after_commit(session, _AFTER_COMMIT, _crash_after_commit)
     if outcome.refusal is not None:
         return problem_response(request, outcome.refusal)
     assert outcome.receipt is not None
@@ -117,13 +96,20 @@ async def submit(request: Request, gate: FocalPointInThread) -> Response:
     )
 
 
+_AFTER_COMMIT = "submit.after_commit"
+
+
+def _crash_after_commit() -> None:
+    crash_point(_AFTER_COMMIT)
+
+
 @router.post("/messages:check", responses=error_responses(Forbidden))
-def check(data: CheckIn, caller: FocalPointCaller, session: SessionDep) -> CheckOut:
+async def check(data: CheckIn, caller: FocalPointCaller, session: SessionDep) -> CheckOut:
     """Dry-run the scope decision for a routing header, and learn each recipient's key."""
-    return service.check(session, caller, data.routing)
+    return await service.check(session, caller, data.routing)
 
 
 @router.get("/messages/{mid}", responses=error_responses(Forbidden, NotFound))
-def status(mid: uuid.UUID, caller: PartyCaller, session: SessionDep) -> MessageStatus:
+async def status(mid: uuid.UUID, caller: PartyCaller, session: SessionDep) -> MessageStatus:
     """Delivery and acknowledgement state per recipient (the sender agency only)."""
-    return service.status(session, caller, mid)
+    return await service.status(session, caller, mid)

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.ext.asyncio import AsyncSession
 
 import schemas
 from broker import jobs, keyring
@@ -26,7 +26,6 @@ from broker.config import settings
 from broker.crypto import envelope as env
 from broker.crypto.errors import CryptoError
 from broker.crypto.keys import sha256_b64u
-from broker.db import AsyncScope
 from broker.errors import BrokerError, FieldProblem, NotFound, error
 from broker.faults import crash_point
 from broker.ids import epoch_ms, new_id, utcnow
@@ -114,14 +113,9 @@ def _check_time(routing: dict[str, Any], now: datetime) -> None:
         raise BadExpiry(f"exp must be after now and at most {MAX_TTL_S} s after iat")
 
 
-def _check_feedback(session: Session, routing: dict[str, Any]) -> None:
+async def _check_feedback(session: AsyncSession, routing: dict[str, Any]) -> None:
     alert_mid = uuid.UUID(routing["in_reply_to"])
-    received = [
-        (m.sender, m.agreement_id)
-        for m, _ in repository.received_by(session, routing["sender"], alert_mid)
-        if m.kind == "alert"
-    ]
-    _feedback_rule(routing, received)
+    _feedback_rule(routing, await repository.received_alerts(session, routing["sender"], alert_mid))
 
 
 def _feedback_rule(routing: dict[str, Any], received: list[tuple[str, str]]) -> None:
@@ -162,61 +156,26 @@ def _receipt(message: repository.Accepted) -> Receipt:
     )
 
 
-def submit(session: Session, caller: Caller, envelope: str, idempotency_key: str | None) -> Outcome:
+async def submit(
+    session: AsyncSession, caller: Caller, envelope: str, idempotency_key: str | None
+) -> Outcome:
     """Verify, check scope, store and enqueue one envelope; record any refusal."""
     now = utcnow()
     digest = sha256_b64u(envelope.encode("utf-8"))
     verified: dict[str, Any] = {}
     try:
-        return _accept(session, caller, envelope, idempotency_key, now, digest, verified)
+        return await _accept(session, caller, envelope, idempotency_key, now, digest, verified)
     except (CryptoError, BrokerError) as exc:
         refusal = _refusal(exc)
-    session.rollback()  # nothing of the refused submit may persist except its audit event
-    audit.record(
+    await session.rollback()  # nothing of the refused submit may persist except its audit event
+    await audit.record(
         session,
         "msg.rejected",
         actor=caller.actor,
         subject=verified.get("sender"),
         details=_refusal_details(refusal, digest, verified),
     )
-    jobs.after_commit(session, "log.sequence")
     return Outcome(status=refusal.status_code, refusal=refusal)
-
-
-async def submit_async(
-    scope: AsyncScope, caller: Caller, envelope: str, idempotency_key: str | None
-) -> Outcome:
-    """`submit` on the async path (PostgreSQL): the same steps, rules, refusals and rows."""
-    now = utcnow()
-    digest = sha256_b64u(envelope.encode("utf-8"))
-    verified: dict[str, Any] = {}
-    try:
-        return await _accept_async(scope, caller, envelope, idempotency_key, now, digest, verified)
-    except (CryptoError, BrokerError) as exc:
-        refusal = _refusal(exc)
-    await scope.rollback()  # nothing of the refused submit may persist except its audit event
-    await repository.add_event_async(
-        scope.conn,
-        {
-            "id": new_id(),
-            "kind": "msg.rejected",
-            "actor": caller.actor,
-            "subject": verified.get("sender"),
-            "details": _refusal_details(refusal, digest, verified),
-            "created_at": utcnow(),
-            "leaf_index": None,
-        },
-    )
-    scope.after_commit("log.sequence", _wake_sequencer)
-    return Outcome(status=refusal.status_code, refusal=refusal)
-
-
-def _wake_sequencer() -> None:
-    jobs.wake("log.sequence")
-
-
-def _wake_relay() -> None:
-    jobs.wake("outbox.relay")
 
 
 def _refusal(exc: CryptoError | BrokerError) -> BrokerError:
@@ -299,8 +258,8 @@ def _check_jwe(snap: Snapshot, v: _Verified, now: datetime) -> None:
     env.check_jwe_structure(v.jwe, _recipient_keys(snap, v.routing["recipients"], now))
 
 
-def _accept(
-    session: Session,
+async def _accept(
+    session: AsyncSession,
     caller: Caller,
     envelope: str,
     idempotency_key: str | None,
@@ -311,12 +270,13 @@ def _accept(
     cfg = settings()
     # 1-2. Limits and header, before any lookup.
     token = env.split_outer(envelope, cfg.max_envelope_bytes)
-    # The registry as of now (one short query while it is unchanged): keys, scope.
-    snap = registry.current(session)
+    # The registry as of now (no query while it is unchanged): keys, scope.
+    snap = await registry.current(session)
     v = _verify(snap, caller, token, idempotency_key, now, verified)
     routing, sender = v.routing, v.routing["sender"]
-    # 7. Idempotency and replay: (sender, mid) is unique forever.
-    locked, existing = repository.lock_and_find(session, sender, v.mid)
+    # 7. Idempotency and replay: (sender, mid) is unique forever. On PostgreSQL this
+    # transaction holds the (sender, mid) lock from here until it ends.
+    locked, existing = await repository.lock_and_find(session, sender, v.mid)
     if not locked:
         raise _in_flight(v.mid)
     if existing is not None:
@@ -324,67 +284,23 @@ def _accept(
     # 8-9. Time window; scope, against the agreement version in force.
     policy_sha256 = _time_and_scope(snap, routing, now)
     if routing["kind"] == "feedback":
-        _check_feedback(session, routing)
+        await _check_feedback(session, routing)
     # 10. The JWE.
     _check_jwe(snap, v, now)
     # 11. Accept: one transaction for message, deliveries, audit event and outbox.
     message, event, receipt = _rows(caller, envelope, v, digest, policy_sha256, now)
     try:
-        repository.add_accepted(session, message, routing["recipients"], event)
+        await repository.add_accepted(session, message, routing["recipients"])
     except IntegrityError:
         # The same (sender, mid) committed after our look-up's snapshot: answer as step 7 would.
-        session.rollback()
-        existing = repository.accepted(session, sender, v.mid)
+        await session.rollback()
+        existing = await repository.accepted(session, sender, v.mid)
         if existing is None:
             raise
         return _replay(existing, sender, v.mid, digest)
+    await audit.record_many(session, [event])  # and the sequencer runs after the commit
     crash_point("submit.before_commit")
-    jobs.after_commit(session, "outbox.relay")
-    jobs.after_commit(session, "log.sequence")
-    return Outcome(status=201, receipt=receipt)
-
-
-async def _accept_async(
-    scope: AsyncScope,
-    caller: Caller,
-    envelope: str,
-    idempotency_key: str | None,
-    now: datetime,
-    digest: str,
-    verified: dict[str, Any],
-) -> Outcome:
-    """`_accept`, step for step, on the async connection."""
-    cfg = settings()
-    token = env.split_outer(envelope, cfg.max_envelope_bytes)
-    snap = await registry.current_async(scope)
-    v = _verify(snap, caller, token, idempotency_key, now, verified)
-    routing, sender = v.routing, v.routing["sender"]
-    locked, existing = await repository.lock_and_find_async(scope.conn, sender, v.mid)
-    if not locked:
-        raise _in_flight(v.mid)
-    if existing is not None:
-        return _replay(existing, sender, v.mid, digest)
-    # On the event loop: `decide` is pure and takes tens of microseconds, less than a hop to
-    # a worker thread. This transaction holds the (sender, mid) lock until it ends.
-    policy_sha256 = _time_and_scope(snap, routing, now)
-    if routing["kind"] == "feedback":
-        alert_mid = uuid.UUID(routing["in_reply_to"])
-        _feedback_rule(
-            routing, await repository.received_alerts_async(scope.conn, sender, alert_mid)
-        )
-    _check_jwe(snap, v, now)
-    message, event, receipt = _rows(caller, envelope, v, digest, policy_sha256, now)
-    try:
-        await repository.add_accepted_async(scope, message, routing["recipients"], event)
-    except IntegrityError:
-        await scope.rollback()
-        existing = await repository.accepted_async(scope.conn, sender, v.mid)
-        if existing is None:
-            raise
-        return _replay(existing, sender, v.mid, digest)
-    crash_point("submit.before_commit")
-    scope.after_commit("outbox.relay", _wake_relay)
-    scope.after_commit("log.sequence", _wake_sequencer)
+    jobs.after_commit(session, jobs.RELAY)
     return Outcome(status=201, receipt=receipt)
 
 
@@ -408,25 +324,9 @@ def _rows(
     digest: str,
     policy_sha256: str,
     now: datetime,
-) -> tuple[dict[str, Any], dict[str, Any], Receipt]:
-    """The message row, its `msg.accepted` event and the signed receipt (both paths)."""
+) -> tuple[repository.NewMessage, audit.NewEvent, Receipt]:
+    """The message row, its `msg.accepted` event and the signed receipt."""
     routing, kid, mid = v.routing, v.kid, v.mid
-    keys = keyring.load_or_create()
-    message_id, event_id = new_id(), new_id()
-    receipt = env.sign_compact(
-        {
-            "v": 1,
-            "mid": str(mid),
-            "sender": routing["sender"],
-            "envelope_sha256": digest,
-            "accepted_at": epoch_ms(now),
-            "event_id": str(event_id),
-            "log_origin": keys.log_origin,
-            "max_merge_delay_ms": MAX_MERGE_DELAY_MS,
-        },
-        keys.receipt,
-        env.TYP_RECEIPT,
-    )
     details = {
         "mid": str(mid),
         "kind": routing["kind"],
@@ -450,37 +350,46 @@ def _rows(
                 if k in routing
             }
         )
-    message = {
-        "id": message_id,
-        "sender": routing["sender"],
-        "mid": mid,
-        "kind": routing["kind"],
-        "sender_fp": routing["sender_fp"],
-        "sender_kid": kid,
-        "agreement_id": routing["agreement"],
-        "operation_id": routing["operation"],
-        "offence": routing["offence"],
-        "handling": routing["handling"],
-        "routing": routing,
-        "in_reply_to": uuid.UUID(routing["in_reply_to"]) if routing.get("in_reply_to") else None,
-        "envelope": envelope,
-        "envelope_sha256": digest,
-        "policy_sha256": policy_sha256,
-        "receipt": receipt,
-        "event_id": event_id,
-        "iat": routing["iat"],
-        "exp": routing["exp"],
-        "received_at": now,
-    }
-    event = {
-        "id": event_id,
-        "kind": "msg.accepted",
-        "actor": caller.actor,
-        "subject": routing["sender"],
-        "details": details,
-        "created_at": now,
-        "leaf_index": None,
-    }
+    event = audit.event(
+        "msg.accepted", actor=caller.actor, subject=routing["sender"], details=details, at=now
+    )
+    keys = keyring.load_or_create()
+    receipt = env.sign_compact(
+        {
+            "v": 1,
+            "mid": str(mid),
+            "sender": routing["sender"],
+            "envelope_sha256": digest,
+            "accepted_at": epoch_ms(now),
+            "event_id": str(event.id),
+            "log_origin": keys.log_origin,
+            "max_merge_delay_ms": MAX_MERGE_DELAY_MS,
+        },
+        keys.receipt,
+        env.TYP_RECEIPT,
+    )
+    message = repository.NewMessage(
+        id=new_id(),
+        sender=routing["sender"],
+        mid=mid,
+        kind=routing["kind"],
+        sender_fp=routing["sender_fp"],
+        sender_kid=kid,
+        agreement_id=routing["agreement"],
+        operation_id=routing["operation"],
+        offence=routing["offence"],
+        handling=routing["handling"],
+        routing=routing,
+        in_reply_to=uuid.UUID(routing["in_reply_to"]) if routing.get("in_reply_to") else None,
+        envelope=envelope,
+        envelope_sha256=digest,
+        policy_sha256=policy_sha256,
+        receipt=receipt,
+        event_id=event.id,
+        iat=routing["iat"],
+        exp=routing["exp"],
+        received_at=now,
+    )
     return (
         message,
         event,
@@ -489,13 +398,13 @@ def _rows(
             receipt=receipt,
             envelope_sha256=digest,
             accepted_at=now,
-            event_id=event_id,
+            event_id=event.id,
             log_index=None,
         ),
     )
 
 
-def check(session: Session, caller: Caller, routing: dict[str, Any]) -> CheckOut:
+async def check(session: AsyncSession, caller: Caller, routing: dict[str, Any]) -> CheckOut:
     """Dry run of the scope decision for a routing header, before the officer encrypts."""
     now = utcnow()
     try:
@@ -507,10 +416,10 @@ def check(session: Session, caller: Caller, routing: dict[str, Any]) -> CheckOut
             raise NotTheSigner(
                 f"you are {caller.focal_point_id}; routing names {routing['sender_fp']}"
             )
-        snap = registry.current(session)
+        snap = await registry.current(session)
         policy_sha256 = _decide(snap, routing, now)
         if routing["kind"] == "feedback":
-            _check_feedback(session, routing)
+            await _check_feedback(session, routing)
         keys = _recipient_keys(snap, routing["recipients"], now)
     except BrokerError as exc:
         return CheckOut(decision="reject", code=exc.code, detail=exc.detail)
@@ -518,14 +427,16 @@ def check(session: Session, caller: Caller, routing: dict[str, Any]) -> CheckOut
     return CheckOut(decision="accept", policy_sha256=policy_sha256, recipient_keys=newest)
 
 
-def status(session: Session, caller: Caller, mid: uuid.UUID) -> MessageStatus:
+async def status(session: AsyncSession, caller: Caller, mid: uuid.UUID) -> MessageStatus:
     """Delivery and acknowledgement per recipient; only the sender agency may look."""
     if caller.agency_id is None:
         raise NotFound(f"no message {mid}")
-    message = repository.by_sender_mid(session, caller.agency_id, mid)
+    message = await repository.by_sender_mid(session, caller.agency_id, mid)
     if message is None:
         raise NotFound(f"no message {mid}")
-    deadline = _ack_deadline(session, message)
+    deadline = await _ack_deadline(session, message)
+    deliveries = await repository.deliveries_of(session, message.id)
+    log_index = await repository.leaf_index(session, message.event_id)
     now = utcnow()
     return MessageStatus(
         mid=message.mid,
@@ -537,7 +448,7 @@ def status(session: Session, caller: Caller, mid: uuid.UUID) -> MessageStatus:
         offence=message.offence,
         received_at=message.received_at,
         envelope_sha256=message.envelope_sha256,
-        log_index=repository.leaf_index(session, message.event_id),
+        log_index=log_index,
         deliveries=[
             DeliveryStatus(
                 recipient=d.recipient,
@@ -551,15 +462,15 @@ def status(session: Session, caller: Caller, mid: uuid.UUID) -> MessageStatus:
                 and deadline is not None
                 and now > message.received_at + deadline,
             )
-            for d in repository.deliveries_of(session, message.id)
+            for d in deliveries
         ],
     )
 
 
-def _ack_deadline(session: Session, message: Message) -> timedelta | None:
+async def _ack_deadline(session: AsyncSession, message: Message) -> timedelta | None:
     from broker.agreements import repository as agreement_repo
 
-    version = agreement_repo.current_version(session, message.agreement_id)
+    version = await agreement_repo.current_version(session, message.agreement_id)
     return parse_duration(version.document.get("ack_deadline")) if version else None
 
 

@@ -12,8 +12,6 @@ from broker.db import Base
 from broker.ids import new_id, utcnow
 
 ATTEMPT_STATUSES = ("sending", "delivered", "retry", "failed", "dead", "lost")
-TOPIC = "push"  # outbox topic: ref = delivery id
-JOB = "push.deliver"  # the task and ticker job that drains it
 
 
 class PushEndpoint(Base):

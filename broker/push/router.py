@@ -16,15 +16,17 @@ admin = APIRouter(prefix="/v1/admin", tags=["admin: push delivery"])
     "/agencies/{agency_id}/push",
     responses=error_responses(Forbidden, NotFound, service.BadPushUrl, InvalidRequest),
 )
-def set_push_endpoint(
+async def set_push_endpoint(
     agency_id: str, data: PushEndpointIn, caller: AdminCaller, session: SessionDep
 ) -> PushEndpointOut:
     """Register, change, enable or disable where the broker POSTs the agency's deliveries."""
-    endpoint = service.set_endpoint(session, agency_id, data, actor=caller.actor)
+    endpoint = await service.set_endpoint(session, agency_id, data, actor=caller.actor)
     return PushEndpointOut.model_validate(endpoint)
 
 
 @admin.get("/agencies/{agency_id}/push", responses=error_responses(Forbidden, NotFound))
-def get_push_endpoint(agency_id: str, caller: AdminCaller, session: SessionDep) -> PushEndpointOut:
+async def get_push_endpoint(
+    agency_id: str, caller: AdminCaller, session: SessionDep
+) -> PushEndpointOut:
     """The agency's push endpoint."""
-    return PushEndpointOut.model_validate(service.get_endpoint(session, agency_id))
+    return PushEndpointOut.model_validate(await service.get_endpoint(session, agency_id))

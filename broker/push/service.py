@@ -25,22 +25,20 @@ partner deduplicates on `(sender, mid)`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import time
 import uuid
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx2
-from sqlalchemy.orm import Session
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from broker import jobs, keyring
+from broker import db, jobs, keyring
 from broker.agencies import repository as agencies
 from broker.audit import service as audit
 from broker.config import Environment, settings
@@ -48,11 +46,12 @@ from broker.crypto import envelope as env
 from broker.crypto.keys import sha256_b64u
 from broker.errors import FieldProblem, NotFound, error
 from broker.faults import crash_point
-from broker.ids import epoch_ms, rfc3339, utcnow
+from broker.ids import epoch_ms, new_id, rfc3339, utcnow
 from broker.inbox import repository as outbox
 from broker.logging import get_logger
+from broker.messages.models import OUTBOX_PUSH
 from broker.push import repository
-from broker.push.models import JOB, TOPIC, PushEndpoint
+from broker.push.models import PushEndpoint
 from broker.push.schemas import PushEndpointIn, Redelivery
 
 _log = get_logger("broker.push")
@@ -60,11 +59,9 @@ _log = get_logger("broker.push")
 TYP_PUSH = "broker-push+jws"
 SIGNATURE_HEADER = "Broker-Signature"
 BATCH = 20
-PARALLEL = 8
+PARALLEL = 8  # POSTs (each followed by its own short transaction) in flight at once
 RUN_BUDGET_S = 30.0  # a run stops claiming after this; well under the task visibility timeout
 RETRYABLE_4XX = frozenset({408, 429})
-
-SessionFactory = Callable[[], AbstractContextManager[Session]]
 
 BadPushUrl = error("push.bad_url", 422, "Push endpoint URL refused")
 PushNotConfigured = error("push.not_configured", 409, "The agency has no enabled push endpoint")
@@ -98,15 +95,15 @@ def check_url(url: str) -> None:
         raise BadPushUrl(problem, errors=[FieldProblem(pointer="/url", detail=problem)])
 
 
-def set_endpoint(
-    session: Session, agency_id: str, data: PushEndpointIn, *, actor: str
+async def set_endpoint(
+    session: AsyncSession, agency_id: str, data: PushEndpointIn, *, actor: str
 ) -> PushEndpoint:
     """Register, change, enable or disable an agency's push endpoint."""
-    if agencies.agency(session, agency_id) is None:
+    if await agencies.agency(session, agency_id) is None:
         raise NotFound(f"no agency {agency_id!r}")
     check_url(data.url)
     now = utcnow()
-    found = repository.endpoint(session, agency_id)
+    found = await repository.endpoint(session, agency_id)
     if found is None:
         found = PushEndpoint(
             agency_id=agency_id, url=data.url, enabled=data.enabled, created_at=now, updated_at=now
@@ -114,8 +111,8 @@ def set_endpoint(
         session.add(found)
     else:
         found.url, found.enabled, found.updated_at = data.url, data.enabled, now
-    session.flush()
-    audit.record(
+    await session.flush()
+    await audit.record(
         session,
         "push.endpoint_set",
         actor=actor,
@@ -129,8 +126,8 @@ def set_endpoint(
     return found
 
 
-def get_endpoint(session: Session, agency_id: str) -> PushEndpoint:
-    found = repository.endpoint(session, agency_id)
+async def get_endpoint(session: AsyncSession, agency_id: str) -> PushEndpoint:
+    found = await repository.endpoint(session, agency_id)
     if found is None:
         raise NotFound(f"no push endpoint for {agency_id!r}")
     return found
@@ -214,70 +211,85 @@ class _Lost:
     seq: int | None
 
 
-def claim(session: Session, *, limit: int = BATCH) -> list[Claim]:
+async def claim(session: AsyncSession, *, limit: int = BATCH) -> list[Claim]:
     """Lease due pushes: count the attempt and record it as `sending` before any POST."""
     cfg = settings()
     now = utcnow()
-    rows = outbox.claim_outbox(session, TOPIC, limit, now)
+    rows = await outbox.claim_outbox(session, OUTBOX_PUSH, limit, now)
     if not rows:
         return []
-    for lost in repository.mark_lost(session, [r.id for r in rows], now):
-        audit.record(
+    lost = await repository.mark_lost(session, [r.id for r in rows], now)
+    if lost:
+        await audit.record_many(
             session,
-            "msg.pushed",
-            actor="broker:push",
-            subject=lost.agency_id,
-            details=_event(
-                _Lost(lost.mid, lost.sender, lost.agency_id, lost.inbox_seq),
-                "lost",
-                attempt=lost.attempt,
-                http_status=None,
-            ),
+            [
+                audit.event(
+                    "msg.pushed",
+                    actor="broker:push",
+                    subject=row.agency_id,
+                    details=_event(
+                        _Lost(row.mid, row.sender, row.agency_id, row.inbox_seq),
+                        "lost",
+                        attempt=row.attempt,
+                        http_status=None,
+                    ),
+                )
+                for row in lost
+            ],
         )
     used_up = [r.id for r in rows if r.attempts >= cfg.push_max_attempts]
-    outbox.dead_letter(session, used_up, now, f"gave up after {cfg.push_max_attempts} attempts")
+    await outbox.dead_letter(
+        session, used_up, now, f"gave up after {cfg.push_max_attempts} attempts"
+    )
     live = [r for r in rows if r.attempts < cfg.push_max_attempts]
-    found = repository.targets(session, [r.ref for r in live])
+    found = await repository.targets(session, [r.ref for r in live])
     gone = [r.id for r in live if r.ref not in found]  # endpoint disabled or removed since
-    outbox.mark_outbox_done(session, gone, now)
+    await outbox.mark_outbox_done(session, gone, now)
     live = [r for r in live if r.ref in found]
-    outbox.lease_outbox(session, [r.id for r in live], now + _lease())
-    claims = []
-    for r in live:
-        t = found[r.ref]
-        attempt_id = repository.add_attempt(
-            session,
+    await outbox.lease_outbox(session, [r.id for r in live], now + _lease())
+    claims = [
+        Claim(
             outbox_id=r.id,
-            delivery_id=r.ref,
-            agency_id=t.recipient,
+            attempt_id=new_id(),
             attempt=r.attempts + 1,
-            now=now,
+            delivery_id=r.ref,
+            recipient=t.recipient,
+            url=t.url,
+            seq=t.inbox_seq,
+            mid=t.mid,
+            sender=t.sender,
+            envelope_sha256=t.envelope_sha256,
+            body=_body(t),
         )
-        claims.append(
-            Claim(
-                outbox_id=r.id,
-                attempt_id=attempt_id,
-                attempt=r.attempts + 1,
-                delivery_id=r.ref,
-                recipient=t.recipient,
-                url=t.url,
-                seq=t.inbox_seq,
-                mid=t.mid,
-                sender=t.sender,
-                envelope_sha256=t.envelope_sha256,
-                body=_body(t),
-            )
-        )
+        for r in live
+        for t in [found[r.ref]]
+    ]
+    await repository.add_attempts(
+        session,
+        [
+            {
+                "id": c.attempt_id,
+                "outbox_id": c.outbox_id,
+                "delivery_id": c.delivery_id,
+                "agency_id": c.recipient,
+                "attempt": c.attempt,
+                "started_at": now,
+            }
+            for c in claims
+        ],
+    )
     return claims
 
 
 def _retry_after(value: str | None) -> float | None:
-    if value is None or not value.strip().isdigit():
+    value = None if value is None else value.strip()
+    # ASCII digits only: str.isdigit() also accepts other scripts' digits and superscripts.
+    if not value or not (value.isascii() and value.isdigit()):
         return None  # HTTP-dates are rare from APIs; the backoff applies then
-    return float(value.strip())
+    return float(value)
 
 
-def post(client: httpx2.Client, c: Claim) -> Outcome:
+async def post(client: httpx2.AsyncClient, c: Claim) -> Outcome:
     """POST one push with the broker's signature; never raises."""
     try:
         check_url(c.url)
@@ -300,36 +312,36 @@ def post(client: httpx2.Client, c: Claim) -> Outcome:
         "User-Agent": "exchange-broker-push/1",
     }
     try:
-        response = client.post(c.url, content=c.body, headers=headers)
+        response = await client.post(c.url, content=c.body, headers=headers)
     except httpx2.HTTPError as exc:
         return Outcome(None, f"{type(exc).__name__}: {exc}"[:200])
     return Outcome(response.status_code, None, _retry_after(response.headers.get("retry-after")))
 
 
-def record(session: Session, c: Claim, outcome: Outcome) -> str:
+async def record(session: AsyncSession, c: Claim, outcome: Outcome) -> str:
     """Settle one attempt: its row, its audit event, and the outbox row's next step."""
     cfg = settings()
     now = utcnow()
     code = outcome.http_status
     if code is not None and 200 <= code < 300:
         status = "delivered"
-        outbox.mark_outbox_done(session, [c.outbox_id], now)
+        await outbox.mark_outbox_done(session, [c.outbox_id], now)
     elif code is not None and 400 <= code < 500 and code not in RETRYABLE_4XX:
         status = "failed"
-        outbox.dead_letter(session, [c.outbox_id], now, f"refused with HTTP {code}")
+        await outbox.dead_letter(session, [c.outbox_id], now, f"refused with HTTP {code}")
     elif c.attempt >= cfg.push_max_attempts:
         status = "dead"
         reason = f"HTTP {code}" if code is not None else (outcome.error or "no answer")
-        outbox.dead_letter(session, [c.outbox_id], now, f"attempt {c.attempt}: {reason}")
+        await outbox.dead_letter(session, [c.outbox_id], now, f"attempt {c.attempt}: {reason}")
     else:
         status = "retry"
         reason = f"HTTP {code}" if code is not None else (outcome.error or "no answer")
         when = now + backoff(c.attempt, outcome.retry_after_s)
-        outbox.retry_outbox_at(session, [c.outbox_id], when, reason, count=False)
-    repository.finish_attempt(
+        await outbox.retry_outbox_at(session, [c.outbox_id], when, reason, count=False)
+    await repository.finish_attempt(
         session, c.attempt_id, status=status, http_status=code, error=outcome.error, now=now
     )
-    audit.record(
+    await audit.record(
         session,
         "msg.pushed",
         actor="broker:push",
@@ -339,55 +351,65 @@ def record(session: Session, c: Claim, outcome: Outcome) -> str:
     return status
 
 
-def deliver_due(
-    session_factory: SessionFactory,
+async def deliver_due(
+    session_factory: db.SessionFactory,
     *,
-    client: httpx2.Client | None = None,
+    client: httpx2.AsyncClient | None = None,
     budget_s: float = RUN_BUDGET_S,
 ) -> int:
-    """Claim and POST due pushes until none is due or the time budget is spent."""
+    """Claim and POST due pushes until none is due or the time budget is spent.
+
+    Each claim and each outcome is a short transaction of its own: no connection is held
+    while a partner answers.
+    """
     deadline = time.monotonic() + budget_s
-    with session_factory() as session:
-        claims = claim(session)
+    async with session_factory() as session:
+        claims = await claim(session)
     if not claims:
         return 0  # the usual sweep: no HTTP client (its TLS context costs tens of ms) built
     own = client is None
-    http = client or httpx2.Client(
+    http = client or httpx2.AsyncClient(
         timeout=settings().push_timeout_s, follow_redirects=False, trust_env=False
     )
+    slots = asyncio.Semaphore(PARALLEL)
     done = 0
 
-    def one(c: Claim) -> None:
-        outcome = post(http, c)
-        crash_point("push.after_post")
-        with session_factory() as session:
-            record(session, c, outcome)
+    async def one(c: Claim) -> None:
+        async with slots:
+            outcome = await post(http, c)
+            crash_point("push.after_post")
+            async with session_factory() as session:
+                await record(session, c, outcome)
 
     try:
-        with ThreadPoolExecutor(max_workers=PARALLEL, thread_name_prefix="push") as pool:
-            while claims:
-                for future in [pool.submit(one, c) for c in claims]:
-                    future.result()
-                done += len(claims)
-                if time.monotonic() >= deadline:
-                    break
-                with session_factory() as session:
-                    claims = claim(session)
+        while claims:
+            # Every push of the batch runs to its end before the first failure is raised.
+            results = await asyncio.gather(*(one(c) for c in claims), return_exceptions=True)
+            failed = [r for r in results if isinstance(r, BaseException)]
+            if failed:
+                raise failed[0]
+            done += len(claims)
+            if time.monotonic() >= deadline:
+                break
+            async with session_factory() as session:
+                claims = await claim(session)
     finally:
         if own:
-            http.close()
+            await http.aclose()
     return done
 
 
 # --- operator -------------------------------------------------------------------------------
 
 
-def redeliver(session: Session, mid: uuid.UUID, agency: str, *, actor: str) -> list[Redelivery]:
+async def redeliver(
+    session: AsyncSession, mid: uuid.UUID, agency: str, *, actor: str
+) -> list[Redelivery]:
     """Push a message to an agency again: re-arm a dead letter, or queue a new push."""
-    endpoint = repository.endpoint(session, agency)
+    endpoint = await repository.endpoint(session, agency)
     if endpoint is None or not endpoint.enabled:
         raise PushNotConfigured(f"{agency} has no enabled push endpoint")
-    found = repository.deliveries_by_mid(session, agency, mid)
+    found = await repository.deliveries_by_mid(session, agency, mid)
     if not found:
         raise NotFound(f"no message {mid} for {agency}")
     now = utcnow()
@@ -395,25 +417,25 @@ def redeliver(session: Session, mid: uuid.UUID, agency: str, *, actor: str) -> l
     for d in found:
         if d.inbox_seq is None:
             raise NotYetAvailable(f"{mid} is not in {agency}'s inbox yet; it is pushed when it is")
-        row = repository.latest_push_row(session, d.id)
+        row = await repository.latest_push_row(session, d.id)
         if row is not None and row.done_at is None and row.dead_at is not None:
             row.dead_at, row.attempts, row.next_attempt_at, row.last_error = None, 0, None, None
             action = "rearmed"
         elif row is not None and row.done_at is None:
-            if not repository.sending(session, row.id):
+            if not await repository.sending(session, row.id):
                 row.next_attempt_at = None  # due now instead of after its backoff
             action = "scheduled"
         else:
-            outbox.add_outbox(session, TOPIC, [d.id], now)
+            await outbox.add_outbox(session, OUTBOX_PUSH, [d.id], now)
             action = "queued"
         done.append(Redelivery(mid=d.mid, sender=d.sender, recipient=agency, action=action))
-        audit.record(
+        await audit.record(
             session,
             "msg.push_redeliver",
             actor=actor,
             subject=agency,
             details={"mid": str(d.mid), "sender": d.sender, "recipient": agency, "action": action},
         )
-    session.flush()
-    jobs.after_commit(session, JOB)
+    await session.flush()
+    jobs.after_commit(session, jobs.PUSH)
     return done

@@ -3,15 +3,18 @@
 A submit needs the sender's key, the agreement version in force, the operation, the focal
 point's status and designations, and every recipient's encryption keys: six queries and their
 ORM rows per request, for data that changes a few times a day. `current(session)` instead
-reads one short row, the registry stamp (`registry_state`, changed by database triggers in
+compares one short value, the registry stamp (`registry_state`, changed by database triggers in
 the same transaction as every registry write), and reuses the snapshot loaded under that
-stamp. A revocation, a new agreement version or a suspended focal point therefore takes
-effect with the first request that starts after its commit, exactly as with direct queries.
+stamp. Authentication reads the stamp with the token, in the same statement, and leaves it in
+`session.info["registry_stamp"]`: an unchanged registry then costs no query at all. A
+revocation, a new agreement version or a suspended focal point therefore takes effect with the
+first request that starts after its commit, exactly as with direct queries.
 
 Ordering: the stamp is read before the tables, so a snapshot is never older than its stamp
 (under READ COMMITTED a later statement sees at least what an earlier one saw). A snapshot
 loaded inside a transaction that itself changed the registry carries that transaction's own
-stamp, which nobody else sees unless it commits (stamps are random, never reused).
+stamp, which nobody else sees unless it commits (stamps are random, never reused); that is why
+a load reads the stamp again instead of trusting the one authentication read.
 
 Time-dependent rules (key validity, designations, agreement and operation windows) are
 evaluated per request against the snapshot: only the rows are cached, never a decision.
@@ -19,26 +22,25 @@ evaluated per request against the snapshot: only the rows are cached, never a de
 
 from __future__ import annotations
 
-import threading
+import asyncio
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import anyio.to_thread
-from sqlalchemy import select, text
-from sqlalchemy.orm import Session
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.agencies.models import FocalPoint
 from broker.agreements.models import Agreement, AgreementVersion, Designation, Operation
 from broker.agreements.policy import Designation as PolicyDesignation
 from broker.agreements.policy import Policy
+from broker.auth.service import REGISTRY_STAMP
 from broker.crypto.errors import CryptoError
 from broker.crypto.keys import PublicJWK, parse_public_jwk
-from broker.db import AsyncScope
 from broker.directory.models import PublicKey
-
-_STAMP = text("select stamp from registry_state where id = 1")
+from broker.registry.models import RegistryState
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,12 +107,17 @@ def _parsed(jwk: Mapping[str, Any], use: str) -> PublicJWK | None:
         return None
 
 
-def load(session: Session, stamp: str | None) -> Snapshot:
+async def read_stamp(session: AsyncSession) -> str | None:
+    """The registry stamp as this transaction sees it (None: the row was deleted)."""
+    return await session.scalar(select(RegistryState.stamp).where(RegistryState.id == 1))
+
+
+async def load(session: AsyncSession, stamp: str | None) -> Snapshot:
     """Read the registry tables (columns only, no ORM identities) into a snapshot."""
     keys: dict[str, DirectoryKey] = {}
     enc: dict[str, list[DirectoryKey]] = {}
     k = PublicKey
-    for row in session.execute(
+    for row in await session.execute(
         select(
             k.kid,
             k.agency_id,
@@ -140,7 +147,7 @@ def load(session: Session, stamp: str | None) -> Snapshot:
             enc.setdefault(entry.agency_id, []).append(entry)
     agreements = {
         agreement_id: (document, sha256)
-        for agreement_id, document, sha256 in session.execute(
+        for agreement_id, document, sha256 in await session.execute(
             select(
                 AgreementVersion.agreement_id, AgreementVersion.document, AgreementVersion.sha256
             )
@@ -150,15 +157,16 @@ def load(session: Session, stamp: str | None) -> Snapshot:
     }
     operations = {
         op_id: (document, sha256)
-        for op_id, document, sha256 in session.execute(
+        for op_id, document, sha256 in await session.execute(
             select(Operation.id, Operation.document, Operation.sha256)
         )
     }
     focal_points = {
-        fp_id: status for fp_id, status in session.execute(select(FocalPoint.id, FocalPoint.status))
+        fp_id: status
+        for fp_id, status in await session.execute(select(FocalPoint.id, FocalPoint.status))
     }
     designations: dict[tuple[str, str], list[PolicyDesignation]] = {}
-    for fp, agreement_id, valid_from, valid_until in session.execute(
+    for fp, agreement_id, valid_from, valid_until in await session.execute(
         select(
             Designation.focal_point_id,
             Designation.agreement_id,
@@ -180,54 +188,48 @@ def load(session: Session, stamp: str | None) -> Snapshot:
     )
 
 
-_lock = threading.Lock()
 _cached: list[Snapshot] = []
+# One loader at a time per event loop: after a registry change every request would reload.
+_loaders: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def current(session: Session) -> Snapshot:
-    """The registry as of now, for this session's transaction: one short query when unchanged."""
-    stamp = session.execute(_STAMP).scalar()
-    if _cached and stamp is not None and _cached[0].stamp == stamp:
-        return _cached[0]
-    # One loader at a time: after a registry change every thread would otherwise reload.
-    with _lock:
-        if _cached and stamp is not None and _cached[0].stamp == stamp:
-            return _cached[0]
-        snapshot = load(session, stamp)
+def _cached_under(stamp: str | None) -> Snapshot | None:
+    found = next(iter(_cached), None)  # safe against a concurrent `clear`
+    return found if found is not None and stamp is not None and found.stamp == stamp else None
+
+
+def _loader() -> asyncio.Lock:
+    loop = asyncio.get_running_loop()
+    lock = _loaders.get(loop)
+    if lock is None:
+        lock = _loaders[loop] = asyncio.Lock()
+    return lock
+
+
+async def current(session: AsyncSession) -> Snapshot:
+    """The registry as of now, for this session's transaction: no query while unchanged."""
+    if REGISTRY_STAMP in session.info:
+        found = _cached_under(session.info[REGISTRY_STAMP])
+        if found is not None:
+            return found
+    # Read again rather than load under authentication's stamp: this transaction may have
+    # changed the registry since, and a snapshot must carry the stamp of what it loaded.
+    stamp = await read_stamp(session)
+    found = _cached_under(stamp)
+    if found is not None:
+        return found
+    async with _loader():
+        found = _cached_under(stamp)  # loaded by another request meanwhile
+        if found is not None:
+            return found
+        snapshot = await load(session, stamp)
         if stamp is not None:  # no stamp row (an emptied table): never cache
-            _cached[:] = [snapshot]
-        return snapshot
-
-
-async def current_async(scope: AsyncScope) -> Snapshot:
-    """`current` on the async submit path: the stamp came with the token query.
-
-    On a stamp change the tables are read in a worker thread with a session of their own,
-    after the stamp was read, so the snapshot is again never older than its stamp.
-    """
-    if not scope.stamp_read:
-        cur = await scope.conn.execute("select stamp from registry_state where id = 1")
-        row = await cur.fetchone()
-        scope.registry_stamp, scope.stamp_read = (row[0] if row else None), True
-    stamp = scope.registry_stamp
-    if _cached and stamp is not None and _cached[0].stamp == stamp:
-        return _cached[0]
-    return await anyio.to_thread.run_sync(_load_in_own_session, stamp)
-
-
-def _load_in_own_session(stamp: str | None) -> Snapshot:
-    from broker.db import session_scope
-
-    with session_scope() as session, _lock:
-        if _cached and stamp is not None and _cached[0].stamp == stamp:
-            return _cached[0]
-        snapshot = load(session, stamp)
-        if stamp is not None:
             _cached[:] = [snapshot]
         return snapshot
 
 
 def clear() -> None:
     """Forget the cached snapshot (tests; the stamp makes this unnecessary in service)."""
-    with _lock:
-        _cached.clear()
+    _cached.clear()

@@ -1,4 +1,4 @@
-"""Log fixtures: a client without the background ticker, so each test decides when to sequence."""
+"""Log fixtures: an app whose ticker stays idle, so each test decides when to sequence."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from sqlalchemy import Executable
 
 from broker import db
 from tests.conftest import bearer
@@ -27,19 +28,46 @@ def record(n: int, **details: Any) -> None:
     """Record `n` events in one transaction."""
     from broker.audit import service
 
-    with db.session_scope() as s:
-        for i in range(n):
-            service.record(s, "test.event", actor="test", subject=None, details={"n": i, **details})
+    events = [
+        service.event("test.event", actor="test", details={"n": i, **details}) for i in range(n)
+    ]
+    db.call(service.record_many, events)
+
+
+def rows(stmt: Executable) -> list[Any]:
+    """Every row of a SELECT, read in a transaction of its own."""
+    return list(db.call(lambda s: s.execute(stmt)).all())
+
+
+def scalars(stmt: Executable) -> list[Any]:
+    """Every first column of a SELECT, read in a transaction of its own."""
+    return list(db.call(lambda s: s.scalars(stmt)).all())
+
+
+def scalar(stmt: Executable) -> Any:
+    """The one value of a SELECT, read in a transaction of its own."""
+    return db.call(lambda s: s.scalar(stmt))
+
+
+def execute(stmt: Executable) -> None:
+    """Run a statement (tampering behind the service's back) and commit."""
+    db.call(lambda s: s.execute(stmt))
 
 
 @pytest.fixture
-def api(app: Any, clean_db: str) -> Iterator[Any]:
-    """A TestClient without the lifespan: no ticker runs, the test sequences when it wants."""
+def api(app: Any, clean_db: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A TestClient with the app's lifespan whose embedded ticker does nothing.
+
+    The lifespan still starts (and its shutdown disposes this client's engine), but no job
+    sequences behind a test's back: the test sequences when it wants (`sequence_all`).
+    """
     from fastapi.testclient import TestClient
 
-    client = TestClient(app, raise_server_exceptions=False)
-    yield client
-    client.close()
+    from broker import ticker
+
+    monkeypatch.setattr(ticker.Ticker, "run", lambda self: None)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from sqlalchemy import select, update
 from broker import db
 from broker.audit import verify
 from broker.audit.models import AuditEvent
-from tests.audit.conftest import sequence_all
+from tests.audit.conftest import execute, scalars, sequence_all
 from tests.conftest import bearer
 from tests.messages.conftest import Exchange, exchange, relay
 
@@ -40,54 +40,40 @@ def _traffic() -> list[str]:
     from broker.audit import service
 
     mids = []
-    with db.session_scope() as s:
-        for i, (sender, recipients, agreement, operation, offence) in enumerate(ACCEPTED):
-            mid = f"00000000-0000-7000-8000-{i:012d}"
-            mids.append(mid)
-            service.record(
-                s,
-                "msg.accepted",
-                actor=f"focal_point:{sender.lower()}",
-                subject=sender,
-                details={
-                    "mid": mid,
-                    "kind": "alert",
-                    "sender": sender,
-                    "recipients": recipients,
-                    "agreement": agreement,
-                    "operation": operation,
-                    "offence": offence,
-                },
-            )
-            for r in recipients:
-                common = {"mid": mid, "sender": sender, "recipient": r}
-                service.record(
-                    s,
-                    "msg.delivered",
-                    actor="broker:relay",
-                    subject=r,
-                    details={**common, "delay_ms": 100 * (i + 1)},
-                )
-                service.record(
-                    s,
-                    "msg.acked",
-                    actor=f"agency:{r}",
-                    subject=r,
-                    details={
-                        **common,
-                        "status": "rejected" if i == 2 else "decrypted",
-                        "agreement": agreement,
-                        "delay_ms": 1000 * (i + 1),
-                    },
-                )
-        for sender, agreement, reason in REJECTED:
-            service.record(
-                s,
-                "msg.rejected",
-                actor="focal_point:x",
-                subject=sender,
-                details={"sender": sender, "agreement": agreement, "reason": reason},
-            )
+    events = []
+    for i, (sender, recipients, agreement, operation, offence) in enumerate(ACCEPTED):
+        mid = f"00000000-0000-7000-8000-{i:012d}"
+        mids.append(mid)
+        accepted = {
+            "mid": mid,
+            "kind": "alert",
+            "sender": sender,
+            "recipients": recipients,
+            "agreement": agreement,
+            "operation": operation,
+            "offence": offence,
+        }
+        actor = f"focal_point:{sender.lower()}"
+        events.append(service.event("msg.accepted", actor=actor, subject=sender, details=accepted))
+        for r in recipients:
+            common = {"mid": mid, "sender": sender, "recipient": r}
+            delivered = {**common, "delay_ms": 100 * (i + 1)}
+            acked = {
+                **common,
+                "status": "rejected" if i == 2 else "decrypted",
+                "agreement": agreement,
+                "delay_ms": 1000 * (i + 1),
+            }
+            events += [
+                service.event("msg.delivered", actor="broker:relay", subject=r, details=delivered),
+                service.event("msg.acked", actor=f"agency:{r}", subject=r, details=acked),
+            ]
+    for sender, agreement, reason in REJECTED:
+        details = {"sender": sender, "agreement": agreement, "reason": reason}
+        events.append(
+            service.event("msg.rejected", actor="focal_point:x", subject=sender, details=details)
+        )
+    db.call(service.record_many, events)
     return mids
 
 
@@ -173,8 +159,7 @@ class TestEvents:
         api.get(
             "/v1/audit/events", params={"agency": "HK-CED", "kind": "msg.acked"}, headers=oversight
         )
-        with db.session_scope() as s:
-            (event,) = s.scalars(select(AuditEvent).where(AuditEvent.kind == "audit.queried"))
+        (event,) = scalars(select(AuditEvent).where(AuditEvent.kind == "audit.queried"))
         assert event.details["query"] == "audit.events"
         assert event.details["filters"] == {"agency": "HK-CED", "kinds": ["msg.acked"]}
         # The filter's agency is nested: the auditor's interest is not a leaf naming HK-CED.
@@ -252,8 +237,7 @@ class TestExport:
             assert rows[0]["record"] == "checkpoint"
             assert rows[0]["subject"] == log_key
             assert {r["details"] and json.loads(r["details"])["mid"] for r in rows[1:]} >= set(late)
-        with db.session_scope() as s:
-            (event,) = s.scalars(select(AuditEvent).where(AuditEvent.kind == "audit.exported"))
+        (event,) = scalars(select(AuditEvent).where(AuditEvent.kind == "audit.exported"))
         assert event.details["format"] == fmt
         assert event.details["filters"] == {"kinds": ["msg.accepted"]}
 
@@ -262,14 +246,12 @@ class TestExport:
     ) -> None:
         _traffic()
         sequence_all()
-        with db.session_scope() as s:
-            victim = s.scalars(select(AuditEvent).where(AuditEvent.kind == "msg.accepted")).first()
-            assert victim is not None
-            s.execute(
-                update(AuditEvent)
-                .where(AuditEvent.id == victim.id)
-                .values(details={**victim.details, "offence": "tobacco"})
-            )
+        victim = scalars(select(AuditEvent).where(AuditEvent.kind == "msg.accepted"))[0]
+        execute(
+            update(AuditEvent)
+            .where(AuditEvent.id == victim.id)
+            .values(details={**victim.details, "offence": "tobacco"})
+        )
         export = api.get("/v1/audit/export", params={"kind": "msg.accepted"}, headers=oversight)
         with pytest.raises(
             verify.VerifyError, match=f"event {victim.id}: its exported fields differ"

@@ -8,13 +8,15 @@ from typing import Any, ClassVar
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker import db
 from broker.audit import leaf
 from broker.audit.models import AuditEvent
 from broker.crypto import merkle, note
 from tests.audit import rfc9162
-from tests.audit.conftest import decode, leaves_of, record, sequence_all
+from tests.audit.conftest import decode, leaves_of, record, scalars, sequence_all
 from tests.conftest import bearer
 
 
@@ -26,18 +28,19 @@ def _exchanges() -> None:
     """Message-shaped events naming agencies the way the messaging domain records them."""
     from broker.audit import service
 
-    with db.session_scope() as s:
-        for sender, recipients in [
-            ("VN-GDC", ["HK-CED", "KR-KCS"]),
-            ("HK-CED", ["VN-GDC"]),
-            ("VN-MPS", ["NZ-POL"]),
-            ("VN-SPP", ["MZ-PGR"]),
-        ]:
-            details = {"sender": sender, "recipients": recipients, "offence": "narcotics"}
-            service.record(s, "msg.accepted", actor="fp", subject=sender, details=details)
-            for r in recipients:
-                details = {"sender": sender, "recipient": r, "mid": "m"}
-                service.record(s, "msg.fetched", actor="agency", subject=r, details=details)
+    events = []
+    for sender, recipients in [
+        ("VN-GDC", ["HK-CED", "KR-KCS"]),
+        ("HK-CED", ["VN-GDC"]),
+        ("VN-MPS", ["NZ-POL"]),
+        ("VN-SPP", ["MZ-PGR"]),
+    ]:
+        details = {"sender": sender, "recipients": recipients, "offence": "narcotics"}
+        events.append(service.event("msg.accepted", actor="fp", subject=sender, details=details))
+        for r in recipients:
+            details = {"sender": sender, "recipient": r, "mid": "m"}
+            events.append(service.event("msg.fetched", actor="agency", subject=r, details=details))
+    db.call(service.record_many, events)
 
 
 class TestCheckpointAndKey:
@@ -95,13 +98,15 @@ class TestProofs:
         batch_size: int,
         picks: list[tuple[float, float]],
     ) -> None:
+        from broker.audit import sequencer
+
+        async def sequence_in_batches(s: AsyncSession) -> None:
+            while await sequencer.sequence(s, max_batch=batch_size):
+                pass
+
         for n in batches:
             record(n)
-            with db.session_scope() as s:
-                from broker.audit import sequencer
-
-                while sequencer.sequence(s, max_batch=batch_size):
-                    pass
+            db.call(sequence_in_batches)
         leaves = leaves_of(api, oversight)
         hashes = [rfc9162.leaf_hash(b64d(x["leaf"])) for x in leaves]
         assert [b64d(x["hash"]) for x in leaves] == hashes
@@ -256,10 +261,7 @@ class TestLeafAccess:
             params={"start": 2, "end": 9},
             headers=bearer(token_for("agency", agency_id="HK-CED")),
         )
-        with db.session_scope() as s:
-            from sqlalchemy import select
-
-            (event,) = s.scalars(select(AuditEvent).where(AuditEvent.kind == "audit.queried"))
+        (event,) = scalars(select(AuditEvent).where(AuditEvent.kind == "audit.queried"))
         assert event.actor.startswith("agency:")
         assert event.details["query"] == "log.leaves"
         assert event.details["range"] == [2, 9]

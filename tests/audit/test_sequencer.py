@@ -19,12 +19,16 @@ from broker.audit import leaf, sequencer
 from broker.audit.models import AuditEvent, Checkpoint, LogLeaf, LogNode
 from broker.crypto import merkle, note
 from tests.audit import rfc9162
-from tests.audit.conftest import record, sequence_all
+from tests.audit.conftest import execute, record, rows, scalar, scalars, sequence_all
 
 
 def _checkpoints() -> list[Checkpoint]:
-    with db.session_scope() as s:
-        return list(s.scalars(select(Checkpoint).order_by(Checkpoint.size)))
+    return scalars(select(Checkpoint).order_by(Checkpoint.size))
+
+
+def _sequence(max_batch: int = sequencer.MAX_BATCH) -> int:
+    """One sequencer batch in a transaction of its own."""
+    return db.call(sequencer.sequence, max_batch=max_batch)
 
 
 def _verifier() -> note.NoteVerifier:
@@ -40,17 +44,15 @@ class TestSequencing:
         from broker.directory.schemas import KeyIn
 
         token_for("auditor", audit_agencies=["VN-GDC"])
-        with db.session_scope() as s:
-            key = SigningKey.generate()
-            directory.register(
-                s,
-                KeyIn(agency_id="VN-GDC", focal_point_id="VN-GDC/fp-hcm-01", jwk=key.public.jwk),
-                actor="test",
-            )
+        key = SigningKey.generate()
+        db.call(
+            directory.register,
+            KeyIn(agency_id="VN-GDC", focal_point_id="VN-GDC/fp-hcm-01", jwk=key.public.jwk),
+            actor="test",
+        )
         assert sequence_all() > 100
-        with db.session_scope() as s:
-            events = {e.leaf_index: e for e in s.scalars(select(AuditEvent))}
-            leaves = list(s.scalars(select(LogLeaf).order_by(LogLeaf.index)))
+        events = {e.leaf_index: e for e in scalars(select(AuditEvent))}
+        leaves = scalars(select(LogLeaf).order_by(LogLeaf.index))
         assert sorted(events) == list(range(len(events))) == [x.index for x in leaves]
         kinds = {e.kind for e in events.values()}
         assert {
@@ -80,17 +82,8 @@ class TestSequencing:
 
     def test_one_signed_checkpoint_per_batch_each_extending_the_last(self, clean_db: str) -> None:
         record(25)
-        with db.session_scope() as s:
-            assert sequencer.sequence(s, max_batch=10) == 10
-        with db.session_scope() as s:
-            assert sequencer.sequence(s, max_batch=10) == 10
-        with db.session_scope() as s:
-            assert sequencer.sequence(s, max_batch=10) == 5
-        with db.session_scope() as s:
-            assert sequencer.sequence(s, max_batch=10) == 0
-            hashes = [
-                bytes(h) for h in s.scalars(select(LogLeaf.leaf_hash).order_by(LogLeaf.index))
-            ]
+        assert [_sequence(10) for _ in range(4)] == [10, 10, 5, 0]
+        hashes = [bytes(h) for h in scalars(select(LogLeaf.leaf_hash).order_by(LogLeaf.index))]
         heads = [note.verify_checkpoint(c.note, _verifier()) for c in _checkpoints()]
         assert [c.size for c in heads] == [10, 20, 25]
         for c in heads:
@@ -105,15 +98,12 @@ class TestSequencing:
         for i in range(5):
             record(1, order=i)
         sequence_all()
-        with db.session_scope() as s:
-            rows = s.execute(select(AuditEvent.leaf_index, AuditEvent.details)).all()
-        assert sorted(rows, key=lambda r: r[0]) == sorted(rows, key=lambda r: r[1]["order"])
+        found = rows(select(AuditEvent.leaf_index, AuditEvent.details))
+        assert sorted(found, key=lambda r: r[0]) == sorted(found, key=lambda r: r[1]["order"])
 
     def test_an_empty_log_has_a_signed_size_zero_checkpoint(self, clean_db: str) -> None:
-        with db.session_scope() as s:
-            assert sequencer.sequence(s) == 0
-        with db.session_scope() as s:
-            assert sequencer.sequence(s) == 0
+        assert _sequence() == 0
+        assert _sequence() == 0
         (head,) = _checkpoints()
         checkpoint = note.verify_checkpoint(head.note, _verifier())
         assert (checkpoint.size, checkpoint.root_hash) == (0, merkle.EMPTY_ROOT)
@@ -122,9 +112,9 @@ class TestSequencing:
         assert [c.size for c in _checkpoints()] == [0, 3]
 
     def test_the_task_and_the_ticker_run_the_same_job(self, clean_db: str) -> None:
-        from broker import ticker
-        from broker.audit import jobs
-        from workers.celery_app import celery_app
+        from broker import jobs, ticker
+        from broker.audit import jobs as audit_jobs
+        from broker.queue import celery_app
         from workers.tasks import audit as audit_tasks
 
         assert celery_app.tasks[jobs.SEQUENCE].name == audit_tasks.sequence_log.name
@@ -133,83 +123,66 @@ class TestSequencing:
         assert "workers.tasks.audit" in celery_app.conf.include
         record(3)
         assert audit_tasks.sequence_log() == 3
-        jobs.install()
-        assert ticker._jobs[jobs.SEQUENCE].fn is jobs.sequence_pending
+        audit_jobs.install()
+        assert ticker._jobs[jobs.SEQUENCE].fn is audit_jobs.sequence_pending
 
 
 class TestRefusals:
     def test_never_two_roots_for_one_size(self, clean_db: str) -> None:
         record(4)
         sequence_all()
-        with pytest.raises(IntegrityError), db.session_scope() as s:
-            sequencer.sign(s, 4, b"\x07" * 32)
+        with pytest.raises(IntegrityError):
+            db.call(sequencer.sign, 4, b"\x07" * 32)
         assert len(_checkpoints()) == 1
 
     def test_refuses_to_extend_an_altered_right_edge(self, clean_db: str) -> None:
         record(6)
         sequence_all()
         level, index = merkle.root_keys(6)[0]
-        with db.session_scope() as s:
-            s.execute(
-                update(LogNode)
-                .where(LogNode.level == level, LogNode.index == index)
-                .values(hash=b"\x00" * 32)
-            )
+        execute(
+            update(LogNode)
+            .where(LogNode.level == level, LogNode.index == index)
+            .values(hash=b"\x00" * 32)
+        )
         record(2)
-        with (
-            pytest.raises(sequencer.LogInconsistent, match="signed checkpoint has"),
-            db.session_scope() as s,
-        ):
-            sequencer.sequence(s)
+        with pytest.raises(sequencer.LogInconsistent, match="signed checkpoint has"):
+            _sequence()
         assert [c.size for c in _checkpoints()] == [6]
-        with db.session_scope() as s:
-            assert s.scalar(select(func.count()).where(AuditEvent.leaf_index.is_(None))) == 2
+        assert scalar(select(func.count()).where(AuditEvent.leaf_index.is_(None))) == 2
 
     def test_refuses_when_a_stored_leaf_went_missing(self, clean_db: str) -> None:
         record(5)
         sequence_all()
-        with db.session_scope() as s:
-            s.execute(text('DELETE FROM log_leaves WHERE "index" = 4'))
+        execute(text('DELETE FROM log_leaves WHERE "index" = 4'))
         record(1)
-        with (
-            pytest.raises(sequencer.LogInconsistent, match="4 leaves are stored"),
-            db.session_scope() as s,
-        ):
-            sequencer.sequence(s)
+        with pytest.raises(sequencer.LogInconsistent, match="4 leaves are stored"):
+            _sequence()
 
     def test_refuses_a_checkpoint_row_that_disagrees_with_its_note(self, clean_db: str) -> None:
         record(3)
         sequence_all()
-        with db.session_scope() as s:
-            s.execute(update(Checkpoint).values(root_hash=b"\x01" * 32))
+        execute(update(Checkpoint).values(root_hash=b"\x01" * 32))
         record(1)
-        with (
-            pytest.raises(sequencer.LogInconsistent, match="disagrees with its signed note"),
-            db.session_scope() as s,
-        ):
-            sequencer.sequence(s)
+        with pytest.raises(sequencer.LogInconsistent, match="disagrees with its signed note"):
+            _sequence()
 
 
 def _log_state() -> tuple[list[tuple[Any, Any]], list[int], list[int]]:
     """(event id, leaf index) of every event, the stored leaf indexes, the checkpoint sizes."""
-    with db.session_scope() as s:
-        events = sorted(
-            (str(i), n) for i, n in s.execute(select(AuditEvent.id, AuditEvent.leaf_index))
-        )
-        leaves = list(s.scalars(select(LogLeaf.index).order_by(LogLeaf.index)))
-        sizes = list(s.scalars(select(Checkpoint.size).order_by(Checkpoint.size)))
+    events = sorted((str(i), n) for i, n in rows(select(AuditEvent.id, AuditEvent.leaf_index)))
+    leaves = scalars(select(LogLeaf.index).order_by(LogLeaf.index))
+    sizes = scalars(select(Checkpoint.size).order_by(Checkpoint.size))
     return events, leaves, sizes
 
 
 def _assert_sound_log(total: int) -> None:
     """Every event has exactly one leaf, indexes are 0..total-1, every checkpoint verifies."""
-    with db.session_scope() as s:
-        indexes = sorted(i for i in s.scalars(select(AuditEvent.leaf_index)))
-        rows = s.execute(select(LogLeaf.index, LogLeaf.leaf_bytes).order_by(LogLeaf.index)).all()
+    indexes = sorted(scalars(select(AuditEvent.leaf_index)))
+    stored = rows(select(LogLeaf.index, LogLeaf.leaf_bytes).order_by(LogLeaf.index))
     assert indexes == list(range(total))
-    assert [i for i, _ in rows] == indexes
-    hashes = [rfc9162.leaf_hash(bytes(data)) for _, data in rows]
-    assert [json.loads(data)["index"] for _, data in rows] == indexes
+    assert [i for i, _ in stored] == indexes
+    hashes = [rfc9162.leaf_hash(bytes(data)) for _, data in stored]
+    assert [json.loads(data)["index"] for _, data in stored] == indexes
     for c in _checkpoints():
         assert note.verify_checkpoint(c.note, _verifier()).root_hash == rfc9162.mth(
             hashes[: c.size]
@@ -229,7 +202,7 @@ class TestCrashSafety:
     @pytest.mark.parametrize(
         "where",
         [
-            "sequencer._leaves",  # inside the pipelined UPDATE of the events
+            "sequencer._leaves",  # after the UPDATE of the events
             "repository.insert_leaves",
             "repository.insert_nodes",
             "repository.add_checkpoint",
@@ -241,20 +214,27 @@ class TestCrashSafety:
         from broker.audit import repository
 
         record(25)
-        with db.session_scope() as s:
-            assert sequencer.sequence(s, max_batch=10) == 10
+        assert _sequence(10) == 10
         before = _log_state()
         owner, name = where.split(".")
         module = sequencer if owner == "sequencer" else repository
         original = getattr(module, name)
 
-        def fails_after(*args: Any, **kwargs: Any) -> Any:
-            original(*args, **kwargs)  # the step's work reaches the database, then the crash
-            raise RuntimeError(f"crash in {where}")
+        if owner == "sequencer":  # a plain function
+
+            def fails_after(*args: Any, **kwargs: Any) -> Any:
+                original(*args, **kwargs)
+                raise RuntimeError(f"crash in {where}")
+
+        else:  # a statement: its work reaches the database, then the crash
+
+            async def fails_after(*args: Any, **kwargs: Any) -> Any:
+                await original(*args, **kwargs)
+                raise RuntimeError(f"crash in {where}")
 
         monkeypatch.setattr(module, name, fails_after)
-        with pytest.raises(RuntimeError, match="crash in"), db.session_scope() as s:
-            sequencer.sequence(s, max_batch=10)
+        with pytest.raises(RuntimeError, match="crash in"):
+            _sequence(10)
         assert _log_state() == before
         monkeypatch.setattr(module, name, original)
         record(5)
@@ -274,8 +254,8 @@ class TestCrashSafety:
         record(2)
         original = repository.unsequenced
 
-        def with_a_sequenced_one(session: Any, limit: int) -> Any:
-            stale = session.execute(
+        async def with_a_sequenced_one(session: Any, limit: int) -> Any:
+            stale = await session.execute(
                 select(
                     AuditEvent.id,
                     AuditEvent.kind,
@@ -284,15 +264,12 @@ class TestCrashSafety:
                     sql_cast(AuditEvent.details, Text),
                     AuditEvent.created_at,
                 ).where(AuditEvent.leaf_index == 1)
-            ).all()
-            return [*stale, *original(session, limit)]
+            )
+            return [*stale.all(), *await original(session, limit)]
 
         monkeypatch.setattr(repository, "unsequenced", with_a_sequenced_one)
-        with (
-            pytest.raises(sequencer.LogInconsistent, match="were still unsequenced"),
-            db.session_scope() as s,
-        ):
-            sequencer.sequence(s)
+        with pytest.raises(sequencer.LogInconsistent, match="were still unsequenced"):
+            _sequence()
         monkeypatch.setattr(repository, "unsequenced", original)
         assert _log_state()[1:] == before[1:]
         sequence_all()
@@ -312,8 +289,7 @@ class TestCrashSafety:
 
         cfg = settings()
         record(12)
-        with db.session_scope() as s:
-            sequencer.sequence(s, max_batch=5)
+        _sequence(5)
         before = _log_state()
         record(8)
         script = (
@@ -360,8 +336,7 @@ class TestConcurrency:
         def sequencer_loop() -> None:
             try:
                 while not stop.is_set():
-                    with db.session_scope() as s:
-                        sequencer.sequence(s, max_batch=13)
+                    _sequence(13)
             except BaseException as exc:  # pragma: no cover - reported below
                 errors.append(exc)
 
@@ -376,10 +351,8 @@ class TestConcurrency:
             t.join()
         assert errors == []
         sequence_all()
-        with db.session_scope() as s:
-            indexes = sorted(i for i in s.scalars(select(AuditEvent.leaf_index)))
-            leaf_rows = s.execute(select(LogLeaf.index, LogLeaf.leaf_hash).order_by(LogLeaf.index))
-            hashes = [bytes(h) for _, h in leaf_rows]
+        indexes = sorted(scalars(select(AuditEvent.leaf_index)))
+        hashes = [bytes(h) for h in scalars(select(LogLeaf.leaf_hash).order_by(LogLeaf.index))]
         assert indexes == list(range(2 * 40 * 7))
         assert len(hashes) == len(indexes)
         heads = [note.verify_checkpoint(c.note, _verifier()) for c in _checkpoints()]
@@ -395,8 +368,7 @@ def test_the_embedded_ticker_sequences_within_the_merge_delay(client: Any) -> No
         record(1, probe=i)
         started = time.monotonic()
         while True:
-            with db.session_scope() as s:
-                pending = s.scalar(select(func.count()).where(AuditEvent.leaf_index.is_(None)))
+            pending = scalar(select(func.count()).where(AuditEvent.leaf_index.is_(None)))
             if pending == 0:
                 break
             assert time.monotonic() - started < 5, "the ticker did not sequence the event"

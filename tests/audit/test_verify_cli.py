@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import delete, func, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
 from typer.testing import CliRunner
 
 from broker import db, keyring
@@ -15,13 +16,13 @@ from broker.audit import leaf, repository, sequencer, verify
 from broker.audit.models import AuditEvent, Checkpoint, LogLeaf, LogNode
 from broker.cli.main import app as cli
 from broker.crypto import merkle, note
-from tests.audit.conftest import record, sequence_all
+from tests.audit.conftest import execute, record, rows, scalar, sequence_all
 
 runner = CliRunner()
 
 
 class Borrowed:
-    """The test client lent to the CLI, which must not close it (nor run the app's lifespan)."""
+    """The test client lent to the CLI, which must not close it (the `api` fixture does)."""
 
     def __init__(self, client: Any) -> None:
         self.client = client
@@ -61,8 +62,7 @@ def run(token: str, log_key: str, *args: str) -> Any:
 
 
 def _size() -> int:
-    with db.session_scope() as s:
-        return int(s.scalar(select(Checkpoint.size).order_by(Checkpoint.size.desc()).limit(1)) or 0)
+    return int(scalar(select(Checkpoint.size).order_by(Checkpoint.size.desc()).limit(1)) or 0)
 
 
 def test_a_sound_log_verifies(auditor: str, log_key: str, tmp_path: Path) -> None:
@@ -82,40 +82,47 @@ def test_a_sound_log_verifies(auditor: str, log_key: str, tmp_path: Path) -> Non
 
 
 def _swap_leaves(a: int, b: int) -> None:
-    with db.session_scope() as s:
-        rows = {
-            r.index: (r.leaf_bytes, r.leaf_hash)
-            for r in s.scalars(select(LogLeaf).where(LogLeaf.index.in_([a, b])))
-        }
-        for i, j in ((a, b), (b, a)):
-            s.execute(
-                update(LogLeaf)
-                .where(LogLeaf.index == i)
-                .values(leaf_bytes=rows[j][0], leaf_hash=rows[j][1])
+    found = {
+        i: (data, digest)
+        for i, data, digest in rows(
+            select(LogLeaf.index, LogLeaf.leaf_bytes, LogLeaf.leaf_hash).where(
+                LogLeaf.index.in_([a, b])
             )
+        )
+    }
+    for i, j in ((a, b), (b, a)):
+        execute(
+            update(LogLeaf)
+            .where(LogLeaf.index == i)
+            .values(leaf_bytes=found[j][0], leaf_hash=found[j][1])
+        )
 
 
 def _renumber_leaves(a: int, b: int) -> None:
     """Swap the primary keys of two leaf rows (their bytes and hashes move with them)."""
-    with db.session_scope() as s:
+
+    async def renumber(s: AsyncSession) -> None:
         for old, new in ((a, -1), (b, a), (-1, b)):
-            s.execute(update(LogLeaf).where(LogLeaf.index == old).values(index=new))
+            await s.execute(update(LogLeaf).where(LogLeaf.index == old).values(index=new))
+
+    db.call(renumber)
 
 
 def _insert_leaf(at: int) -> None:
     """Shift the leaves from `at` up by one and slip in a well-formed forged leaf at `at`."""
     from broker.ids import new_id, utcnow
 
-    with db.session_scope() as s:
+    async def forge(s: AsyncSession) -> None:
+        # Behind the service's back, as a forger with database access would.
         forged = AuditEvent(
             id=new_id(), kind="test.event", actor="forger", details={}, created_at=utcnow()
         )
         s.add(forged)
-        s.flush()
-        top = s.scalar(select(func.max(LogLeaf.index)))
+        await s.flush()
+        top = await s.scalar(select(func.max(LogLeaf.index)))
         assert top is not None
         for index in range(top, at - 1, -1):
-            s.execute(update(LogLeaf).where(LogLeaf.index == index).values(index=index + 1))
+            await s.execute(update(LogLeaf).where(LogLeaf.index == index).values(index=index + 1))
         data = leaf.leaf_bytes(
             kind="test.event", index=at, ts=0, actor="forger", subject=None, details={}
         )
@@ -129,32 +136,33 @@ def _insert_leaf(at: int) -> None:
             )
         )
 
+    db.call(forge)
+
 
 def _set_leaf_hash(index: int, value: bytes) -> None:
-    with db.session_scope() as s:
-        s.execute(update(LogLeaf).where(LogLeaf.index == index).values(leaf_hash=value))
+    execute(update(LogLeaf).where(LogLeaf.index == index).values(leaf_hash=value))
 
 
 def _edit_leaf(index: int, *, rehash: bool) -> None:
-    with db.session_scope() as s:
-        row = s.get(LogLeaf, index)
+    async def edit(s: AsyncSession) -> None:
+        row = await s.get(LogLeaf, index)
         assert row is not None
         row.leaf_bytes = row.leaf_bytes.replace(b'"actor":"test"', b'"actor":"tset"')
         if rehash:
             row.leaf_hash = merkle.leaf_hash(row.leaf_bytes)
 
+    db.call(edit)
+
 
 def _set_node(level: int, index: int, value: bytes) -> None:
-    with db.session_scope() as s:
-        s.execute(
-            update(LogNode).where(LogNode.level == level, LogNode.index == index).values(hash=value)
-        )
+    execute(
+        update(LogNode).where(LogNode.level == level, LogNode.index == index).values(hash=value)
+    )
 
 
 def _swap_nodes(level: int, a: int, b: int) -> None:
-    with db.session_scope() as s:
-        ha = s.scalar(select(LogNode.hash).where(LogNode.level == level, LogNode.index == a))
-        hb = s.scalar(select(LogNode.hash).where(LogNode.level == level, LogNode.index == b))
+    ha = scalar(select(LogNode.hash).where(LogNode.level == level, LogNode.index == a))
+    hb = scalar(select(LogNode.hash).where(LogNode.level == level, LogNode.index == b))
     assert ha is not None
     assert hb is not None
     _set_node(level, a, hb)
@@ -192,8 +200,7 @@ TAMPERING = {
 
 
 def db_exec(sql: str) -> None:
-    with db.session_scope() as s:
-        s.execute(text(sql))
+    execute(text(sql))
 
 
 @pytest.mark.parametrize("what", sorted(TAMPERING))
@@ -208,9 +215,12 @@ def test_full_verification_detects_tampering(auditor: str, log_key: str, what: s
 
 def _forge_checkpoint(size: int, root: bytes) -> None:
     """What a log operator with the key could do: replace the head with another tree's."""
-    with db.session_scope() as s:
-        s.execute(delete(Checkpoint).where(Checkpoint.size == size))
-        sequencer.sign(s, size, root)
+
+    async def forge(s: AsyncSession) -> None:
+        await s.execute(delete(Checkpoint).where(Checkpoint.size == size))
+        await sequencer.sign(s, size, root)
+
+    db.call(forge)
 
 
 def test_split_view_same_size_other_root(auditor: str, log_key: str, tmp_path: Path) -> None:
@@ -234,13 +244,16 @@ def test_split_view_newer_but_inconsistent(auditor: str, log_key: str, tmp_path:
     state = tmp_path / "state.json"
     assert run(auditor, log_key, "--state", str(state)).exit_code == 0
     old = _size()
-    with db.session_scope() as s:
+
+    async def rewrite(s: AsyncSession) -> None:
         for table in (Checkpoint, LogNode, LogLeaf):
-            s.execute(delete(table))
-        s.execute(update(AuditEvent).values(leaf_index=None))
-        first = s.scalars(select(AuditEvent).order_by(AuditEvent.created_at)).first()
+            await s.execute(delete(table))
+        await s.execute(update(AuditEvent).values(leaf_index=None))
+        first = (await s.scalars(select(AuditEvent).order_by(AuditEvent.created_at))).first()
         assert first is not None
         first.actor = "rewritten"
+
+    db.call(rewrite)
     record(3)
     sequence_all()
     assert _size() > old
@@ -251,10 +264,10 @@ def test_split_view_newer_but_inconsistent(auditor: str, log_key: str, tmp_path:
 
 
 def _proof(size1: int, size2: int) -> dict[str, Any]:
-    with db.session_scope() as s:
-        store = repository.DbTreeStore(s)
-        proof = merkle.consistency_proof(size1, size2, store)
-    return {"proof": [verify._b64(h) for h in proof]}
+    """A consistency proof between two sizes, from the store (what an older head could serve)."""
+    keys = merkle.consistency_proof_keys(size1, size2)
+    nodes = db.call(lambda s: repository.get_nodes(s, keys))
+    return {"proof": [verify._b64(h) for h in merkle.consistency_proof(size1, size2, nodes)]}
 
 
 def test_an_older_checkpoint_is_refused_unless_proven_consistent(
@@ -266,8 +279,7 @@ def test_an_older_checkpoint_is_refused_unless_proven_consistent(
     assert run(auditor, log_key, "--state", str(state)).exit_code == 0
     saved = state.read_text()
     newest = _size()
-    with db.session_scope() as s:
-        s.execute(delete(Checkpoint).where(Checkpoint.size == newest))  # a lagging replica
+    execute(delete(Checkpoint).where(Checkpoint.size == newest))  # a lagging replica
     behind = run(auditor, log_key, "--state", str(state))
     assert behind.exit_code == 1
     assert "behind: the broker's checkpoint" in behind.output
@@ -278,7 +290,7 @@ def test_an_older_checkpoint_is_refused_unless_proven_consistent(
     older = note.Checkpoint.parse(client.checkpoint().split("\n\n")[0] + "\n")
     assert older.size < stored.size
     monkeypatch.setattr(client, "consistency", lambda a, b: _proof(a, b))
-    assert verify._consistent(client, stored, older) == "behind"
+    assert verify._drive(verify._consistent(stored, older), client) == "behind"
 
 
 def test_wrong_key_and_bad_proofs(auditor: str, log_key: str, api: Any) -> None:

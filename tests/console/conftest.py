@@ -75,9 +75,8 @@ def traffic(exchange: Exchange) -> Traffic:  # noqa: F811 - the imported fixture
     from broker import db
     from broker.audit import repository
 
-    with db.session_scope() as s:
-        (event,) = repository.list_events(s, kind="msg.rejected")
-        refused_sha256 = str(event.details["envelope_sha256"])
+    (event,) = db.call(repository.list_events, kind="msg.rejected")
+    refused_sha256 = str(event.details["envelope_sha256"])
     return Traffic(hk=hk, kr=kr, nz=nz, refused=refused, refused_sha256=refused_sha256)
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker import db
 from broker.audit.models import AuditEvent
@@ -26,10 +27,12 @@ PAGES = ["/console/", "/console/rejections", "/console/agreements", "/console/lo
 def _revoke(token: str) -> None:
     from broker.auth import repository, service
 
-    with db.session_scope() as s:
-        found = repository.credential_by_hash(s, service.hash_token(token))
+    async def revoke(s: AsyncSession) -> None:
+        found = await repository.credential_by_hash(s, service.hash_token(token))
         assert found is not None
-        service.revoke_token(s, found[0].id, actor="test")
+        await service.revoke_token(s, found[0].id, actor="test")
+
+    db.call(revoke)
 
 
 class TestSignIn:
@@ -219,12 +222,12 @@ class TestScope:
         client.get("/console/?kind=")
         client.get(f"/console/messages/{traffic.hk}")
         client.get("/console/agreements/VN-HK-CMAA-2013")
-        with db.session_scope() as s:
-            queries = [
-                e.details["query"]
-                for e in s.scalars(select(AuditEvent).where(AuditEvent.kind == "audit.queried"))
-                if e.actor.startswith("auditor:")
-            ]
+
+        async def queried(s: AsyncSession) -> list[AuditEvent]:
+            stmt = select(AuditEvent).where(AuditEvent.kind == "audit.queried")
+            return list((await s.scalars(stmt)).all())
+
+        queries = [e.details["query"] for e in db.call(queried) if e.actor.startswith("auditor:")]
         for query in ("audit.events", "console.message", "console.volume", "audit.summary"):
             assert query in queries
 
@@ -370,8 +373,9 @@ class TestPages:
 
         from broker.audit.models import LogLeaf
 
-        with db.session_scope() as s:
-            s.execute(update(LogLeaf).where(LogLeaf.index == 1).values(leaf_bytes=b"{}"))
+        db.call(
+            lambda s: s.execute(update(LogLeaf).where(LogLeaf.index == 1).values(leaf_bytes=b"{}"))
+        )
         result = client.post(
             "/console/log/verify",
             data={"full": "true"},
@@ -434,7 +438,7 @@ class TestErrors:
     ) -> None:
         from broker.console import service
 
-        def boom(*args: Any, **kwargs: Any) -> None:
+        async def boom(*args: Any, **kwargs: Any) -> None:
             raise RuntimeError("secret internals")
 
         monkeypatch.setattr(service, "log_state", boom)

@@ -23,6 +23,7 @@ import re
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +31,14 @@ from typing import Any
 
 import pytest
 import redis
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker import db, keyring
 from broker.config import settings
 from broker.faults import POINTS
 from broker.invariants import service as checker
+from broker.messages.models import Delivery, Message
 from tests.conftest import server_lock
 from tests.drills.stack import Api, DrillStack, Sender
 from tests.hostile.conftest import arm, wipe
@@ -121,7 +125,7 @@ def send_some(d: Drills, n: int, *, via: Api | None = None) -> list[str]:
 
 def settled(d: Drills, drill: str) -> checker.Report:
     """Wait for the checker to pass (bounded: 120 s), with the drill's processes' logs on failure."""
-    report = checker.wait_settled(db.session_scope, d.sender.history, timeout_s=SETTLE_S)
+    report = db.run(checker.wait_settled, db.session_scope, d.sender.history, timeout_s=SETTLE_S)
     if not report.ok:
         logs = "\n".join(f"--- {p.name}\n{p.text()[-2000:]}" for p in d.stack.procs)
         pytest.fail(f"{drill}: invariants broken\n{report}\n{logs}")
@@ -131,16 +135,7 @@ def settled(d: Drills, drill: str) -> checker.Report:
 def verify_drill(d: Drills, drill: str, **facts: Any) -> None:
     """The checker, then the partners' view over HTTP, then one ack, then the checker again."""
     first = settled(d, drill)
-    with db.session_scope() as s:
-        from sqlalchemy import select
-
-        from broker.messages.models import Delivery, Message
-
-        rows = s.execute(
-            select(Message.mid, Delivery.recipient).join(
-                Delivery, Delivery.message_id == Message.id
-            )
-        ).all()
+    rows = db.call(inbox_rows)
     views = {agency: d.sender.inbox(agency) for agency in MEKONG}
     for agency, seen in views.items():
         assert [seq for seq, _ in seen] == list(range(1, len(seen) + 1)), agency
@@ -165,6 +160,12 @@ def verify_drill(d: Drills, drill: str, **facts: Any) -> None:
     if RESULTS:
         with Path(RESULTS).open("a") as out:
             out.write(json.dumps(record) + "\n")
+
+
+async def inbox_rows(s: AsyncSession) -> list[tuple[uuid.UUID, str]]:
+    """(mid, recipient) of every inbox entry in the database."""
+    stmt = select(Message.mid, Delivery.recipient).join(Delivery, Delivery.message_id == Message.id)
+    return [(mid, recipient) for mid, recipient in await s.execute(stmt)]
 
 
 def ack_jws(d: Drills, agency: str, mid: str) -> str:

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, text, update
+from sqlalchemy import delete, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
 from typer.testing import CliRunner
 
 from broker import db
@@ -36,8 +37,7 @@ def record(keys: Exchange, n: int = 3) -> list[str]:
     """n alerts (the first to three Mekong inboxes) relayed, HK's inbox polled, one ack."""
     mids = [submit(keys, mekong(keys) if i == 0 else keys.routing()) for i in range(n)]
     inbox_jobs.relay()
-    with db.session_scope() as s:
-        page = inbox.poll(s, agency(HK), None, 100)
+    page = db.call(inbox.poll, agency(HK), None, 100)
     item = page.items[0]
     payload = {
         "v": 1,
@@ -47,15 +47,13 @@ def record(keys: Exchange, n: int = 3) -> list[str]:
         "at": 1,
     }
     ack = env.sign_compact(payload, keys.agency_signing[HK], env.TYP_ACK)
-    with db.session_scope() as s:
-        inbox.acknowledge(s, agency(HK), item.mid, ack)
+    db.call(inbox.acknowledge, agency(HK), item.mid, ack)
     audit_jobs.sequence_pending()
     return mids
 
 
 def check(history: History | None = None) -> checker.Report:
-    with db.session_scope() as s:
-        return checker.check(s, history)
+    return db.call(checker.check, history)
 
 
 def codes(report: checker.Report) -> dict[str, int]:
@@ -76,8 +74,7 @@ def test_a_clean_record_has_no_violation(keys: Exchange) -> None:
 
 def test_a_missing_inbox_entry_is_caught(keys: Exchange) -> None:
     submit(keys, keys.routing())
-    with db.session_scope() as s:
-        s.execute(delete(Delivery))  # lost before the relay saw it
+    db.call(lambda s: s.execute(delete(Delivery)))  # lost before the relay saw it
     inbox_jobs.relay()
     audit_jobs.sequence_pending()
     assert codes(check()) == {"inbox.missing": 1}
@@ -85,8 +82,7 @@ def test_a_missing_inbox_entry_is_caught(keys: Exchange) -> None:
 
 def test_a_missing_log_entry_is_caught(keys: Exchange) -> None:
     submit(keys, keys.routing())
-    with db.session_scope() as s:
-        s.execute(delete(AuditEvent).where(AuditEvent.kind == "msg.accepted"))
+    db.call(lambda s: s.execute(delete(AuditEvent).where(AuditEvent.kind == "msg.accepted")))
     inbox_jobs.relay()
     audit_jobs.sequence_pending()
     report = check()
@@ -97,8 +93,9 @@ def test_a_missing_log_entry_is_caught(keys: Exchange) -> None:
 def test_a_doubled_log_entry_is_caught(keys: Exchange) -> None:
     submit(keys, keys.routing())
     inbox_jobs.relay()
-    with db.session_scope() as s:
-        event = s.query(AuditEvent).filter_by(kind="msg.delivered").one()
+
+    async def doubled(s: AsyncSession) -> None:
+        event = (await s.scalars(select(AuditEvent).filter_by(kind="msg.delivered"))).one()
         s.add(
             AuditEvent(
                 kind=event.kind,
@@ -107,6 +104,8 @@ def test_a_doubled_log_entry_is_caught(keys: Exchange) -> None:
                 details=dict(event.details),
             )
         )
+
+    db.call(doubled)
     audit_jobs.sequence_pending()
     report = check()
     assert codes(report) == {"audit.delivered": 1}
@@ -118,26 +117,33 @@ def test_a_duplicate_inbox_entry_is_caught(keys: Exchange) -> None:
     submit(keys, keys.routing())
     inbox_jobs.relay()
     audit_jobs.sequence_pending()
-    with db.session_scope() as s:
+
+    async def planted(s: AsyncSession) -> checker.Report:
         # DDL is transactional on PostgreSQL: the constraint is back after the rollback.
-        s.execute(text("alter table deliveries drop constraint uq_deliveries_message_recipient"))
-        row = s.query(Delivery).one()
+        await s.execute(
+            text("alter table deliveries drop constraint uq_deliveries_message_recipient")
+        )
+        row = (await s.scalars(select(Delivery))).one()
         s.add(
             Delivery(
                 message_id=row.message_id, recipient=row.recipient, state="available", inbox_seq=2
             )
         )
-        s.flush()
-        report = checker.check(s)
-        s.rollback()
+        await s.flush()
+        report = await checker.check(s)
+        await s.rollback()
+        return report
+
+    report = db.call(planted)
     assert codes(report) == {"inbox.duplicate": 1}, str(report)
     assert check().ok
 
 
 def test_a_tampered_leaf_fails_the_log_and_its_verification(keys: Exchange) -> None:
     record(keys, 2)
-    with db.session_scope() as s:
-        s.execute(update(LogLeaf).where(LogLeaf.index == 1).values(leaf_bytes=b'{"v":1}'))
+    db.call(
+        lambda s: s.execute(update(LogLeaf).where(LogLeaf.index == 1).values(leaf_bytes=b'{"v":1}'))
+    )
     report = check()
     assert set(codes(report)) == {"log.leaf", "log.verify"}, str(report)
     assert "leaves" in next(v.detail for v in report.violations if v.code == "log.verify")
@@ -147,9 +153,12 @@ def test_history_catches_a_lost_accept_and_an_unlogged_refusal(keys: Exchange) -
     mid = submit(keys, keys.routing())
     inbox_jobs.relay()
     audit_jobs.sequence_pending()
-    with db.session_scope() as s:
-        s.execute(delete(Delivery))
-        s.execute(delete(Message))
+
+    async def lost(s: AsyncSession) -> None:
+        await s.execute(delete(Delivery))
+        await s.execute(delete(Message))
+
+    db.call(lost)
     history = History(accepted={("VN-GDC", mid)})
     history.refused["x" * 43] += 1
     found = codes(check(history))
@@ -160,7 +169,7 @@ def test_history_catches_a_lost_accept_and_an_unlogged_refusal(keys: Exchange) -
 
 def test_waiting_fails_when_the_record_does_not_settle(keys: Exchange) -> None:
     submit(keys, keys.routing())  # no relay runs: the delivery stays queued
-    report = checker.wait_settled(db.session_scope, timeout_s=1.0, every_s=0.2)
+    report = db.run(checker.wait_settled, db.session_scope, timeout_s=1.0, every_s=0.2)
     assert not report.ok
     assert codes(report)["unsettled"] == 1
     assert report.pending["queued_deliveries"] == 1

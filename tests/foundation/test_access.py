@@ -8,13 +8,17 @@ from typing import Any
 
 import pytest
 from fastapi.routing import APIRoute
-from sqlalchemy import update
+from sqlalchemy import event, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker import db
+from broker.auth import service
 from broker.auth.models import Credential
 from broker.auth.service import Role
 from broker.deps import RoleGate
+from broker.errors import BrokerError
 from broker.ids import utcnow
+from broker.registry.models import RegistryState
 from tests.conftest import bearer
 
 # Real object ids for path parameters, so allowed roles reach the service.
@@ -61,22 +65,27 @@ def _url(path: str) -> str:
     return re.sub(r"\{(\w+)(:path)?\}", lambda m: PATH_VALUES[m.group(1)], path)
 
 
+async def _revoke(s: AsyncSession, token: str) -> None:
+    found = await service.repository.credential_by_hash(s, service.hash_token(token))
+    assert found is not None
+    await service.revoke_token(s, found[0].id, actor="test")
+
+
 @pytest.fixture
 def callers(world: dict[str, Any], token_for: Any) -> dict[str, str | None]:
     """One token per role, plus no token, garbage, expired and revoked tokens."""
-    from broker.auth import service
-
     expired = token_for("agency", agency_id="HK-CED")
     revoked = token_for("agency", agency_id="HK-CED")
-    with db.session_scope() as s:
-        s.execute(
+
+    async def expire_and_revoke(s: AsyncSession) -> None:
+        await s.execute(
             update(Credential)
             .where(Credential.token_hash == service.hash_token(expired))
             .values(expires_at=utcnow() - timedelta(seconds=1))
         )
-        found = service.repository.credential_by_hash(s, service.hash_token(revoked))
-        assert found is not None
-        service.revoke_token(s, found[0].id, actor="test")
+        await _revoke(s, revoked)
+
+    db.call(expire_and_revoke)
     return {
         "none": None,
         "garbage": "brk_" + "x" * 43,
@@ -134,14 +143,9 @@ def test_auditor_and_agency_cannot_administer(client: Any, callers: dict[str, st
 def test_revocation_takes_effect_immediately(
     client: Any, world: dict[str, Any], token_for: Any
 ) -> None:
-    from broker.auth import service
-
     token = token_for("agency", agency_id="HK-CED")
     assert client.get("/v1/me", headers=bearer(token)).status_code == 200
-    with db.session_scope() as s:
-        found = service.repository.credential_by_hash(s, service.hash_token(token))
-        assert found is not None
-        service.revoke_token(s, found[0].id, actor="test")
+    db.call(_revoke, token)
     assert client.get("/v1/me", headers=bearer(token)).json()["code"] == "auth.token_revoked"
 
 
@@ -156,11 +160,11 @@ def test_tokens_are_stored_only_as_hashes(
     token = issued["token"]
     assert token.startswith("brk_")
     assert len(token) >= 4 + 43
-    with db.session_scope() as s:
-        from sqlalchemy import select
 
-        stored = s.scalars(select(Credential.token_hash)).all()
-    assert token not in stored
+    async def stored_hashes(s: AsyncSession) -> list[str]:
+        return list((await s.scalars(select(Credential.token_hash))).all())
+
+    assert token not in db.call(stored_hashes)
     me = client.get("/v1/me", headers=bearer(token)).json()
     assert me == {
         "name": "hk-inbox",
@@ -181,3 +185,40 @@ def test_principal_binding_must_fit_role(
     )
     assert bad.status_code == 422
     assert bad.json()["code"] == "request.invalid"
+
+
+@pytest.mark.parametrize("who", ["agency", "unknown", "revoked"])
+def test_authentication_reads_the_registry_stamp_in_the_same_statement(
+    world: dict[str, Any], token_for: Any, who: str
+) -> None:
+    """One SELECT answers both; the stamp comes back even when the token is refused."""
+    token = "brk_" + "x" * 43 if who == "unknown" else token_for("agency", agency_id="HK-CED")
+    if who == "revoked":
+        db.call(_revoke, token)
+
+    async def authenticate(s: AsyncSession) -> tuple[str | None, list[str], str | None]:
+        statements: list[str] = []
+
+        def seen(_c: Any, _cur: Any, statement: str, *_args: Any) -> None:
+            statements.append(statement)
+
+        assert s.bind is not None
+        engine = s.bind.sync_engine
+        event.listen(engine, "before_cursor_execute", seen)
+        try:
+            await service.authenticate(s, token)
+            refused = None
+        except BrokerError as exc:
+            refused = exc.code
+        finally:
+            event.remove(engine, "before_cursor_execute", seen)
+        selects = [q for q in statements if q.lstrip().upper().startswith("SELECT")]
+        return refused, selects, s.info["registry_stamp"]
+
+    refused, selects, stamp = db.call(authenticate)
+    expected = {"agency": None, "unknown": "auth.unauthenticated", "revoked": "auth.token_revoked"}
+    assert refused == expected[who]
+    assert len(selects) == 1, selects
+    stored = db.call(lambda s: s.scalar(select(RegistryState.stamp)))
+    assert stamp is not None
+    assert stamp == stored

@@ -189,7 +189,7 @@ def test_refuses_to_start_on_an_unmigrated_database(backend: str, tmp_path: Any)
         config.configure(database_url=f"sqlite:///{tmp_path / 'empty.db'}", data_dir=tmp_path)
         db.reset_engine()
         with pytest.raises(migrations_check.NotMigrated, match="broker migrate"):
-            migrations_check.require_current()
+            db.run(migrations_check.require_current)
     finally:
         config.configure(**saved.model_dump())
         db.reset_engine()

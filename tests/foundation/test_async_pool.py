@@ -1,115 +1,108 @@
-"""The async connection pool of the PostgreSQL hot paths (submit, poll, ack) survives a restart.
+"""The async engine's pool on PostgreSQL: a restarted or unreachable server, and driver errors.
 
-PostgreSQL ends every backend when it restarts. The sync engine pings on checkout; the async
-pool needs no round trip: asyncpg reads the server's goodbye on the event loop and marks the
-connection closed, and a closed one is replaced instead of failing the next request with 503.
+PostgreSQL ends every backend when it restarts. The engine pings a pooled connection when it
+is checked out (`pool_pre_ping`) and replaces one the server ended, so the next request is
+served instead of failing with 503. A server that refuses connections is a 503 with
+Retry-After. asyncpg's errors come out as the SQLAlchemy classes the handlers map (422, 503)
+and the services catch (integrity), as on SQLite.
 """
 
 from __future__ import annotations
 
-import asyncio
+from typing import Any
 
 import psycopg
 import pytest
 from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker import db
+from broker.config import settings
 
 pytestmark = pytest.mark.postgres
 
-
-def _terminate(pids: list[int]) -> None:
-    """What a restart does to the pool's backends: ends them from the server side."""
-    url = db.engine().url.set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(url, autocommit=True) as admin:
-        for pid in pids:
-            admin.execute("select pg_terminate_backend(%s)", (pid,))
+REFUSED = "postgresql+psycopg://postgres@127.0.0.1:1/nothing"  # nothing listens on port 1
 
 
-async def _backend_pid() -> int:
-    async with db.transaction() as scope:
-        cur = await scope.conn.execute("select pg_backend_pid()")
-        row = await cur.fetchone()
-        return int(row[0])
+def _end_backends() -> list[int]:
+    """What a restart does to every pool: end each client backend of the test database.
+
+    From another connection, server side; returns once they are gone.
+    """
+    url = make_url(settings().sqlalchemy_url).set(drivername="postgresql")
+    with psycopg.connect(url.render_as_string(hide_password=False), autocommit=True) as admin:
+        rows = admin.execute(
+            "select pid, pg_terminate_backend(pid, 5000) from pg_stat_activity"
+            " where datname = current_database() and backend_type = 'client backend'"
+            " and pid <> pg_backend_pid()"
+        ).fetchall()
+    assert all(ended for _, ended in rows), rows
+    return [pid for pid, _ in rows]
+
+
+async def _backend_pid(session: AsyncSession) -> int:
+    return int((await session.execute(text("select pg_backend_pid()"))).scalar_one())
 
 
 def test_a_connection_the_server_ended_is_replaced_not_used(backend: str) -> None:
     assert backend == "postgresql"
-
-    async def scenario() -> tuple[int, int]:
-        first = await _backend_pid()  # now idle in the pool
-        await asyncio.to_thread(_terminate, [first])
-        await asyncio.sleep(0.2)  # the server's goodbye reaches the socket
-        second = await _backend_pid()  # would raise OperationalError (503) on the dead one
-        await db.close_async_pool()
-        return first, second
-
-    first, second = asyncio.run(scenario())
-    assert first != second
+    first = db.call(_backend_pid)  # now idle in the pool of the sync callers' engine
+    assert first in _end_backends()
+    second = db.call(_backend_pid)  # the ping on checkout found it ended: a new connection
+    assert second != first
 
 
-def test_a_failed_connection_empties_the_idle_pool(backend: str) -> None:
-    """When a connection fails anyway (the check saw nothing yet), the idle ones go too."""
-    assert backend == "postgresql"
-
-    async def scenario() -> tuple[int, int, int]:
-        async def hold() -> int:
-            async with db.transaction() as scope:
-                cur = await scope.conn.execute("select pg_backend_pid()")
-                row = await cur.fetchone()
-                await asyncio.sleep(0.1)  # both open at once: two connections in the pool
-                return int(row[0])
-
-        pids = await asyncio.gather(hold(), hold())
-        pool = db._pool()
-        assert len(pool._idle) == 2
-        with pytest.raises(sa_exc.OperationalError):
-            async with db.transaction() as scope:
-                await scope.conn.execute("select pg_terminate_backend(pg_backend_pid())")
-        idle_after = len(pool._idle)
-        await db.close_async_pool()
-        return pids[0], pids[1], idle_after
-
-    *_, idle_after = asyncio.run(scenario())
-    assert idle_after == 0
+def test_a_request_after_a_restart_is_served(client: Any, admin_headers: dict[str, str]) -> None:
+    first = client.get("/v1/me", headers=admin_headers)  # leaves a connection in the app's pool
+    assert first.status_code == 200, first.text
+    assert _end_backends()
+    again = client.get("/v1/me", headers=admin_headers)
+    assert again.status_code == 200, again.text
 
 
-def test_driver_errors_come_out_as_the_sync_paths(backend: str) -> None:
-    """What the handlers answer (422, 503) and the services catch (integrity) on both paths."""
-    assert backend == "postgresql"
-
-    async def scenario() -> None:
-        with pytest.raises(sa_exc.DataError):  # PostgreSQL refuses NUL in text: 422
-            async with db.transaction() as scope:
-                await scope.conn.execute("select %(v)s::text", {"v": "a\x00b"})
-        with pytest.raises(sa_exc.IntegrityError):  # a duplicate key, rolled back
-            async with db.transaction() as scope:
-                await scope.conn.execute(
-                    "insert into registry_state (id, stamp) values (7, 'x'), (7, 'x')"
-                )
-        # The connection that failed went back in a clean state: the next transaction works.
-        async with db.transaction() as scope:
-            row = await (
-                await scope.conn.execute("select %(a)s::int + %(a)s::int", {"a": 2})
-            ).fetchone()
-            assert row[0] == 4
-        await db.close_async_pool()
-
-    asyncio.run(scenario())
-
-
-def test_an_unreachable_server_is_an_operational_error(
-    backend: str, monkeypatch: pytest.MonkeyPatch
+def test_a_server_that_refuses_connections_is_a_503(
+    client: Any, admin_headers: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Nothing listening: 503 (OperationalError), as the sync engine answers."""
+    """Nothing listening: 503 with Retry-After (not a 500), and served again once it is back."""
+    assert client.get("/v1/me", headers=admin_headers).status_code == 200
+    # The application's event loop drops its engine; its next request opens one on the
+    # refused URL. The sync callers' engine (the ticker's) exists already and is kept.
+    monkeypatch.setattr(settings(), "database_url", REFUSED)
+    try:
+        client.portal.call(db.dispose)
+        refused = client.get("/v1/me", headers=admin_headers)
+    finally:
+        monkeypatch.undo()
+        client.portal.call(db.dispose)
+    assert refused.status_code == 503, refused.text
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert refused.json()["code"] == "service.unavailable"
+    assert refused.headers["retry-after"] == "5"
+    assert client.get("/v1/me", headers=admin_headers).status_code == 200
+
+
+def test_driver_errors_come_out_as_the_classes_the_handlers_map(backend: str) -> None:
+    """DataError is a 422 (PostgreSQL refuses NUL in text), IntegrityError a replay or conflict."""
     assert backend == "postgresql"
 
-    async def scenario() -> None:
-        pool = db._pool()
-        monkeypatch.setattr(pool, "dsn", "postgresql://postgres@127.0.0.1:1/nothing")
-        with pytest.raises(sa_exc.OperationalError):
-            async with db.transaction():
-                pass
-        await db.close_async_pool()
+    async def nul(session: AsyncSession) -> None:
+        await session.execute(text("select cast(:v as text)"), {"v": "a\x00b"})
 
-    asyncio.run(scenario())
+    async def duplicate(session: AsyncSession) -> None:
+        await session.execute(
+            text("insert into registry_state (id, stamp) values (7, 'x'), (7, 'x')")
+        )
+
+    async def add(session: AsyncSession) -> int:
+        return int(
+            (await session.execute(text("select cast(:a as integer) * 2"), {"a": 2})).scalar_one()
+        )
+
+    with pytest.raises(sa_exc.DataError):
+        db.call(nul)
+    with pytest.raises(sa_exc.IntegrityError):
+        db.call(duplicate)
+    # The connections that failed went back to the pool in a clean state.
+    assert db.call(add) == 4

@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
+from sqlalchemy import Connection, inspect
 
 from broker import db, migrations_check
 from broker.models import Base
+
+
+def on_connection(fn: Any) -> Any:
+    """`fn(sync_connection)` on the broker's async engine (Alembic and the inspector are sync)."""
+
+    async def go() -> Any:
+        async with db.engine().connect() as conn:
+            return await conn.run_sync(fn)
+
+    return db.run(go)
+
+
+def table_names() -> set[str]:
+    return set(on_connection(lambda conn: inspect(conn).get_table_names()))
 
 
 def test_single_head() -> None:
@@ -17,21 +33,21 @@ def test_single_head() -> None:
 
 
 def test_models_match_migrations(backend: str) -> None:
-    with db.engine().connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    diff = on_connection(
+        lambda conn: compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    )
     assert diff == []
 
 
 def test_downgrade_to_base_and_up_again(backend: str) -> None:
     migrations_check.downgrade("base")
     try:
-        tables = set(inspect(db.engine()).get_table_names()) - {"alembic_version"}
-        assert tables == set()
-        assert not migrations_check.is_current()
+        assert table_names() - {"alembic_version"} == set()
+        assert not db.run(migrations_check.is_current)
     finally:
         migrations_check.upgrade()
-    assert migrations_check.is_current()
-    assert set(Base.metadata.tables) <= set(inspect(db.engine()).get_table_names())
+    assert db.run(migrations_check.is_current)
+    assert set(Base.metadata.tables) <= table_names()
 
 
 def test_every_revision_steps_down_and_up(backend: str) -> None:
@@ -40,14 +56,17 @@ def test_every_revision_steps_down_and_up(backend: str) -> None:
     for revision in revisions:
         migrations_check.downgrade("-1")
         migrations_check.upgrade("+1")
-        assert migrations_check.current() == script.get_current_head(), revision
+        assert db.run(migrations_check.current) == script.get_current_head(), revision
 
 
 def test_durability_settings(backend: str) -> None:
-    with db.engine().connect() as conn:
+    def settings(conn: Connection) -> None:
         if backend == "sqlite":
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
             assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
             assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         else:
             assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
+            assert conn.exec_driver_sql("SHOW timezone").scalar() == "UTC"
+
+    on_connection(settings)

@@ -24,12 +24,12 @@ def production(backend: str, redis_url: str) -> Iterator[None]:
 
 
 def test_ready_with_redis(production: None) -> None:
-    assert service.readiness() == {"database": "ok", "redis": "ok"}
+    assert db.run(service.readiness) == {"database": "ok", "redis": "ok"}
 
 
 def test_not_ready_without_redis(production: None) -> None:
     saved = config.settings()
     config.configure(**{**saved.model_dump(), "redis_url": "redis://127.0.0.1:1/0"})
-    checks = service.readiness()
+    checks = db.run(service.readiness)
     assert checks["database"] == "ok"
     assert checks["redis"] != "ok"

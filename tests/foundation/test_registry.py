@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker import db
-from broker.errors import BrokerError
+from broker.errors import BrokerError, FieldProblem
 from broker.models import Base
 from tests.conftest import bearer
 
@@ -19,12 +20,14 @@ LOG_TABLES = frozenset({"log_leaves", "log_nodes", "checkpoints"})
 
 
 def _counts() -> dict[str, int]:
-    with db.session_scope() as s:
+    async def counts(s: AsyncSession) -> dict[str, int]:
         return {
-            t.name: s.scalar(select(func.count()).select_from(t)) or 0
+            t.name: (await s.scalar(select(func.count()).select_from(t))) or 0
             for t in Base.metadata.sorted_tables
             if t.name not in LOG_TABLES
         }
+
+    return db.call(counts)
 
 
 class TestWorld:
@@ -46,8 +49,7 @@ class TestWorld:
         from broker import world as world_mod
 
         before = _counts()
-        with db.session_scope() as s:
-            loaded = world_mod.load_world(s, world, actor="test")
+        loaded = db.call(world_mod.load_world, world, actor="test")
         assert loaded.created == {}
         assert _counts() == before
 
@@ -298,6 +300,62 @@ def test_bad_registry_input_is_refused_and_changes_nothing(
     assert _counts() == before
 
 
+# Each reason a JWK is refused for, and the directory error that must report it (not merely
+# an error with the same code): routes document these classes, and clients read the title.
+JWK_REFUSALS: list[tuple[str, dict[str, Any], str]] = [
+    ("X25519 curve on a signing key", {"crv": "X25519"}, "WrongCurve"),
+    ("EC key instead of OKP", {"kty": "EC", "crv": "P-256"}, "WrongCurve"),
+    (
+        "private member d",
+        {"d": "nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A"},
+        "PrivateKeyMaterial",
+    ),
+    ("symmetric member k", {"k": "c2VjcmV0"}, "PrivateKeyMaterial"),
+    ("unknown use", {"use": "sign"}, "WrongUse"),
+    ("small-order point", {"x": "A" * 43}, "LowOrderKey"),
+    ("kid not the thumbprint", {"kid": "some-name"}, "KeyKidMismatch"),
+    ("x of 31 bytes", {"x": "A" * 42}, "InvalidKey"),
+]
+
+
+@pytest.mark.parametrize(("what", "change", "name"), JWK_REFUSALS, ids=[r[0] for r in JWK_REFUSALS])
+def test_a_refused_jwk_raises_the_directory_error_of_its_reason(
+    world: dict[str, Any], what: str, change: dict[str, Any], name: str
+) -> None:
+    from broker.directory import service as directory
+    from broker.directory.schemas import KeyIn
+
+    expected = getattr(directory, name)
+    data = KeyIn(agency_id="VN-GDC", focal_point_id="VN-GDC/fp-hcm-01", jwk=_jwk(**change))
+    with pytest.raises(expected) as info:
+        db.call(directory.register, data, actor="test")
+    assert type(info.value) is expected, what
+    assert info.value.errors == [FieldProblem(pointer="/jwk", detail=info.value.detail)]
+
+
+@pytest.mark.parametrize(("what", "change", "name"), JWK_REFUSALS, ids=[r[0] for r in JWK_REFUSALS])
+def test_a_refused_jwk_is_reported_with_its_reason(
+    client: Any,
+    world: dict[str, Any],
+    admin_headers: dict[str, str],
+    what: str,
+    change: dict[str, Any],
+    name: str,
+) -> None:
+    from broker.directory import service as directory
+
+    expected = getattr(directory, name)
+    body = {"agency_id": "VN-GDC", "focal_point_id": "VN-GDC/fp-hcm-01", "jwk": _jwk(**change)}
+    response = client.post("/v1/admin/keys", json=body, headers=admin_headers)
+    problem = response.json()
+    assert response.status_code == 422, what
+    assert (problem["code"], problem["title"]) == (expected.code, expected.title), what
+    assert problem["errors"] == [{"pointer": "/jwk", "detail": problem["detail"]}]
+    # Every refusal the route can give is in its OpenAPI description.
+    documented = client.get("/openapi.json").json()["paths"]["/v1/admin/keys"]["post"]
+    assert expected.code in documented["responses"]["422"]["description"], what
+
+
 def test_invalid_document_reports_every_bad_field(
     client: Any, world: dict[str, Any], admin_headers: dict[str, str]
 ) -> None:
@@ -346,12 +404,10 @@ class TestKeysLifecycle:
         assert by_kid[new_kid]["revocation_reason"] == "key_compromise"
         assert by_kid[new_kid]["compromised_since"] == 1767225600
         assert "d" not in by_kid[kid]
-        with db.session_scope() as s:
-            from broker.audit import repository
+        from broker.audit import repository
 
-            kinds = [
-                e.kind for e in repository.list_events(s, limit=1000) if e.kind.startswith("key.")
-            ]
+        events = db.call(repository.list_events, limit=1000)
+        kinds = [e.kind for e in events if e.kind.startswith("key.")]
         assert kinds == ["key.registered", "key.registered", "key.retired", "key.revoked"]
 
     def test_compromise_needs_a_time(
@@ -410,9 +466,9 @@ def test_party_sees_what_it_may_send_to_whom(
     assert "narcotics" in back[0]["directions"][0]["offences"]
 
 
-def test_service_errors_are_broker_errors(session: Any) -> None:
+def test_service_errors_are_broker_errors(clean_db: str) -> None:
     from broker.agencies import service
 
     with pytest.raises(BrokerError) as info:
-        service.get_agency(session, "XX-NONE")
+        db.call(service.get_agency, "XX-NONE")
     assert info.value.code == "request.not_found"

@@ -7,10 +7,12 @@ from typing import Any
 
 import pytest
 from sqlalchemy import delete, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker import db
 from broker.agencies.models import Agency, FocalPoint
 from broker.agreements.models import Agreement, AgreementVersion, Designation, Operation
+from broker.agreements.policy import Policy
 from broker.crypto.keys import SigningKey
 from broker.directory import service as directory
 from broker.directory.models import PublicKey
@@ -20,16 +22,13 @@ from broker.registry.models import REGISTRY_TABLES, RegistryState
 
 
 def _stamp() -> str | None:
-    with db.session_scope() as s:
-        return s.scalar(select(RegistryState.stamp))
+    return db.call(lambda s: s.scalar(select(RegistryState.stamp)))
 
 
 def _sig_key(world: dict[str, Any], fp: str = "VN-GDC/fp-hcm-01") -> tuple[str, SigningKey]:
     key = SigningKey.generate()
-    with db.session_scope() as s:
-        directory.register(
-            s, KeyIn(agency_id=fp.split("/")[0], focal_point_id=fp, jwk=key.public.jwk), actor="t"
-        )
+    data = KeyIn(agency_id=fp.split("/")[0], focal_point_id=fp, jwk=key.public.jwk)
+    db.call(directory.register, data, actor="t")
     return key.kid, key
 
 
@@ -57,8 +56,7 @@ def test_every_registry_write_changes_the_stamp(
     _sig_key(world)  # so that the keys table has a row
     before = _stamp()
     assert before is not None
-    with db.session_scope() as s:
-        s.execute(change)
+    db.call(lambda s: s.execute(change))
     after = _stamp()
     assert after is not None
     assert after != before, table
@@ -71,44 +69,38 @@ def test_other_writes_leave_it(world: dict[str, Any], token_for: Any) -> None:
 
 
 def test_the_row_survives_deletion(world: dict[str, Any]) -> None:
-    with db.session_scope() as s:
-        s.execute(delete(RegistryState))
+    db.call(lambda s: s.execute(delete(RegistryState)))
     assert _stamp() is not None
 
 
 def test_a_rolled_back_change_never_serves_later_requests(world: dict[str, Any]) -> None:
     kid, _ = _sig_key(world)
-    session = db.new_session()
-    try:
-        directory.revoke(session, kid, RevokeIn(reason="superseded"), actor="t")
-        session.flush()
+
+    async def revoke_and_roll_back(s: AsyncSession) -> str:
+        await directory.revoke(s, kid, RevokeIn(reason="superseded"), actor="t")
+        await s.flush()
         # Loaded inside the uncommitted transaction: it sees the revocation...
-        assert snapshot.current(session).keys[kid].status == "revoked"
-        session.rollback()
-    finally:
-        session.close()
+        status = (await snapshot.current(s)).keys[kid].status
+        await s.rollback()
+        return status
+
+    assert db.call(revoke_and_roll_back) == "revoked"
     # ...but its stamp never commits, so the next transaction reloads.
-    with db.session_scope() as s:
-        assert snapshot.current(s).keys[kid].status == "active"
+    assert db.call(snapshot.current).keys[kid].status == "active"
 
 
 def test_revocation_is_seen_by_the_next_transaction(world: dict[str, Any]) -> None:
     kid, _ = _sig_key(world)
-    with db.session_scope() as s:
-        assert snapshot.current(s).keys[kid].usable_at(datetime.now(UTC))
-    with db.session_scope() as s:
-        directory.revoke(s, kid, RevokeIn(reason="superseded"), actor="t")
-    with db.session_scope() as s:
-        key = snapshot.current(s).keys[kid]
-        assert key.status == "revoked"
-        assert not key.usable_at(datetime.now(UTC))
+    assert db.call(snapshot.current).keys[kid].usable_at(datetime.now(UTC))
+    db.call(directory.revoke, kid, RevokeIn(reason="superseded"), actor="t")
+    key = db.call(snapshot.current).keys[kid]
+    assert key.status == "revoked"
+    assert not key.usable_at(datetime.now(UTC))
 
 
 def test_unchanged_registry_reuses_the_snapshot(world: dict[str, Any]) -> None:
-    with db.session_scope() as s:
-        first = snapshot.current(s)
-    with db.session_scope() as s:
-        assert snapshot.current(s) is first
+    first = db.call(snapshot.current)
+    assert db.call(snapshot.current) is first
 
 
 def test_policy_matches_the_rows(world: dict[str, Any]) -> None:
@@ -117,11 +109,15 @@ def test_policy_matches_the_rows(world: dict[str, Any]) -> None:
         "operation": "MEKONG-DRAGON-V",
         "sender_fp": "VN-GDC/fp-hcm-01",
     }
-    with db.session_scope() as s:
-        policy = snapshot.current(s).policy(routing)
-        version = s.execute(
+
+    async def policy_and_hash(s: AsyncSession) -> tuple[Policy, str | None]:
+        policy = (await snapshot.current(s)).policy(routing)
+        version = await s.scalar(
             text("select sha256 from agreement_versions where agreement_id = 'MEKONG-DRAGON'")
-        ).scalar()
+        )
+        return policy, version
+
+    policy, version = db.call(policy_and_hash)
     assert policy.agreement is not None
     assert policy.agreement["id"] == "MEKONG-DRAGON"
     assert policy.agreement_sha256 == version

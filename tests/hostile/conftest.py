@@ -12,7 +12,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, text
+from sqlalchemy import delete, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker import db
 from tests.conftest import server_lock
@@ -26,9 +27,11 @@ def wipe() -> None:
     """Empty every table (the schema stays), as the `clean_db` fixture does after a test."""
     from broker.models import Base
 
-    with db.session_scope() as s:
+    async def empty(s: AsyncSession) -> None:
         for table in reversed(Base.metadata.sorted_tables):
-            s.execute(delete(table))
+            await s.execute(delete(table))
+
+    db.call(empty)
 
 
 def make_token(role: str, **binding: Any) -> str:
@@ -36,12 +39,14 @@ def make_token(role: str, **binding: Any) -> str:
     from broker.auth import service
     from broker.auth.service import Role
 
-    with db.session_scope() as s:
-        principal = service.create_principal(
+    async def issue(s: AsyncSession) -> str:
+        principal = await service.create_principal(
             s, name=f"{role}-{uuid.uuid4().hex[:8]}", role=Role(role), actor="test", **binding
         )
-        _, secret = service.issue_token(s, principal, actor="test")
-    return secret
+        _, secret = await service.issue_token(s, principal, actor="test")
+        return secret
+
+    return db.call(issue)
 
 
 def arm(client: Any) -> Exchange:
@@ -49,8 +54,7 @@ def arm(client: Any) -> Exchange:
     from broker import world as world_mod
 
     doc = world_mod.demo_world()
-    with db.session_scope() as s:
-        world_mod.load_world(s, doc, actor="test")
+    db.call(world_mod.load_world, doc, actor="test")
     return register_world_keys(Exchange(client=client, token_for=make_token), doc)
 
 
@@ -71,8 +75,10 @@ def armed(app: Any, backend: str) -> Iterator[Exchange]:
 
 
 def count(sql: str, **params: Any) -> int:
-    with db.session_scope() as s:
-        return int(s.execute(text(sql), params).scalar_one())
+    async def read(s: AsyncSession) -> int:
+        return int((await s.execute(text(sql), params)).scalar_one())
+
+    return db.call(read)
 
 
 def footprint() -> dict[str, int]:
@@ -87,16 +93,17 @@ def footprint() -> dict[str, int]:
 def last_rejection() -> dict[str, Any]:
     from broker.audit.models import AuditEvent
 
-    with db.session_scope() as s:
-        from sqlalchemy import select
-
-        event = s.scalars(
+    async def read(s: AsyncSession) -> AuditEvent:
+        found = await s.scalars(
             select(AuditEvent)
             .where(AuditEvent.kind == "msg.rejected")
             .order_by(AuditEvent.created_at.desc(), AuditEvent.id.desc())
             .limit(1)
-        ).one()
-        return {"actor": event.actor, "subject": event.subject, "details": dict(event.details)}
+        )
+        return found.one()
+
+    event = db.call(read)
+    return {"actor": event.actor, "subject": event.subject, "details": dict(event.details)}
 
 
 def gated_routes(app: Any) -> list[tuple[str, str, frozenset[Any]]]:
@@ -165,12 +172,13 @@ def state_settings(examples: int, steps: int) -> Any:
 
 def audit_events_since(seen: set[Any]) -> list[tuple[str, str | None]]:
     """(kind, subject) of the audit events not in `seen` (ids), which are then added to it."""
-    from sqlalchemy import select
-
     from broker.audit.models import AuditEvent
 
-    with db.session_scope() as s:
-        rows = s.execute(select(AuditEvent.id, AuditEvent.kind, AuditEvent.subject)).all()
+    async def read(s: AsyncSession) -> list[tuple[Any, str, str | None]]:
+        found = await s.execute(select(AuditEvent.id, AuditEvent.kind, AuditEvent.subject))
+        return [(id_, kind, subject) for id_, kind, subject in found.all()]
+
+    rows = db.call(read)
     new = [(kind, subject) for id_, kind, subject in rows if id_ not in seen]
     seen.update(id_ for id_, _, _ in rows)
     return new

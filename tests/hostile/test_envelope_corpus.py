@@ -64,14 +64,11 @@ class Kit:
         from broker.directory.schemas import KeyIn
 
         key = SigningKey.generate()
-        with db.session_scope() as s:
-            directory.register(
-                s,
-                KeyIn(
-                    agency_id=fp.split("/")[0], focal_point_id=fp, jwk=key.public.jwk, **validity
-                ),
-                actor="test",
-            )
+        db.call(
+            directory.register,
+            KeyIn(agency_id=fp.split("/")[0], focal_point_id=fp, jwk=key.public.jwk, **validity),
+            actor="test",
+        )
         return key
 
 
@@ -859,13 +856,12 @@ def build_revoked_key(kit: Kit) -> Attempt:
     from broker.directory.schemas import RevokeIn
 
     key = kit.register_sig(SENDER_FP)
-    with db.session_scope() as s:
-        directory.revoke(
-            s,
-            key.kid,
-            RevokeIn(reason="key_compromise", compromised_since=utcnow() - timedelta(hours=1)),
-            actor="test",
-        )
+    db.call(
+        directory.revoke,
+        key.kid,
+        RevokeIn(reason="key_compromise", compromised_since=utcnow() - timedelta(hours=1)),
+        actor="test",
+    )
     fg = kit.forge()
     fg.signer = key
     return kit.attempt(fg, fg.envelope())
@@ -876,8 +872,7 @@ def build_retired_key(kit: Kit) -> Attempt:
     from broker.directory import service as directory
 
     key = kit.register_sig(SENDER_FP)
-    with db.session_scope() as s:
-        directory.retire(s, key.kid, actor="test")
+    db.call(directory.retire, key.kid, actor="test")
     fg = kit.forge()
     fg.signer = key
     return kit.attempt(fg, fg.envelope())

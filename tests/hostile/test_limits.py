@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import httpx2 as httpx
 import pytest
 
-from broker import ratelimit
+from broker import db, ratelimit
 from broker.config import settings
 from tests.conftest import bearer, free_port
 from tests.messages.conftest import Exchange
@@ -202,8 +202,6 @@ def test_slow_clients_are_cut_and_block_nobody(
 def test_token_brute_force_hits_429_quickly(
     app: Any, client: Any, world: dict[str, Any], token_for: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fastapi.testclient import TestClient
-
     limit(monkeypatch, rate_auth_failures_per_minute=5)
     good = token_for("agency", agency_id="HK-CED")
     guesses = [
@@ -219,9 +217,17 @@ def test_token_brute_force_hits_429_quickly(
     # Blocked before the token is looked at: a right guess is indistinguishable from a wrong one.
     assert client.get("/v1/me", headers=bearer(good)).status_code == 429
     assert client.get("/v1/me").status_code == 429
-    # Other clients are unaffected.
-    elsewhere = TestClient(app, client=("203.0.113.7", 40000), raise_server_exceptions=False)
-    assert elsewhere.get("/v1/me", headers=bearer(good)).status_code == 200
+
+    # Other clients are unaffected. Asked on the same application's event loop: in-memory
+    # counts belong to their loop, so a second TestClient would not see these at all.
+    async def from_elsewhere() -> int:
+        transport = httpx.ASGITransport(
+            app=app, raise_app_exceptions=False, client=("203.0.113.7", 40000)
+        )
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as other:
+            return (await other.get("/v1/me", headers=bearer(good))).status_code
+
+    assert client.portal.call(from_elsewhere) == 200
 
 
 @pytest.mark.redis
@@ -236,23 +242,25 @@ def test_failed_authentication_is_counted_across_paths_at_once(
     ratelimit.reset()
     monkeypatch.setattr(ratelimit, "CLEAN_S", 60.0)  # a stale entry would outlive the test
     peer = f"198.51.100.{secrets.randbelow(200) + 20}"
-    exchange.client = TestClient(app, client=(peer, 40000), raise_server_exceptions=False)
-    first, _, _ = exchange.send()
-    assert first.status_code == 201, first.text  # the address is now remembered as clean
-    guess = bearer("brk_" + secrets.token_urlsafe(32))
-    guesses = [exchange.client.get("/v1/me", headers=guess).status_code for _ in range(3)]
-    assert guesses == [401] * 3
-    refused, _, _ = exchange.send()  # a right token, from a blocked address
-    assert refused.status_code == 429, refused.text
-    assert refused.headers["ratelimit-policy"] == '"auth_failures";q=3;w=60'
-    # Wrong tokens on the submit route itself are counted too.
-    ratelimit.reset()
-    bad = {**guess, "Idempotency-Key": "x"}
-    on_submit = [
-        exchange.client.post("/v1/messages", json={"envelope": "x"}, headers=bad).status_code
-        for _ in range(4)
-    ]
-    assert on_submit == [401] * 3 + [429]
+    # The counts are in Redis: this client's application start keeps them.
+    with TestClient(app, client=(peer, 40000), raise_server_exceptions=False) as from_peer:
+        exchange.client = from_peer
+        first, _, _ = exchange.send()
+        assert first.status_code == 201, first.text  # the address is now remembered as clean
+        guess = bearer("brk_" + secrets.token_urlsafe(32))
+        guesses = [exchange.client.get("/v1/me", headers=guess).status_code for _ in range(3)]
+        assert guesses == [401] * 3
+        refused, _, _ = exchange.send()  # a right token, from a blocked address
+        assert refused.status_code == 429, refused.text
+        assert refused.headers["ratelimit-policy"] == '"auth_failures";q=3;w=60'
+        # Wrong tokens on the submit route itself are counted too.
+        ratelimit.reset()
+        bad = {**guess, "Idempotency-Key": "x"}
+        on_submit = [
+            exchange.client.post("/v1/messages", json={"envelope": "x"}, headers=bad).status_code
+            for _ in range(4)
+        ]
+        assert on_submit == [401] * 3 + [429]
 
 
 def test_principal_budget_per_bucket(exchange: Exchange, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -273,11 +281,10 @@ def test_principal_budget_per_bucket(exchange: Exchange, monkeypatch: pytest.Mon
     # Another principal has its own budget.
     other = exchange.client.get("/v1/me", headers=exchange.agency_headers("HK-CED"))
     assert other.status_code == 200
-    from broker import db
     from broker.audit import repository
 
-    with db.session_scope() as s:  # a throttled submit is not a refused envelope
-        assert repository.list_events(s, kind="msg.rejected") == []
+    # A throttled submit is not a refused envelope.
+    assert db.call(repository.list_events, kind="msg.rejected") == []
 
 
 def test_every_gated_route_is_rate_limited(
@@ -314,25 +321,43 @@ def test_failure_budget_keys(peer: str, key: str) -> None:
     assert ratelimit.client_address(request) == key
 
 
+async def _close(limiter: ratelimit.Limiter) -> None:
+    """Close a Redis limiter's connections, which its `limits` storage keeps open."""
+    await limiter.close()
+
+
 def test_counts_live_in_redis_in_production(redis_url: str) -> None:
-    limiter = ratelimit.Limiter(redis_url)
-    limiter.reset()
-    key = secrets.token_hex(8)
-    assert [limiter.hit("submit", 3, key) for _ in range(4)] == [True, True, True, False]
-    assert limiter.exhausted("submit", 3, key)
-    assert 1 <= limiter.retry_after("submit", 3, key) <= 60
-    limiter.reset()
-    assert not limiter.exhausted("submit", 3, key)
+    async def scenario() -> None:
+        limiter, other = ratelimit.Limiter(redis_url), ratelimit.Limiter(redis_url)
+        try:
+            await limiter.reset()
+            key = secrets.token_hex(8)
+            hits = [await limiter.hit("submit", 3, key) for _ in range(4)]
+            assert hits[:3] == [0, 0, 0]  # allowed
+            assert 1 <= hits[3] <= 60  # refused, with its Retry-After
+            assert 1 <= await limiter.exhausted("submit", 3, key) <= 60
+            # Another limiter on the same store (another process) sees the same count.
+            assert await other.exhausted("submit", 3, key) > 0
+            await limiter.reset()
+            assert await limiter.exhausted("submit", 3, key) == 0
+        finally:
+            await _close(limiter)
+            await _close(other)
+
+    db.run(scenario)
 
 
 def test_an_unreachable_store_fails_open_and_fast() -> None:
-    limiter = ratelimit.Limiter("redis://127.0.0.1:1/0")
-    assert limiter.hit("default", 1, "k") is True
-    started = time.monotonic()
-    for _ in range(100):  # the store is skipped for a while, not retried per request
-        assert limiter.hit("default", 1, "k") is True
-        assert limiter.exhausted("default", 1, "k") is False
-    assert time.monotonic() - started < 0.5
+    async def scenario() -> float:
+        limiter = ratelimit.Limiter("redis://127.0.0.1:1/0")
+        assert await limiter.hit("default", 1, "k") == 0
+        started = time.monotonic()
+        for _ in range(100):  # the store is skipped for a while, not retried per request
+            assert await limiter.hit("default", 1, "k") == 0
+            assert await limiter.exhausted("default", 1, "k") == 0
+        return time.monotonic() - started
+
+    assert db.run(scenario) < 0.5
 
 
 # --- long-poll storm -------------------------------------------------------------------------

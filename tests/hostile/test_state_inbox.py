@@ -41,6 +41,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 from sqlalchemy import delete
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker import db
 from tests.hostile.conftest import audit_events_since, state_settings
@@ -87,10 +88,13 @@ def reset_exchange() -> None:
     from broker.models import Base
 
     names = {"push_attempts", "deliveries", "outbox", "inbox_counters", "messages"}
-    with db.session_scope() as s:
+
+    async def empty(s: AsyncSession) -> None:
         for table in reversed(Base.metadata.sorted_tables):
             if table.name in names:
-                s.execute(delete(table))
+                await s.execute(delete(table))
+
+    db.call(empty)
 
 
 def settle(timeout_s: float = 10.0) -> None:

@@ -36,6 +36,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker import db
 from broker.crypto.keys import EncryptionKey, SigningKey
@@ -110,10 +111,14 @@ def registry_rows() -> dict[str, list[tuple[Any, ...]]]:
         "principals": "select name, role, status from principals",
         "credentials": "select id, revoked_at from credentials",
     }
-    with db.session_scope() as s:
+
+    async def read(s: AsyncSession) -> dict[str, list[tuple[Any, ...]]]:
         return {
-            name: sorted(map(tuple, s.execute(text(sql)).all())) for name, sql in queries.items()
+            name: sorted(map(tuple, (await s.execute(text(sql))).all()))
+            for name, sql in queries.items()
         }
+
+    return db.call(read)
 
 
 class RegistryMachine(RuleBasedStateMachine):
@@ -571,13 +576,16 @@ class RegistryMachine(RuleBasedStateMachine):
         from broker.directory import service as directory
 
         now = datetime.now(UTC)
-        with db.session_scope() as s:
-            usable = {
+
+        async def read(s: AsyncSession) -> set[str]:
+            return {
                 k.kid
                 for agency in self.model.agencies
                 for use in ("sig", "enc")
-                for k in directory.usable_keys(s, agency, use, now)
+                for k in await directory.usable_keys(s, agency, use, now)
             }
+
+        usable = db.call(read)
         expected = {kid for kid, k in self.model.keys.items() if k.status == "active"}
         assert usable == expected, self.steps
         published = {k["kid"]: k["status"] for k in self._get("/v1/directory/jwks")["keys"]}

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker import db
 from broker.auth.service import Caller, Role
@@ -67,12 +68,11 @@ def submit(ex: Exchange, routing: dict[str, Any], *, retry_s: float = 0.0) -> st
     deadline = time.monotonic() + retry_s
     while True:
         try:
-            with db.session_scope() as s:
-                outcome = service.submit(
-                    s, focal_point(routing["sender_fp"]), envelope, routing["mid"]
-                )
+            outcome = db.call(
+                service.submit, focal_point(routing["sender_fp"]), envelope, routing["mid"]
+            )
             break
-        except DBAPIError:
+        except (DBAPIError, OSError):  # asyncpg raises OSError itself when it cannot connect
             if time.monotonic() > deadline:
                 raise
             RETRIED.append(routing["mid"])
@@ -142,40 +142,45 @@ class Ledger:
 
 def ledger() -> Ledger:
     """Read messages, deliveries, audit events and the outbox."""
+    return db.call(_ledger)
+
+
+async def _ledger(s: AsyncSession) -> Ledger:
     from broker.audit.models import AuditEvent
     from broker.messages.models import Delivery, Message, Outbox
 
-    with db.session_scope() as s:
-        messages = {
-            str(mid): list(routing["recipients"])
-            for mid, routing in s.execute(select(Message.mid, Message.routing))
-        }
-        deliveries = [
-            (str(mid), r, state, seq)
-            for mid, r, state, seq in s.execute(
-                select(Message.mid, Delivery.recipient, Delivery.state, Delivery.inbox_seq).join(
-                    Message, Message.id == Delivery.message_id
-                )
+    messages = {
+        str(mid): list(routing["recipients"])
+        for mid, routing in await s.execute(select(Message.mid, Message.routing))
+    }
+    deliveries = [
+        (str(mid), r, state, seq)
+        for mid, r, state, seq in await s.execute(
+            select(Message.mid, Delivery.recipient, Delivery.state, Delivery.inbox_seq).join(
+                Message, Message.id == Delivery.message_id
             )
-        ]
-        accepted: Counter[str] = Counter()
-        delivered: Counter[tuple[str, str]] = Counter()
-        for kind, details in s.execute(
-            select(AuditEvent.kind, AuditEvent.details).where(
-                AuditEvent.kind.in_(["msg.accepted", "msg.delivered"])
-            )
-        ):
-            if kind == "msg.accepted":
-                accepted[details["mid"]] += 1
-            else:
-                delivered[(details["mid"], details["recipient"])] += 1
-        pending = len(
-            s.scalars(
+        )
+    ]
+    accepted: Counter[str] = Counter()
+    delivered: Counter[tuple[str, str]] = Counter()
+    for kind, details in await s.execute(
+        select(AuditEvent.kind, AuditEvent.details).where(
+            AuditEvent.kind.in_(["msg.accepted", "msg.delivered"])
+        )
+    ):
+        if kind == "msg.accepted":
+            accepted[details["mid"]] += 1
+        else:
+            delivered[(details["mid"], details["recipient"])] += 1
+    pending = len(
+        (
+            await s.scalars(
                 select(Outbox.id).where(
                     Outbox.topic == "deliver", Outbox.done_at.is_(None), Outbox.dead_at.is_(None)
                 )
-            ).all()
-        )
+            )
+        ).all()
+    )
     return Ledger(messages, deliveries, accepted, delivered, pending)
 
 
@@ -186,8 +191,7 @@ def drain(agency_id: str) -> list[tuple[int, str]]:
     seen: list[tuple[int, str]] = []
     cursor: str | None = None
     while True:
-        with db.session_scope() as s:
-            page = service.poll(s, agency(agency_id), cursor, 100)
+        page = db.call(service.poll, agency(agency_id), cursor, 100)
         if not page.items:
             return seen
         seen += [(item.seq, str(item.mid)) for item in page.items]

@@ -18,15 +18,14 @@ from tests.messages.conftest import Exchange, relay
 
 
 def acked_events() -> list[tuple[str, str | None]]:
-    with db.session_scope() as s:
-        return [
-            (d["status"], d["reason"])
-            for d in s.scalars(
-                select(AuditEvent.details)
-                .where(AuditEvent.kind == "msg.acked")
-                .order_by(AuditEvent.created_at)
-            )
-        ]
+    details = db.call(
+        lambda s: s.scalars(
+            select(AuditEvent.details)
+            .where(AuditEvent.kind == "msg.acked")
+            .order_by(AuditEvent.created_at)
+        )
+    )
+    return [(d["status"], d["reason"]) for d in details]
 
 
 def signed_ack(
@@ -109,28 +108,25 @@ def test_an_ack_must_be_signed_by_the_recipient_agency(exchange: Exchange) -> No
         headers=exchange.agency_headers("KR-KCS"),
     )
     assert kr.status_code == 404
-    with db.session_scope() as s:
-        assert s.scalar(select(func.count()).where(AuditEvent.kind == "msg.acked")) == 0
+    acked = db.call(lambda s: s.scalar(select(func.count()).where(AuditEvent.kind == "msg.acked")))
+    assert acked == 0
 
 
 def test_a_delivery_not_yet_in_the_inbox_cannot_be_acknowledged(keys: Exchange) -> None:
     from broker.errors import NotFound
     from broker.inbox import service
+    from broker.messages import service as messages
     from tests.inbox.conftest import agency
 
     routing = keys.routing()
     envelope = keys.envelope(routing)
-    with db.session_scope() as s:
-        from broker.messages import service as messages
-
-        outcome = messages.submit(s, focal_point(routing["sender_fp"]), envelope, routing["mid"])
+    outcome = db.call(messages.submit, focal_point(routing["sender_fp"]), envelope, routing["mid"])
     assert outcome.status == 201
-    mid = routing["mid"]
+    mid = uuid.UUID(str(routing["mid"]))
     ack = signed_ack(keys, "HK-CED", str(mid), envelope, "received")
-    with pytest.raises(NotFound), db.session_scope() as s:  # still queued: no inbox number
-        service.acknowledge(s, agency("HK-CED"), uuid.UUID(str(mid)), ack)
-    service.relay_all(db.session_scope)
-    with db.session_scope() as s:
-        out = service.acknowledge(s, agency("HK-CED"), uuid.UUID(str(mid)), ack)
+    with pytest.raises(NotFound):  # still queued: no inbox number
+        db.call(service.acknowledge, agency("HK-CED"), mid, ack)
+    db.run(service.relay_all, db.session_scope)
+    out = db.call(service.acknowledge, agency("HK-CED"), mid, ack)
     assert out.status == "received"
     assert acked_events() == [("received", None)]

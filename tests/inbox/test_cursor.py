@@ -1,12 +1,15 @@
 """Inbox cursors never skip and never repeat, while deliveries commit concurrently (decision 4).
 
 The main test runs writers, relays and pollers at once on PostgreSQL, where transactions really
-overlap. The controls show, on the same database, the interleaving that defeats an autoincrement
-cursor, and that the inbox counter's row lock prevents that interleaving.
+overlap: writers and pollers share the process's event loop as API requests share the server's,
+and each relay runs on an event loop (and connection pool) of its own, as each Celery worker
+process does. The controls show, on the same database, the interleaving that defeats an
+autoincrement cursor, and that the inbox counter's row lock prevents that interleaving.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import time
@@ -16,6 +19,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from broker import db
 from broker.ids import utcnow
@@ -79,16 +83,21 @@ def test_concurrent_writers_relays_and_pollers_see_every_message_once_in_one_ord
             time.sleep(rng.random() * 0.004)
 
     def relay() -> None:
-        while not stop.is_set():
-            if service.relay_all(db.session_scope) == 0:
-                time.sleep(0.002)
+        async def run() -> None:
+            try:
+                while not stop.is_set():
+                    if await service.relay_all(db.session_scope) == 0:
+                        await asyncio.sleep(0.002)
+            finally:
+                await db.dispose()  # this loop's connections
+
+        asyncio.run(run())
 
     def follow(out: list[tuple[int, str]], page_size: int, agency_id: str) -> None:
         caller, cursor = agency(agency_id), None
         end = time.monotonic() + DEADLINE_S
         while time.monotonic() < end:
-            with db.session_scope() as s:
-                page = service.poll(s, caller, cursor, page_size)
+            page = db.call(service.poll, caller, cursor, page_size)
             out += [(item.seq, str(item.mid)) for item in page.items]
             cursor = page.next_cursor
             if writers_done.is_set() and not page.items:
@@ -137,19 +146,18 @@ def test_concurrent_writers_relays_and_pollers_see_every_message_once_in_one_ord
     # ... and one msg.fetched per delivery, however many pollers raced to fetch it first.
     from broker.audit.models import AuditEvent
 
-    with db.session_scope() as s:
-        fetched = Counter(
-            (d["mid"], d["recipient"])
-            for d in s.scalars(select(AuditEvent.details).where(AuditEvent.kind == "msg.fetched"))
-        )
+    details = db.call(
+        lambda s: s.scalars(select(AuditEvent.details).where(AuditEvent.kind == "msg.fetched"))
+    )
+    fetched = Counter((d["mid"], d["recipient"]) for d in details)
     followed = {(m, r) for m, rs in accepted.items() for r in rs if r in (HK, "KR-KCS")}
     assert fetched == Counter(followed)
     # A new poller starting from scratch sees exactly what the others saw.
     assert drain(HK) == views[0]
 
 
-def _control_row(conn: Any) -> int:
-    row = conn.execute(
+async def _control_row(conn: AsyncConnection) -> int:
+    row = await conn.execute(
         insert(Outbox)
         .values(topic="control", ref=uuid.uuid4(), created_at=utcnow())
         .returning(Outbox.id)
@@ -159,48 +167,63 @@ def _control_row(conn: Any) -> int:
 
 def test_control_an_autoincrement_cursor_skips_a_late_commit(clean_db: str) -> None:
     """Why `inbox_seq` exists: ids are drawn at insert, visibility comes at commit."""
-    engine = db.engine()
-    with engine.connect() as t1, engine.connect() as t2, engine.connect() as reader:
-        early = _control_row(t1)  # drawn first, committed last
-        late = _control_row(t2)
-        t2.commit()
-        assert late > early
 
-        def follow(cursor: int) -> list[int]:
-            ids = reader.scalars(
-                select(Outbox.id)
-                .where(Outbox.topic == "control", Outbox.id > cursor)
-                .order_by(Outbox.id)
-            ).all()
-            reader.rollback()
-            return list(ids)
+    async def scenario() -> None:
+        engine = db.engine()
+        async with engine.connect() as t1, engine.connect() as t2, engine.connect() as reader:
+            early = await _control_row(t1)  # drawn first, committed last
+            late = await _control_row(t2)
+            await t2.commit()
+            assert late > early
 
-        first_page = follow(0)
-        assert first_page == [late]
-        t1.commit()
-        second_page = follow(first_page[-1])
-        assert second_page == []  # the cursor moved past `early`: that poller never sees it
-        assert follow(0) == [early, late]
+            async def follow(cursor: int) -> list[int]:
+                ids = await reader.scalars(
+                    select(Outbox.id)
+                    .where(Outbox.topic == "control", Outbox.id > cursor)
+                    .order_by(Outbox.id)
+                )
+                found = list(ids)
+                await reader.rollback()
+                return found
+
+            first_page = await follow(0)
+            assert first_page == [late]
+            await t1.commit()
+            second_page = await follow(first_page[-1])
+            assert second_page == []  # the cursor moved past `early`: that poller never sees it
+            assert await follow(0) == [early, late]
+
+    db.run(scenario)
 
 
 def test_control_the_inbox_counter_lock_orders_commits(world: dict[str, Any]) -> None:
     """The same interleaving with inbox numbers: the second taker waits for the first commit."""
-    first = db.new_session()
-    second_seq: list[int] = []
 
-    def take_second() -> None:
-        with db.session_scope() as s:
-            second_seq.append(repository.take_seqs(s, HK, 1))
+    async def take_second() -> int:
+        async with db.session_scope() as s:
+            return await repository.take_seqs(s, HK, 1)
 
-    try:
-        seq = repository.take_seqs(first, HK, 1)  # holds the counter row lock, uncommitted
-        thread = threading.Thread(target=take_second, daemon=True)
-        thread.start()
-        thread.join(0.5)
-        assert thread.is_alive(), "the second transaction must wait for the first"
-        assert second_seq == []
-        first.commit()
-    finally:
-        first.close()
-    thread.join(10)
-    assert second_seq == [seq + 1]  # numbered after the first, visible only after it
+    async def scenario() -> tuple[int, int]:
+        second: asyncio.Task[int] | None = None
+        try:
+            async with db.session_scope() as first:
+                seq = await repository.take_seqs(first, HK, 1)  # holds the counter row lock
+                second = asyncio.create_task(take_second())
+                await asyncio.sleep(0.5)
+                assert not second.done(), "the second transaction must wait for the first"
+            # Committed: numbered after the first, visible only after it.
+            return seq, await asyncio.wait_for(second, 10)
+        finally:
+            if second is not None and not second.done():
+                await asyncio.wait([second], timeout=10)
+
+    seq, second_seq = db.run(scenario)
+    assert second_seq == seq + 1
+
+
+@pytest.mark.parametrize("after", ["x", "-1", "1.0", " 1", "\u0661", "\u00b2", "1" * 19])
+def test_a_cursor_is_ascii_digits_only(after: str) -> None:
+    with pytest.raises(service.BadCursor):
+        service._cursor(after)
+    assert service._cursor("") == service._cursor(None) == 0
+    assert service._cursor("42") == 42

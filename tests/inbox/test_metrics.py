@@ -8,7 +8,7 @@ from typing import Any
 import time_machine
 from prometheus_client.parser import text_string_to_metric_families
 
-from broker import metrics
+from broker.inbox import metrics
 from tests.inbox.conftest import submit
 from tests.messages.conftest import Exchange, relay
 
@@ -102,7 +102,7 @@ def test_overdue_flag_and_gauge_follow_the_agreements_ack_deadline(exchange: Exc
 def test_metrics_survive_a_database_error(exchange: Exchange, monkeypatch: Any) -> None:
     from broker.inbox import repository
 
-    def broken(session: Any) -> Any:
+    async def broken(session: Any) -> Any:
         raise RuntimeError("database unavailable")
 
     monkeypatch.setattr(repository, "outbox_stats", broken)

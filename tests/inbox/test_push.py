@@ -74,43 +74,43 @@ def partner() -> Iterator[Partner]:
 
 
 def register(url: str, agency: str = HK, enabled: bool = True) -> None:
-    with db.session_scope() as s:
-        service.set_endpoint(s, agency, PushEndpointIn(url=url, enabled=enabled), actor="test")
+    db.call(service.set_endpoint, agency, PushEndpointIn(url=url, enabled=enabled), actor="test")
+
+
+def deliver_due() -> int:
+    """One push run, as the task and the ticker run it."""
+    return db.run(service.deliver_due, db.session_scope)
 
 
 def relay_and_push() -> int:
-    inbox.relay_all(db.session_scope)
-    return service.deliver_due(db.session_scope)
+    db.run(inbox.relay_all, db.session_scope)
+    return deliver_due()
 
 
 def push_rows() -> list[Outbox]:
-    with db.session_scope() as s:
-        return list(outbox.outbox_rows(s, "push"))
+    return list(db.call(outbox.outbox_rows, "push"))
 
 
 def attempts() -> list[tuple[int, str, int | None]]:
-    with db.session_scope() as s:
-        return [
-            (a.attempt, a.status, a.http_status)
-            for a in s.scalars(select(PushAttempt).order_by(PushAttempt.started_at))
-        ]
+    found = db.call(lambda s: s.scalars(select(PushAttempt).order_by(PushAttempt.started_at)))
+    return [(a.attempt, a.status, a.http_status) for a in found]
 
 
 def pushed_events() -> list[tuple[int, str, int | None]]:
-    with db.session_scope() as s:
-        return sorted(
-            (d["attempt"], d["status"], d["http_status"])
-            for d in s.scalars(select(AuditEvent.details).where(AuditEvent.kind == "msg.pushed"))
-        )
+    details = db.call(
+        lambda s: s.scalars(select(AuditEvent.details).where(AuditEvent.kind == "msg.pushed"))
+    )
+    return sorted((d["attempt"], d["status"], d["http_status"]) for d in details)
 
 
 def make_due() -> None:
-    with db.session_scope() as s:
-        s.execute(
+    db.call(
+        lambda s: s.execute(
             update(Outbox)
             .where(Outbox.topic == "push")
             .values(next_attempt_at=utcnow() - timedelta(seconds=1))
         )
+    )
 
 
 def test_an_available_delivery_is_pushed_signed_by_the_broker(
@@ -139,9 +139,8 @@ def test_an_available_delivery_is_pushed_signed_by_the_broker(
     assert pushed_events() == [(1, "delivered", 200)]
     assert [r.done_at is not None for r in push_rows()] == [True]
     # Polling stays the source of truth: the push changed no delivery state.
-    with db.session_scope() as s:
-        assert s.scalars(select(Delivery.state)).all() == ["available"]
-    assert service.deliver_due(db.session_scope) == 0
+    assert list(db.call(lambda s: s.scalars(select(Delivery.state)))) == ["available"]
+    assert deliver_due() == 0
 
 
 def test_server_errors_are_retried_with_backoff_in_the_database(
@@ -158,12 +157,12 @@ def test_server_errors_are_retried_with_backoff_in_the_database(
     assert row.last_error == "HTTP 503"
     assert row.next_attempt_at is not None
     assert row.next_attempt_at > utcnow() + timedelta(seconds=100)  # Retry-After honoured
-    assert service.deliver_due(db.session_scope) == 0  # not due yet
+    assert deliver_due() == 0  # not due yet
     make_due()
     partner.retry_after = None
-    service.deliver_due(db.session_scope)
+    deliver_due()
     make_due()
-    service.deliver_due(db.session_scope)
+    deliver_due()
     assert attempts() == [(1, "retry", 503), (2, "retry", 429), (3, "delivered", 200)]
     assert pushed_events() == [(1, "retry", 503), (2, "retry", 429), (3, "delivered", 200)]
     assert len(partner.received) == 3
@@ -176,7 +175,7 @@ def test_a_refusal_is_not_retried(keys: Exchange, partner: Partner, status: int)
     submit(keys, keys.routing())
     relay_and_push()
     make_due()
-    assert service.deliver_due(db.session_scope) == 0
+    assert deliver_due() == 0
     (row,) = push_rows()
     assert row.dead_at is not None
     assert attempts() == [(1, "failed", status)]
@@ -195,7 +194,7 @@ def test_after_the_last_attempt_it_is_dead_lettered_and_an_operator_redelivers(
     relay_and_push()
     for _ in range(4):
         make_due()
-        service.deliver_due(db.session_scope)
+        deliver_due()
     assert attempts() == [(1, "retry", 500), (2, "retry", 500), (3, "dead", 500)]
     (row,) = push_rows()
     assert row.dead_at is not None
@@ -205,18 +204,18 @@ def test_after_the_last_attempt_it_is_dead_lettered_and_an_operator_redelivers(
     result = CliRunner().invoke(app, ["admin", "push", "redeliver", mid, "--agency", HK])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)[0]["action"] == "rearmed"
-    service.deliver_due(db.session_scope)
+    deliver_due()
     assert attempts()[-1] == (1, "delivered", 200)
     assert [r.done_at is not None for r in push_rows()] == [True]
-    with db.session_scope() as s:
-        (event,) = s.scalars(select(AuditEvent).where(AuditEvent.kind == "msg.push_redeliver"))
-        assert event.details["action"] == "rearmed"
-        assert event.actor.startswith("cli:")
+    (event,) = db.call(
+        lambda s: s.scalars(select(AuditEvent).where(AuditEvent.kind == "msg.push_redeliver"))
+    )
+    assert event.details["action"] == "rearmed"
+    assert event.actor.startswith("cli:")
     # Redelivering a delivered push queues a new one.
-    with db.session_scope() as s:
-        (again,) = service.redeliver(s, uuid.UUID(mid), HK, actor="test")
+    (again,) = db.call(service.redeliver, uuid.UUID(mid), HK, actor="test")
     assert again.action == "queued"
-    service.deliver_due(db.session_scope)
+    deliver_due()
     assert len(partner.received) == 5
 
 
@@ -245,7 +244,7 @@ def test_a_worker_lost_mid_post_is_recorded_and_the_push_retried(
 ) -> None:
     register(partner.url)
     mid = submit(keys, keys.routing())
-    inbox.relay_all(db.session_scope)
+    db.run(inbox.relay_all, db.session_scope)
     cfg = settings()
     crashed = subprocess.run(
         [sys.executable, "-c", "from broker.push import jobs; jobs.deliver()"],
@@ -263,9 +262,9 @@ def test_a_worker_lost_mid_post_is_recorded_and_the_push_retried(
     assert crashed.returncode == 137, crashed.stderr.decode()[-2000:]
     assert len(partner.received) == 1  # it was POSTed, but the outcome never recorded
     assert attempts() == [(1, "sending", None)]
-    assert service.deliver_due(db.session_scope) == 0  # leased: not due until the lease ends
+    assert deliver_due() == 0  # leased: not due until the lease ends
     make_due()  # the lease runs out
-    service.deliver_due(db.session_scope)
+    deliver_due()
     assert attempts() == [(1, "lost", None), (2, "delivered", 200)]
     assert pushed_events() == [(1, "lost", None), (2, "delivered", 200)]
     # At least once: the partner got it twice and deduplicates on (sender, mid).
@@ -326,3 +325,11 @@ def test_backoff_grows_with_jitter_and_a_cap(monkeypatch: pytest.MonkeyPatch) ->
         assert len(delays) > 1  # jittered
     assert service.backoff(1, retry_after_s=30).total_seconds() == 30
     assert service.backoff(1, retry_after_s=10_000).total_seconds() == 60
+
+
+def test_retry_after_is_ascii_digits_only() -> None:
+    assert service._retry_after("120") == 120.0
+    assert service._retry_after(" 7 ") == 7.0
+    # HTTP-dates and anything else fall back to the backoff; so do other scripts' digits.
+    for value in (None, "", "Wed, 21 Oct 2015 07:28:00 GMT", "1.5", "-1", "\u0661\u0662", "\u00b2"):
+        assert service._retry_after(value) is None

@@ -19,23 +19,22 @@ from tests.messages.conftest import Exchange
 
 
 def relay() -> int:
-    return service.relay_all(db.session_scope)
+    return db.run(service.relay_all, db.session_scope)
 
 
 def rows() -> list[Outbox]:
-    with db.session_scope() as s:
-        return list(repository.outbox_rows(s, "deliver"))
+    return list(db.call(repository.outbox_rows, "deliver"))
 
 
 def make_due() -> None:
     """Let time pass for the backoff and the leases."""
-    with db.session_scope() as s:
-        s.execute(update(Outbox).values(next_attempt_at=utcnow() - timedelta(seconds=1)))
+    db.call(
+        lambda s: s.execute(update(Outbox).values(next_attempt_at=utcnow() - timedelta(seconds=1)))
+    )
 
 
 def message_id(mid: str) -> uuid.UUID:
-    with db.session_scope() as s:
-        found = s.scalar(select(Message.id).where(Message.mid == uuid.UUID(mid)))
+    found = db.call(lambda s: s.scalar(select(Message.id).where(Message.mid == uuid.UUID(mid))))
     assert found is not None
     return found
 
@@ -66,10 +65,10 @@ def test_a_poison_row_is_isolated_counted_and_dead_lettered(
     poison = message_id(mids[1])
     real = repository.queued_deliveries
 
-    def queued(session: Any, message_ids: list[uuid.UUID]) -> Any:
+    async def queued(session: Any, message_ids: list[uuid.UUID]) -> Any:
         if poison in message_ids:
             raise ValueError("this row breaks the relay")
-        return real(session, message_ids)
+        return await real(session, message_ids)
 
     monkeypatch.setattr(repository, "queued_deliveries", queued)
     relay()
@@ -94,8 +93,11 @@ def test_a_poison_row_is_isolated_counted_and_dead_lettered(
     assert relay() == 0
     # Fixed and re-armed by an operator, it is delivered once, numbered after the others.
     monkeypatch.setattr(repository, "queued_deliveries", real)
-    with db.session_scope() as s:
-        s.execute(update(Outbox).where(Outbox.id == bad.id).values(dead_at=None, attempts=0))
+    db.call(
+        lambda s: s.execute(
+            update(Outbox).where(Outbox.id == bad.id).values(dead_at=None, attempts=0)
+        )
+    )
     relay()
     assert ledger().problems(mids) == []
     assert [mid for _, mid in drain(HK)] == mids[:1] + mids[2:] + mids[1:2]
@@ -103,8 +105,8 @@ def test_a_poison_row_is_isolated_counted_and_dead_lettered(
 
 def test_rows_left_by_a_dead_relay_are_counted_before_they_are_tried(keys: Exchange) -> None:
     mids = [submit(keys, keys.routing()) for _ in range(2)]
-    with db.session_scope() as s:  # as if a relay had died holding them a minute ago
-        s.execute(update(Outbox).values(created_at=utcnow() - timedelta(minutes=1)))
+    # As if a relay had died holding them a minute ago.
+    db.call(lambda s: s.execute(update(Outbox).values(created_at=utcnow() - timedelta(minutes=1))))
     relay()
     assert [(r.attempts, r.done_at is not None) for r in rows()] == [(1, True)] * 2
     assert ledger().problems(mids) == []
@@ -130,11 +132,9 @@ def test_a_lost_database_connection_is_not_counted_against_the_rows(
 def test_relaying_the_same_message_twice_changes_nothing(keys: Exchange) -> None:
     mids = [submit(keys, keys.routing()) for _ in range(2)]
     relay()
-    with db.session_scope() as s:  # a duplicate row (a re-armed dead letter, an old sweep)
-        s.execute(
-            insert(Outbox),
-            [{"topic": "deliver", "ref": message_id(mids[0]), "created_at": utcnow()}],
-        )
+    # A duplicate row (a re-armed dead letter, an old sweep).
+    duplicate = {"topic": "deliver", "ref": message_id(mids[0]), "created_at": utcnow()}
+    db.call(lambda s: s.execute(insert(Outbox), [duplicate]))
     assert relay() == 1
     mids.append(submit(keys, keys.routing()))
     relay()

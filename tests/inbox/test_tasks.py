@@ -88,16 +88,16 @@ def test_wake_ups_are_coalesced_until_the_task_starts_and_carry_no_data(
     import redis
 
     from broker import jobs
+    from broker import queue as celery_module  # the app's configuration and `celery_app`
     from broker.config import Profile, settings
     from tests.inbox.stack import wait_until
-    from workers import celery_app as celery_module
 
     cfg = settings().model_copy(update={"redis_url": redis_url, "profile": Profile.production})
     monkeypatch.setattr(jobs, "settings", lambda: cfg)
     monkeypatch.setattr(celery_module, "settings", lambda: cfg)
     monkeypatch.setattr(celery_module, "celery_app", isolated_app(celery_module))
     monkeypatch.setattr(jobs, "FLAG", f"{PREFIX}wake:")
-    r = redis.Redis.from_url(redis_url)
+    r: Any = redis.Redis.from_url(redis_url)  # sync client (its stubs type replies as either)
     flag = jobs.FLAG + "outbox.relay"
     r.delete(PREFIX + "delivery", flag)
     publisher = jobs._Publisher()
@@ -138,16 +138,16 @@ def test_sequencer_wake_ups_are_throttled_with_a_trailing_one(
     import redis
 
     from broker import jobs
+    from broker import queue as celery_module  # the app's configuration and `celery_app`
     from broker.config import Profile, settings
     from tests.inbox.stack import wait_until
-    from workers import celery_app as celery_module
 
     cfg = settings().model_copy(update={"redis_url": redis_url, "profile": Profile.production})
     monkeypatch.setattr(jobs, "settings", lambda: cfg)
     monkeypatch.setattr(celery_module, "settings", lambda: cfg)
     monkeypatch.setattr(celery_module, "celery_app", isolated_app(celery_module))
     monkeypatch.setattr(jobs, "FLAG", f"{PREFIX}wake:")
-    r = redis.Redis.from_url(redis_url)
+    r: Any = redis.Redis.from_url(redis_url)  # sync client (its stubs type replies as either)
     flag = jobs.FLAG + "log.sequence"
     r.delete(PREFIX + "celery", flag)
     spacing = jobs.SPACED_S["log.sequence"]

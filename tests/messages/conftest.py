@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncSession
 from uuid_utils.compat import uuid7
 
 from broker import db
@@ -136,10 +137,11 @@ def exchange(client: Any, world: dict[str, Any], token_for: Any) -> Exchange:
 
 def register_world_keys(ex: Exchange, world: dict[str, Any]) -> Exchange:
     """A new signing key per focal point, encryption and signing keys per agency, registered."""
-    with db.session_scope() as s:
+
+    async def register(s: AsyncSession) -> None:
         for fp in world["focal_points"]:
             key = ex.signing[fp["id"]] = SigningKey.generate()
-            directory.register(
+            await directory.register(
                 s,
                 KeyIn(
                     agency_id=fp["id"].split("/")[0], focal_point_id=fp["id"], jwk=key.public.jwk
@@ -148,9 +150,15 @@ def register_world_keys(ex: Exchange, world: dict[str, Any]) -> Exchange:
             )
         for agency in world["agencies"]:
             enc = ex.encryption[agency["id"]] = EncryptionKey.generate()
-            directory.register(s, KeyIn(agency_id=agency["id"], jwk=enc.public.jwk), actor="test")
+            await directory.register(
+                s, KeyIn(agency_id=agency["id"], jwk=enc.public.jwk), actor="test"
+            )
             sig = ex.agency_signing[agency["id"]] = SigningKey.generate()
-            directory.register(s, KeyIn(agency_id=agency["id"], jwk=sig.public.jwk), actor="test")
+            await directory.register(
+                s, KeyIn(agency_id=agency["id"], jwk=sig.public.jwk), actor="test"
+            )
+
+    db.call(register)
     return ex
 
 

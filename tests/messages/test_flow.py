@@ -144,8 +144,7 @@ def test_rejection_is_audited_with_the_hash_only(exchange: Exchange) -> None:
 
     response, _, envelope = exchange.send(recipients=["NZ-POL"])
     assert response.json()["code"] == "scope.recipient_not_party"
-    with db.session_scope() as s:
-        (event,) = repository.list_events(s, kind="msg.rejected")
-        assert event.details["reason"] == "scope.recipient_not_party"
-        assert envelope not in str(event.details)
-        assert len(event.details["envelope_sha256"]) == 43
+    (event,) = db.call(repository.list_events, kind="msg.rejected")
+    assert event.details["reason"] == "scope.recipient_not_party"
+    assert envelope not in str(event.details)
+    assert len(event.details["envelope_sha256"]) == 43

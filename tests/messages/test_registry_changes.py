@@ -14,10 +14,12 @@ from tests.messages.conftest import Exchange
 def test_a_revoked_signing_key_fails_the_next_submit(exchange: Exchange) -> None:
     first, _, _ = exchange.send()
     assert first.status_code == 201, first.text
-    with db.session_scope() as s:
-        directory.revoke(
-            s, exchange.signing["VN-GDC/fp-hcm-01"].kid, RevokeIn(reason="superseded"), actor="t"
-        )
+    db.call(
+        directory.revoke,
+        exchange.signing["VN-GDC/fp-hcm-01"].kid,
+        RevokeIn(reason="superseded"),
+        actor="t",
+    )
     second, _, _ = exchange.send()
     assert second.status_code == 422
     assert second.json()["code"] == "key.revoked"
@@ -25,10 +27,12 @@ def test_a_revoked_signing_key_fails_the_next_submit(exchange: Exchange) -> None
 
 def test_a_revoked_recipient_key_fails_the_next_submit(exchange: Exchange) -> None:
     assert exchange.send()[0].status_code == 201
-    with db.session_scope() as s:
-        directory.revoke(
-            s, exchange.encryption["HK-CED"].kid, RevokeIn(reason="superseded"), actor="t"
-        )
+    db.call(
+        directory.revoke,
+        exchange.encryption["HK-CED"].kid,
+        RevokeIn(reason="superseded"),
+        actor="t",
+    )
     refused = exchange.send()[0]
     assert refused.status_code == 422
     assert refused.json()["code"] == "key.recipient_no_key"
@@ -39,13 +43,11 @@ def test_a_suspended_agreement_fails_the_next_submit(
 ) -> None:
     assert exchange.send()[0].status_code == 201
     doc = next(a for a in world["agreements"] if a["id"] == "VN-HK-CMAA-2013")
-    with db.session_scope() as s:
-        agreements.update_agreement(
-            s, doc["id"], {**doc, "status": "suspended"}, actor="admin:test"
-        )
+    db.call(
+        agreements.update_agreement, doc["id"], {**doc, "status": "suspended"}, actor="admin:test"
+    )
     refused = exchange.send()[0]
     assert refused.status_code == 403
     assert refused.json()["code"] == "scope.agreement_suspended"
-    with db.session_scope() as s:
-        agreements.update_agreement(s, doc["id"], doc, actor="admin:test")
+    db.call(agreements.update_agreement, doc["id"], doc, actor="admin:test")
     assert exchange.send()[0].status_code == 201

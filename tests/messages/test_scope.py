@@ -14,20 +14,23 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import anyio.to_thread
 import pytest
 import time_machine
 from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker import db
 from broker.agencies.models import FocalPoint
 from broker.agreements import policy
 from broker.audit.models import AuditEvent
+from broker.auth import service as auth
 from broker.config import settings
 from broker.crypto import envelope as env
 from broker.crypto import errors as crypto_errors
@@ -172,20 +175,33 @@ class Counts:
 
 
 def counts() -> Counts:
-    with db.session_scope() as s:
+    async def read(s: AsyncSession) -> Counts:
+        rejected = await s.scalars(select(AuditEvent.id).where(AuditEvent.kind == "msg.rejected"))
         return Counts(
-            messages=s.scalar(select(func.count()).select_from(Message)) or 0,
-            deliveries=s.scalar(select(func.count()).select_from(Delivery)) or 0,
-            rejected=frozenset(
-                s.scalars(select(AuditEvent.id).where(AuditEvent.kind == "msg.rejected")).all()
-            ),
+            messages=(await s.scalar(select(func.count()).select_from(Message))) or 0,
+            deliveries=(await s.scalar(select(func.count()).select_from(Delivery))) or 0,
+            rejected=frozenset(rejected.all()),
         )
+
+    return db.call(read)
+
+
+def _events(kind: str) -> Sequence[AuditEvent]:
+    async def read(s: AsyncSession) -> Sequence[AuditEvent]:
+        return (await s.scalars(select(AuditEvent).where(AuditEvent.kind == kind))).all()
+
+    return db.call(read)
 
 
 def rejected_events(digest: str) -> list[AuditEvent]:
-    with db.session_scope() as s:
-        events = s.scalars(select(AuditEvent).where(AuditEvent.kind == "msg.rejected")).all()
-        return [e for e in events if e.details.get("envelope_sha256") == digest]
+    return [e for e in _events("msg.rejected") if e.details.get("envelope_sha256") == digest]
+
+
+def _messages_with(digest: str) -> Sequence[Message]:
+    async def read(s: AsyncSession) -> Sequence[Message]:
+        return (await s.scalars(select(Message).where(Message.envelope_sha256 == digest))).all()
+
+    return db.call(read)
 
 
 def assert_refused(
@@ -207,8 +223,7 @@ def assert_refused(
     assert event.details["envelope_sha256"] == digest
     assert envelope not in json.dumps(event.details)
     assert (after.messages, after.deliveries) == (before.messages, before.deliveries)
-    with db.session_scope() as s:
-        assert s.scalar(select(Message).where(Message.envelope_sha256 == digest)) is None
+    assert not _messages_with(digest)
     return problem
 
 
@@ -269,10 +284,12 @@ def _agreement_ended(w: World) -> Attempt:
 
 def _focal_point_suspended(w: World) -> Attempt:
     # No admin endpoint suspends a focal point yet: the registrar's database does.
-    with db.session_scope() as s:
-        fp = s.get(FocalPoint, "VN-GDC/fp-hcm-01")
+    async def suspend(s: AsyncSession) -> None:
+        fp = await s.get(FocalPoint, "VN-GDC/fp-hcm-01")
         assert fp is not None
         fp.status = "suspended"
+
+    db.call(suspend)
     return w.attempt()
 
 
@@ -708,10 +725,8 @@ def test_refusal(w: World, case: Refusal) -> None:
 
 
 def _accepted_event(mid: str) -> AuditEvent:
-    with db.session_scope() as s:
-        events = s.scalars(select(AuditEvent).where(AuditEvent.kind == "msg.accepted")).all()
-        (event,) = [e for e in events if e.details["mid"] == mid]
-        return event
+    (event,) = [e for e in _events("msg.accepted") if e.details["mid"] == mid]
+    return event
 
 
 def _policy_sha256(agreement_sha256: str, operation_sha256: str = "") -> str:
@@ -879,8 +894,10 @@ def test_concurrent_duplicate_submit(
     answers 409 without looking further. The test holds that lock from its own transaction,
     as an in-flight submit would (the submit path runs on the event loop, so it cannot be
     paused in the middle without pausing the test client too). SQLite runs writers one at a
-    time: a second submit waits for the first (held at its scope decision, in its worker
-    thread) to commit and replays its receipt (200)."""
+    time: a second submit waits for the first (held at its scope decision, which blocks the
+    test client's event loop) to commit and replays its receipt (200). That second submit
+    runs the service on another event loop (the sync callers' one), so that it really is in
+    flight, waiting for the write lock, while the first is held."""
     real = policy.decide
     calls: list[None] = []
     entered, release = threading.Event(), threading.Event()
@@ -898,26 +915,42 @@ def test_concurrent_duplicate_submit(
     digest = sha256_b64u(attempt.envelope.encode())
     if backend == "postgresql":
         mid = uuid.UUID(attempt.routing["mid"])
-        key = repository._lock_key(attempt.routing["sender"], mid)
-        with db.engine().connect() as holder:
-            holder.execute(text("select pg_advisory_xact_lock(:key)"), {"key": key})
+        key = repository.lock_key(attempt.routing["sender"], mid)
+
+        def in_flight() -> None:
             before = counts()
             second = w.submit(attempt)
             # Nothing stored, one msg.rejected, and no scope decision made.
             assert_refused(second, 409, "idempotency.in_flight", attempt.envelope, before)
             assert second.headers["Retry-After"] == "1"
             assert not calls
-            holder.rollback()  # the in-flight submit ends: the lock is free again
+
+        async def while_locked() -> None:
+            # A connection of the test's own holds the lock while `in_flight` runs (in a
+            # worker thread: its requests need this event loop free).
+            async with db.engine().connect() as holder:
+                await holder.execute(text("select pg_advisory_xact_lock(:key)"), {"key": key})
+                await anyio.to_thread.run_sync(in_flight)
+                await holder.rollback()  # the in-flight submit ends: the lock is free again
+
+        db.run(while_locked)
         first = w.submit(attempt)
         assert first.status_code == 201, first.text
         receipt = first.json()
     else:
+        fp = attempt.routing["sender_fp"]
+        w.ex.fp_headers(fp)  # the focal point's token, issued now
+        token = w.ex.tokens[fp]
+
+        async def submit_again(s: AsyncSession) -> service.Outcome:
+            caller = await auth.authenticate(s, token)
+            return await service.submit(s, caller, attempt.envelope, attempt.routing["mid"])
+
         answers: dict[str, Any] = {}
-
-        def submit(name: str) -> None:
-            answers[name] = w.submit(attempt)
-
-        threads = [threading.Thread(target=submit, args=(n,)) for n in ("first", "second")]
+        threads = [
+            threading.Thread(target=lambda: answers.update(first=w.submit(attempt))),
+            threading.Thread(target=lambda: answers.update(second=db.call(submit_again))),
+        ]
         threads[0].start()
         try:
             assert entered.wait(30), "the first submit never reached the scope decision"
@@ -929,14 +962,15 @@ def test_concurrent_duplicate_submit(
                 thread.join(30)
         assert answers["first"].status_code == 201, answers["first"].text
         receipt = answers["first"].json()
-        assert answers["second"].status_code == 200, answers["second"].text
-        assert answers["second"].json() == receipt
+        second_outcome: service.Outcome = answers["second"]
+        assert second_outcome.status == 200, second_outcome.refusal
+        assert second_outcome.receipt is not None
+        assert json.loads(second_outcome.receipt.model_dump_json()) == receipt
         assert not rejected_events(digest)
     # Afterwards, a retry replays the original receipt; one message was stored.
     again = w.submit(attempt)
     assert (again.status_code, again.json()) == (200, receipt)
-    with db.session_scope() as s:
-        assert len(s.scalars(select(Message).where(Message.envelope_sha256 == digest)).all()) == 1
+    assert len(_messages_with(digest)) == 1
     assert len(calls) == 1  # the others never got as far as the scope check
 
 

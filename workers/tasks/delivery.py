@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from broker.inbox import jobs
+from broker import jobs
+from broker.inbox import jobs as inbox_jobs
 from broker.push import jobs as push_jobs
-from workers.celery_app import celery_app
+from broker.queue import celery_app
 
 
 @celery_app.task(name=jobs.RELAY, acks_late=True, ignore_result=True)
 def relay_outbox() -> int:
     """Drain the outbox; safe to run twice or concurrently (SKIP LOCKED, state guards)."""
-    return jobs.relay()
+    return inbox_jobs.relay()
 
 
-@celery_app.task(name=push_jobs.DELIVER, acks_late=True, ignore_result=True)
+@celery_app.task(name=jobs.PUSH, acks_late=True, ignore_result=True)
 def deliver_pushes() -> int:
     """POST due pushes; attempts are counted and leased in the database before each POST."""
     return push_jobs.deliver()
