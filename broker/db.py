@@ -126,11 +126,22 @@ def make_engine(url: str) -> AsyncEngine:
         url,
         pool_size=cfg.db_pool_size,
         max_overflow=cfg.db_max_overflow,
-        pool_pre_ping=True,
         async_creator=_asyncpg_connect(url),
     )
     event.listen(engine.sync_engine, "handle_error", _by_sqlstate)
+    event.listen(engine.sync_engine, "checkout", _closed_by_server)
     return engine
+
+
+def _closed_by_server(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """Refuse a pooled connection that the server has closed (a PostgreSQL restart).
+
+    SQLAlchemy's documented custom disconnect check: the pool then discards it and checks out
+    another. asyncpg reads the server's goodbye on the event loop and marks the connection
+    closed, so this costs no round trip, where `pool_pre_ping` would cost one per request.
+    """
+    if dbapi_connection.driver_connection.is_closed():
+        raise exc.DisconnectionError("the server closed this connection")
 
 
 # SQLSTATE classes as PostgreSQL's own drivers classify them (asyncpg's SQLAlchemy adapter
