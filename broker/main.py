@@ -26,6 +26,7 @@ from broker.crypto.errors import CryptoError
 from broker.deps import problem_response
 from broker.directory import router as directory
 from broker.errors import (
+    PROBLEMS,
     BrokerError,
     FieldProblem,
     InternalError,
@@ -33,8 +34,8 @@ from broker.errors import (
     MalformedRequest,
     MethodNotAllowed,
     NotFound,
+    Refused,
     Unavailable,
-    error,
 )
 from broker.health import router as health
 from broker.inbox import router as inbox
@@ -55,10 +56,6 @@ Authenticate with `Authorization: Bearer brk_...`. Every error is RFC 9457
 """
 
 
-def _crypto_error(exc: CryptoError) -> BrokerError:
-    return error(exc.code, exc.status_code, "Envelope or key refused")(exc.detail)
-
-
 def _pointer(loc: tuple[Any, ...]) -> str:
     return "/" + "/".join(str(part) for part in loc)
 
@@ -72,7 +69,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(CryptoError)
     async def crypto_error(request: Request, exc: CryptoError) -> JSONResponse:
-        return problem_response(request, _crypto_error(exc))
+        return problem_response(request, Refused(exc))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -92,8 +89,11 @@ def install_error_handlers(app: FastAPI) -> None:
                 f"{request.method} is not allowed here", headers=dict(exc.headers or {})
             )
             return problem_response(request, err)
-        cls = error(f"http.{exc.status_code}", exc.status_code, "HTTP error")
-        return problem_response(request, cls(str(exc.detail)))
+        code = f"http.{exc.status_code}"
+        return problem_response(
+            request,
+            BrokerError(str(exc.detail), code=code if code in PROBLEMS else "http.400"),
+        )
 
     @app.exception_handler(OperationalError)
     async def db_down(request: Request, exc: OperationalError) -> JSONResponse:

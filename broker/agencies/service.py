@@ -11,13 +11,18 @@ from broker.agencies import repository
 from broker.agencies.models import Agency, FocalPoint
 from broker.agencies.schemas import AgencyIn, FocalPointIn
 from broker.audit import service as audit
-from broker.errors import DuplicateId, FieldProblem, NotFound, UnknownAgency, error
+from broker.errors import BrokerError, DuplicateId, FieldProblem, NotFound, UnknownAgency
 from broker.ids import utcnow
 
-UnknownCountry = error("registry.unknown_country", 422, "Unknown country code")
-FocalPointOutsideAgency = error(
-    "registry.focal_point_outside_agency", 422, "Focal point id does not belong to the agency"
-)
+
+class UnknownCountry(BrokerError):
+    code = "registry.unknown_country"
+
+
+class FocalPointOutsideAgency(BrokerError):
+    code = "registry.focal_point_outside_agency"
+
+
 # User-assigned codes in use by partners that ISO 3166-1 (and pycountry) lack.
 EXTRA_COUNTRIES = frozenset({"XK"})
 

@@ -19,20 +19,46 @@ from broker.agreements.schemas import AgreementView, DesignationIn, Direction
 from broker.audit import service as audit
 from broker.auth.service import Caller
 from broker.crypto.jcs import canonical
-from broker.errors import DuplicateId, FieldProblem, NotFound, error
+from broker.errors import BrokerError, DuplicateId, FieldProblem, NotFound
 from broker.ids import new_id, utcnow
 from broker.registry import snapshot as registry
 from schemas import vocab
 
-InvalidDocument = error("registry.invalid_document", 422, "Invalid document")
-UnknownParty = error("registry.unknown_party", 422, "Unknown party")
-UnknownOffence = error("registry.unknown_offence", 422, "Unknown offence code")
-UnknownSubjectType = error("registry.unknown_subject_type", 422, "Unknown subject type")
-UnknownAgreement = error("registry.unknown_agreement", 422, "Unknown agreement")
-NotAParty = error("registry.not_a_party", 422, "Not a party to the agreement")
-BadValidity = error("registry.bad_validity", 422, "Bad validity period")
-ValidityOverlap = error("registry.validity_overlap", 409, "Overlapping validity")
-IdMismatch = error("registry.id_mismatch", 422, "Document id does not match the path")
+
+class InvalidDocument(BrokerError):
+    code = "registry.invalid_document"
+
+
+class UnknownParty(BrokerError):
+    code = "registry.unknown_party"
+
+
+class UnknownOffence(BrokerError):
+    code = "registry.unknown_offence"
+
+
+class UnknownSubjectType(BrokerError):
+    code = "registry.unknown_subject_type"
+
+
+class UnknownAgreement(BrokerError):
+    code = "registry.unknown_agreement"
+
+
+class NotAParty(BrokerError):
+    code = "registry.not_a_party"
+
+
+class BadValidity(BrokerError):
+    code = "registry.bad_validity"
+
+
+class ValidityOverlap(BrokerError):
+    code = "registry.validity_overlap"
+
+
+class IdMismatch(BrokerError):
+    code = "registry.id_mismatch"
 
 
 def policy_hash(document: dict[str, Any]) -> str:

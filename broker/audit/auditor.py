@@ -34,7 +34,7 @@ from broker.audit.schemas import (
     VolumeRow,
 )
 from broker.auth.service import Caller
-from broker.errors import error
+from broker.errors import BrokerError
 from broker.ids import utcnow
 
 MAX_PAGE = 500
@@ -53,9 +53,18 @@ CSV_COLUMNS = (
     "proof",
 )
 
-BadCursor = error("audit.bad_cursor", 422, "Bad cursor")
-NotOverseen = error("audit.not_overseen", 403, "Agency not overseen by this auditor")
-BadFilter = error("audit.bad_filter", 422, "Bad filter")
+
+class BadCursor(BrokerError):
+    code = "audit.bad_cursor"
+
+
+class NotOverseen(BrokerError):
+    code = "audit.not_overseen"
+
+
+class BadFilter(BrokerError):
+    code = "audit.bad_filter"
+
 
 ExportFormat = Literal["json", "csv"]
 

@@ -31,16 +31,24 @@ from broker.audit.schemas import (
 )
 from broker.auth.service import Caller, Role
 from broker.crypto import merkle
-from broker.errors import BrokerError, Forbidden, error
+from broker.errors import BrokerError, Forbidden
 
 T = TypeVar("T")
 
 MAX_LEAVES = 1000
 MAX_NODES = 4096
 
-NoCheckpoint = error("log.no_checkpoint", 404, "The log has no checkpoint yet")
-OutOfRange = error("log.out_of_range", 422, "Outside the signed tree")
-LogCorrupt = error("log.corrupt", 500, "The stored log is damaged")
+
+class NoCheckpoint(BrokerError):
+    code = "log.no_checkpoint"
+
+
+class OutOfRange(BrokerError):
+    code = "log.out_of_range"
+
+
+class LogCorrupt(BrokerError):
+    code = "log.corrupt"
 
 
 def b64(raw: bytes) -> str:

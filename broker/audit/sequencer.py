@@ -32,13 +32,17 @@ from broker import keyring
 from broker.audit import leaf, repository
 from broker.audit.models import Checkpoint
 from broker.crypto import merkle, note
-from broker.errors import error
+from broker.errors import BrokerError
 from broker.faults import crash_point
 from broker.ids import utcnow
 from broker.logging import get_logger
 
 MAX_BATCH = 5000
-LogInconsistent = error("log.inconsistent", 500, "The stored log is inconsistent")
+
+
+class LogInconsistent(BrokerError):
+    code = "log.inconsistent"
+
 
 _log = get_logger("broker.audit.sequencer")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -30,7 +30,7 @@ from broker.auth.service import Caller, Role
 from broker.config import settings
 from broker.console import service
 from broker.deps import SessionDep
-from broker.errors import BrokerError, error
+from broker.errors import BrokerError
 from broker.ids import utcnow
 from broker.logging import get_logger
 
@@ -75,7 +75,10 @@ LOGIN_ERRORS = {
     "auth.unauthenticated": "This is not a valid token.",
 }
 
-CrossSite = error("console.cross_site", 403, "Cross-site request refused")
+
+class CrossSite(BrokerError):
+    code = "console.cross_site"
+
 
 templates = Jinja2Templates(directory=str(resources.files("broker.console").joinpath("templates")))
 

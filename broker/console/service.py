@@ -30,7 +30,7 @@ from broker.audit import service as audit
 from broker.audit.repository import EventFilter
 from broker.audit.schemas import EventOut, Summary
 from broker.auth.service import Caller
-from broker.errors import error
+from broker.errors import BrokerError
 
 PAGE = 50
 MAX_PAGE = 200
@@ -59,8 +59,15 @@ LABELS = {
 GOOD_ACKS = frozenset({"received", "decrypted"})
 PERIODS = (7, 30, 90)
 
-NoSuchMessage = error("console.no_such_message", 404, "No such message")
-NoSuchAgreement = error("console.no_such_agreement", 404, "No such agreement")
+
+class NoSuchMessage(BrokerError):
+    code = "console.no_such_message"
+
+
+class NoSuchAgreement(BrokerError):
+    code = "console.no_such_agreement"
+
+
 BadFilter = auditor.BadFilter
 
 

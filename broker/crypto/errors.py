@@ -1,10 +1,9 @@
 """Crypto failures, one class per distinct reason.
 
 Each class carries a stable dotted `code` (logged in `msg.rejected` leaves and returned in
-problem+json bodies) and the HTTP `status_code` that fits when the broker rejects a request
-for that reason: 400 for input that is not well formed, 413 for input over a size limit and
-422 for well-formed input that fails a cryptographic or protocol check. Verification code
-raises these; it never returns False.
+problem+json bodies) and nothing about HTTP: the broker's table of problems
+(`broker.errors.PROBLEMS`) gives each code its status. Verification code raises these; it
+never returns False.
 """
 
 from typing import ClassVar
@@ -14,7 +13,6 @@ class CryptoError(Exception):
     """Base class: an envelope, token or key was refused."""
 
     code: ClassVar[str] = "crypto.error"
-    status_code: ClassVar[int] = 400
 
     def __init__(self, detail: str | None = None) -> None:
         super().__init__(detail or (self.__doc__ or self.code).strip())
@@ -38,7 +36,6 @@ class TooLarge(EnvelopeError):
     """Input exceeds a size limit."""
 
     code = "envelope.too_large"
-    status_code = 413
 
 
 class Malformed(EnvelopeError):
@@ -105,42 +102,36 @@ class BadSignature(EnvelopeError):
     """The signature does not verify."""
 
     code = "envelope.bad_signature"
-    status_code = 422
 
 
 class KidMismatch(EnvelopeError):
     """The token's `kid` is not the expected key (or inner and outer signers differ)."""
 
     code = "envelope.kid_mismatch"
-    status_code = 422
 
 
 class BadPayload(EnvelopeError):
     """The signed payload does not have the required members or types."""
 
     code = "envelope.bad_payload"
-    status_code = 422
 
 
 class SenderMismatch(EnvelopeError):
     """`routing.sender` is not the agency that owns the signing key."""
 
     code = "envelope.sender_mismatch"
-    status_code = 422
 
 
 class NotAddressedToUs(EnvelopeError):
     """Our agency is not a recipient, or not exactly one JWE entry carries one of our kids."""
 
     code = "envelope.not_addressed_to_us"
-    status_code = 422
 
 
 class RoutingMismatch(EnvelopeError):
     """The inner signed payload does not match the outer routing."""
 
     code = "envelope.routing_mismatch"
-    status_code = 422
 
 
 class JweStructure(EnvelopeError):
@@ -159,21 +150,18 @@ class JweRecipientsMismatch(EnvelopeError):
     """The JWE entries are not exactly one valid encryption key per routed recipient."""
 
     code = "envelope.jwe_recipients_mismatch"
-    status_code = 422
 
 
 class DecryptFailed(EnvelopeError):
     """Our JWE entry does not decrypt."""
 
     code = "envelope.decrypt_failed"
-    status_code = 422
 
 
 class IatTooLate(EnvelopeError):
     """`iat` is later than the log time plus the allowed clock skew."""
 
     code = "envelope.iat_too_late"
-    status_code = 422
 
 
 # --- Keys -----------------------------------------------------------------------------------
@@ -183,7 +171,6 @@ class InvalidKey(CryptoError):
     """The key is not a valid key of the kind required here."""
 
     code = "key.invalid"
-    status_code = 422
 
 
 class WrongCurve(InvalidKey):
@@ -232,18 +219,15 @@ class WeakPassphrase(InvalidKey):
     """The passphrase has less than 128 bits of entropy (26 base32 or 22 base64url chars)."""
 
     code = "key.weak_passphrase"
-    status_code = 400
 
 
 class InsecureKeyStorage(InvalidKey):
     """A private key file or its directory is accessible to group or others."""
 
     code = "key.insecure_storage"
-    status_code = 400
 
 
 class KeyUnreadable(InvalidKey):
     """The key file does not decrypt or does not hold the expected kind of key."""
 
     code = "key.unreadable"
-    status_code = 400

@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from broker.crypto import errors as crypto_errors
 from broker.deps import AdminCaller, AnyCaller, SessionDep
 from broker.directory import service
 from broker.directory.schemas import JWKSet, KeyIn, KeyOut, RevokeIn, RotateIn
@@ -26,12 +27,12 @@ _KEY_ERRORS = (
     DuplicateId,
     UnknownAgency,
     InvalidRequest,
-    service.InvalidKey,
-    service.WrongCurve,
-    service.PrivateKeyMaterial,
-    service.WrongUse,
-    service.LowOrderKey,
-    service.KeyKidMismatch,
+    crypto_errors.InvalidKey,
+    crypto_errors.WrongCurve,
+    crypto_errors.PrivateMaterial,
+    crypto_errors.WrongUse,
+    crypto_errors.LowOrderKey,
+    crypto_errors.KeyKidMismatch,
     service.KeyBinding,
 )
 
@@ -71,7 +72,7 @@ async def retire_key(kid: str, caller: AdminCaller, session: SessionDep) -> KeyO
 @admin.post(
     "/{kid}/revoke",
     responses=error_responses(
-        Forbidden, NotFound, service.KeyNotActive, service.BadValidity, service.InvalidKey
+        Forbidden, NotFound, service.KeyNotActive, service.BadValidity, crypto_errors.InvalidKey
     ),
 )
 async def revoke_key(kid: str, data: RevokeIn, caller: AdminCaller, session: SessionDep) -> KeyOut:

@@ -15,37 +15,37 @@ from broker.crypto import keys as crypto_keys
 from broker.directory import repository
 from broker.directory.models import PublicKey
 from broker.directory.schemas import KeyIn, RevokeIn, RotateIn
-from broker.errors import BrokerError, DuplicateId, FieldProblem, NotFound, UnknownAgency, error
+from broker.errors import (
+    BrokerError,
+    DuplicateId,
+    FieldProblem,
+    NotFound,
+    Refused,
+    UnknownAgency,
+)
 from broker.ids import utcnow
 
 DEFAULT_LIFETIME = timedelta(days=365)
 
-InvalidKey = error("key.invalid", 422, "Invalid public key")
-WrongCurve = error("key.wrong_curve", 422, "Wrong key type or curve")
-PrivateKeyMaterial = error("key.private_material", 422, "Private key material sent as public")
-WrongUse = error("key.wrong_use", 422, "Wrong key use or algorithm")
-LowOrderKey = error("key.low_order", 422, "Small-order public key")
-KeyKidMismatch = error("key.kid_mismatch", 422, "Key id is not the key's thumbprint")
-KeyBinding = error("key.bad_binding", 422, "Key bound to the wrong owner")
-KeyNotActive = error("key.not_active", 409, "Key is not active")
-BadValidity = error("key.bad_validity", 422, "Bad key validity window")
 
-# What a refused JWK is reported as: the crypto package's reason, as this package's error.
-_JWK_ERRORS: dict[type[crypto_errors.CryptoError], type[BrokerError]] = {
-    crypto_errors.WrongCurve: WrongCurve,
-    crypto_errors.PrivateMaterial: PrivateKeyMaterial,
-    crypto_errors.WrongUse: WrongUse,
-    crypto_errors.LowOrderKey: LowOrderKey,
-    crypto_errors.KeyKidMismatch: KeyKidMismatch,
-}
+class KeyBinding(BrokerError):
+    code = "key.bad_binding"
+
+
+class KeyNotActive(BrokerError):
+    code = "key.not_active"
+
+
+class BadValidity(BrokerError):
+    code = "key.bad_validity"
 
 
 def _parse(jwk: dict[str, Any]) -> crypto_keys.PublicJWK:
+    """The public key, or its crypto refusal (`key.wrong_curve`, `key.private_material`...)."""
     try:
         return crypto_keys.parse_public_jwk(jwk)
     except crypto_errors.CryptoError as exc:
-        err = next((e for c, e in _JWK_ERRORS.items() if isinstance(exc, c)), InvalidKey)
-        raise err(exc.detail, errors=[FieldProblem(pointer="/jwk", detail=exc.detail)]) from exc
+        raise Refused(exc, errors=[FieldProblem(pointer="/jwk", detail=exc.detail)]) from exc
 
 
 async def register(session: AsyncSession, data: KeyIn, *, actor: str) -> PublicKey:
@@ -128,8 +128,8 @@ async def revoke(session: AsyncSession, kid: str, data: RevokeIn, *, actor: str)
         raise KeyNotActive(f"key {kid} is already revoked")
     now = utcnow()
     if data.reason == "key_compromise" and data.compromised_since is None:
-        raise InvalidKey(
-            "key_compromise needs compromised_since",
+        raise Refused(
+            crypto_errors.InvalidKey("key_compromise needs compromised_since"),
             errors=[
                 FieldProblem(pointer="/compromised_since", detail="required for key_compromise")
             ],

@@ -51,7 +51,7 @@ from broker.audit import service as audit
 from broker.auth.service import Caller
 from broker.crypto import envelope as env
 from broker.crypto.keys import sha256_b64u
-from broker.errors import FieldProblem, NotFound, error
+from broker.errors import BrokerError, FieldProblem, NotFound
 from broker.faults import crash_point
 from broker.ids import epoch_ms, utcnow
 from broker.inbox import notify, repository
@@ -73,12 +73,21 @@ MAX_PAGE = 500
 FINAL_ACKS = ("decrypted", "rejected")  # `received` may be followed by one of these, once
 MAX_WAIT_S = 30.0
 
-BadAck = error("ack.invalid", 422, "Invalid acknowledgement")
-AckKeyNotOurs = error(
-    "ack.key_not_recipient", 422, "Acknowledgement not signed by the recipient agency"
-)
-AckConflict = error("ack.conflict", 409, "A different final acknowledgement was already recorded")
-BadCursor = error("inbox.bad_cursor", 400, "Bad cursor")
+
+class BadAck(BrokerError):
+    code = "ack.invalid"
+
+
+class AckKeyNotOurs(BrokerError):
+    code = "ack.key_not_recipient"
+
+
+class AckConflict(BrokerError):
+    code = "ack.conflict"
+
+
+class BadCursor(BrokerError):
+    code = "inbox.bad_cursor"
 
 
 # --- the relay ------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from broker.deps import (
     json_body,
     problem_response,
 )
-from broker.errors import Forbidden, NotFound, error_responses
+from broker.errors import Forbidden, NotFound, OutOfScope, error_responses
 from broker.faults import crash_point
 from broker.messages import service
 from broker.messages.schemas import CheckIn, CheckOut, MessageStatus, Receipt, SubmitIn
@@ -32,7 +32,7 @@ _SUBMIT_ERRORS = (
     service.UnknownKey,
     service.KeyRevoked,
     service.RecipientNoKey,
-    service.scope_error("scope.direction_excluded"),
+    OutOfScope,
 )
 
 

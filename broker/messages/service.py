@@ -24,9 +24,9 @@ from broker.audit import service as audit
 from broker.auth.service import Caller
 from broker.config import settings
 from broker.crypto import envelope as env
-from broker.crypto.errors import CryptoError
+from broker.crypto.errors import CryptoError, SenderMismatch, WrongUse
 from broker.crypto.keys import sha256_b64u
-from broker.errors import BrokerError, FieldProblem, NotFound, error
+from broker.errors import BrokerError, FieldProblem, NotFound, OutOfScope, Refused
 from broker.faults import crash_point
 from broker.ids import epoch_ms, new_id, utcnow
 from broker.messages import repository
@@ -40,40 +40,73 @@ IAT_FUTURE_S = 120
 MAX_TTL_S = 30 * 24 * 3600
 MAX_MERGE_DELAY_MS = 1000
 
-MissingIdempotencyKey = error("idempotency.missing", 400, "Idempotency-Key header required")
-IdempotencyKeyMismatch = error(
-    "idempotency.key_mismatch", 400, "Idempotency-Key must equal the mid"
-)
-InFlight = error("idempotency.in_flight", 409, "The same message is being accepted")
-MidReused = error("replay.mid_reused", 422, "Message id reused with a different envelope")
-IatOutOfWindow = error("replay.iat_out_of_window", 422, "Issued-at outside the accepted window")
-BadExpiry = error("envelope.bad_exp", 422, "Bad expiry")
-BadRouting = error("envelope.bad_routing", 422, "Invalid routing header")
-SenderMismatch = error(
-    "envelope.sender_mismatch", 422, "Routing sender does not own the signing key"
-)
-NotTheSigner = error("auth.sender_mismatch", 403, "Authenticated focal point is not the signer")
-UnknownKey = error("key.unknown", 422, "Unknown signing key")
-KeyNotSigning = error("key.wrong_use", 422, "Not a signing key")
-KeyRevoked = error("key.revoked", 422, "Signing key revoked")
-KeyRetired = error("key.retired", 422, "Signing key retired")
-KeyNotValidNow = error("key.not_valid_now", 422, "Signing key outside its validity")
-RecipientNoKey = error("key.recipient_no_key", 422, "A recipient has no valid encryption key")
-FeedbackUnknownAlert = error("scope.feedback_unknown_alert", 403, "Feedback on an unknown alert")
-FeedbackNotRecipient = error(
-    "scope.feedback_not_recipient", 403, "Feedback from an agency that did not receive the alert"
-)
-FeedbackWrongAddress = error(
-    "scope.feedback_wrong_recipient", 403, "Feedback goes back to the alert's sender only"
-)
-FeedbackOtherAgreement = error(
-    "scope.feedback_other_agreement", 403, "Feedback under another agreement"
-)
+
+class MissingIdempotencyKey(BrokerError):
+    code = "idempotency.missing"
 
 
-def scope_error(code: str) -> type[BrokerError]:
-    """Scope refusals are 403 with their own `scope.*` code."""
-    return error(code, 403, "Outside the agreement's scope")
+class IdempotencyKeyMismatch(BrokerError):
+    code = "idempotency.key_mismatch"
+
+
+class InFlight(BrokerError):
+    code = "idempotency.in_flight"
+
+
+class MidReused(BrokerError):
+    code = "replay.mid_reused"
+
+
+class IatOutOfWindow(BrokerError):
+    code = "replay.iat_out_of_window"
+
+
+class BadExpiry(BrokerError):
+    code = "envelope.bad_exp"
+
+
+class BadRouting(BrokerError):
+    code = "envelope.bad_routing"
+
+
+class NotTheSigner(BrokerError):
+    code = "auth.sender_mismatch"
+
+
+class UnknownKey(BrokerError):
+    code = "key.unknown"
+
+
+class KeyRevoked(BrokerError):
+    code = "key.revoked"
+
+
+class KeyRetired(BrokerError):
+    code = "key.retired"
+
+
+class KeyNotValidNow(BrokerError):
+    code = "key.not_valid_now"
+
+
+class RecipientNoKey(BrokerError):
+    code = "key.recipient_no_key"
+
+
+class FeedbackUnknownAlert(BrokerError):
+    code = "scope.feedback_unknown_alert"
+
+
+class FeedbackNotRecipient(BrokerError):
+    code = "scope.feedback_not_recipient"
+
+
+class FeedbackWrongAddress(BrokerError):
+    code = "scope.feedback_wrong_recipient"
+
+
+class FeedbackOtherAgreement(BrokerError):
+    code = "scope.feedback_other_agreement"
 
 
 @dataclass(frozen=True)
@@ -94,7 +127,7 @@ def _signing_key(snap: Snapshot, kid: str, now: datetime) -> DirectoryKey:
     if key is None:
         raise UnknownKey(f"no key {kid} in the directory")
     if key.use != "sig":
-        raise KeyNotSigning(f"key {kid} is an encryption key")
+        raise WrongUse(f"key {kid} is an encryption key")
     if key.status == "revoked":
         raise KeyRevoked(f"key {kid} was revoked ({key.revocation_reason})")
     if key.status == "retired":
@@ -141,7 +174,7 @@ def _recipient_keys(snap: Snapshot, recipients: list[str], now: datetime) -> dic
 def _decide(snap: Snapshot, routing: dict[str, Any], now: datetime) -> str:
     decision = scope.decide(snap.policy(routing), routing, now)
     if isinstance(decision, scope.Reject):
-        raise scope_error(decision.code)(decision.detail)
+        raise OutOfScope(decision.detail, code=decision.code)
     return decision.policy_sha256
 
 
@@ -180,7 +213,7 @@ async def submit(
 
 def _refusal(exc: CryptoError | BrokerError) -> BrokerError:
     if isinstance(exc, CryptoError):
-        return error(exc.code, exc.status_code, "Envelope refused")(exc.detail)
+        return Refused(exc)
     return exc
 
 

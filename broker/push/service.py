@@ -44,7 +44,7 @@ from broker.audit import service as audit
 from broker.config import Environment, settings
 from broker.crypto import envelope as env
 from broker.crypto.keys import sha256_b64u
-from broker.errors import FieldProblem, NotFound, error
+from broker.errors import BrokerError, FieldProblem, NotFound
 from broker.faults import crash_point
 from broker.ids import epoch_ms, new_id, rfc3339, utcnow
 from broker.inbox import repository as outbox
@@ -63,9 +63,17 @@ PARALLEL = 8  # POSTs (each followed by its own short transaction) in flight at 
 RUN_BUDGET_S = 30.0  # a run stops claiming after this; well under the task visibility timeout
 RETRYABLE_4XX = frozenset({408, 429})
 
-BadPushUrl = error("push.bad_url", 422, "Push endpoint URL refused")
-PushNotConfigured = error("push.not_configured", 409, "The agency has no enabled push endpoint")
-NotYetAvailable = error("push.not_available", 409, "The delivery is not available yet")
+
+class BadPushUrl(BrokerError):
+    code = "push.bad_url"
+
+
+class PushNotConfigured(BrokerError):
+    code = "push.not_configured"
+
+
+class NotYetAvailable(BrokerError):
+    code = "push.not_available"
 
 
 # --- endpoints ------------------------------------------------------------------------------

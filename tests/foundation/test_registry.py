@@ -300,17 +300,17 @@ def test_bad_registry_input_is_refused_and_changes_nothing(
     assert _counts() == before
 
 
-# Each reason a JWK is refused for, and the directory error that must report it (not merely
-# an error with the same code): routes document these classes, and clients read the title.
+# Each reason a JWK is refused for, and the crypto error whose code and title must report it
+# (not merely a generic "invalid key"): routes document these codes, and clients read the title.
 JWK_REFUSALS: list[tuple[str, dict[str, Any], str]] = [
     ("X25519 curve on a signing key", {"crv": "X25519"}, "WrongCurve"),
     ("EC key instead of OKP", {"kty": "EC", "crv": "P-256"}, "WrongCurve"),
     (
         "private member d",
         {"d": "nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A"},
-        "PrivateKeyMaterial",
+        "PrivateMaterial",
     ),
-    ("symmetric member k", {"k": "c2VjcmV0"}, "PrivateKeyMaterial"),
+    ("symmetric member k", {"k": "c2VjcmV0"}, "PrivateMaterial"),
     ("unknown use", {"use": "sign"}, "WrongUse"),
     ("small-order point", {"x": "A" * 43}, "LowOrderKey"),
     ("kid not the thumbprint", {"kid": "some-name"}, "KeyKidMismatch"),
@@ -322,14 +322,17 @@ JWK_REFUSALS: list[tuple[str, dict[str, Any], str]] = [
 def test_a_refused_jwk_raises_the_directory_error_of_its_reason(
     world: dict[str, Any], what: str, change: dict[str, Any], name: str
 ) -> None:
+    from broker.crypto import errors as crypto_errors
     from broker.directory import service as directory
     from broker.directory.schemas import KeyIn
+    from broker.errors import Refused
 
-    expected = getattr(directory, name)
+    expected = getattr(crypto_errors, name)
     data = KeyIn(agency_id="VN-GDC", focal_point_id="VN-GDC/fp-hcm-01", jwk=_jwk(**change))
-    with pytest.raises(expected) as info:
+    with pytest.raises(Refused) as info:
         db.call(directory.register, data, actor="test")
-    assert type(info.value) is expected, what
+    assert type(info.value.__cause__) is expected, what
+    assert info.value.code == expected.code, what
     assert info.value.errors == [FieldProblem(pointer="/jwk", detail=info.value.detail)]
 
 
@@ -342,14 +345,15 @@ def test_a_refused_jwk_is_reported_with_its_reason(
     change: dict[str, Any],
     name: str,
 ) -> None:
-    from broker.directory import service as directory
+    from broker.crypto import errors as crypto_errors
+    from broker.errors import PROBLEMS
 
-    expected = getattr(directory, name)
+    expected = getattr(crypto_errors, name)
     body = {"agency_id": "VN-GDC", "focal_point_id": "VN-GDC/fp-hcm-01", "jwk": _jwk(**change)}
     response = client.post("/v1/admin/keys", json=body, headers=admin_headers)
     problem = response.json()
     assert response.status_code == 422, what
-    assert (problem["code"], problem["title"]) == (expected.code, expected.title), what
+    assert (problem["code"], problem["title"]) == (expected.code, PROBLEMS[expected.code][1]), what
     assert problem["errors"] == [{"pointer": "/jwk", "detail": problem["detail"]}]
     # Every refusal the route can give is in its OpenAPI description.
     documented = client.get("/openapi.json").json()["paths"]["/v1/admin/keys"]["post"]
