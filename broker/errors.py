@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, Field
 
 from broker.crypto.errors import CryptoError
+
+T = TypeVar("T")
 
 
 class FieldProblem(BaseModel):
@@ -156,16 +158,19 @@ PROBLEMS: dict[str, tuple[int, str]] = {
 class BrokerError(Exception):
     """Base of every error the API reports: a stable `code`, its status and title in PROBLEMS.
 
-    A subclass declares `code`; a family whose code varies per refusal (scope decisions,
-    crypto refusals) passes `code=` when raising. Unknown codes fail at import or at raise.
+    A subclass declares its code (`class NotFound(BrokerError, code="request.not_found")`); a
+    family whose code varies per refusal (scope decisions, crypto refusals) passes `code=` when
+    raising. An unknown code fails at import or at raise.
     """
 
     code: ClassVar[str] = "broker.error"
     status_code: int = 400
     title: str = "Request refused"
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(cls, code: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if code is not None:
+            cls.code = code
         cls.status_code, cls.title = PROBLEMS[cls.code]
 
     def __init__(
@@ -197,6 +202,13 @@ class BrokerError(Exception):
         )
 
 
+def exists(found: T | None, what: str) -> T:
+    """`found`, or NotFound naming `what` ("key 'abc'") when the look-up found nothing."""
+    if found is None:
+        raise NotFound(f"no {what}")
+    return found
+
+
 class Refused(BrokerError):
     """A crypto refusal (an envelope, token or key) reported with the crypto error's code."""
 
@@ -211,64 +223,49 @@ class OutOfScope(BrokerError):
 
 
 # Generic errors used across domains.
-class NotFound(BrokerError):
-    code = "request.not_found"
+class NotFound(BrokerError, code="request.not_found"): ...
 
 
-class MethodNotAllowed(BrokerError):
-    code = "request.method_not_allowed"
+class MethodNotAllowed(BrokerError, code="request.method_not_allowed"): ...
 
 
-class InvalidRequest(BrokerError):
-    code = "request.invalid"
+class InvalidRequest(BrokerError, code="request.invalid"): ...
 
 
-class MalformedRequest(BrokerError):
-    code = "request.malformed"
+class MalformedRequest(BrokerError, code="request.malformed"): ...
 
 
-class PayloadTooLarge(BrokerError):
-    code = "request.too_large"
+class PayloadTooLarge(BrokerError, code="request.too_large"): ...
 
 
-class RequestTimeout(BrokerError):
-    code = "request.timeout"
+class RequestTimeout(BrokerError, code="request.timeout"): ...
 
 
-class UnsupportedMediaType(BrokerError):
-    code = "request.unsupported_media_type"
+class UnsupportedMediaType(BrokerError, code="request.unsupported_media_type"): ...
 
 
-class Unauthenticated(BrokerError):
-    code = "auth.unauthenticated"
+class Unauthenticated(BrokerError, code="auth.unauthenticated"): ...
 
 
-class TokenExpired(BrokerError):
-    code = "auth.token_expired"
+class TokenExpired(BrokerError, code="auth.token_expired"): ...
 
 
-class TokenRevoked(BrokerError):
-    code = "auth.token_revoked"
+class TokenRevoked(BrokerError, code="auth.token_revoked"): ...
 
 
-class Forbidden(BrokerError):
-    code = "auth.forbidden"
+class Forbidden(BrokerError, code="auth.forbidden"): ...
 
 
-class Conflict(BrokerError):
-    code = "request.conflict"
+class Conflict(BrokerError, code="request.conflict"): ...
 
 
-class Unavailable(BrokerError):
-    code = "service.unavailable"
+class Unavailable(BrokerError, code="service.unavailable"): ...
 
 
-class InternalError(BrokerError):
-    code = "service.internal"
+class InternalError(BrokerError, code="service.internal"): ...
 
 
-class RateLimited(BrokerError):
-    code = "rate.limited"
+class RateLimited(BrokerError, code="rate.limited"): ...
 
 
 # What any gated route may answer besides its own errors: the token check, the request
@@ -305,9 +302,7 @@ def error_responses(
 
 
 # Registry errors shared by several domains.
-class DuplicateId(BrokerError):
-    code = "registry.duplicate_id"
+class DuplicateId(BrokerError, code="registry.duplicate_id"): ...
 
 
-class UnknownAgency(BrokerError):
-    code = "registry.unknown_agency"
+class UnknownAgency(BrokerError, code="registry.unknown_agency"): ...

@@ -11,16 +11,14 @@ from broker.agencies import repository
 from broker.agencies.models import Agency, FocalPoint
 from broker.agencies.schemas import AgencyIn, FocalPointIn
 from broker.audit import service as audit
-from broker.errors import BrokerError, DuplicateId, FieldProblem, NotFound, UnknownAgency
+from broker.errors import BrokerError, DuplicateId, FieldProblem, UnknownAgency, exists
 from broker.ids import utcnow
 
 
-class UnknownCountry(BrokerError):
-    code = "registry.unknown_country"
+class UnknownCountry(BrokerError, code="registry.unknown_country"): ...
 
 
-class FocalPointOutsideAgency(BrokerError):
-    code = "registry.focal_point_outside_agency"
+class FocalPointOutsideAgency(BrokerError, code="registry.focal_point_outside_agency"): ...
 
 
 # User-assigned codes in use by partners that ISO 3166-1 (and pycountry) lack.
@@ -49,10 +47,7 @@ async def create_agency(session: AsyncSession, data: AgencyIn, *, actor: str) ->
 
 
 async def get_agency(session: AsyncSession, agency_id: str) -> Agency:
-    found = await repository.agency(session, agency_id)
-    if found is None:
-        raise NotFound(f"no agency {agency_id!r}")
-    return found
+    return exists(await repository.agency(session, agency_id), f"agency {agency_id!r}")
 
 
 async def list_agencies(session: AsyncSession) -> Sequence[Agency]:
@@ -83,10 +78,9 @@ async def create_focal_point(
 
 
 async def get_focal_point(session: AsyncSession, focal_point_id: str) -> FocalPoint:
-    found = await repository.focal_point(session, focal_point_id)
-    if found is None:
-        raise NotFound(f"no focal point {focal_point_id!r}")
-    return found
+    return exists(
+        await repository.focal_point(session, focal_point_id), f"focal point {focal_point_id!r}"
+    )
 
 
 async def list_focal_points(

@@ -19,46 +19,37 @@ from broker.agreements.schemas import AgreementView, DesignationIn, Direction
 from broker.audit import service as audit
 from broker.auth.service import Caller
 from broker.crypto.jcs import canonical
-from broker.errors import BrokerError, DuplicateId, FieldProblem, NotFound
+from broker.errors import BrokerError, DuplicateId, FieldProblem, NotFound, exists
 from broker.ids import new_id, utcnow
 from broker.registry import snapshot as registry
 from schemas import vocab
 
 
-class InvalidDocument(BrokerError):
-    code = "registry.invalid_document"
+class InvalidDocument(BrokerError, code="registry.invalid_document"): ...
 
 
-class UnknownParty(BrokerError):
-    code = "registry.unknown_party"
+class UnknownParty(BrokerError, code="registry.unknown_party"): ...
 
 
-class UnknownOffence(BrokerError):
-    code = "registry.unknown_offence"
+class UnknownOffence(BrokerError, code="registry.unknown_offence"): ...
 
 
-class UnknownSubjectType(BrokerError):
-    code = "registry.unknown_subject_type"
+class UnknownSubjectType(BrokerError, code="registry.unknown_subject_type"): ...
 
 
-class UnknownAgreement(BrokerError):
-    code = "registry.unknown_agreement"
+class UnknownAgreement(BrokerError, code="registry.unknown_agreement"): ...
 
 
-class NotAParty(BrokerError):
-    code = "registry.not_a_party"
+class NotAParty(BrokerError, code="registry.not_a_party"): ...
 
 
-class BadValidity(BrokerError):
-    code = "registry.bad_validity"
+class BadValidity(BrokerError, code="registry.bad_validity"): ...
 
 
-class ValidityOverlap(BrokerError):
-    code = "registry.validity_overlap"
+class ValidityOverlap(BrokerError, code="registry.validity_overlap"): ...
 
 
-class IdMismatch(BrokerError):
-    code = "registry.id_mismatch"
+class IdMismatch(BrokerError, code="registry.id_mismatch"): ...
 
 
 def policy_hash(document: dict[str, Any]) -> str:
@@ -174,17 +165,13 @@ async def _add_version(
 
 
 async def get_agreement(session: AsyncSession, agreement_id: str) -> Agreement:
-    found = await repository.agreement(session, agreement_id)
-    if found is None:
-        raise NotFound(f"no agreement {agreement_id!r}")
-    return found
+    return exists(await repository.agreement(session, agreement_id), f"agreement {agreement_id!r}")
 
 
 async def current(session: AsyncSession, agreement_id: str) -> AgreementVersion:
-    found = await repository.current_version(session, agreement_id)
-    if found is None:
-        raise NotFound(f"no agreement {agreement_id!r}")
-    return found
+    return exists(
+        await repository.current_version(session, agreement_id), f"agreement {agreement_id!r}"
+    )
 
 
 async def list_current(session: AsyncSession) -> Sequence[AgreementVersion]:
@@ -291,10 +278,7 @@ async def _record_operation(session: AsyncSession, op: Operation, actor: str) ->
 
 
 async def get_operation(session: AsyncSession, operation_id: str) -> Operation:
-    found = await repository.operation(session, operation_id)
-    if found is None:
-        raise NotFound(f"no operation {operation_id!r}")
-    return found
+    return exists(await repository.operation(session, operation_id), f"operation {operation_id!r}")
 
 
 async def list_operations(session: AsyncSession) -> Sequence[Operation]:

@@ -54,16 +54,13 @@ CSV_COLUMNS = (
 )
 
 
-class BadCursor(BrokerError):
-    code = "audit.bad_cursor"
+class BadCursor(BrokerError, code="audit.bad_cursor"): ...
 
 
-class NotOverseen(BrokerError):
-    code = "audit.not_overseen"
+class NotOverseen(BrokerError, code="audit.not_overseen"): ...
 
 
-class BadFilter(BrokerError):
-    code = "audit.bad_filter"
+class BadFilter(BrokerError, code="audit.bad_filter"): ...
 
 
 ExportFormat = Literal["json", "csv"]

@@ -39,16 +39,13 @@ MAX_LEAVES = 1000
 MAX_NODES = 4096
 
 
-class NoCheckpoint(BrokerError):
-    code = "log.no_checkpoint"
+class NoCheckpoint(BrokerError, code="log.no_checkpoint"): ...
 
 
-class OutOfRange(BrokerError):
-    code = "log.out_of_range"
+class OutOfRange(BrokerError, code="log.out_of_range"): ...
 
 
-class LogCorrupt(BrokerError):
-    code = "log.corrupt"
+class LogCorrupt(BrokerError, code="log.corrupt"): ...
 
 
 def b64(raw: bytes) -> str:

@@ -40,8 +40,7 @@ from broker.logging import get_logger
 MAX_BATCH = 5000
 
 
-class LogInconsistent(BrokerError):
-    code = "log.inconsistent"
+class LogInconsistent(BrokerError, code="log.inconsistent"): ...
 
 
 _log = get_logger("broker.audit.sequencer")

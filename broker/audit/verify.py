@@ -24,9 +24,11 @@ async source (`verify_source`; `broker.audit.log.verify_stored`). Every check th
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import csv
+import inspect
 import io
 import json
 import os
@@ -179,7 +181,8 @@ class Read:
 Steps = Generator[Read, Any, T]
 
 
-def _drive(steps: Steps[T], client: LogClient) -> T:
+async def _drive(steps: Steps[T], source: LogClient | LogSource) -> T:
+    """Answer the steps' reads from `source`: a partner's HTTP client or the broker's store."""
     answer: Any = None
     failed: VerifyError | None = None
     while True:
@@ -189,22 +192,9 @@ def _drive(steps: Steps[T], client: LogClient) -> T:
             result: T = done.value
             return result
         try:
-            answer, failed = getattr(client, read.method)(*read.args), None
-        except VerifyError as exc:
-            answer, failed = None, exc
-
-
-async def _drive_async(steps: Steps[T], source: LogSource) -> T:
-    answer: Any = None
-    failed: VerifyError | None = None
-    while True:
-        try:
-            read = steps.throw(failed) if failed is not None else steps.send(answer)
-        except StopIteration as done:
-            result: T = done.value
-            return result
-        try:
-            answer, failed = await getattr(source, read.method)(*read.args), None
+            answer, failed = getattr(source, read.method)(*read.args), None
+            if inspect.isawaitable(answer):
+                answer = await answer
         except VerifyError as exc:
             answer, failed = None, exc
 
@@ -335,11 +325,12 @@ def verify_log(
     """Verify the broker's latest checkpoint, its consistency with `state`, and optionally more."""
     verifier = parse_key(log_key)
     steps = _verify(verifier, _load_state(state, verifier), full, index)
+    # The same driver as the broker's own check; the partner's reads are plain HTTP calls.
     if http is None:
         with open_http(base_url) as owned:
-            report, text = _drive(steps, LogClient(owned, token))
+            report, text = asyncio.run(_drive(steps, LogClient(owned, token)))
     else:
-        report, text = _drive(steps, LogClient(http, token))
+        report, text = asyncio.run(_drive(steps, LogClient(http, token)))
     if state is not None and report.relation != "behind":
         _save_state(state, text)
     return report
@@ -361,7 +352,7 @@ async def verify_source(
             stored = note.verify_checkpoint(previous, verifier)
         except note.NoteError as exc:
             raise VerifyError("state", f"the earlier checkpoint does not verify: {exc}") from None
-    report, _ = await _drive_async(_verify(verifier, stored, full, index), source)
+    report, _ = await _drive(_verify(verifier, stored, full, index), source)
     return report
 
 

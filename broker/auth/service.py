@@ -18,7 +18,7 @@ from broker.audit import service as audit
 from broker.auth import repository
 from broker.auth.models import Credential, Principal
 from broker.config import settings
-from broker.errors import DuplicateId, InvalidRequest, NotFound, Unauthenticated
+from broker.errors import DuplicateId, InvalidRequest, NotFound, Unauthenticated, exists
 from broker.errors import TokenExpired as TokenExpired
 from broker.errors import TokenRevoked as TokenRevoked
 from broker.ids import new_id, utcnow
@@ -208,7 +208,4 @@ async def list_principals(session: AsyncSession) -> Sequence[Principal]:
 
 
 async def principal_by_name(session: AsyncSession, name: str) -> Principal:
-    found = await repository.principal_by_name(session, name)
-    if found is None:
-        raise NotFound(f"no principal {name!r}")
-    return found
+    return exists(await repository.principal_by_name(session, name), f"principal {name!r}")

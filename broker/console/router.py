@@ -76,8 +76,7 @@ LOGIN_ERRORS = {
 }
 
 
-class CrossSite(BrokerError):
-    code = "console.cross_site"
+class CrossSite(BrokerError, code="console.cross_site"): ...
 
 
 templates = Jinja2Templates(directory=str(resources.files("broker.console").joinpath("templates")))

@@ -60,12 +60,10 @@ GOOD_ACKS = frozenset({"received", "decrypted"})
 PERIODS = (7, 30, 90)
 
 
-class NoSuchMessage(BrokerError):
-    code = "console.no_such_message"
+class NoSuchMessage(BrokerError, code="console.no_such_message"): ...
 
 
-class NoSuchAgreement(BrokerError):
-    code = "console.no_such_agreement"
+class NoSuchAgreement(BrokerError, code="console.no_such_agreement"): ...
 
 
 BadFilter = auditor.BadFilter

@@ -19,25 +19,22 @@ from broker.errors import (
     BrokerError,
     DuplicateId,
     FieldProblem,
-    NotFound,
     Refused,
     UnknownAgency,
+    exists,
 )
 from broker.ids import utcnow
 
 DEFAULT_LIFETIME = timedelta(days=365)
 
 
-class KeyBinding(BrokerError):
-    code = "key.bad_binding"
+class KeyBinding(BrokerError, code="key.bad_binding"): ...
 
 
-class KeyNotActive(BrokerError):
-    code = "key.not_active"
+class KeyNotActive(BrokerError, code="key.not_active"): ...
 
 
-class BadValidity(BrokerError):
-    code = "key.bad_validity"
+class BadValidity(BrokerError, code="key.bad_validity"): ...
 
 
 def _parse(jwk: dict[str, Any]) -> crypto_keys.PublicJWK:
@@ -86,10 +83,7 @@ async def register(session: AsyncSession, data: KeyIn, *, actor: str) -> PublicK
 
 
 async def get(session: AsyncSession, kid: str) -> PublicKey:
-    found = await repository.key(session, kid)
-    if found is None:
-        raise NotFound(f"no key {kid!r}")
-    return found
+    return exists(await repository.key(session, kid), f"key {kid!r}")
 
 
 async def retire(session: AsyncSession, kid: str, *, actor: str) -> PublicKey:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, func, insert, literal, or_, select, update
+from sqlalchemy import Select, Table, bindparam, func, insert, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker import db
@@ -186,14 +186,12 @@ async def make_available(session: AsyncSession, rows: list[dict[str, Any]]) -> N
 # --- polling --------------------------------------------------------------------------------
 
 
-async def page(session: AsyncSession, agency: str, after: int, limit: int) -> Sequence[Any]:
-    """The inbox items after `after`, in inbox order, with what a first fetch needs."""
-    result = await session.execute(
+def items(*columns: Any) -> Select[*tuple[Any, ...]]:
+    """Inbox items as the inbox and push serve them (delivery, message, log index) + `columns`."""
+    return (
         select(
             Delivery.id,
             Delivery.inbox_seq,
-            Delivery.state,
-            Delivery.available_at,
             Message.mid,
             Message.sender,
             Message.kind,
@@ -202,9 +200,17 @@ async def page(session: AsyncSession, agency: str, after: int, limit: int) -> Se
             Message.envelope_sha256,
             Message.received_at,
             AuditEvent.leaf_index,
+            *columns,
         )
         .join(Message, Message.id == Delivery.message_id)
         .join(AuditEvent, AuditEvent.id == Message.event_id)
+    )
+
+
+async def page(session: AsyncSession, agency: str, after: int, limit: int) -> Sequence[Any]:
+    """The inbox items after `after`, in inbox order, with what a first fetch needs."""
+    result = await session.execute(
+        items(Delivery.state, Delivery.available_at)
         .where(Delivery.recipient == agency, Delivery.inbox_seq > after)
         .order_by(Delivery.inbox_seq)
         .limit(limit)

@@ -74,20 +74,16 @@ FINAL_ACKS = ("decrypted", "rejected")  # `received` may be followed by one of t
 MAX_WAIT_S = 30.0
 
 
-class BadAck(BrokerError):
-    code = "ack.invalid"
+class BadAck(BrokerError, code="ack.invalid"): ...
 
 
-class AckKeyNotOurs(BrokerError):
-    code = "ack.key_not_recipient"
+class AckKeyNotOurs(BrokerError, code="ack.key_not_recipient"): ...
 
 
-class AckConflict(BrokerError):
-    code = "ack.conflict"
+class AckConflict(BrokerError, code="ack.conflict"): ...
 
 
-class BadCursor(BrokerError):
-    code = "inbox.bad_cursor"
+class BadCursor(BrokerError, code="inbox.bad_cursor"): ...
 
 
 # --- the relay ------------------------------------------------------------------------------

@@ -5,13 +5,13 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import ColumnElement, ScalarSelect, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker import db
 from broker.audit.models import AuditEvent, LogLeaf
+from broker.audit.service import NewEvent
 from broker.db import Base
 from broker.messages.models import Delivery, Message, Outbox
 
@@ -52,14 +52,10 @@ class DeliveryRow:
     ack_sha256: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class EventRow:
-    id: uuid.UUID
-    kind: str
-    actor: str
-    subject: str | None
-    details: dict[str, Any]
-    created_at: datetime
+@dataclass(frozen=True)
+class EventRow(NewEvent):
+    """A stored audit event, with its leaf once sequenced."""
+
     leaf_index: int | None
 
 

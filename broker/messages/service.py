@@ -41,72 +41,55 @@ MAX_TTL_S = 30 * 24 * 3600
 MAX_MERGE_DELAY_MS = 1000
 
 
-class MissingIdempotencyKey(BrokerError):
-    code = "idempotency.missing"
+class MissingIdempotencyKey(BrokerError, code="idempotency.missing"): ...
 
 
-class IdempotencyKeyMismatch(BrokerError):
-    code = "idempotency.key_mismatch"
+class IdempotencyKeyMismatch(BrokerError, code="idempotency.key_mismatch"): ...
 
 
-class InFlight(BrokerError):
-    code = "idempotency.in_flight"
+class InFlight(BrokerError, code="idempotency.in_flight"): ...
 
 
-class MidReused(BrokerError):
-    code = "replay.mid_reused"
+class MidReused(BrokerError, code="replay.mid_reused"): ...
 
 
-class IatOutOfWindow(BrokerError):
-    code = "replay.iat_out_of_window"
+class IatOutOfWindow(BrokerError, code="replay.iat_out_of_window"): ...
 
 
-class BadExpiry(BrokerError):
-    code = "envelope.bad_exp"
+class BadExpiry(BrokerError, code="envelope.bad_exp"): ...
 
 
-class BadRouting(BrokerError):
-    code = "envelope.bad_routing"
+class BadRouting(BrokerError, code="envelope.bad_routing"): ...
 
 
-class NotTheSigner(BrokerError):
-    code = "auth.sender_mismatch"
+class NotTheSigner(BrokerError, code="auth.sender_mismatch"): ...
 
 
-class UnknownKey(BrokerError):
-    code = "key.unknown"
+class UnknownKey(BrokerError, code="key.unknown"): ...
 
 
-class KeyRevoked(BrokerError):
-    code = "key.revoked"
+class KeyRevoked(BrokerError, code="key.revoked"): ...
 
 
-class KeyRetired(BrokerError):
-    code = "key.retired"
+class KeyRetired(BrokerError, code="key.retired"): ...
 
 
-class KeyNotValidNow(BrokerError):
-    code = "key.not_valid_now"
+class KeyNotValidNow(BrokerError, code="key.not_valid_now"): ...
 
 
-class RecipientNoKey(BrokerError):
-    code = "key.recipient_no_key"
+class RecipientNoKey(BrokerError, code="key.recipient_no_key"): ...
 
 
-class FeedbackUnknownAlert(BrokerError):
-    code = "scope.feedback_unknown_alert"
+class FeedbackUnknownAlert(BrokerError, code="scope.feedback_unknown_alert"): ...
 
 
-class FeedbackNotRecipient(BrokerError):
-    code = "scope.feedback_not_recipient"
+class FeedbackNotRecipient(BrokerError, code="scope.feedback_not_recipient"): ...
 
 
-class FeedbackWrongAddress(BrokerError):
-    code = "scope.feedback_wrong_recipient"
+class FeedbackWrongAddress(BrokerError, code="scope.feedback_wrong_recipient"): ...
 
 
-class FeedbackOtherAgreement(BrokerError):
-    code = "scope.feedback_other_agreement"
+class FeedbackOtherAgreement(BrokerError, code="scope.feedback_other_agreement"): ...
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from broker.audit.models import AuditEvent
+from broker.inbox import repository as inbox_repository
 from broker.messages.models import OUTBOX_PUSH, Delivery, Message, Outbox
 from broker.push.models import PushAttempt, PushEndpoint
 
@@ -24,22 +24,7 @@ async def targets(session: AsyncSession, delivery_ids: Sequence[uuid.UUID]) -> d
     if not delivery_ids:
         return {}
     rows = await session.execute(
-        select(
-            Delivery.id,
-            Delivery.recipient,
-            Delivery.inbox_seq,
-            Message.mid,
-            Message.sender,
-            Message.kind,
-            Message.envelope,
-            Message.receipt,
-            Message.envelope_sha256,
-            Message.received_at,
-            AuditEvent.leaf_index,
-            PushEndpoint.url,
-        )
-        .join(Message, Message.id == Delivery.message_id)
-        .join(AuditEvent, AuditEvent.id == Message.event_id)
+        inbox_repository.items(Delivery.recipient, PushEndpoint.url)
         .join(PushEndpoint, PushEndpoint.agency_id == Delivery.recipient)
         .where(
             Delivery.id.in_(delivery_ids),

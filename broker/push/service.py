@@ -44,7 +44,7 @@ from broker.audit import service as audit
 from broker.config import Environment, settings
 from broker.crypto import envelope as env
 from broker.crypto.keys import sha256_b64u
-from broker.errors import BrokerError, FieldProblem, NotFound
+from broker.errors import BrokerError, FieldProblem, NotFound, exists
 from broker.faults import crash_point
 from broker.ids import epoch_ms, new_id, rfc3339, utcnow
 from broker.inbox import repository as outbox
@@ -64,16 +64,13 @@ RUN_BUDGET_S = 30.0  # a run stops claiming after this; well under the task visi
 RETRYABLE_4XX = frozenset({408, 429})
 
 
-class BadPushUrl(BrokerError):
-    code = "push.bad_url"
+class BadPushUrl(BrokerError, code="push.bad_url"): ...
 
 
-class PushNotConfigured(BrokerError):
-    code = "push.not_configured"
+class PushNotConfigured(BrokerError, code="push.not_configured"): ...
 
 
-class NotYetAvailable(BrokerError):
-    code = "push.not_available"
+class NotYetAvailable(BrokerError, code="push.not_available"): ...
 
 
 # --- endpoints ------------------------------------------------------------------------------
@@ -135,10 +132,7 @@ async def set_endpoint(
 
 
 async def get_endpoint(session: AsyncSession, agency_id: str) -> PushEndpoint:
-    found = await repository.endpoint(session, agency_id)
-    if found is None:
-        raise NotFound(f"no push endpoint for {agency_id!r}")
-    return found
+    return exists(await repository.endpoint(session, agency_id), f"push endpoint for {agency_id!r}")
 
 
 # --- delivering -----------------------------------------------------------------------------
