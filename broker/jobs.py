@@ -12,7 +12,7 @@ periodic sweep. Wake-ups carry no data at all.
   only if the flag was not already set; the task clears it when it starts (`started`, from the
   worker's `task_prerun`). A set flag means a run of the job has been sent and has not started
   yet, so it will see this commit: at most one task per job is ever waiting, however many
-  requests there are (a Celery publish costs about 0.8 ms of CPU; a `SET NX`, one Redis round
+  requests there are (a Celery publish costs far more CPU than a `SET NX`, one Redis round
   trip in this thread), and an idle job is woken at once instead of after a fixed delay. The
   TTL bounds the damage of a flag whose task was lost (a Redis restart, a failed publish): new
   wake-ups resume after it, and the beat sweep, which clears the flag too, runs meanwhile.
@@ -138,7 +138,7 @@ class _Publisher(threading.Thread):
                 self._cond.notify()
 
     def _warm(self) -> None:
-        """Import Celery and connect to Redis now, not on the first commit's wake-up (~70 ms)."""
+        """Import Celery and connect to Redis now, not on the first commit's wake-up."""
         try:
             from broker.queue import celery_app
 

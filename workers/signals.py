@@ -15,8 +15,8 @@ def _sweep_on_start(sender: Any = None, **_: Any) -> None:
     """Sweep the outbox as soon as a delivery worker is up, not at the first beat tick.
 
     Rows left while no worker ran go out at once, and the pool process that takes the sweep
-    opens its database and Redis connections then, not on the first alert after a (re)start:
-    a cold first relay took ~100 ms. A plain publish, like the beat sweep's (the flag is for
+    opens its database and Redis connections then, not on the first alert after a (re)start.
+    A plain publish, like the beat sweep's (the flag is for
     wake-ups only); a lost one costs nothing, the beat sweep follows.
     """
     queues = getattr(getattr(sender, "task_consumer", None), "queues", ())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -290,7 +291,7 @@ def test_an_older_checkpoint_is_refused_unless_proven_consistent(
     older = note.Checkpoint.parse(client.checkpoint().split("\n\n")[0] + "\n")
     assert older.size < stored.size
     monkeypatch.setattr(client, "consistency", lambda a, b: _proof(a, b))
-    assert verify._drive(verify._consistent(stored, older), client) == "behind"
+    assert asyncio.run(verify._drive(verify._consistent(stored, older), client)) == "behind"
 
 
 def test_wrong_key_and_bad_proofs(auditor: str, log_key: str, api: Any) -> None:

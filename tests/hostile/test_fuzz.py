@@ -28,6 +28,7 @@ from broker.crypto import envelope as env
 from broker.crypto import strictjson
 from broker.crypto.errors import CryptoError
 from broker.crypto.keys import EncryptionKey, SigningKey, b64u_decode, b64u_encode
+from broker.errors import PROBLEMS
 from broker.messages.schemas import EXAMPLE_ROUTING
 
 pytestmark = pytest.mark.hostile
@@ -128,7 +129,7 @@ def _refusal(envelope: str) -> CryptoError | None:
 def _broker_checks(envelope: str) -> None:
     refusal = _refusal(envelope)
     if refusal is not None:
-        assert 400 <= refusal.status_code < 500
+        assert 400 <= PROBLEMS[refusal.code][0] < 500
         assert re.fullmatch(r"[a-z_]+\.[a-z_]+", refusal.code)
 
 
