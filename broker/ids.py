@@ -13,6 +13,16 @@ def new_id() -> uuid.UUID:
     return uuid7()
 
 
+def whole_number(value: str, *, max_digits: int = 18) -> int | None:
+    """`value` as a whole number if it is 1 to `max_digits` ASCII digits, else None.
+
+    `str.isdigit()` also accepts superscripts and other scripts' digits, which `int()` refuses.
+    """
+    if 0 < len(value) <= max_digits and value.isascii() and value.isdigit():
+        return int(value)
+    return None
+
+
 def utcnow() -> datetime:
     """Aware UTC now."""
     return datetime.now(UTC)

@@ -77,12 +77,6 @@ async def create_focal_point(
     return fp
 
 
-async def get_focal_point(session: AsyncSession, focal_point_id: str) -> FocalPoint:
-    return exists(
-        await repository.focal_point(session, focal_point_id), f"focal point {focal_point_id!r}"
-    )
-
-
 async def list_focal_points(
     session: AsyncSession, agency_id: str | None = None
 ) -> Sequence[FocalPoint]:

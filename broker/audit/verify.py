@@ -43,6 +43,7 @@ import httpx2
 
 from broker.audit import leaf
 from broker.crypto import merkle, note
+from broker.ids import whole_number
 
 PAGE = 1000
 MAX_RETRIES = 10
@@ -105,8 +106,8 @@ class LogClient:
             if response.status_code != 429 or attempt == MAX_RETRIES:
                 break
             # Full verification of a large log outruns the per-principal rate limit: wait.
-            retry_after = response.headers.get("retry-after", "1")
-            self.sleep(min(float(retry_after) if retry_after.isdigit() else 1.0, 60.0))
+            seconds = whole_number(response.headers.get("retry-after", "1"))
+            self.sleep(min(float(1 if seconds is None else seconds), 60.0))
         if response.status_code != 200:
             detail = response.text[:300]
             try:

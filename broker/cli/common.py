@@ -8,7 +8,6 @@ traceback. A refusal by the broker itself is its problem document (code and deta
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,10 +57,6 @@ def print_json(value: Any) -> None:
 def fail(message: str, code: int = 1) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
-
-
-def stdout_is_tty() -> bool:
-    return sys.stdout.isatty()
 
 
 def read_json(path: Path, what: str) -> Any:

@@ -31,7 +31,7 @@ from broker.config import settings
 from broker.console import service
 from broker.deps import SessionDep
 from broker.errors import BrokerError
-from broker.ids import utcnow
+from broker.ids import utcnow, whole_number
 from broker.logging import get_logger
 
 _log = get_logger("broker.console")
@@ -541,9 +541,10 @@ def _leaf_index(value: str) -> int | None:
     value = value.strip()
     if not value:
         return None
-    if not value.isdigit() or len(value) > 18:
+    index = whole_number(value)
+    if index is None:
         raise service.BadFilter("the leaf index is a whole number such as 42")
-    return int(value)
+    return index
 
 
 @router.post("/log/verify")

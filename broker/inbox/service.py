@@ -53,7 +53,7 @@ from broker.crypto import envelope as env
 from broker.crypto.keys import sha256_b64u
 from broker.errors import BrokerError, FieldProblem, NotFound
 from broker.faults import crash_point
-from broker.ids import epoch_ms, utcnow
+from broker.ids import epoch_ms, utcnow, whole_number
 from broker.inbox import notify, repository
 from broker.inbox.repository import AckedDelivery, Claimed
 from broker.inbox.schemas import AckOut, InboxItem, InboxPage
@@ -244,10 +244,10 @@ def _describe(exc: BaseException) -> str:
 def _cursor(after: str | None) -> int:
     if after is None or after == "":
         return 0
-    # ASCII digits only: str.isdigit() also accepts other scripts' digits and superscripts.
-    if not (after.isascii() and after.isdigit()) or len(after) > 18:
+    cursor = whole_number(after)
+    if cursor is None:
         raise BadCursor("the cursor is the `next_cursor` of the previous page")
-    return int(after)
+    return cursor
 
 
 async def poll(session: AsyncSession, caller: Caller, after: str | None, limit: int) -> InboxPage:

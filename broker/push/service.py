@@ -46,7 +46,7 @@ from broker.crypto import envelope as env
 from broker.crypto.keys import sha256_b64u
 from broker.errors import BrokerError, FieldProblem, NotFound, exists
 from broker.faults import crash_point
-from broker.ids import epoch_ms, new_id, rfc3339, utcnow
+from broker.ids import epoch_ms, new_id, rfc3339, utcnow, whole_number
 from broker.inbox import repository as outbox
 from broker.logging import get_logger
 from broker.messages.models import OUTBOX_PUSH
@@ -284,11 +284,9 @@ async def claim(session: AsyncSession, *, limit: int = BATCH) -> list[Claim]:
 
 
 def _retry_after(value: str | None) -> float | None:
-    value = None if value is None else value.strip()
-    # ASCII digits only: str.isdigit() also accepts other scripts' digits and superscripts.
-    if not value or not (value.isascii() and value.isdigit()):
-        return None  # HTTP-dates are rare from APIs; the backoff applies then
-    return float(value)
+    # Seconds only: HTTP-dates are rare from APIs; the backoff applies then.
+    seconds = None if value is None else whole_number(value.strip())
+    return None if seconds is None else float(seconds)
 
 
 async def post(client: httpx2.AsyncClient, c: Claim) -> Outcome:

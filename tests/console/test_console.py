@@ -366,6 +366,19 @@ class TestPages:
         assert "<html" in whole.text
         assert "OK — the log verifies" in whole.text
 
+    @pytest.mark.parametrize("index", ["\u00b2", "\u0663", "-1", "1e3"])
+    def test_a_leaf_index_that_is_not_ascii_digits_is_refused(
+        self, client: Any, traffic: Traffic, auditor: str, index: str
+    ) -> None:
+        # str.isdigit() accepts a superscript two and Arabic-Indic digits; int() does not.
+        result = client.post(
+            "/console/log/verify",
+            data={"index": index},
+            headers={**same_origin(), "HX-Request": "true"},
+        )
+        assert result.status_code == 422, result.text
+        assert "the leaf index is a whole number" in result.text
+
     def test_verification_reports_the_exact_failure(
         self, client: Any, traffic: Traffic, auditor: str
     ) -> None:
