@@ -19,7 +19,7 @@ from broker.agreements.schemas import AgreementView, DesignationIn, Direction
 from broker.audit import service as audit
 from broker.auth.service import Caller
 from broker.crypto.jcs import canonical
-from broker.errors import BrokerError, DuplicateId, FieldProblem, NotFound, exists
+from broker.errors import BrokerError, DuplicateId, FieldProblem, exists
 from broker.ids import new_id, utcnow
 from broker.registry import snapshot as registry
 from schemas import vocab
@@ -289,9 +289,9 @@ async def designate(
     session: AsyncSession, focal_point_id: str, data: DesignationIn, *, actor: str
 ) -> Designation:
     """Designate a focal point under an agreement for a period (no overlapping periods)."""
-    fp = await agency_repo.focal_point(session, focal_point_id)
-    if fp is None:
-        raise NotFound(f"no focal point {focal_point_id!r}")
+    fp = exists(
+        await agency_repo.focal_point(session, focal_point_id), f"focal point {focal_point_id!r}"
+    )
     version = await repository.current_version(session, data.agreement)
     if version is None:
         raise UnknownAgreement(

@@ -18,7 +18,7 @@ from broker.audit import service as audit
 from broker.auth import repository
 from broker.auth.models import Credential, Principal
 from broker.config import settings
-from broker.errors import DuplicateId, InvalidRequest, NotFound, Unauthenticated, exists
+from broker.errors import DuplicateId, InvalidRequest, Unauthenticated, exists
 from broker.errors import TokenExpired as TokenExpired
 from broker.errors import TokenRevoked as TokenRevoked
 from broker.ids import new_id, utcnow
@@ -192,9 +192,9 @@ async def revoke_token(
     session: AsyncSession, credential_id: uuid.UUID, *, actor: str
 ) -> Credential:
     """Revoke a token; it stops working on the next request."""
-    credential = await repository.credential(session, credential_id)
-    if credential is None:
-        raise NotFound(f"no token {credential_id}")
+    credential = exists(
+        await repository.credential(session, credential_id), f"token {credential_id}"
+    )
     if credential.revoked_at is None:
         credential.revoked_at = utcnow()
         await audit.record(

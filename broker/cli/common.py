@@ -101,8 +101,7 @@ def database_errors() -> Iterator[None]:
         yield
     except NotMigrated as exc:
         fail(str(exc))
-    # asyncpg raises OSError itself when it cannot connect at all; SQLite, when its folder
-    # cannot be made.
+    # OSError: the SQLite file's folder cannot be made (failed connects are OperationalErrors).
     except (OperationalError, InterfaceError, OSError) as exc:
         lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
         fail(

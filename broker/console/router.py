@@ -224,8 +224,7 @@ class ConsoleRoute(APIRoute):
                 )
             except StarletteHTTPException as exc:
                 response = _error_page(request, exc.status_code, "Request refused", str(exc.detail))
-            # asyncpg raises ConnectionError itself when it cannot connect at all.
-            except (OperationalError, InterfaceError, ConnectionError) as exc:
+            except (OperationalError, InterfaceError) as exc:  # failed connects too (db.py)
                 _log.error("database unavailable", error=type(exc).__name__)
                 response = _error_page(
                     request,

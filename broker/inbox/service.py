@@ -91,8 +91,7 @@ class BadCursor(BrokerError, code="inbox.bad_cursor"): ...
 
 def transient(exc: BaseException) -> bool:
     """A database outage or a lost connection: nothing about the rows themselves."""
-    # asyncpg raises OSError itself when it cannot connect (SQLAlchemy wraps only DBAPI errors).
-    if isinstance(exc, OperationalError | InterfaceError | OSError):
+    if isinstance(exc, OperationalError | InterfaceError):  # failed connects too (db.py)
         return True
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 

@@ -199,8 +199,7 @@ async def wait_settled(
                     if not report.settled:
                         report.violations.append(_unsettled(report, timeout_s))
                     return report
-        # asyncpg raises OSError itself when it cannot connect at all (server down).
-        except (DBAPIError, OSError) as exc:
+        except DBAPIError as exc:  # a server down or restarting (db.py wraps failed connects)
             if clock() - start >= timeout_s:
                 raise TimeoutError(
                     f"the database did not answer within {timeout_s:.0f} s ({_reason(exc)})"

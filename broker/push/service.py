@@ -104,8 +104,7 @@ async def set_endpoint(
     session: AsyncSession, agency_id: str, data: PushEndpointIn, *, actor: str
 ) -> PushEndpoint:
     """Register, change, enable or disable an agency's push endpoint."""
-    if await agencies.agency(session, agency_id) is None:
-        raise NotFound(f"no agency {agency_id!r}")
+    exists(await agencies.agency(session, agency_id), f"agency {agency_id!r}")
     check_url(data.url)
     now = utcnow()
     found = await repository.endpoint(session, agency_id)

@@ -72,7 +72,7 @@ def submit(ex: Exchange, routing: dict[str, Any], *, retry_s: float = 0.0) -> st
                 service.submit, focal_point(routing["sender_fp"]), envelope, routing["mid"]
             )
             break
-        except (DBAPIError, OSError):  # asyncpg raises OSError itself when it cannot connect
+        except (DBAPIError, OSError):  # a restart in progress
             if time.monotonic() > deadline:
                 raise
             RETRIED.append(routing["mid"])

@@ -42,7 +42,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
 
 SETTLE_S = 60.0
 T = TypeVar("T")
-# A restart in progress: a wrapped driver error, or asyncpg's own OSError when it cannot connect.
+# A restart in progress: a driver error (failed connects are wrapped too), or a socket's own.
 DB_AWAY = (DBAPIError, OSError)
 
 
