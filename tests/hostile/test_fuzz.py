@@ -49,7 +49,10 @@ def test_atheris_target(target: str, tmp_path: Path) -> None:
         f"-atheris_runs={RUNS}",
         f"-max_total_time={SECONDS}",
         "-rss_limit_mb=1024",
-        "-timeout=10",
+        # libFuzzer checks the per-input timeout on a SIGALRM every timeout/2+1 s; a tick that
+        # lands while the process exits kills it (exit -14 in CI). A timeout of three times the
+        # run puts the first tick past the run's end; a hung input is still caught.
+        f"-timeout={3 * SECONDS}",
         f"-artifact_prefix={tmp_path}/",
         str(corpus),
     ]
