@@ -15,6 +15,7 @@ from broker.deps import AgencyCaller, SessionDep
 from broker.errors import Forbidden, NotFound, error_responses
 from broker.inbox import notify, service
 from broker.inbox.schemas import AckIn, AckOut, InboxPage
+from broker.registry.snapshot import KeyNotValidNow, KeyRetired, KeyRevoked
 
 router = APIRouter(prefix="/v1/inbox", tags=["inbox"])
 
@@ -87,7 +88,16 @@ _ACK_BODY = {
 @router.post(
     "/{mid}/ack",
     response_model=AckOut,
-    responses=error_responses(Forbidden, NotFound, service.BadAck, service.AckConflict),
+    responses=error_responses(
+        Forbidden,
+        NotFound,
+        service.BadAck,
+        service.AckKeyNotOurs,
+        KeyRevoked,
+        KeyRetired,
+        KeyNotValidNow,
+        service.AckConflict,
+    ),
     openapi_extra=_ACK_BODY,
 )
 async def ack(

@@ -60,7 +60,7 @@ from broker.inbox.schemas import AckOut, InboxItem, InboxPage
 from broker.logging import get_logger
 from broker.messages.models import OUTBOX_DELIVER, OUTBOX_PUSH
 from broker.registry import snapshot as registry
-from broker.registry.snapshot import DirectoryKey
+from broker.registry.snapshot import Snapshot
 
 _log = get_logger("broker.inbox")
 
@@ -382,7 +382,7 @@ async def acknowledge(
     assert agency is not None
     kid = env.compact_kid(ack_jws, env.TYP_ACK)
     snap = await registry.current(session)
-    payload = _verified_ack(snap.key(kid), kid, agency, mid, ack_jws)
+    payload = _verified_ack(snap, kid, agency, mid, ack_jws)
     found = await repository.delivery_for_ack(session, agency, mid, payload["envelope_sha256"])
     if found is None or found.inbox_seq is None:  # not yet available is not in the inbox
         raise NotFound(f"no message {mid} with that envelope in your inbox")
@@ -411,11 +411,17 @@ async def acknowledge(
 
 
 def _verified_ack(
-    key: DirectoryKey | None, kid: str, agency: str, mid: uuid.UUID, ack_jws: str
+    snap: Snapshot, kid: str, agency: str, mid: uuid.UUID, ack_jws: str
 ) -> dict[str, Any]:
-    """The acknowledgement's payload, signed by a signing key of `agency`, for `mid`."""
-    if key is None or key.use != "sig" or key.agency_id != agency or key.status == "revoked":
-        raise AckKeyNotOurs(f"key {kid} is not a valid signing key of {agency}")
+    """The acknowledgement's payload, signed by a signing key of `agency`, for `mid`.
+
+    A key of another agency, or none, is `ack.key_not_recipient`; one of the agency's own is
+    then held to the same validity as a submit's (revoked, retired, outside its window).
+    """
+    key = snap.key(kid)
+    if key is None or key.use != "sig" or key.agency_id != agency:
+        raise AckKeyNotOurs(f"key {kid} is not a signing key of {agency}")
+    snap.signing_key(kid, utcnow())
     payload = env.verify_compact(ack_jws, key.public or key.jwk, env.TYP_ACK)
     try:
         schemas.validate("ack", payload)

@@ -19,6 +19,7 @@ from broker.errors import Forbidden, NotFound, OutOfScope, error_responses
 from broker.faults import crash_point
 from broker.messages import service
 from broker.messages.schemas import CheckIn, CheckOut, MessageStatus, Receipt, SubmitIn
+from broker.registry.snapshot import KeyNotValidNow, KeyRetired, KeyRevoked, UnknownKey
 
 router = APIRouter(prefix="/v1", tags=["messages"])
 
@@ -29,8 +30,10 @@ _SUBMIT_ERRORS = (
     service.MidReused,
     service.BadRouting,
     service.IatOutOfWindow,
-    service.UnknownKey,
-    service.KeyRevoked,
+    UnknownKey,
+    KeyRevoked,
+    KeyRetired,
+    KeyNotValidNow,
     service.RecipientNoKey,
     OutOfScope,
 )

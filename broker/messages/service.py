@@ -24,7 +24,7 @@ from broker.audit import service as audit
 from broker.auth.service import Caller
 from broker.config import settings
 from broker.crypto import envelope as env
-from broker.crypto.errors import CryptoError, SenderMismatch, WrongUse
+from broker.crypto.errors import CryptoError, SenderMismatch
 from broker.crypto.keys import sha256_b64u
 from broker.errors import BrokerError, FieldProblem, NotFound, OutOfScope, Refused
 from broker.faults import crash_point
@@ -33,7 +33,7 @@ from broker.messages import repository
 from broker.messages.models import Message
 from broker.messages.schemas import CheckOut, DeliveryStatus, MessageStatus, Receipt
 from broker.registry import snapshot as registry
-from broker.registry.snapshot import DirectoryKey, Snapshot
+from broker.registry.snapshot import Snapshot
 
 IAT_PAST_S = 300
 IAT_FUTURE_S = 120
@@ -65,18 +65,6 @@ class BadRouting(BrokerError, code="envelope.bad_routing"): ...
 class NotTheSigner(BrokerError, code="auth.sender_mismatch"): ...
 
 
-class UnknownKey(BrokerError, code="key.unknown"): ...
-
-
-class KeyRevoked(BrokerError, code="key.revoked"): ...
-
-
-class KeyRetired(BrokerError, code="key.retired"): ...
-
-
-class KeyNotValidNow(BrokerError, code="key.not_valid_now"): ...
-
-
 class RecipientNoKey(BrokerError, code="key.recipient_no_key"): ...
 
 
@@ -103,21 +91,6 @@ class Outcome:
 
 def _routing_errors(exc: schemas.SchemaError) -> list[FieldProblem]:
     return [FieldProblem(pointer="/routing" + e.pointer, detail=e.message) for e in exc.errors]
-
-
-def _signing_key(snap: Snapshot, kid: str, now: datetime) -> DirectoryKey:
-    key = snap.key(kid)
-    if key is None:
-        raise UnknownKey(f"no key {kid} in the directory")
-    if key.use != "sig":
-        raise WrongUse(f"key {kid} is an encryption key")
-    if key.status == "revoked":
-        raise KeyRevoked(f"key {kid} was revoked ({key.revocation_reason})")
-    if key.status == "retired":
-        raise KeyRetired(f"key {kid} is retired")
-    if not key.not_before <= now < key.not_after:
-        raise KeyNotValidNow(f"key {kid} is valid from {key.not_before} to {key.not_after}")
-    return key
 
 
 def _check_time(routing: dict[str, Any], now: datetime) -> None:
@@ -224,7 +197,7 @@ def _verify(
 ) -> _Verified:
     """Steps 3-6 of PROTOCOL 4.4 and the Idempotency-Key header (steps 1-2 made `token`)."""
     # 3. The key: a signing key of a focal point, active and valid now.
-    key = _signing_key(snap, token.kid, now)
+    key = snap.signing_key(token.kid, now)
     kid = key.kid
     # 4-5. Signature over the received bytes, then the strict parse of what was verified.
     outer = env.verify_outer(token, key.public or key.jwk)

@@ -37,10 +37,23 @@ from broker.agreements.models import Agreement, AgreementVersion, Designation, O
 from broker.agreements.policy import Designation as PolicyDesignation
 from broker.agreements.policy import Policy
 from broker.auth.service import REGISTRY_STAMP
-from broker.crypto.errors import CryptoError
+from broker.crypto.errors import CryptoError, WrongUse
 from broker.crypto.keys import PublicJWK, parse_public_jwk
 from broker.directory.models import PublicKey
+from broker.errors import BrokerError
 from broker.registry.models import RegistryState
+
+
+class UnknownKey(BrokerError, code="key.unknown"): ...
+
+
+class KeyRevoked(BrokerError, code="key.revoked"): ...
+
+
+class KeyRetired(BrokerError, code="key.retired"): ...
+
+
+class KeyNotValidNow(BrokerError, code="key.not_valid_now"): ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +92,26 @@ class Snapshot:
 
     def key(self, kid: str) -> DirectoryKey | None:
         return self.keys.get(kid)
+
+    def signing_key(self, kid: str, now: datetime) -> DirectoryKey:
+        """Key `kid` if it may sign at `now`: the one check for every signature the broker
+        accepts (envelopes and acknowledgements alike, PROTOCOL 6.3).
+
+        A signing key that is registered, not revoked, not retired and inside its validity
+        window; each failure has its own code.
+        """
+        key = self.keys.get(kid)
+        if key is None:
+            raise UnknownKey(f"no key {kid} in the directory")
+        if key.use != "sig":
+            raise WrongUse(f"key {kid} is an encryption key")
+        if key.status == "revoked":
+            raise KeyRevoked(f"key {kid} was revoked ({key.revocation_reason})")
+        if key.status == "retired":
+            raise KeyRetired(f"key {kid} is retired")
+        if not key.not_before <= now < key.not_after:
+            raise KeyNotValidNow(f"key {kid} is valid from {key.not_before} to {key.not_after}")
+        return key
 
     def encryption_keys(self, agency_id: str) -> tuple[DirectoryKey, ...]:
         """An agency's encryption keys, oldest first."""

@@ -112,6 +112,53 @@ def test_an_ack_must_be_signed_by_the_recipient_agency(exchange: Exchange) -> No
     assert acked == 0
 
 
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        ({"status": "retired"}, "key.retired"),
+        ({"status": "revoked", "revocation_reason": "superseded"}, "key.revoked"),
+        ({"not_after": "past"}, "key.not_valid_now"),
+        ({"not_before": "future"}, "key.not_valid_now"),
+    ],
+)
+def test_an_ack_key_is_held_to_the_submit_key_rules(
+    exchange: Exchange, change: dict[str, str], code: str
+) -> None:
+    """Issue 15.1: a retired or out-of-window key signed acknowledgements that were recorded."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from broker.directory.models import PublicKey
+    from broker.ids import utcnow
+
+    response, routing, envelope = exchange.send()
+    assert response.status_code == 201
+    relay()
+    mid, hk = routing["mid"], exchange.agency_headers("HK-CED")
+    kid = exchange.agency_signing["HK-CED"].kid
+    values: dict[str, Any] = dict(change)
+    if values.get("not_after") == "past":
+        values["not_before"] = utcnow() - timedelta(days=2)
+        values["not_after"] = utcnow() - timedelta(seconds=1)
+    if values.get("not_before") == "future":
+        values["not_before"] = utcnow() + timedelta(hours=1)
+        values["not_after"] = utcnow() + timedelta(days=2)
+
+    async def change_key(session: Any) -> None:
+        await session.execute(update(PublicKey).where(PublicKey.kid == kid).values(**values))
+
+    db.call(change_key)
+    refused = exchange.client.post(
+        f"/v1/inbox/{mid}/ack",
+        json={"ack": signed_ack(exchange, "HK-CED", mid, envelope, "decrypted")},
+        headers=hk,
+    )
+    assert (refused.status_code, refused.json()["code"]) == (422, code)
+    acked = db.call(lambda s: s.scalar(select(func.count()).where(AuditEvent.kind == "msg.acked")))
+    assert acked == 0
+
+
 def test_a_delivery_not_yet_in_the_inbox_cannot_be_acknowledged(keys: Exchange) -> None:
     from broker.errors import NotFound
     from broker.inbox import service
