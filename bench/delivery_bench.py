@@ -95,6 +95,7 @@ def setup_broker(db: str, redis_url: str, data_dir: Path) -> dict[str, str]:
         keys_dir=data_dir / "keys",
         redis_url=redis_url,
         log_level="WARNING",
+        **submit_bench.SECRETS,
     )
     broker_db.reset_engine()
     from broker import keyring, migrations_check

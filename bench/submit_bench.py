@@ -45,6 +45,7 @@ import json
 import os
 import platform
 import resource
+import secrets
 import signal
 import socket
 import statistics
@@ -111,6 +112,11 @@ def create_database(name: str) -> None:
         conn.execute(f'CREATE DATABASE "{name}"')
 
 
+# One pair per run, shared by this process and the broker processes it starts: the production
+# profile refuses placeholder secrets (broker/config.py).
+SECRETS = {"token_pepper": secrets.token_urlsafe(32), "key_passphrase": secrets.token_urlsafe(24)}
+
+
 def configure_broker(db: str, redis_url: str, data_dir: Path) -> None:
     """Point this process's broker settings at the benchmark's database, Redis and folder."""
     from broker import config
@@ -123,6 +129,7 @@ def configure_broker(db: str, redis_url: str, data_dir: Path) -> None:
         data_dir=data_dir,
         keys_dir=data_dir / "keys",
         log_level="WARNING",
+        **SECRETS,
     )
     broker_db.reset_engine()
 
@@ -133,7 +140,9 @@ def broker_env(db: str, redis_url: str, data_dir: Path) -> dict[str, str]:
     return {
         **base,
         "BROKER_PROFILE": "production",
-        "BROKER_ENVIRONMENT": "development",  # no secrets files needed on a bench box
+        "BROKER_ENVIRONMENT": "development",
+        "BROKER_TOKEN_PEPPER": SECRETS["token_pepper"],
+        "BROKER_KEY_PASSPHRASE": SECRETS["key_passphrase"],
         "BROKER_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{db}",
         "BROKER_REDIS_URL": redis_url,
         "BROKER_DATA_DIR": str(data_dir),

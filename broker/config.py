@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+from collections import Counter
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -14,6 +16,25 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # Placeholders are fine on a developer's machine and refused anywhere else.
 DEV_PEPPER = "dev-only-token-pepper-change-me"
 DEV_KEY_PASSPHRASE = "dev-only-key-passphrase-change-me"  # noqa: S105
+
+
+# What a secret must carry at least, by `estimated_bits`: the pepper keys every token's HMAC,
+# the passphrase wraps the broker's signing keys (a person may have to type it).
+PEPPER_MIN_BITS = 100
+PASSPHRASE_MIN_BITS = 80
+
+
+def estimated_bits(secret: str) -> float:
+    """An upper estimate of `secret`'s entropy: its length times the Shannon entropy of its
+    characters' frequencies.
+
+    It sees only how varied the characters are, not patterns or words: it refuses a repeated
+    character or a tiny alphabet (`"a" * 32` scores 0, `"changeme" * 4` 88), not a long
+    sentence. `secrets.token_urlsafe(32)` scores about 200, `token_hex(16)` about 110.
+    """
+    counts = Counter(secret)
+    n = len(secret)
+    return -n * sum(c / n * math.log2(c / n) for c in counts.values()) if n else 0.0
 
 
 class Profile(StrEnum):
@@ -111,15 +132,25 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Self:
-        if self.environment is not Environment.development:
+        # The production profile is production whatever BROKER_ENVIRONMENT says (issue 15.5):
+        # its secrets guard every token and the broker's own signing keys.
+        if self.environment is not Environment.development or self.profile is Profile.production:
             placeholders = {DEV_PEPPER, DEV_KEY_PASSPHRASE}
             if self.token_pepper in placeholders or self.key_passphrase in placeholders:
                 raise ValueError(
                     "placeholder secrets are refused outside development: "
                     "set BROKER_TOKEN_PEPPER and BROKER_KEY_PASSPHRASE"
                 )
-            if len(self.token_pepper) < 32 or len(self.key_passphrase) < 22:
-                raise ValueError("BROKER_TOKEN_PEPPER needs >= 32 chars, passphrase >= 22")
+            for name, value, chars, bits in (
+                ("BROKER_TOKEN_PEPPER", self.token_pepper, 32, PEPPER_MIN_BITS),
+                ("BROKER_KEY_PASSPHRASE", self.key_passphrase, 22, PASSPHRASE_MIN_BITS),
+            ):
+                if len(value) < chars or estimated_bits(value) < bits:
+                    raise ValueError(
+                        f"{name} is too weak: at least {chars} characters and about {bits} "
+                        "bits of entropy (e.g. python -c 'import secrets; "
+                        "print(secrets.token_urlsafe(32))')"
+                    )
         if self.profile is Profile.production and self.is_sqlite:
             raise ValueError("the production profile needs PostgreSQL (BROKER_DATABASE_URL)")
         return self

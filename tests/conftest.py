@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import secrets
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -125,6 +126,10 @@ def backend(
         database_url=url,
         data_dir=tmp,
         keys_dir=tmp / "keys",
+        # Real secrets, so that the production-profile processes the drills start (which
+        # refuse placeholders) share this process's tokens and keys (tests/inbox/stack.py).
+        token_pepper=secrets.token_urlsafe(32),
+        key_passphrase=secrets.token_urlsafe(24),
         log_level="WARNING",
         log_json=True,
         # One test process starts hundreds of apps: freezing each start-up heap would keep

@@ -304,6 +304,7 @@ class TestCrashSafety:
             **os.environ,
             "BROKER_CRASH_AT": "log.before_commit",
             "BROKER_ENVIRONMENT": "development",
+            "BROKER_KEY_PASSPHRASE": cfg.key_passphrase,  # the log key's, made by this process
         }
         env.pop("BROKER_CRASH_ONCE_DIR", None)
         argv = [cfg.sqlalchemy_url, str(tmp_path), str(cfg.broker_keys_dir.resolve())]

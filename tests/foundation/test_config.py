@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+
 import pytest
 from pydantic import ValidationError
 
@@ -22,9 +24,54 @@ def test_placeholder_secrets_refused_outside_development() -> None:
         Settings(environment="production", database_url="postgresql+psycopg://x@h/db")
 
 
+STRONG = {
+    "token_pepper": "Jq7vX2mP9rT4wY8zB3nK6cF1hL5sD0gA",
+    "key_passphrase": "v8-Rq2#mZt4!Wk9pLx6&Bn3",
+}
+
+
 def test_production_profile_refuses_sqlite() -> None:
     with pytest.raises(ValidationError, match="PostgreSQL"):
-        Settings(profile="production", environment="development")
+        Settings(profile="production", environment="development", **STRONG)
+
+
+def test_production_profile_refuses_placeholders_whatever_the_environment() -> None:
+    """Issue 15.5: BROKER_ENVIRONMENT=development let the production profile run on them."""
+    with pytest.raises(ValidationError, match="placeholder secrets"):
+        Settings(
+            profile="production",
+            environment="development",
+            database_url="postgresql+psycopg://x@h/db",
+        )
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("token_pepper", "a" * 32),
+        ("token_pepper", "changeme" * 4),
+        ("key_passphrase", "b" * 30),
+        ("key_passphrase", "abcabcabcabcabcabcabcabc"),
+    ],
+)
+def test_low_entropy_secrets_refused(field: str, value: str) -> None:
+    """Issue 15.5: a pepper of "a" * 32 passed the length check."""
+    with pytest.raises(ValidationError, match="too weak"):
+        Settings(
+            profile="production",
+            database_url="postgresql+psycopg://x@h/db",
+            **{**STRONG, field: value},
+        )
+
+
+def test_generated_secrets_pass() -> None:
+    cfg = Settings(
+        profile="production",
+        database_url="postgresql+psycopg://x@h/db",
+        token_pepper=secrets.token_urlsafe(32),
+        key_passphrase=secrets.token_urlsafe(18),
+    )
+    assert cfg.profile == "production"
 
 
 def test_production_with_real_secrets() -> None:
@@ -32,8 +79,7 @@ def test_production_with_real_secrets() -> None:
         environment="production",
         profile="production",
         database_url="postgresql+psycopg://x@h/db",
-        token_pepper="p" * 40,
-        key_passphrase="ABCDEFGHIJKLMNOPQRSTUVWXYZ",
+        **STRONG,
     )
     assert cfg.profile == "production"
 

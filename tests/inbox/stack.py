@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from broker.config import settings
 from workers.celery_app import WORKER_ARGS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,8 +78,11 @@ class Stack:
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
+        cfg = settings()
         env.update(
             BROKER_PROFILE="production",
+            BROKER_TOKEN_PEPPER=cfg.token_pepper,
+            BROKER_KEY_PASSPHRASE=cfg.key_passphrase,
             BROKER_ENVIRONMENT="development",
             BROKER_DATABASE_URL=self.database_url,
             BROKER_REDIS_URL=self.redis_url,
