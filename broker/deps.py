@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
-from typing import Annotated, TypeVar
+import json
+from collections.abc import Callable, Collection, Coroutine
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -65,6 +67,56 @@ class RoleGate:
         return await admit(request, session, self.roles)
 
 
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        names = [name for name, _ in pairs]
+        raise _DuplicateMember(next(n for n in names if names.count(n) > 1))
+    return obj
+
+
+class _DuplicateMember(ValueError):
+    pass
+
+
+def strict_json(body: bytes) -> Any:
+    """A request body's JSON, refusing duplicate member names (json.JSONDecodeError).
+
+    Python's `json` keeps the last of two equal names, where a gateway or a partner's parser
+    may keep the first: the broker would then act on a value the others never saw (issue 15.6).
+    """
+    text = body.decode("utf-8", errors="replace")
+    try:
+        return json.loads(text, object_pairs_hook=_unique_members)
+    except _DuplicateMember as exc:
+        raise json.JSONDecodeError(f"duplicate member name {exc.args[0]!r}", text, 0) from None
+
+
+class StrictJSONRequest(Request):
+    """A request whose `json()` is `strict_json`: what FastAPI parses declared bodies with."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            self._json = strict_json(await self.body())
+        return self._json
+
+
+class StrictJSONRoute(APIRoute):
+    """Every API route: bodies parsed by `strict_json` (FastAPI's documented custom route).
+
+    FastAPI turns the JSONDecodeError into its 422 `json_invalid` validation error, as for
+    any malformed body.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def strict(request: Request) -> Response:
+            return await handler(StrictJSONRequest(request.scope, request.receive))
+
+        return strict
+
+
 def json_body(model: type[M], request: Request, body: bytes) -> M:
     """Validate a JSON request body as FastAPI does for a declared body parameter."""
     if not body:
@@ -86,7 +138,21 @@ def json_body(model: type[M], request: Request, body: bytes) -> M:
             ]
         )
     try:
-        return model.model_validate_json(body)
+        data = strict_json(body)
+    except json.JSONDecodeError as exc:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "json_invalid",
+                    "loc": ("body", exc.pos),
+                    "msg": "JSON decode error",
+                    "input": {},
+                    "ctx": {"error": exc.msg},
+                }
+            ]
+        ) from None
+    try:
+        return model.model_validate(data)
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_input=False)
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None

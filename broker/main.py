@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
@@ -56,6 +56,14 @@ Authenticate with `Authorization: Bearer brk_...`. Every error is RFC 9457
 """
 
 
+def _detail(error: Mapping[str, Any]) -> str:
+    """The message, with the parser's reason for a body that is not JSON (which member...)."""
+    reason = (error.get("ctx") or {}).get("error")
+    return (
+        f"{error['msg']}: {reason}" if error["type"] == "json_invalid" and reason else error["msg"]
+    )
+
+
 def _pointer(loc: tuple[Any, ...]) -> str:
     return "/" + "/".join(str(part) for part in loc)
 
@@ -74,7 +82,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
-            FieldProblem(pointer=_pointer(tuple(e["loc"])), detail=e["msg"]) for e in exc.errors()
+            FieldProblem(pointer=_pointer(tuple(e["loc"])), detail=_detail(e)) for e in exc.errors()
         ]
         malformed = any(e["type"] == "json_invalid" for e in exc.errors())
         cls = MalformedRequest if malformed else InvalidRequest

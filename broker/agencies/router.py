@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from broker.agencies import service
 from broker.agencies.schemas import AgencyIn, AgencyOut, FocalPointIn, FocalPointOut
-from broker.deps import AdminCaller, AnyCaller, SessionDep
+from broker.deps import AdminCaller, AnyCaller, SessionDep, StrictJSONRoute
 from broker.errors import (
     DuplicateId,
     Forbidden,
@@ -16,8 +16,8 @@ from broker.errors import (
     error_responses,
 )
 
-admin = APIRouter(prefix="/v1/admin", tags=["admin: agencies"])
-public = APIRouter(prefix="/v1/directory", tags=["directory"])
+admin = APIRouter(prefix="/v1/admin", tags=["admin: agencies"], route_class=StrictJSONRoute)
+public = APIRouter(prefix="/v1/directory", tags=["directory"], route_class=StrictJSONRoute)
 
 
 @admin.post(

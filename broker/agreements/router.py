@@ -18,11 +18,11 @@ from broker.agreements.schemas import (
     DesignationOut,
     OperationOut,
 )
-from broker.deps import AdminCaller, PartyCaller, SessionDep
+from broker.deps import AdminCaller, PartyCaller, SessionDep, StrictJSONRoute
 from broker.errors import DuplicateId, Forbidden, NotFound, error_responses
 
-admin = APIRouter(prefix="/v1/admin", tags=["admin: agreements"])
-public = APIRouter(prefix="/v1", tags=["agreements"])
+admin = APIRouter(prefix="/v1/admin", tags=["admin: agreements"], route_class=StrictJSONRoute)
+public = APIRouter(prefix="/v1", tags=["agreements"], route_class=StrictJSONRoute)
 
 AgreementDoc = Annotated[
     dict[str, Any],

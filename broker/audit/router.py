@@ -20,11 +20,11 @@ from broker.audit.schemas import (
     Summary,
 )
 from broker.auth.service import Caller, Role
-from broker.deps import AnyCaller, AuditorCaller, RoleGate, SessionDep
+from broker.deps import AnyCaller, AuditorCaller, RoleGate, SessionDep, StrictJSONRoute
 from broker.errors import Forbidden, InvalidRequest, error_responses
 
-public = APIRouter(prefix="/v1/log", tags=["transparency log"])
-router = APIRouter(prefix="/v1/audit", tags=["audit"])
+public = APIRouter(prefix="/v1/log", tags=["transparency log"], route_class=StrictJSONRoute)
+router = APIRouter(prefix="/v1/audit", tags=["audit"], route_class=StrictJSONRoute)
 
 LeafReader = Annotated[Caller, Depends(RoleGate(Role.auditor, Role.agency))]
 MAX_INDEX = 2**62

@@ -10,11 +10,11 @@ from broker.auth import service
 from broker.auth.models import Credential
 from broker.auth.schemas import Me, PrincipalIn, PrincipalOut, TokenIn, TokenOut
 from broker.auth.service import Caller
-from broker.deps import AdminCaller, AnyCaller, SessionDep
+from broker.deps import AdminCaller, AnyCaller, SessionDep, StrictJSONRoute
 from broker.errors import DuplicateId, Forbidden, InvalidRequest, NotFound, error_responses
 
-admin = APIRouter(prefix="/v1/admin", tags=["admin: access"])
-public = APIRouter(prefix="/v1", tags=["access"])
+admin = APIRouter(prefix="/v1/admin", tags=["admin: access"], route_class=StrictJSONRoute)
+public = APIRouter(prefix="/v1", tags=["access"], route_class=StrictJSONRoute)
 
 
 def _token_out(principal: str, issued: tuple[Credential, str]) -> TokenOut:

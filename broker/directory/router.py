@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from broker.crypto import errors as crypto_errors
-from broker.deps import AdminCaller, AnyCaller, SessionDep
+from broker.deps import AdminCaller, AnyCaller, SessionDep, StrictJSONRoute
 from broker.directory import service
 from broker.directory.schemas import JWKSet, KeyIn, KeyOut, RevokeIn, RotateIn
 from broker.errors import (
@@ -19,8 +19,8 @@ from broker.errors import (
     error_responses,
 )
 
-admin = APIRouter(prefix="/v1/admin/keys", tags=["admin: keys"])
-public = APIRouter(prefix="/v1/directory", tags=["directory"])
+admin = APIRouter(prefix="/v1/admin/keys", tags=["admin: keys"], route_class=StrictJSONRoute)
+public = APIRouter(prefix="/v1/directory", tags=["directory"], route_class=StrictJSONRoute)
 
 _KEY_ERRORS = (
     Forbidden,

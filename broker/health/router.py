@@ -6,10 +6,11 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from broker.deps import StrictJSONRoute
 from broker.health import service
 
-router = APIRouter(prefix="/health", tags=["health"])
-public = APIRouter(tags=["health"])
+router = APIRouter(prefix="/health", tags=["health"], route_class=StrictJSONRoute)
+public = APIRouter(tags=["health"], route_class=StrictJSONRoute)
 
 
 @router.get("/live")

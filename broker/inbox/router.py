@@ -11,13 +11,13 @@ from starlette.types import Receive, Scope, Send
 
 from broker import db, deps, ratelimit
 from broker.auth.service import Caller
-from broker.deps import AgencyCaller, SessionDep
+from broker.deps import AgencyCaller, SessionDep, StrictJSONRoute
 from broker.errors import Forbidden, NotFound, error_responses
 from broker.inbox import notify, service
 from broker.inbox.schemas import AckIn, AckOut, InboxPage
 from broker.registry.snapshot import KeyNotValidNow, KeyRetired, KeyRevoked
 
-router = APIRouter(prefix="/v1/inbox", tags=["inbox"])
+router = APIRouter(prefix="/v1/inbox", tags=["inbox"], route_class=StrictJSONRoute)
 
 
 @router.get("", response_model=InboxPage, responses=error_responses(Forbidden, service.BadCursor))

@@ -12,6 +12,7 @@ from broker.deps import (
     FocalPointCaller,
     PartyCaller,
     SessionDep,
+    StrictJSONRoute,
     json_body,
     problem_response,
 )
@@ -21,7 +22,7 @@ from broker.messages import service
 from broker.messages.schemas import CheckIn, CheckOut, MessageStatus, Receipt, SubmitIn
 from broker.registry.snapshot import KeyNotValidNow, KeyRetired, KeyRevoked, UnknownKey
 
-router = APIRouter(prefix="/v1", tags=["messages"])
+router = APIRouter(prefix="/v1", tags=["messages"], route_class=StrictJSONRoute)
 
 _SUBMIT_ERRORS = (
     Forbidden,

@@ -109,3 +109,42 @@ def test_nul_in_bodies(client: Any, tokens: dict[str, dict[str, str]]) -> None:
         assert response.status_code < 500, (path, response.text)
         if response.status_code >= 400:
             assert response.headers["content-type"] == "application/problem+json", path
+
+
+def test_duplicate_member_names_are_refused(client: Any, tokens: dict[str, dict[str, str]]) -> None:
+    """Issue 15.6: `{"envelope": "a.b.c", "envelope": "<valid>"}` was accepted (last wins).
+
+    400 `request.malformed`, like any body that is not JSON, naming the member.
+
+    Both ways a body is read: a route that parses it itself (submit, after authentication)
+    and a declared FastAPI body (an administrator's agency registration).
+    """
+    fp, admin = tokens["focal_point"], tokens["admin"]
+    cases = [
+        ("/v1/messages", '{"envelope": "a.b.c", "envelope": "x.y.z"}', fp),
+        ("/v1/admin/agencies", '{"id": "XX-ONE", "id": "XX-TWO", "name": "Twice"}', admin),
+        ("/v1/messages", '{"outer": {"envelope": "a", "envelope": "b"}}', fp),  # nested too
+    ]
+    for url, body, headers in cases:
+        headers = {**headers, "content-type": "application/json", "idempotency-key": "k" * 16}
+        answer = client.post(url, content=body, headers=headers)
+        problem = answer.json()
+        assert (answer.status_code, problem["code"]) == (400, "request.malformed"), problem
+        assert "duplicate member name" in problem["errors"][0]["detail"], problem
+
+
+def test_every_api_route_parses_bodies_strictly(app: Any) -> None:
+    """A router created without `route_class=StrictJSONRoute` would read bodies leniently."""
+    from fastapi.routing import APIRoute, _iter_included_route_candidates
+
+    from broker.console.router import ConsoleRoute
+    from broker.deps import StrictJSONRoute
+
+    lenient = [
+        route.path
+        for route in _iter_included_route_candidates(app.routes)
+        if isinstance(route, APIRoute)
+        and not isinstance(route, StrictJSONRoute | ConsoleRoute)
+        and route.path != "/docs"  # the Swagger UI page: a GET without a body
+    ]
+    assert not lenient, lenient
