@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 from collections import Counter
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
-from typing import Self
+from typing import Annotated, Self
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BeforeValidator, Field, IPvAnyNetwork, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Placeholders are fine on a developer's machine and refused anywhere else.
 DEV_PEPPER = "dev-only-token-pepper-change-me"
@@ -100,6 +101,11 @@ class Settings(BaseSettings):
     rate_auth_failures_per_minute: int = Field(
         default=600, ge=1, description="failed authentications per client address"
     )
+    # Whose X-Forwarded-For / X-Forwarded-Proto to believe (issue 15.8): nobody unless listed,
+    # where uvicorn alone would believe 127.0.0.1.
+    trusted_proxies: str = Field(
+        default="", description="comma-separated proxy addresses or CIDRs; empty: none"
+    )
     longpoll_per_agency: int = Field(default=4, ge=1, description="concurrent waiting polls")
     # A waiting poll holds neither a thread nor a connection (inbox.service.long_poll): the cap
     # bounds memory and wake-up fan-out, and must fit every agency polling at once.
@@ -111,8 +117,57 @@ class Settings(BaseSettings):
     push_backoff_base_s: float = Field(default=5.0, gt=0, description="first retry delay")
     push_backoff_max_s: float = Field(default=3600.0, gt=0, description="longest retry delay")
     push_timeout_s: float = Field(default=10.0, gt=0, le=60, description="per POST")
+    # Push destinations (issue 15, SSRF): internal networks a push may reach all the same
+    # (broker/push/destinations.py); comma-separated CIDRs in the environment.
+    push_allowed_networks: Annotated[
+        list[IPvAnyNetwork],
+        NoDecode,
+        BeforeValidator(
+            lambda v: [n.strip() for n in v.split(",") if n.strip()] if isinstance(v, str) else v
+        ),
+    ] = Field(default_factory=list, description="CIDRs admitted although not public")
+    # Audit leaf budget (issue 15, 8c): refusals and auditors' queries per principal per
+    # minute that get a leaf each; the rest are counted into one summary leaf (broker/audit/budget).
+    audit_budget_per_minute: int = Field(
+        default=30, ge=1, description="budgeted events per principal per minute logged one by one"
+    )
+    # Auditor's console (issue 15, 2 and 8d): server-side sessions and background full
+    # verification runs (broker/console).
+    console_session_idle_s: int = Field(
+        default=1800, ge=60, description="a console session unused this long ends"
+    )
+    console_session_max_s: int = Field(
+        default=8 * 3600, ge=300, description="a console session ends this long after sign-in"
+    )
+    console_verify_timeout_s: int = Field(
+        default=180,
+        ge=10,
+        le=220,
+        description="a full verification run stops after this (under the 240 s task limit)",
+    )
+    console_verify_interval_s: int = Field(
+        default=300, ge=0, description="least time from a full verification to the next"
+    )
+    # Who may read /metrics and the API's description (issue 15.7): broker/health/service.py.
+    metrics_token: str | None = Field(
+        default=None, min_length=32, description="the metrics scraper's bearer token"
+    )
+    metrics_public: bool = Field(
+        default=False, description="/metrics without a credential (internal listener only)"
+    )
+    api_docs: bool = Field(default=True, description="serve /openapi.json and /docs")
     log_level: str = "INFO"
     log_json: bool = True
+
+    @property
+    def uvicorn_proxy(self) -> dict[str, object]:
+        """uvicorn's options for forwarded headers: only from `trusted_proxies`."""
+        proxies = [p.strip() for p in self.trusted_proxies.split(",") if p.strip()]
+        for proxy in proxies:
+            ipaddress.ip_network(proxy, strict=False)  # a typo fails at start, not silently
+        if not proxies:
+            return {"proxy_headers": False}
+        return {"proxy_headers": True, "forwarded_allow_ips": ",".join(proxies)}
 
     @property
     def sqlalchemy_url(self) -> str:
@@ -153,6 +208,10 @@ class Settings(BaseSettings):
                     )
         if self.profile is Profile.production and self.is_sqlite:
             raise ValueError("the production profile needs PostgreSQL (BROKER_DATABASE_URL)")
+        try:
+            self.uvicorn_proxy  # noqa: B018 - parsed here, so that a typo stops the start
+        except ValueError as exc:
+            raise ValueError(f"BROKER_TRUSTED_PROXIES: {exc}") from None
         return self
 
 

@@ -65,6 +65,7 @@ class ServerThread(threading.Thread):
             port=port,
             log_config=None,
             access_log=False,
+            **settings().uvicorn_proxy,  # type: ignore[arg-type]
         )
         self.server = uvicorn.Server(config)
 

@@ -33,13 +33,15 @@ def _bearer(request: Request) -> str | None:
 
 async def authenticate(request: Request, session: AsyncSession, token: str | None) -> Caller:
     """The token's caller, with the limit on failed authentication per client around it."""
-    address = ratelimit.client_address(request)
-    await ratelimit.auth_allowed(address)
+    address, key = ratelimit.client_address(request), ratelimit.token_key(token)
+    await ratelimit.auth_allowed(address, key)
     try:
-        return await auth.authenticate(session, token)
+        caller = await auth.authenticate(session, token)
     except BrokerError as exc:
         await ratelimit.auth_failed(address, exc)
         raise
+    await ratelimit.auth_succeeded(key)
+    return caller
 
 
 async def admit(request: Request, session: AsyncSession, roles: Collection[Role]) -> Caller:

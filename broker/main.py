@@ -166,6 +166,7 @@ def create_app() -> FastAPI:
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        openapi_url="/openapi.json" if cfg.api_docs else None,
     )
     from broker.inbox import metrics as inbox_metrics
     from broker.middleware import RequestContext
@@ -187,14 +188,16 @@ def create_app() -> FastAPI:
     static = resources.files("broker").joinpath("static")
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
 
-    @app.get("/docs", include_in_schema=False)
-    def docs() -> HTMLResponse:
-        return get_swagger_ui_html(
-            openapi_url="/openapi.json",
-            title="Exchange broker API",
-            swagger_js_url="/static/swagger/swagger-ui-bundle.js",
-            swagger_css_url="/static/swagger/swagger-ui.css",
-            swagger_favicon_url="/static/console/favicon.svg",
-        )
+    if cfg.api_docs:  # the protocol is public; an operator may still keep its map private
+
+        @app.get("/docs", include_in_schema=False)
+        def docs() -> HTMLResponse:
+            return get_swagger_ui_html(
+                openapi_url="/openapi.json",
+                title="Exchange broker API",
+                swagger_js_url="/static/swagger/swagger-ui-bundle.js",
+                swagger_css_url="/static/swagger/swagger-ui.css",
+                swagger_favicon_url="/static/console/favicon.svg",
+            )
 
     return app

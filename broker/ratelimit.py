@@ -2,12 +2,15 @@
 
 Every gated route goes through `deps.admit`, which calls this module around authentication:
 
-1. `auth_allowed` before the token is looked at, `auth_failed` after a refused one. A client address (the socket peer, so put
-   the broker behind a proxy that sets it, e.g. uvicorn `--forwarded-allow-ips`) that has
+1. `auth_allowed` before the token is looked at, `auth_failed` after a refused one,
+   `auth_succeeded` after an accepted one. A client address (the socket peer, or the address a
+   proxy listed in `BROKER_TRUSTED_PROXIES` forwards; no proxy is trusted by default) that has
    failed authentication `rate_auth_failures_per_minute` times in the last minute is refused
    with 429 *before* its token is looked at: a token guesser cannot tell a right guess from a
-   wrong one once it is blocked, and each further guess costs no database lookup. An address
-   read as clean is not read again for `CLEAN_S` unless it fails meanwhile.
+   wrong one once it is blocked, and each further guess costs no database lookup. Tokens that
+   authenticated in the last hour still pass a blocked address, so clients sharing an address
+   cannot lock each other out. An address read as clean is not read again for `CLEAN_S`
+   unless it fails meanwhile.
 2. `check` after authentication: one moving-window budget per principal and bucket, `submit`
    for `POST /v1/messages` and `default` for every other route.
 
@@ -28,6 +31,7 @@ Refusals are RFC 9457 problem+json with code `rate.limited`, `Retry-After` (seco
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ipaddress
 import math
 import threading
@@ -37,7 +41,7 @@ from contextlib import contextmanager
 from typing import Any, cast
 
 from fastapi import Request
-from limits import RateLimitItem, RateLimitItemPerMinute
+from limits import RateLimitItem, RateLimitItemPerMinute, RateLimitItemPerSecond
 from limits.aio.storage import Storage as AsyncStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
@@ -118,6 +122,28 @@ class Limiter:
             return 0
         return _retry_after(stats.reset_time)
 
+    async def mark(self, bucket: str, seconds: int, key: str) -> None:
+        """Remember `key` for `seconds` (a window of one hit)."""
+        if time.monotonic() < self._down_until:
+            return
+        try:
+            await self.strategy.hit(
+                RateLimitItemPerSecond(1, seconds, namespace="broker"), bucket, key
+            )
+        except Exception as exc:
+            self._store_down(bucket, exc)
+
+    async def marked(self, bucket: str, seconds: int, key: str) -> bool:
+        """Whether `key` was marked in the last `seconds` (False when the store is down)."""
+        if time.monotonic() < self._down_until:
+            return False
+        try:
+            item = RateLimitItemPerSecond(1, seconds, namespace="broker")
+            return not await self.strategy.test(item, bucket, key)
+        except Exception as exc:
+            self._store_down(bucket, exc)
+            return False
+
     async def reset(self) -> None:
         try:
             await self.storage.reset()
@@ -175,6 +201,7 @@ def on_startup() -> None:
 def reset() -> None:
     """Forget all counts (tests and operators; clears the Redis keys of `limits` too)."""
     _clean_until.clear()
+    _known_until.clear()
     on_startup()
 
     async def clear() -> None:
@@ -221,8 +248,14 @@ _CLEAN_MAX = 10_000
 _clean_until: dict[str, float] = {}
 
 
-async def auth_allowed(address: str) -> None:
-    """Before the token is looked at: 429 if `address` keeps failing authentication."""
+async def auth_allowed(address: str, token_key: str | None = None) -> None:
+    """Before the token is looked at: 429 if `address` keeps failing authentication, unless
+    the token is one that authenticated recently (`token_key`, see `auth_succeeded`).
+
+    So a client whose address is shared (a gateway, a NAT, a proxy not configured as trusted)
+    cannot lock the others out with bad tokens: a token in use keeps working, a guesser's
+    tokens do not (issue 15.8).
+    """
     cfg = settings()
     if not cfg.rate_limit_enabled:
         return
@@ -232,6 +265,8 @@ async def auth_allowed(address: str) -> None:
     limit = cfg.rate_auth_failures_per_minute
     retry = await limiter().exhausted(AUTH_FAILURES, limit, address)
     if retry:
+        if token_key is not None and await _known(token_key, now):
+            return
         raise _refusal(AUTH_FAILURES, limit, retry, "too many failed authentications")
     if len(_clean_until) >= _CLEAN_MAX:
         _clean_until.clear()
@@ -249,6 +284,42 @@ async def auth_failed(address: str, exc: BrokerError) -> None:
     if retry:
         _log.warning("authentication failures rate-limited", client=address)
         raise _refusal(AUTH_FAILURES, limit, retry, "too many failed authentications") from exc
+
+
+# Tokens that authenticated, by `token_key`: in the shared store for KNOWN_S (what lets them
+# past a blocked address in any process), and here until when (monotonic), so that a token in
+# use costs a store round trip once per KNOWN_LOCAL_S and process, not per request.
+KNOWN = "auth_known"
+KNOWN_S = 3600
+KNOWN_LOCAL_S = 600.0
+_known_until: dict[str, float] = {}
+
+
+def token_key(token: str | None) -> str | None:
+    """What identifies a token to the failure limit: a hash of its first 20 characters (no
+    part of a token is ever kept), None for anything that cannot be a token."""
+    if not token or len(token) < 20:
+        return None
+    return hashlib.sha256(token[:20].encode("utf-8", "replace")).hexdigest()[:32]
+
+
+async def auth_succeeded(token_key: str | None) -> None:
+    """After a token authenticated: remember it, so that a blocked address does not stop it."""
+    if token_key is None or not settings().rate_limit_enabled:
+        return
+    now = time.monotonic()
+    if _known_until.get(token_key, 0.0) > now:
+        return
+    await limiter().mark(KNOWN, KNOWN_S, token_key)
+    if len(_known_until) >= _CLEAN_MAX:
+        _known_until.clear()
+    _known_until[token_key] = now + KNOWN_LOCAL_S
+
+
+async def _known(token_key: str, now: float) -> bool:
+    if _known_until.get(token_key, 0.0) > now:
+        return True
+    return await limiter().marked(KNOWN, KNOWN_S, token_key)
 
 
 async def check(request: Request, caller: Caller) -> None:

@@ -130,6 +130,7 @@ def backend(
         # refuse placeholders) share this process's tokens and keys (tests/inbox/stack.py).
         token_pepper=secrets.token_urlsafe(32),
         key_passphrase=secrets.token_urlsafe(24),
+        metrics_token=SCRAPER_TOKEN,
         log_level="WARNING",
         log_json=True,
         # One test process starts hundreds of apps: freezing each start-up heap would keep
@@ -216,6 +217,11 @@ def token_for(clean_db: str) -> TokenFactory:
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+# The metrics scraper's credential in every test configuration (BROKER_METRICS_TOKEN).
+SCRAPER_TOKEN = secrets.token_urlsafe(32)
+SCRAPER = bearer(SCRAPER_TOKEN)
 
 
 @pytest.fixture

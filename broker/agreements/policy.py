@@ -67,7 +67,6 @@ CODES = (
     "scope.agreement_unknown",
     "scope.agreement_suspended",
     "scope.agreement_not_in_force",
-    "scope.sender_not_party",
     "scope.recipient_not_party",
     "scope.focal_point_inactive",
     "scope.focal_point_not_designated",
@@ -113,8 +112,13 @@ def decide(policy: Policy, routing: Mapping[str, Any], now: datetime) -> Decisio
 
     ag = policy.agreement
     agreement_id = routing["agreement"]
-    if ag is None:
-        return reject("scope.agreement_unknown", f"no agreement {agreement_id!r}")
+    sender = routing["sender"]
+    # Membership first, and a non-party hears what it would for an agreement that does not
+    # exist: nothing about an agreement (existence, status, dates) reaches a non-party.
+    if ag is None or sender not in ag["parties"]:
+        return reject(
+            "scope.agreement_unknown", f"{sender} is a party to no agreement {agreement_id!r}"
+        )
     if ag["status"] != "active":
         return reject("scope.agreement_suspended", f"{agreement_id} is suspended")
     today = now.astimezone(UTC).date()
@@ -122,10 +126,7 @@ def decide(policy: Policy, routing: Mapping[str, Any], now: datetime) -> Decisio
     if today < _day(ag["valid_from"]) or (until is not None and today > _day(until)):
         return reject("scope.agreement_not_in_force", f"{agreement_id} is not in force on {today}")
     parties = set(ag["parties"])
-    sender = routing["sender"]
     recipients = sorted(routing["recipients"])
-    if sender not in parties:
-        return reject("scope.sender_not_party", f"{sender} is not a party to {agreement_id}")
     for recipient in recipients:
         if recipient not in parties:
             return reject(

@@ -57,7 +57,7 @@ def serve(
         workers=workers,
         log_config=None,
         access_log=False,
-        proxy_headers=True,
+        **cfg.uvicorn_proxy,  # type: ignore[arg-type]
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
@@ -30,9 +30,13 @@ async def ready() -> JSONResponse:
 
 
 @public.get("/metrics", include_in_schema=False)
-def metrics() -> Response:
-    """Prometheus exposition of this process's metrics.
+def metrics(request: Request) -> Response:
+    """Prometheus exposition of this process's metrics, for the scraper's credential only.
 
-    A `def` route: the delivery gauges read the database (cached a few seconds).
+    The per-recipient gauges and per-route traffic tell who exchanges with whom (issue 15.7):
+    `BROKER_METRICS_TOKEN` is the scraper's bearer token, or `BROKER_METRICS_PUBLIC=true` when
+    the operator keeps /metrics off the public listener. A `def` route: the delivery gauges
+    read the database (cached a few seconds).
     """
+    service.admit_scraper(request.headers.get("authorization"))
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

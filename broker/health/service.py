@@ -1,11 +1,28 @@
-"""Readiness checks."""
+"""Readiness checks, and who may read the metrics."""
 
 from __future__ import annotations
+
+import hmac
 
 from sqlalchemy import text
 
 from broker import db, migrations_check
 from broker.config import Profile, settings
+from broker.errors import Unauthenticated
+
+
+def admit_scraper(authorization: str | None) -> None:
+    """Let the metrics scraper in (its bearer token), or anyone when metrics are public."""
+    cfg = settings()
+    if cfg.metrics_public:
+        return
+    expected = f"Bearer {cfg.metrics_token}" if cfg.metrics_token else None
+    offered = authorization or ""
+    if expected is None or not hmac.compare_digest(offered.encode(), expected.encode()):
+        raise Unauthenticated(
+            "metrics need the scraper's token (BROKER_METRICS_TOKEN)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
 
 async def readiness() -> dict[str, str]:

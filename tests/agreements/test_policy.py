@@ -226,8 +226,9 @@ RULES = {
     "agreement-expired": Case(
         "scope.agreement_not_in_force", routing(), agreement=_set(valid_until="2026-03-01")
     ),
+    # Issue 15.7: a non-party hears what it would for an agreement that does not exist.
     "sender-not-party": Case(
-        "scope.sender_not_party",
+        "scope.agreement_unknown",
         routing(**{**NZ_TO_VN, "recipients": ["NZ-POL"], "offence": "money_laundering"}),
     ),
     "mekong-dragon-alert-to-a-non-member": Case(
@@ -542,8 +543,9 @@ def scenarios(draw: st.DrawFn, faults: st.SearchStrategy[frozenset[str]] | None 
     parties = _subset(draw, AGENCIES, min_size=3 if broken("red_multilateral") else 2, max_size=8)
     outsiders = tuple(a for a in AGENCIES if a not in parties)
 
-    # Who sends to whom.
-    sender = draw(st.sampled_from(outsiders if broken("sender_not_party") else parties))
+    # Who sends to whom. An agreement unknown to the sender: none, or one it is not party to.
+    outsider = broken("agreement_unknown") and bool(outsiders) and draw(st.booleans())
+    sender = draw(st.sampled_from(outsiders if outsider else parties))
     others = [p for p in parties if p != sender]
     recipients = _subset(draw, others, min_size=2 if broken("red_multilateral") else 1)
     if broken("recipient_not_party"):
@@ -653,7 +655,7 @@ def scenarios(draw: st.DrawFn, faults: st.SearchStrategy[frozenset[str]] | None 
         "retention": "P5Y",
         "ack_deadline": "PT24H",
     }
-    if broken("agreement_unknown"):
+    if broken("agreement_unknown") and not outsider:
         agreement = None
 
     # An operation, perhaps (always, when a fault is about the operation).

@@ -222,3 +222,41 @@ def test_authentication_reads_the_registry_stamp_in_the_same_statement(
     stored = db.call(lambda s: s.scalar(select(RegistryState.stamp)))
     assert stamp is not None
     assert stamp == stored
+
+
+def test_metrics_need_the_scraper_token(client: Any) -> None:
+    """Issue 15.7: /metrics (per-recipient gauges, per-route traffic) needed no credential."""
+    from broker.config import settings
+    from tests.conftest import SCRAPER
+
+    for headers in ({}, {"Authorization": "Bearer brk_not-the-scraper"}, {"Authorization": ""}):
+        refused = client.get("/metrics", headers=headers)
+        assert refused.status_code == 401, headers
+        assert refused.json()["code"] == "auth.unauthenticated"
+        assert "broker_" not in refused.text
+    assert client.get("/metrics", headers=SCRAPER).status_code == 200
+    cfg = settings()
+    saved = cfg.metrics_token, cfg.metrics_public
+    try:
+        cfg.metrics_token = None  # no scraper configured: nobody
+        assert client.get("/metrics", headers=SCRAPER).status_code == 401
+        cfg.metrics_public = True  # the operator's choice, for an internal listener
+        assert client.get("/metrics").status_code == 200
+    finally:
+        cfg.metrics_token, cfg.metrics_public = saved
+
+
+def test_the_api_description_can_be_withheld(backend: str) -> None:
+    from fastapi.testclient import TestClient
+
+    from broker import config
+    from broker.main import create_app
+
+    saved = config.settings()
+    config.configure(**{**saved.model_dump(), "api_docs": False})
+    try:
+        with TestClient(create_app()) as client:
+            assert client.get("/openapi.json").status_code == 404
+            assert client.get("/docs").status_code == 404
+    finally:
+        config.configure(**saved.model_dump())

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import bearer
+from tests.conftest import SCRAPER, bearer
 
 
 def test_health_and_readiness(client: Any) -> None:
@@ -134,12 +134,12 @@ def test_metrics_count_requests_by_route_template(client: Any, world: Any, token
     headers = bearer(token_for("agency", agency_id="HK-CED"))
     mid = "0b7e5f0c-1d2e-4c3b-9a8f-000000000001"
     template = "/v1/messages/{mid}"
-    before = client.get("/metrics")
+    before = client.get("/metrics", headers=SCRAPER)
     assert before.headers["content-type"].startswith("text/plain")
     client.get(f"/v1/messages/{mid}", headers=headers)  # unknown message: 404
     client.get("/health/live")
     client.get("/v1/nothing-here")
-    after = client.get("/metrics").text
+    after = client.get("/metrics", headers=SCRAPER).text
 
     def delta(name: str, **labels: str) -> float:
         return _sample(after, name, **labels) - _sample(before.text, name, **labels)
@@ -159,9 +159,9 @@ def test_metrics_count_requests_by_route_template(client: Any, world: Any, token
 
 
 def test_metrics_name_a_mount_by_its_path(client: Any) -> None:
-    before = client.get("/metrics").text
+    before = client.get("/metrics", headers=SCRAPER).text
     assert client.get("/static/swagger/LICENSE").status_code == 200
-    after = client.get("/metrics").text
+    after = client.get("/metrics", headers=SCRAPER).text
     count = _sample(after, "http_requests_total", method="GET", status="2xx", handler="/static")
     assert count - _sample(before, "http_requests_total", handler="/static") == 1
 

@@ -230,6 +230,61 @@ def test_token_brute_force_hits_429_quickly(
     assert client.portal.call(from_elsewhere) == 200
 
 
+@pytest.mark.parametrize("storage", ["memory", "redis"])
+def test_bad_tokens_from_a_shared_address_lock_no_one_else_out(
+    app: Any,
+    world: dict[str, Any],
+    token_for: Any,
+    redis_url: str,
+    storage: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 15.8: behind one gateway, 600 bad tokens locked every agency out for a minute.
+
+    Tokens that authenticated in the last hour pass the blocked address (in any process: the
+    mark is in the shared store); a guesser's tokens, and tokens not yet used, do not.
+    """
+    from fastapi.testclient import TestClient
+
+    uri = redis_url if storage == "redis" else "memory://"
+    limit(monkeypatch, rate_limit_storage=uri, rate_auth_failures_per_minute=5)
+    ratelimit.reset()
+    gateway = f"192.0.2.{secrets.randbelow(200) + 20}"
+    hk, kr = token_for("agency", agency_id="HK-CED"), token_for("agency", agency_id="KR-KCS")
+    with TestClient(app, client=(gateway, 40000), raise_server_exceptions=False) as shared:
+        assert shared.get("/v1/me", headers=bearer(hk)).status_code == 200  # in use
+        guesses = [
+            shared.get("/v1/me", headers=bearer("brk_" + secrets.token_urlsafe(32))).status_code
+            for _ in range(8)
+        ]
+        assert guesses == [401] * 5 + [429] * 3
+        assert shared.get("/v1/me", headers=bearer(hk)).status_code == 200
+        assert shared.get("/v1/me", headers=bearer(kr)).status_code == 429  # not yet seen
+        ratelimit._known_until.clear()  # another process: only the shared store knows
+        assert shared.get("/v1/me", headers=bearer(hk)).status_code == 200
+        # A token's first 20 characters are what is remembered, hashed: a guess that shares
+        # them still has to be right.
+        forged = hk[:20] + secrets.token_urlsafe(32)
+        assert shared.get("/v1/me", headers=bearer(forged)).status_code in (401, 429)
+        assert shared.get("/v1/me", headers=bearer(hk)).status_code == 200
+
+
+def test_no_proxy_is_trusted_unless_configured() -> None:
+    """Issue 15.8: uvicorn alone believes X-Forwarded-For from 127.0.0.1."""
+    from pydantic import ValidationError
+
+    from broker.config import Settings
+
+    assert Settings().uvicorn_proxy == {"proxy_headers": False}
+    listed = Settings(trusted_proxies="10.0.0.2, 192.168.0.0/24")
+    assert listed.uvicorn_proxy == {
+        "proxy_headers": True,
+        "forwarded_allow_ips": "10.0.0.2,192.168.0.0/24",
+    }
+    with pytest.raises(ValidationError, match="BROKER_TRUSTED_PROXIES"):
+        Settings(trusted_proxies="10.0.0.300")
+
+
 @pytest.mark.redis
 def test_failed_authentication_is_counted_across_paths_at_once(
     app: Any, exchange: Exchange, redis_url: str, monkeypatch: pytest.MonkeyPatch
@@ -241,6 +296,11 @@ def test_failed_authentication_is_counted_across_paths_at_once(
     limit(monkeypatch, rate_limit_storage=redis_url, rate_auth_failures_per_minute=3)
     ratelimit.reset()
     monkeypatch.setattr(ratelimit, "CLEAN_S", 60.0)  # a stale entry would outlive the test
+
+    async def unknown(token_key: str | None) -> None:  # no token passes as known here
+        return None
+
+    monkeypatch.setattr(ratelimit, "auth_succeeded", unknown)
     peer = f"198.51.100.{secrets.randbelow(200) + 20}"
     # The counts are in Redis: this client's application start keeps them.
     with TestClient(app, client=(peer, 40000), raise_server_exceptions=False) as from_peer:
@@ -400,3 +460,63 @@ def test_poll_storm_is_capped_per_agency_and_others_are_served(
             assert response.json()["code"] == "rate.limited"
             assert response.headers["retry-after"] == "1"
     assert ratelimit.wait_slots.held() == 0  # every slot was given back
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/messages", "/v1/inbox/01a209e8-cf03-74d1-ac62-45eda8e12c84/ack"]
+)
+def test_large_bodies_are_not_read_before_authentication(
+    app: Any, client: Any, path: str, token_for: Any
+) -> None:
+    """Issue 15.8: submit and acknowledgement bodies must wait for the token check.
+
+    The application is called directly, with a `receive` that counts what it hands over: a
+    request without a valid token is answered 401 having read none of its body.
+    """
+    body = b'{"envelope": "' + b"A" * 500_000 + b'"}'
+    chunks = [body[i : i + 65536] for i in range(0, len(body), 65536)]
+
+    async def call(headers: list[tuple[bytes, bytes]]) -> tuple[int, int]:
+        handed = 0
+        status = 0
+
+        async def receive() -> dict[str, Any]:
+            nonlocal handed
+            if handed < len(chunks):
+                handed += 1
+                return {
+                    "type": "http.request",
+                    "body": chunks[handed - 1],
+                    "more_body": handed < len(chunks),
+                }
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"content-type", b"application/json"), *headers],
+            "client": ("192.0.2.99", 40000),
+            "server": ("testserver", 80),
+            "state": {},
+        }
+        await app(scope, receive, send)
+        return status, handed
+
+    bad = [(b"authorization", b"Bearer brk_" + b"x" * 40)]
+    assert client.portal.call(call, bad) == (401, 0)
+    assert client.portal.call(call, []) == (401, 0)
+    # With a valid token of the wrong role: 403, still unread.
+    other = token_for("auditor")
+    assert client.portal.call(call, [(b"authorization", f"Bearer {other}".encode())]) == (403, 0)

@@ -9,13 +9,14 @@ import time_machine
 from prometheus_client.parser import text_string_to_metric_families
 
 from broker.inbox import metrics
+from tests.conftest import SCRAPER
 from tests.inbox.conftest import submit
 from tests.messages.conftest import Exchange, relay
 
 
 def scrape(client: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     metrics.collector.invalidate()
-    response = client.get("/metrics")
+    response = client.get("/metrics", headers=SCRAPER)
     assert response.status_code == 200
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from broker.crypto import envelope as env
 from broker.crypto.keys import parse_public_jwk
 from tests.messages.conftest import Exchange, relay
@@ -136,6 +138,36 @@ def test_dry_run_tells_before_encrypting(exchange: Exchange) -> None:
     ).json()
     assert answer["decision"] == "accept"
     assert answer["recipient_keys"] == {"VN-MPS": exchange.encryption["VN-MPS"].kid}
+
+
+def test_dry_run_tells_a_non_party_nothing_about_an_agreement(exchange: Exchange) -> None:
+    """Issue 15.7: a focal point learnt which agreements exist, and their suspension and dates,
+    before the check that it is a party. NZ-POL is no party to VN-HK-CMAA-2013."""
+    from broker import world
+
+    headers = exchange.fp_headers("NZ-POL/fp-01")
+    admin = {"Authorization": f"Bearer {exchange.token_for('admin')}"}
+
+    def ask(agreement: str) -> dict[str, Any]:
+        routing = exchange.routing(
+            "NZ-POL/fp-01", recipients=["VN-GDC"], agreement=agreement, offence="narcotics"
+        )
+        answer = exchange.client.post(
+            "/v1/messages:check", json={"routing": routing}, headers=headers
+        ).json()
+        return {**answer, "detail": answer["detail"].replace(agreement, "<id>")}
+
+    nothing = ask("XX-NO-SUCH-AGREEMENT")
+    assert (nothing["decision"], nothing["code"]) == ("reject", "scope.agreement_unknown")
+    assert ask("VN-HK-CMAA-2013") == nothing
+    document = next(a for a in world.demo_world()["agreements"] if a["id"] == "VN-HK-CMAA-2013")
+    suspended = exchange.client.put(
+        "/v1/admin/agreements/VN-HK-CMAA-2013",
+        json={**document, "status": "suspended"},
+        headers=admin,
+    )
+    assert suspended.status_code == 200, suspended.text
+    assert ask("VN-HK-CMAA-2013") == nothing
 
 
 def test_rejection_is_audited_with_the_hash_only(exchange: Exchange) -> None:

@@ -566,7 +566,7 @@ REFUSALS: dict[str, Refusal] = {
     "suspended-agreement": Refusal("scope.agreement_suspended", 403, _suspended_agreement),
     "agreement-ended": Refusal("scope.agreement_not_in_force", 403, _agreement_ended),
     "sender-not-party": Refusal(
-        "scope.sender_not_party",
+        "scope.agreement_unknown",
         403,
         lambda w: w.attempt(**{**NZ_TO_VN, "recipients": ["NZ-POL"]}),
     ),
