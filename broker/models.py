@@ -4,6 +4,7 @@ from broker.agencies.models import Agency, FocalPoint
 from broker.agreements.models import Agreement, AgreementVersion, Designation, Operation
 from broker.audit.models import AuditEvent, Checkpoint, LogLeaf, LogNode
 from broker.auth.models import Credential, Principal
+from broker.console.models import ConsoleSession, VerificationRun
 from broker.db import Base
 from broker.directory.models import PublicKey
 from broker.messages.models import Delivery, InboxCounter, Message, Outbox
@@ -17,6 +18,7 @@ __all__ = [
     "AuditEvent",
     "Base",
     "Checkpoint",
+    "ConsoleSession",
     "Credential",
     "Delivery",
     "Designation",
@@ -32,4 +34,5 @@ __all__ = [
     "PushAttempt",
     "PushEndpoint",
     "RegistryState",
+    "VerificationRun",
 ]

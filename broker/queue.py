@@ -37,7 +37,12 @@ def make_celery() -> Celery:
     app = Celery(
         "broker",
         broker=cfg.redis_url,
-        include=["workers.signals", "workers.tasks.delivery", "workers.tasks.audit"],
+        include=[
+            "workers.signals",
+            "workers.tasks.delivery",
+            "workers.tasks.audit",
+            "workers.tasks.console",
+        ],
     )
     app.conf.update(
         task_serializer="json",

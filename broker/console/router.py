@@ -1,8 +1,26 @@
 """The auditor console (/console): server-rendered pages with htmx, for auditors only.
 
-Sign-in puts the auditor's API token in a cookie (HttpOnly, SameSite=Strict, Path=/console,
-Secure behind https) and every request authenticates it again, so a revoked or expired token
-stops working at once. Unsafe methods from another site are refused (Origin, Sec-Fetch-Site).
+Sessions are server-side. Sign-in checks the auditor's API token, then opens a session row
+bound to the principal and to that token (`console_sessions`, `service.open_session`); the
+browser gets a random session id (`secrets.token_urlsafe(32)`) in a cookie (HttpOnly,
+SameSite=Strict, Path=/console, Secure behind https), and the database keeps only its SHA-256.
+The cookie is not the token and is no bearer token: the API never looks at it. Every console
+request looks the session up and refuses it when it was signed out, when it has been idle
+longer than `BROKER_CONSOLE_SESSION_IDLE_S` or open longer than `BROKER_CONSOLE_SESSION_MAX_S`,
+or when its token has since been revoked or has expired or its principal was disabled (the
+token is checked on every request, as the API checks it); each request slides the idle limit.
+Signing in again gives a new id and ends the browser's previous session; signing out ends the
+row, so the old cookie opens nothing even if it was copied. Sign-in and sign-out are recorded
+like the console's other queries (`audit.queried`, `console.sign_in` / `console.sign_out`): the
+log's event kinds are the published v1 vocabulary (schemas/v1/log-leaf.json).
+
+Cross-site requests: unsafe methods from another site are refused by the browser's own
+headers (Origin, Sec-Fetch-Site), and every form of a signed-in page also carries the
+session's anti-forgery token (`service.form_token`, an HMAC of the session id), checked on
+every unsafe request. The headers alone would leave the forms to browsers that send them and
+to proxies that pass them on; the token (a synchronizer token) depends on neither. The sign-in
+form has no session yet: SameSite=Strict and the header checks cover it.
+
 Every response is `no-store` with a self-only Content-Security-Policy (no inline script or
 style), and every error is an HTML page, never a stack trace.
 """
@@ -28,7 +46,7 @@ from broker import deps, ratelimit
 from broker.audit import auditor, log
 from broker.auth.service import Caller, Role
 from broker.config import settings
-from broker.console import service
+from broker.console import jobs, service
 from broker.deps import SessionDep
 from broker.errors import BrokerError
 from broker.ids import utcnow, whole_number
@@ -38,7 +56,6 @@ _log = get_logger("broker.console")
 
 COOKIE = "broker_console"
 COOKIE_PATH = "/console"
-SESSION_SECONDS = 8 * 3600
 CSP = "; ".join(
     (
         "default-src 'none'",
@@ -67,6 +84,8 @@ NOTICES = {
     "auth.token_revoked": "Your token was revoked. Sign in with a current auditor token.",
     "auth.token_expired": "Your token has expired. Sign in with a current auditor token.",
     "auth.unauthenticated": "Your session is no longer valid. Sign in again.",
+    "console.session_expired": "Your session has expired. Sign in again.",
+    "console.session_ended": "This session was signed out. Sign in again.",
     "auth.forbidden": "Only auditor tokens open the console.",
 }
 LOGIN_ERRORS = {
@@ -253,29 +272,56 @@ router = APIRouter(include_in_schema=False, route_class=ConsoleRoute)
 # --- who is signed in ----------------------------------------------------------------------
 
 
-async def _authenticate(request: Request, session: AsyncSession, token: str | None) -> Caller:
-    """The signed-in auditor, or the sign-in page (with why) for any other token."""
-    if not token:
+async def _signed_in(request: Request, session: AsyncSession, *, slide: bool) -> Caller:
+    """The auditor of the request's console session, or the sign-in page (with why).
+
+    Failed look-ups count against the client's budget of failed authentications, as the API's
+    bearer tokens do.
+    """
+    session_id = request.cookies.get(COOKIE)
+    if not session_id:
         raise SignInRequired("required")
+    address = ratelimit.client_address(request)
+    await ratelimit.auth_allowed(address)
     try:
-        caller = await deps.authenticate(request, session, token)
+        caller = await service.authenticate_session(session, session_id, slide=slide)
     except BrokerError as exc:
         if exc.status_code == 401:
+            await ratelimit.auth_failed(address, exc)
+            raise SignInRequired(exc.code) from None
+        if exc.code == "auth.forbidden":
             raise SignInRequired(exc.code) from None
         raise
-    if caller.role is not Role.auditor:
-        raise SignInRequired("auth.forbidden")
     request.state.principal = caller.name
+    request.state.form_token = service.form_token(session_id)
     await ratelimit.check(request, caller)
     return caller
 
 
 async def console_auditor(request: Request, session: SessionDep) -> Caller:
-    """The signed-in auditor, authenticated again from the cookie on every request."""
-    return await _authenticate(request, session, request.cookies.get(COOKIE))
+    """The signed-in auditor; the request counts as activity (it slides the idle limit)."""
+    return await _signed_in(request, session, slide=True)
+
+
+async def console_watcher(request: Request, session: SessionDep) -> Caller:
+    """The signed-in auditor, for a page's own polling: that is not activity, no slide."""
+    return await _signed_in(request, session, slide=False)
+
+
+async def console_form(
+    request: Request,
+    session: SessionDep,
+    csrf: Annotated[str, Form(max_length=100)] = "",
+) -> Caller:
+    """The signed-in auditor submitting a form of one of its pages (its anti-forgery token)."""
+    caller = await _signed_in(request, session, slide=True)
+    service.check_form_token(request.cookies.get(COOKIE, ""), csrf)
+    return caller
 
 
 Auditor = Annotated[Caller, Depends(console_auditor)]
+Watcher = Annotated[Caller, Depends(console_watcher)]
+FormAuditor = Annotated[Caller, Depends(console_form)]
 Text = Annotated[str | None, Query(max_length=100)]
 
 
@@ -292,57 +338,17 @@ def render(
         "caller": caller,
         "oversees": sorted(visible) if visible is not None else None,
         "section": "",
+        "form_token": getattr(request.state, "form_token", None) if caller is not None else None,
     }
     return templates.TemplateResponse(request, name, {**base, **context}, status_code=status)
 
 
-# --- sign-in -------------------------------------------------------------------------------
-
-
-@router.get("/login")
-async def login_page(
-    request: Request,
-    session: SessionDep,
-    notice: Annotated[str | None, Query(max_length=40)] = None,
-) -> Response:
-    """The sign-in form (straight to the log when the cookie still works)."""
-    token = request.cookies.get(COOKIE)
-    if token:
-        try:
-            await _authenticate(request, session, token)
-            return RedirectResponse(f"{COOKIE_PATH}/", status_code=303)
-        except SignInRequired as exc:
-            notice = notice or exc.notice
-    response = render(request, "login.html", {"notice": NOTICES.get(notice or ""), "error": None})
-    return _forget(response) if token else response
-
-
-@router.post("/login")
-async def login(
-    request: Request,
-    session: SessionDep,
-    token: Annotated[str, Form(max_length=400)] = "",
-) -> Response:
-    """Check an auditor token and keep it in the console cookie."""
-    token = token.strip()
-    try:
-        caller = await deps.authenticate(request, session, token)
-    except BrokerError as exc:
-        if exc.status_code != 401:
-            raise
-        message = LOGIN_ERRORS.get(exc.code, "This token does not open the console.")
-        return render(request, "login.html", {"notice": None, "error": message}, status=401)
-    if caller.role is not Role.auditor:
-        message = (
-            f"This is a {caller.role.value.replace('_', ' ')} token: "
-            "only auditor tokens open the console."
-        )
-        return render(request, "login.html", {"notice": None, "error": message}, status=403)
-    response = RedirectResponse(f"{COOKIE_PATH}/", status_code=303)
+def _set_cookie(response: Response, session_id: str) -> Response:
     response.set_cookie(
         COOKIE,
-        token,
-        max_age=SESSION_SECONDS,
+        session_id,
+        # The browser forgets it with the session's absolute limit; the server decides anyway.
+        max_age=settings().console_session_max_s,
         path=COOKIE_PATH,
         secure=_secure_cookie(),
         httponly=True,
@@ -351,9 +357,79 @@ async def login(
     return response
 
 
+# --- sign-in -------------------------------------------------------------------------------
+
+
+def _login_form(
+    request: Request, *, notice: str | None, error: str | None, status: int = 200
+) -> Response:
+    cfg = settings()
+    hours = cfg.console_session_max_s / 3600
+    context = {
+        "notice": notice,
+        "error": error,
+        "idle_minutes": cfg.console_session_idle_s // 60,
+        "max_hours": int(hours) if hours.is_integer() else round(hours, 1),
+    }
+    return render(request, "login.html", context, status=status)
+
+
+@router.get("/login")
+async def login_page(
+    request: Request,
+    session: SessionDep,
+    notice: Annotated[str | None, Query(max_length=40)] = None,
+) -> Response:
+    """The sign-in form (straight to the log when the session is still open)."""
+    session_id = request.cookies.get(COOKIE)
+    if session_id:
+        try:
+            await _signed_in(request, session, slide=True)
+            return RedirectResponse(f"{COOKIE_PATH}/", status_code=303)
+        except SignInRequired as exc:
+            notice = notice or exc.notice
+    response = _login_form(request, notice=NOTICES.get(notice or ""), error=None)
+    return _forget(response) if session_id else response
+
+
+@router.post("/login")
+async def login(
+    request: Request,
+    session: SessionDep,
+    token: Annotated[str, Form(max_length=400)] = "",
+) -> Response:
+    """Check an auditor token and open a console session for it (a new session id each time)."""
+    token = token.strip()
+    try:
+        caller = await deps.authenticate(request, session, token)
+    except BrokerError as exc:
+        if exc.status_code != 401:
+            raise
+        message = LOGIN_ERRORS.get(exc.code, "This token does not open the console.")
+        return _login_form(request, notice=None, error=message, status=401)
+    if caller.role is not Role.auditor:
+        message = (
+            f"This is a {caller.role.value.replace('_', ' ')} token: "
+            "only auditor tokens open the console."
+        )
+        return _login_form(request, notice=None, error=message, status=403)
+    session_id = await service.open_session(
+        session, caller, token, replacing=request.cookies.get(COOKIE)
+    )
+    return _set_cookie(RedirectResponse(f"{COOKIE_PATH}/", status_code=303), session_id)
+
+
 @router.post("/logout")
-async def logout() -> Response:
-    """Forget the token cookie."""
+async def logout(
+    request: Request,
+    session: SessionDep,
+    csrf: Annotated[str, Form(max_length=100)] = "",
+) -> Response:
+    """End the console session on the server, and forget its cookie."""
+    session_id = request.cookies.get(COOKIE)
+    if session_id:
+        service.check_form_token(session_id, csrf)
+        await service.close_session(session, session_id)
     return _forget(RedirectResponse(f"{COOKIE_PATH}/login?notice=signed_out", status_code=303))
 
 
@@ -521,7 +597,7 @@ async def log_page(
     session: SessionDep,
     index: Annotated[int | None, Query(ge=0, le=2**62)] = None,
 ) -> Response:
-    """The latest checkpoint, the log key, the sequencer backlog, and "verify now"."""
+    """The latest checkpoint, log key and sequencer backlog; "verify now"; the full run."""
     return render(
         request,
         "log.html",
@@ -530,10 +606,18 @@ async def log_page(
             "all_agencies": log.visible_agencies(caller) is None,
             "index": index,
             "result": None,
+            "full": await service.full_status(session, caller),
             "section": "verify",
         },
         caller=caller,
     )
+
+
+@router.get("/log/full")
+async def full_run(request: Request, caller: Watcher, session: SessionDep) -> Response:
+    """The full verification's state, for the page's polling while a run is queued or running."""
+    full = await service.full_status(session, caller)
+    return render(request, "_full_run.html", {"full": full}, caller=caller)
 
 
 def _leaf_index(value: str) -> int | None:
@@ -549,17 +633,20 @@ def _leaf_index(value: str) -> int | None:
 @router.post("/log/verify")
 async def verify_now(
     request: Request,
-    caller: Auditor,
+    caller: FormAuditor,
     session: SessionDep,
     full: Annotated[bool, Form()] = False,
     index: Annotated[str, Form(max_length=40)] = "",
     since: Annotated[int | None, Form(ge=1, le=2**62)] = None,
 ) -> Response:
-    """Run the log verifier on this broker's log with the auditor's own scope."""
+    """Quick checks now with the auditor's own scope; with `full`, a full run in the background."""
     leaf = _leaf_index(index)
     result = await service.verify_now(session, caller, full=full, index=leaf, since=since)
+    full_state = result.full_run or await service.full_status(session, caller)
     if _htmx(request):
-        return render(request, "_verify_result.html", {"result": result}, caller=caller)
+        # The full verification's card is swapped in out of band (hx-swap-oob).
+        context = {"result": result, "full": full_state, "oob": True}
+        return render(request, "_verify_result.html", context, caller=caller)
     return render(
         request,
         "log.html",
@@ -568,6 +655,7 @@ async def verify_now(
             "all_agencies": log.visible_agencies(caller) is None,
             "index": leaf,
             "result": result,
+            "full": full_state,
             "section": "verify",
         },
         caller=caller,
@@ -598,5 +686,8 @@ def console_app() -> FastAPI:
     """
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
     app.include_router(router)
+    # The embedded ticker's job for full verification runs (idle in production, where the
+    # Celery task runs them); registered here, since only the console starts such runs.
+    jobs.install()
     app.add_exception_handler(StarletteHTTPException, _routing_error)
     return app

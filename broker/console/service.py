@@ -4,14 +4,22 @@ The console reads through the auditor's services (`broker.audit.auditor`), so an
 some agencies sees only the events that name one of them, and every query is itself an audit
 event (`audit.queried`). Two views need a query the auditor service does not offer (all the
 events of one message id, and accepted/rejected counts per day): they apply the same rule
-(`log.visible_agencies`, through `broker.console.repository`) and record their own
-`audit.queried` event. "Verify now" runs the log verifier on this broker's stored log with the
-auditor's own scope, in the request's transaction.
+(`log.visible_agencies`, through `broker.audit.repository`) and record their own
+`audit.queried` event. "Verify now" runs the log verifier's quick checks on this broker's stored
+log with the auditor's own scope, in the request's transaction; a full verification runs in the
+background, one at a time, and its result is kept (`console_verification_runs`).
+
+The console's sessions are server-side rows (`console_sessions`): see `broker.console.router`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import hashlib
+import hmac
 import math
+import secrets
 import time
 import uuid
 from collections import Counter
@@ -22,6 +30,7 @@ from urllib.parse import urlencode
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from broker import db, jobs
 from broker.agencies import service as agencies
 from broker.agreements import service as agreements
 from broker.audit import auditor, log, verify
@@ -29,8 +38,14 @@ from broker.audit import repository as audit_repo
 from broker.audit import service as audit
 from broker.audit.repository import EventFilter
 from broker.audit.schemas import EventOut, Summary
-from broker.auth.service import Caller
-from broker.errors import BrokerError
+from broker.auth import repository as auth_repo
+from broker.auth import service as auth
+from broker.auth.service import Caller, Role
+from broker.config import settings
+from broker.console import repository
+from broker.console.models import ConsoleSession, VerificationRun
+from broker.errors import BrokerError, Forbidden, Unauthenticated, exists
+from broker.ids import new_id, utcnow
 
 PAGE = 50
 MAX_PAGE = 200
@@ -677,8 +692,78 @@ async def log_state(session: AsyncSession) -> LogState | None:
 
 
 @dataclass(frozen=True)
+class RunView:
+    """A full verification run as the page shows it."""
+
+    id: str
+    tree_size: int
+    root: str
+    status: str
+    requested_by: str
+    requested_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    attempts: int
+    code: str | None
+    message: str | None
+    lines: list[str]
+
+    @property
+    def running(self) -> bool:
+        return self.status in ("queued", "running")
+
+    @property
+    def elapsed_ms(self) -> int | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return int((self.finished_at - self.started_at).total_seconds() * 1000)
+
+
+def _run_view(run: VerificationRun) -> RunView:
+    return RunView(
+        id=str(run.id),
+        tree_size=run.tree_size,
+        root=log.b64(run.root_hash),
+        status=run.status,
+        requested_by=run.requested_by,
+        requested_at=run.requested_at,
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+        attempts=run.attempts,
+        code=run.code,
+        message=run.message,
+        lines=[str(line) for line in run.report or []],
+    )
+
+
+@dataclass(frozen=True)
+class FullVerification:
+    """What the page shows of full verification: the run to show, and the log's size now.
+
+    `started`: this click started the run. `next_at`: a click before then shows the last run
+    instead of starting one (`BROKER_CONSOLE_VERIFY_INTERVAL_S`).
+    """
+
+    run: RunView | None
+    current_size: int | None
+    started: bool = False
+    next_at: datetime | None = None
+
+    @property
+    def grown(self) -> int:
+        """How many leaves the log has gained since the run's checkpoint."""
+        if self.run is None or self.current_size is None:
+            return 0
+        return max(self.current_size - self.run.tree_size, 0)
+
+
+@dataclass(frozen=True)
 class Verification:
-    """The outcome of "verify now": the verifier's report, or its failure code and message."""
+    """The outcome of "verify now": the verifier's report, or its failure code and message.
+
+    The quick checks run in the request; `full` asks for a full verification, which runs in
+    the background (`run_pending`) and is shown by `full_run`.
+    """
 
     ok: bool
     code: str | None
@@ -688,6 +773,14 @@ class Verification:
     index: int | None
     since: int | None
     elapsed_ms: int
+    full_run: FullVerification | None = None
+
+
+def _require_all_agencies(caller: Caller) -> None:
+    if log.visible_agencies(caller) is not None:
+        raise Forbidden(
+            "full verification reads every leaf: it needs an auditor who oversees every agency"
+        )
 
 
 async def verify_now(
@@ -698,19 +791,22 @@ async def verify_now(
     index: int | None,
     since: int | None,
 ) -> Verification:
-    """Run the log verifier on this broker's log, as the auditor would over the API; record it.
+    """Run the verifier's quick checks on this broker's log now; with `full`, ask for a full run.
 
-    The verifier reads what the auditor's token may read (`full` needs every agency). `since`
-    is the tree size the page showed: that checkpoint seeds the verifier's state, so it also
-    proves that the current checkpoint extends it.
+    The quick checks read what the auditor's token may read: the checkpoint's signature, its
+    consistency with the checkpoint of size `since` (the one the page showed) and the
+    inclusion of leaf `index`; they cost O(log n) node reads. The full verification reads
+    every leaf and node, so it runs in the background, at most one at a time, and its result
+    is kept (`request_full`). The click is recorded as one `audit.queried` event.
     """
+    if full:
+        _require_all_agencies(caller)
     started = time.perf_counter()
     previous = await audit_repo.checkpoint(session, since) if since else None
     try:
         report = await log.verify_stored(
             session,
             caller=caller,
-            full=full,
             index=index,
             previous=previous.note if previous is not None else None,
         )
@@ -718,17 +814,384 @@ async def verify_now(
     except verify.VerifyError as exc:
         ok, code, message, lines = False, exc.code, str(exc), []
     elapsed = int((time.perf_counter() - started) * 1000)
-    result = Verification(ok, code, message, lines, full, index, since, elapsed)
+    full_run = await request_full(session, caller) if full else None
+    details: dict[str, Any] = {
+        "query": "console.verify",
+        "full": full,
+        "index": index,
+        "since": since,
+        "result": "ok" if ok else code,
+    }
+    if full_run is not None and full_run.run is not None:
+        details.update(run=full_run.run.id, run_started=full_run.started)
+    await audit.record(session, "audit.queried", actor=caller.actor, details=details)
+    return Verification(ok, code, message, lines, full, index, since, elapsed, full_run)
+
+
+# --- full verification in the background ---------------------------------------------------
+
+VERIFY_JOB = "console.verify"  # the job's name: the Celery task's and the embedded ticker's
+MAX_ATTEMPTS = 2  # a run whose worker died is taken over once, then given up ("error")
+# A running run's worker is presumed dead this long after its own timeout.
+GRACE = timedelta(seconds=60)
+KEEP_RUNS = timedelta(days=90)
+MESSAGE_MAX = 2000
+
+
+def _stale(run: VerificationRun, now: datetime) -> bool:
+    """A `running` run whose worker has outlived its timeout and grace: it died."""
+    limit = timedelta(seconds=settings().console_verify_timeout_s) + GRACE
+    return run.status == "running" and (run.started_at is None or run.started_at + limit < now)
+
+
+async def request_full(session: AsyncSession, caller: Caller) -> FullVerification:
+    """Start a full verification of the latest checkpoint unless its result is already known.
+
+    A click shows, without starting another run: the run in progress (queued or running); the
+    last verdict when it is for the current tree size; or the last run while the interval
+    since it has not passed. Otherwise it adds a `queued` run, which the background job takes
+    after the commit. The unique `active` column admits one queued or running run in all, so
+    two clicks at once start one run: the second insert does nothing and reads the first.
+    """
+    _require_all_agencies(caller)
+    head = await log.latest(session)  # 404 before the first checkpoint
+    now = utcnow()
+    active = await repository.active_run(session)
+    if active is not None:
+        # Wake the job again: it takes over a run whose worker died, and a lost wake-up
+        # (a Redis restart) costs this click nothing.
+        jobs.after_commit(session, VERIFY_JOB)
+        return FullVerification(_run_view(active), head.size)
+    last = await repository.latest_finished(session)
+    if last is not None:
+        if last.tree_size == head.size and last.status in ("ok", "failed"):
+            return FullVerification(_run_view(last), head.size)
+        next_at = _next_at(last)
+        if next_at > now:
+            return FullVerification(_run_view(last), head.size, next_at=next_at)
+    await repository.purge_runs(session, now - KEEP_RUNS)
+    started = await repository.add_run(
+        session,
+        {
+            "id": new_id(),
+            "tree_size": head.size,
+            "root_hash": head.root_hash,
+            "status": "queued",
+            "active": True,
+            "requested_by": caller.actor,
+            "requested_at": now,
+            "attempts": 0,
+            "report": [],
+        },
+    )
+    if started:
+        jobs.after_commit(session, VERIFY_JOB)
+    run = await repository.active_run(session)  # ours, or the one a concurrent click started
+    return FullVerification(_run_view(run) if run is not None else None, head.size, started)
+
+
+async def full_status(session: AsyncSession, caller: Caller) -> FullVerification | None:
+    """The run to show (the active one, else the last finished one); None for a bound auditor.
+
+    Starts nothing. A queued run, or one whose worker died, gets a wake-up after the commit:
+    the page's polling is the sweep that no run is left behind by a lost wake-up.
+    """
+    if log.visible_agencies(caller) is not None:
+        return None
+    size = await audit_repo.latest_size(session)
+    now = utcnow()
+    run = await repository.active_run(session)
+    if run is not None:
+        if run.status == "queued" or _stale(run, now):
+            jobs.after_commit(session, VERIFY_JOB)
+        return FullVerification(_run_view(run), size)
+    last = await repository.latest_finished(session)
+    if last is None:
+        return FullVerification(None, size)
+    next_at = _next_at(last)
+    return FullVerification(_run_view(last), size, next_at=next_at if next_at > now else None)
+
+
+def _next_at(last: VerificationRun) -> datetime:
+    """When a run may start after `last` (`BROKER_CONSOLE_VERIFY_INTERVAL_S`)."""
+    assert last.finished_at is not None
+    return last.finished_at + timedelta(seconds=settings().console_verify_interval_s)
+
+
+@dataclass(frozen=True)
+class _Claim:
+    id: uuid.UUID
+    tree_size: int
+    attempts: int
+    requested_by: str
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    status: str
+    code: str | None
+    message: str | None
+    lines: list[str]
+
+
+async def _claim(session: AsyncSession, now: datetime) -> _Claim | None:
+    """Take the queued run, or the running one whose worker died; None when there is none."""
+    run = await repository.active_run(session)
+    if run is None or (run.status == "running" and not _stale(run, now)):
+        return None  # nothing to do, or its worker is on it
+    if run.status == "running" and run.attempts >= MAX_ATTEMPTS:
+        await _finish(
+            session,
+            _Claim(run.id, run.tree_size, run.attempts, run.requested_by),
+            _Outcome("error", "abandoned", f"its worker stopped {run.attempts} times", []),
+            now,
+        )
+        return None
+    claim = _Claim(run.id, run.tree_size, run.attempts + 1, run.requested_by)
+    taken = await repository.update_run(
+        session,
+        run.id,
+        status=run.status,
+        attempts=run.attempts,
+        values={"status": "running", "attempts": claim.attempts, "started_at": now},
+    )
+    return claim if taken else None  # None: another worker took it first
+
+
+async def _finish(session: AsyncSession, claim: _Claim, outcome: _Outcome, now: datetime) -> None:
+    """Store the outcome, unless the run was taken over meanwhile; record it on the log."""
+    done = await repository.update_run(
+        session,
+        claim.id,
+        status="running",
+        attempts=claim.attempts,
+        values={
+            "status": outcome.status,
+            "active": None,
+            "finished_at": now,
+            "code": outcome.code,
+            "message": (outcome.message or "")[:MESSAGE_MAX] or None,
+            "report": outcome.lines,
+        },
+    )
+    if done:
+        await audit.record(
+            session,
+            "audit.queried",
+            actor=claim.requested_by,
+            details={
+                "query": "console.verify_full",
+                "run": str(claim.id),
+                "size": claim.tree_size,
+                "result": outcome.status if outcome.code is None else outcome.code,
+            },
+        )
+
+
+class PinnedLog:
+    """`verify.LogSource` over this store at one signed checkpoint, a short transaction per read.
+
+    Every leaf and node is read (no caller: the auditor who asked oversees every agency). One
+    transaction per page, not one for the whole run: SQLite takes its write lock when a
+    transaction begins (`broker.db`) and PostgreSQL would keep one snapshot open for minutes.
+    Leaves and nodes below the pinned size never change, so the pages agree.
+    """
+
+    def __init__(self, session_factory: db.SessionFactory, note: str) -> None:
+        self.session_factory = session_factory
+        self.note = note
+
+    async def checkpoint(self) -> str:
+        return self.note
+
+    async def inclusion(self, index: int, size: int) -> dict[str, Any]:
+        async with self.session_factory() as session:
+            return await log.StoredLog(session, None).inclusion(index, size)
+
+    async def consistency(self, size1: int, size2: int) -> dict[str, Any]:
+        async with self.session_factory() as session:
+            return await log.StoredLog(session, None).consistency(size1, size2)
+
+    async def leaves(self, start: int, end: int) -> dict[str, Any]:
+        async with self.session_factory() as session:
+            return await log.StoredLog(session, None).leaves(start, end)
+
+    async def nodes(self, level: int, start: int, end: int) -> dict[str, Any]:
+        async with self.session_factory() as session:
+            return await log.StoredLog(session, None).nodes(level, start, end)
+
+
+async def _verify(session_factory: db.SessionFactory, claim: _Claim) -> _Outcome:
+    """Verify the run's checkpoint in full, within the timeout; consistent with the last good run."""
+    timeout = settings().console_verify_timeout_s
+    try:
+        async with asyncio.timeout(timeout):
+            async with session_factory() as session:
+                head = await audit_repo.checkpoint(session, claim.tree_size)
+                good = await repository.latest_finished(session, statuses=("ok",))
+                previous = (
+                    await audit_repo.checkpoint(session, good.tree_size)
+                    if good is not None and good.tree_size < claim.tree_size
+                    else None
+                )
+            if head is None:
+                return _Outcome(
+                    "failed",
+                    "bad_checkpoint",
+                    f"no stored checkpoint of size {claim.tree_size}",
+                    [],
+                )
+            report = await verify.verify_source(
+                PinnedLog(session_factory, head.note),
+                log.verifier_key(),
+                previous=previous.note if previous is not None else None,
+                full=True,
+            )
+    except verify.VerifyError as exc:
+        return _Outcome("failed", exc.code, str(exc), [])
+    except TimeoutError:
+        return _Outcome("error", "timeout", f"stopped after {timeout} s without a verdict", [])
+    return _Outcome("ok", None, None, str(report).splitlines())
+
+
+async def run_pending(session_factory: db.SessionFactory) -> int:
+    """The background job: run the queued full verification, if any; returns how many ran.
+
+    Idempotent: the run is claimed by a compare-and-set on (status, attempts) and its result
+    written the same way, so a duplicate task does nothing and a worker that lost the run (it
+    outlived its timeout and was taken over) cannot overwrite the new attempt's result. A run
+    whose worker died stays `running` until `_stale`; the next job run (woken by a click or by
+    the page's polling) takes it over, or marks it `error` after MAX_ATTEMPTS.
+    """
+    async with session_factory() as session:
+        claim = await _claim(session, utcnow())
+    if claim is None:
+        return 0
+    outcome = await _verify(session_factory, claim)
+    async with session_factory() as session:
+        await _finish(session, claim, outcome, utcnow())
+    return 1
+
+
+# --- sessions ------------------------------------------------------------------------------
+
+
+class SessionExpired(BrokerError, code="console.session_expired"): ...
+
+
+class SessionEnded(BrokerError, code="console.session_ended"): ...
+
+
+class BadFormToken(BrokerError, code="console.form_token"): ...
+
+
+SESSION_ID_MAX = 64  # token_urlsafe(32) is 43 characters
+
+
+def session_hash(session_id: str) -> str:
+    """What is stored of a session id: its SHA-256 (the id is 256 random bits, no KDF needed)."""
+    return hashlib.sha256(session_id.encode()).hexdigest()
+
+
+def form_token(session_id: str) -> str:
+    """The session's anti-forgery token for the console's forms: an HMAC of its id.
+
+    Derived, not stored: only someone holding the session id (an HttpOnly cookie) or a page
+    rendered for it can present it, and it ends with the session.
+    """
+    pepper = settings().token_pepper.encode()
+    mac = hmac.new(pepper, b"console-form\x00" + session_id.encode(), hashlib.sha256)
+    return base64.urlsafe_b64encode(mac.digest()).decode().rstrip("=")
+
+
+def check_form_token(session_id: str, presented: str) -> None:
+    """Refuse a form whose token is not this session's (403 `console.form_token`)."""
+    if not hmac.compare_digest(form_token(session_id).encode(), presented.encode()):
+        raise BadFormToken("the form is missing this session's token: reload the page")
+
+
+async def open_session(
+    session: AsyncSession, caller: Caller, token: str, *, replacing: str | None = None
+) -> str:
+    """Sign `caller` in: a new session bound to `caller` and its `token`; returns the session id.
+
+    `caller` has just authenticated with `token`. `replacing` is the session id the browser
+    held, ended here: every sign-in gets a new id. Sessions past their absolute limit are
+    deleted on the way. The id is returned once; the database keeps its hash.
+    """
+    found = await auth_repo.credential_by_hash(session, auth.hash_token(token))
+    credential, principal = exists(found, "credential for this token")
+    now = utcnow()
+    if replacing:
+        await close_session(session, replacing)
+    await repository.purge_sessions(
+        session, now - timedelta(seconds=settings().console_session_max_s)
+    )
+    session_id = secrets.token_urlsafe(32)
+    row = ConsoleSession(
+        id=new_id(),
+        session_hash=session_hash(session_id),
+        principal_id=principal.id,
+        credential_id=credential.id,
+        created_at=now,
+        last_seen_at=now,
+        revoked_at=None,
+    )
+    session.add(row)
+    await session.flush()
     await audit.record(
         session,
         "audit.queried",
         actor=caller.actor,
         details={
-            "query": "console.verify",
-            "full": full,
-            "index": index,
-            "since": since,
-            "result": "ok" if ok else code,
+            "query": "console.sign_in",
+            "session": str(row.id),
+            "credential": str(credential.id),
         },
     )
-    return result
+    return session_id
+
+
+async def authenticate_session(
+    session: AsyncSession, session_id: str, *, slide: bool = True
+) -> Caller:
+    """The auditor of a console session, or 401 with a precise code; `slide`s the idle limit.
+
+    Refused: an unknown id, a session signed out (`console.session_ended`), a token since
+    revoked or expired or a principal disabled (the `auth.*` codes, as for the API), and a
+    session idle or open too long (`console.session_expired`). Only auditors hold sessions.
+    """
+    if not session_id or len(session_id) > SESSION_ID_MAX:
+        raise Unauthenticated("no console session")
+    found = await repository.session_by_hash(session, session_hash(session_id))
+    if found is None:
+        raise Unauthenticated("unknown console session")
+    if found.revoked_at is not None:
+        raise SessionEnded("this console session was signed out")
+    now = utcnow()
+    caller = auth.caller_of(found.token, now)
+    cfg = settings()
+    if found.created_at + timedelta(seconds=cfg.console_session_max_s) <= now:
+        raise SessionExpired("this console session reached its time limit")
+    if found.last_seen_at + timedelta(seconds=cfg.console_session_idle_s) <= now:
+        raise SessionExpired("this console session was idle too long")
+    if caller.role is not Role.auditor:
+        raise Forbidden("only auditors hold console sessions")
+    if slide:
+        await repository.touch(session, found.id, now)
+    return caller
+
+
+async def close_session(session: AsyncSession, session_id: str) -> None:
+    """Sign out: end the session server-side (whatever state it is in) and record it."""
+    if not session_id or len(session_id) > SESSION_ID_MAX:
+        return
+    found = await repository.session_by_hash(session, session_hash(session_id))
+    if found is None or not await repository.revoke(session, found.id, utcnow()):
+        return
+    await audit.record(
+        session,
+        "audit.queried",
+        actor=f"{found.token.role}:{found.token.name}",
+        details={"query": "console.sign_out", "session": str(found.id)},
+    )

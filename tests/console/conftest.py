@@ -104,6 +104,31 @@ def same_origin() -> dict[str, str]:
     return {"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"}
 
 
+def form_token(client: Any) -> str:
+    """The anti-forgery token the console's pages put in their forms for this session."""
+    page = client.get("/console/agreements")
+    assert page.status_code == 200, page.text
+    found = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert found is not None, "no form token on the page"
+    return found.group(1)
+
+
+def finish_runs(timeout_s: float = 30.0) -> None:
+    """Run the queued full verification now, and wait for one under way (the ticker's) to end."""
+    import time
+
+    from broker import db
+    from broker.console import jobs, repository
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        jobs.verify_pending()
+        if db.call(repository.active_run) is None:
+            return
+        assert time.monotonic() < deadline, "a full verification run did not end"
+        time.sleep(0.05)
+
+
 def text_of(html: str) -> str:
     """The visible text of a page, roughly (tags dropped, whitespace collapsed)."""
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))

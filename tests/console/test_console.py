@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,6 +17,8 @@ from tests.console.conftest import (
     CSP,
     MARKER,
     Traffic,
+    finish_runs,
+    form_token,
     same_origin,
     sign_in,
     text_of,
@@ -56,7 +59,8 @@ class TestSignIn:
         response = sign_in(client, token)
         assert response.headers["location"] == "/console/"
         cookie = response.headers["set-cookie"]
-        assert cookie.startswith("broker_console=" + token)
+        assert cookie.startswith("broker_console=")
+        assert token not in cookie  # a session id, not the token (tests/console/test_sessions.py)
         for flag in ("HttpOnly", "SameSite=strict", "Path=/console", "Max-Age=28800"):
             assert flag.lower() in cookie.lower()
         assert "secure" not in cookie.lower()  # the public base URL is http here
@@ -65,7 +69,12 @@ class TestSignIn:
         assert "Exchange log" in page.text
         assert "Sign out" in page.text
         assert "oversees every agency" in page.text
-        out = client.post("/console/logout", headers=same_origin(), follow_redirects=False)
+        out = client.post(
+            "/console/logout",
+            data={"csrf": form_token(client)},
+            headers=same_origin(),
+            follow_redirects=False,
+        )
         assert out.status_code == 303
         assert out.headers["location"] == "/console/login?notice=signed_out"
         assert 'broker_console=""' in out.headers["set-cookie"]
@@ -129,6 +138,7 @@ class TestSignIn:
 
     def test_revocation_ends_an_open_session_at_once(self, client: Any, auditor: str) -> None:
         assert client.get("/console/").status_code == 200
+        session_id = client.cookies["broker_console"]
         _revoke(auditor)
         page = client.get("/console/", follow_redirects=False)
         assert page.status_code == 303
@@ -137,17 +147,18 @@ class TestSignIn:
         login = client.get(page.headers["location"])
         assert "Your token was revoked" in login.text
         # htmx requests are told where to go instead of being redirected.
-        client.cookies.set("broker_console", auditor, path="/console")
+        client.cookies.set("broker_console", session_id, path="/console")
         partial = client.get("/console/?kind=&cursor=x", headers={"HX-Request": "true"})
         assert partial.headers["hx-redirect"] == "/console/login?notice=auth.token_revoked"
 
-    def test_a_cookie_holding_another_roles_token_is_refused(
+    def test_a_cookie_holding_a_token_is_no_session(
         self, client: Any, world: Any, token_for: Any
     ) -> None:
-        client.cookies.set("broker_console", token_for("agency", agency_id="HK-CED"))
-        page = client.get("/console/log", follow_redirects=False)
-        assert page.status_code == 303
-        assert page.headers["location"] == "/console/login?notice=auth.forbidden"
+        for token in (token_for("agency", agency_id="HK-CED"), token_for("auditor")):
+            client.cookies.set("broker_console", token)
+            page = client.get("/console/log", follow_redirects=False)
+            assert page.status_code == 303
+            assert page.headers["location"] == "/console/login?notice=auth.unauthenticated"
 
     def test_signed_in_visitors_skip_the_form(self, client: Any, auditor: str) -> None:
         page = client.get("/console/login", follow_redirects=False)
@@ -167,10 +178,11 @@ class TestCrossSite:
     def test_unsafe_methods_from_another_site_are_refused(
         self, client: Any, auditor: str, headers: dict[str, str]
     ) -> None:
+        csrf = form_token(client)
         for path, data in [
-            ("/console/logout", {}),
+            ("/console/logout", {"csrf": csrf}),
             ("/console/login", {"token": auditor}),
-            ("/console/log/verify", {"full": "true"}),
+            ("/console/log/verify", {"full": "true", "csrf": csrf}),
         ]:
             response = client.post(path, data=data, headers=headers, follow_redirects=False)
             assert response.status_code == 403, path
@@ -179,7 +191,9 @@ class TestCrossSite:
         assert client.get("/console/").status_code == 200  # still signed in
 
     def test_same_origin_and_header_less_clients_pass(self, client: Any, auditor: str) -> None:
-        ok = client.post("/console/logout", follow_redirects=False)
+        ok = client.post(
+            "/console/logout", data={"csrf": form_token(client)}, follow_redirects=False
+        )
         assert ok.status_code == 303
 
 
@@ -343,28 +357,39 @@ class TestPages:
         assert 'href="/console/agreements/VN-KR-CUSTOMS"' in listing.text
         assert client.get("/console/agreements/VN-HK-CMAA-2013?days=3").status_code == 422
 
-    def test_the_log_verifies_in_process(self, client: Any, traffic: Traffic, auditor: str) -> None:
+    def test_the_log_verifies_quickly_then_in_full(
+        self, client: Any, traffic: Traffic, auditor: str
+    ) -> None:
         page = client.get("/console/log")
         text = text_of(page.text)
         assert "Latest checkpoint" in text
         assert "Tree size" in text
+        assert "No full verification has run yet." in text
         size = int(page.text.split('name="since" value="')[1].split('"')[0])
         assert size > 0
+        csrf = form_token(client)
         result = client.post(
             "/console/log/verify",
-            data={"full": "true", "index": "3", "since": str(size)},
+            data={"full": "true", "index": "3", "since": str(size), "csrf": csrf},
             headers={**same_origin(), "HX-Request": "true"},
         )
         assert result.status_code == 200
         text = text_of(result.text)
         assert "OK — the log verifies" in text
         assert "signature OK" in text
-        assert "leaves reproduce the root" in text
         assert "leaf 3 is included" in text
         assert f"consistent with the stored checkpoint size {size}" in text
-        whole = client.post("/console/log/verify", data={}, headers=same_origin())
+        # The full verification runs in the background; the answer swaps its card in.
+        assert '<div id="full-run" hx-swap-oob="true" hx-get="/console/log/full"' in result.text
+        assert "Queued — full verification of tree size" in text
+        finish_runs()
+        done = text_of(client.get("/console/log/full").text)
+        assert re.search(r"OK — the log verifies in full at tree size \d+", done), done
+        assert "leaves reproduce the root" in done
+        whole = client.post("/console/log/verify", data={"csrf": csrf}, headers=same_origin())
         assert "<html" in whole.text
         assert "OK — the log verifies" in whole.text
+        assert "OK — the log verifies in full" in whole.text
 
     @pytest.mark.parametrize("index", ["\u00b2", "\u0663", "-1", "1e3"])
     def test_a_leaf_index_that_is_not_ascii_digits_is_refused(
@@ -373,7 +398,7 @@ class TestPages:
         # str.isdigit() accepts a superscript two and Arabic-Indic digits; int() does not.
         result = client.post(
             "/console/log/verify",
-            data={"index": index},
+            data={"index": index, "csrf": form_token(client)},
             headers={**same_origin(), "HX-Request": "true"},
         )
         assert result.status_code == 422, result.text
@@ -389,12 +414,13 @@ class TestPages:
         db.call(
             lambda s: s.execute(update(LogLeaf).where(LogLeaf.index == 1).values(leaf_bytes=b"{}"))
         )
-        result = client.post(
+        client.post(
             "/console/log/verify",
-            data={"full": "true"},
+            data={"full": "true", "csrf": form_token(client)},
             headers={**same_origin(), "HX-Request": "true"},
         )
-        body = text_of(result.text)
+        finish_runs()
+        body = text_of(client.get("/console/log").text)
         assert "FAILED — leaves" in body
         assert "leaf 1: stored hash differs from its bytes" in body
 
@@ -404,8 +430,15 @@ class TestPages:
         sign_in(client, token_for("auditor", audit_agencies=["HK-CED"]))
         page = client.get("/console/log")
         assert "needs an auditor who oversees every agency" in page.text
-        result = client.post("/console/log/verify", data={}, headers=same_origin())
+        assert 'id="full-run"' not in page.text
+        csrf = form_token(client)
+        result = client.post("/console/log/verify", data={"csrf": csrf}, headers=same_origin())
         assert "OK — the log verifies" in result.text
+        full = client.post(
+            "/console/log/verify", data={"full": "true", "csrf": csrf}, headers=same_origin()
+        )
+        assert full.status_code == 403
+        assert "needs an auditor who oversees every agency" in full.text
 
 
 class TestErrors:
