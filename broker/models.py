@@ -2,7 +2,14 @@
 
 from broker.agencies.models import Agency, FocalPoint
 from broker.agreements.models import Agreement, AgreementVersion, Designation, Operation
-from broker.audit.models import AuditEvent, Checkpoint, LogLeaf, LogNode
+from broker.audit.models import (
+    AuditEvent,
+    BudgetCount,
+    BudgetWindow,
+    Checkpoint,
+    LogLeaf,
+    LogNode,
+)
 from broker.auth.models import Credential, Principal
 from broker.console.models import ConsoleSession, VerificationRun
 from broker.db import Base
@@ -17,6 +24,8 @@ __all__ = [
     "AgreementVersion",
     "AuditEvent",
     "Base",
+    "BudgetCount",
+    "BudgetWindow",
     "Checkpoint",
     "ConsoleSession",
     "Credential",

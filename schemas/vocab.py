@@ -84,6 +84,7 @@ LogKind = Literal[
     "admin.changed",
     "audit.queried",
     "audit.exported",
+    "audit.summarised",
     "agency.created",
     "focal_point.created",
     "designation.changed",

@@ -83,3 +83,40 @@ class Checkpoint(Base):
     root_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
     note: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class BudgetWindow(Base):
+    """How many budgeted events (refusals, auditors' queries) one actor recorded in a minute.
+
+    Taken by one upsert per event (`broker.audit.budget`); deleted with the window's counts
+    when its summary is recorded.
+    """
+
+    __tablename__ = "audit_budget_windows"
+
+    actor: Mapped[str] = mapped_column(String(120), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(primary_key=True)
+    used: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (Index("ix_audit_budget_windows_window_start", "window_start"),)
+
+
+class BudgetCount(Base):
+    """Budgeted events beyond the budget, counted instead of logged one by one.
+
+    `code` is the refusal reason or the query name; `subject` is the events' subject ("" for
+    none, as a key column cannot be null).
+    """
+
+    __tablename__ = "audit_budget_counts"
+
+    actor: Mapped[str] = mapped_column(String(120), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    code: Mapped[str] = mapped_column(String(64), primary_key=True)
+    subject: Mapped[str] = mapped_column(String(120), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer)
+    first_at: Mapped[datetime]
+    last_at: Mapped[datetime]
+
+    __table_args__ = (Index("ix_audit_budget_counts_window_start", "window_start"),)

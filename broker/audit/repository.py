@@ -13,6 +13,8 @@ from sqlalchemy import (
     Row,
     Table,
     Text,
+    case,
+    delete,
     exists,
     false,
     func,
@@ -27,17 +29,29 @@ from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from broker.audit.models import AuditEvent, Checkpoint, LogLeaf, LogNode
+from broker import db
+from broker.audit.models import (
+    AuditEvent,
+    BudgetCount,
+    BudgetWindow,
+    Checkpoint,
+    LogLeaf,
+    LogNode,
+)
 from broker.crypto.merkle import NodeKey
 
 # pg_advisory_xact_lock key of the single sequencer ("tlog" in ASCII).
 SEQUENCER_LOCK = 0x746C6F67
+# pg_try_advisory_xact_lock key of the budget summariser ("tsum").
+SUMMARISER_LOCK = 0x7473756D
 # Bound parameters per statement stay well under both backends' limit (32766 and 32767).
 _KEYS_PER_QUERY = 4000
 
 _leaves = cast(Table, LogLeaf.__table__)
 _nodes = cast(Table, LogNode.__table__)
 _events = cast(Table, AuditEvent.__table__)
+_windows = cast(Table, BudgetWindow.__table__)
+_counts = cast(Table, BudgetCount.__table__)
 
 
 def _dialect(session: AsyncSession) -> str:
@@ -63,6 +77,91 @@ async def list_events(
     if subject is not None:
         stmt = stmt.where(AuditEvent.subject == subject)
     return (await session.scalars(stmt.limit(limit))).all()
+
+
+# --- the leaf budget (broker.audit.budget) -------------------------------------------------
+
+
+async def use_budget(session: AsyncSession, actor: str, window_start: datetime, n: int) -> int:
+    """Add `n` to the actor's count of budgeted events in the window; returns the new count.
+
+    One upsert, which takes the row lock as an UPDATE does: a concurrent request of the same
+    actor waits until this transaction ends and then counts on from its total.
+    """
+    stmt = (
+        db.insert_for(_windows)
+        .values(actor=actor, window_start=window_start, used=n)
+        .on_conflict_do_update(
+            index_elements=[_windows.c.actor, _windows.c.window_start],
+            set_={"used": _windows.c.used + n},
+        )
+        .returning(_windows.c.used)
+    )
+    return int((await session.execute(stmt)).scalar_one())
+
+
+async def count_over_budget(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Add events beyond the budget to their (actor, window, kind, code, subject) counts."""
+    if not rows:
+        return
+    stmt = db.insert_for(_counts)
+    new = stmt.excluded
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[_counts.c[k] for k in ("actor", "window_start", "kind", "code", "subject")],
+        set_={
+            "count": _counts.c["count"] + new["count"],
+            # Commits may come out of time order: keep the earliest first and the latest last.
+            "first_at": case(
+                (new.first_at < _counts.c.first_at, new.first_at), else_=_counts.c.first_at
+            ),
+            "last_at": case(
+                (new.last_at > _counts.c.last_at, new.last_at), else_=_counts.c.last_at
+            ),
+        },
+    )
+    await session.execute(stmt, list(rows))
+
+
+async def lock_summariser(session: AsyncSession) -> bool:
+    """Whether this transaction may summarise (one summariser at a time; the others skip)."""
+    # PostgreSQL only: SQLite's BEGIN IMMEDIATE already admits one writer at a time.
+    if _dialect(session) != "postgresql":
+        return True
+    return bool(await session.scalar(select(func.pg_try_advisory_xact_lock(SUMMARISER_LOCK))))
+
+
+async def take_closed_budgets(
+    session: AsyncSession, cutoff: datetime
+) -> tuple[list[tuple[Any, ...]], dict[tuple[str, datetime], int]]:
+    """Delete and return the counts and window totals of the windows starting at `cutoff` or
+    earlier: the counts' rows, and each (actor, window_start)'s number of budgeted events.
+
+    DELETE ... RETURNING, so what is summarised is exactly what is deleted: on PostgreSQL a row
+    another transaction is still counting into is waited for and returned as that transaction
+    committed it, and a row it inserted, not yet visible, stays for the next run.
+    """
+    deleted = await session.execute(
+        delete(_counts)
+        .where(_counts.c.window_start <= cutoff)
+        .returning(
+            _counts.c.actor,
+            _counts.c.window_start,
+            _counts.c.kind,
+            _counts.c.code,
+            _counts.c.subject,
+            _counts.c["count"],
+            _counts.c.first_at,
+            _counts.c.last_at,
+        )
+    )
+    counts = [tuple(row) for row in deleted]
+    windows = await session.execute(
+        delete(_windows)
+        .where(_windows.c.window_start <= cutoff)
+        .returning(_windows.c.actor, _windows.c.window_start, _windows.c.used)
+    )
+    used = {(actor, start): int(n) for actor, start, n in windows}
+    return counts, used
 
 
 # --- the sequencer -------------------------------------------------------------------------

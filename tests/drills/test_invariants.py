@@ -167,6 +167,29 @@ def test_history_catches_a_lost_accept_and_an_unlogged_refusal(keys: Exchange) -
     assert found["audit.phantom"] >= 2  # its accepted and delivered events name nothing now
 
 
+def test_refusals_counted_in_a_summary_leaf_satisfy_the_history(keys: Exchange) -> None:
+    """Beyond the leaf budget a refusal is counted in `audit.summarised`, not logged alone."""
+    from broker.audit import service as audit
+
+    history = History()
+    history.refused["y" * 43] += 3
+    assert codes(check(history))["audit.rejected"] == 1  # nothing logged them
+
+    async def summary(s: AsyncSession) -> None:
+        row = {"kind": "msg.rejected", "code": "scope.no_agreement", "subject": None}
+        await audit.record(
+            s,
+            "audit.summarised",
+            actor="focal_point:fp",
+            details={"summarised": 2, "recorded": 0, "counts": [{**row, "count": 2}]},
+        )
+
+    db.call(summary)
+    assert codes(check(history))["audit.rejected"] == 1  # 2 counted, 3 refused
+    db.call(summary)
+    assert "audit.rejected" not in codes(check(history))
+
+
 def test_waiting_fails_when_the_record_does_not_settle(keys: Exchange) -> None:
     submit(keys, keys.routing())  # no relay runs: the delivery stays queued
     report = db.run(checker.wait_settled, db.session_scope, timeout_s=1.0, every_s=0.2)

@@ -60,16 +60,24 @@ def arm(client: Any) -> Exchange:
 
 @pytest.fixture(scope="module")
 def armed(app: Any, backend: str) -> Iterator[Exchange]:
-    """One world with keys and a client for the whole module (per backend)."""
+    """One world with keys and a client for the whole module (per backend).
+
+    The audit leaf budget is lifted: these tests check one `msg.rejected` leaf per refusal
+    (tests/audit/test_budget.py checks the budget).
+    """
     from fastapi.testclient import TestClient
+
+    from broker import config
 
     # Outside its tests' hold on the server lock (a module fixture): a drill elsewhere must not
     # restart PostgreSQL while the world is loaded or wiped.
-    with TestClient(app, raise_server_exceptions=False) as client:
-        with server_lock(exclusive=False):
-            wipe()
-            armed = arm(client)
-        yield armed
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(config.settings(), "audit_budget_per_minute", 1_000_000)
+        with TestClient(app, raise_server_exceptions=False) as client:
+            with server_lock(exclusive=False):
+                wipe()
+                armed = arm(client)
+            yield armed
     with server_lock(exclusive=False):
         wipe()
 

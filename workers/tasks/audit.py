@@ -9,5 +9,5 @@ from broker.queue import celery_app
 
 @celery_app.task(name=jobs.SEQUENCE, acks_late=True, ignore_result=True)
 def sequence_log() -> int:
-    """Append unsequenced audit events to the log and sign checkpoints."""
+    """Write due leaf-budget summaries, append unsequenced events to the log, sign checkpoints."""
     return audit_jobs.sequence_pending()
