@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from broker.deps import AdminCaller, SessionDep
+from broker.deps import AdminCaller, SessionDep, StrictJSONRoute
 from broker.errors import Forbidden, InvalidRequest, NotFound, error_responses
-from broker.push import service
+from broker.push import destinations, service
 from broker.push.schemas import PushEndpointIn, PushEndpointOut
 
-admin = APIRouter(prefix="/v1/admin", tags=["admin: push delivery"])
+admin = APIRouter(prefix="/v1/admin", tags=["admin: push delivery"], route_class=StrictJSONRoute)
 
 
 @admin.put(
     "/agencies/{agency_id}/push",
-    responses=error_responses(Forbidden, NotFound, service.BadPushUrl, InvalidRequest),
+    responses=error_responses(
+        Forbidden, NotFound, service.BadPushUrl, destinations.DestinationForbidden, InvalidRequest
+    ),
 )
 async def set_push_endpoint(
     agency_id: str, data: PushEndpointIn, caller: AdminCaller, session: SessionDep

@@ -21,13 +21,20 @@ partner deduplicates on `(sender, mid)`.
   re-arms it with `broker admin push redeliver MID --agency X`.
 - **Evidence.** Every attempt is a `push_attempts` row and a `msg.pushed` audit event with its
   status (delivered, retry, failed, dead, lost) and HTTP status; never the URL or the content.
+- **Where to.** Only to public addresses, checked at registration and again at every attempt,
+  which connects to the address it checked (`destinations`: internal addresses, DNS rebinding).
+  A destination refused at an attempt is `failed` with the reason `push.destination_forbidden`
+  and no connection is made; an attempt that got no answer records `push.no_response` whatever
+  the network said (the detail goes to the log), so the records are no port scanner.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
+import ssl
 import time
 import uuid
 from dataclasses import dataclass
@@ -50,7 +57,8 @@ from broker.ids import epoch_ms, new_id, rfc3339, utcnow, whole_number
 from broker.inbox import repository as outbox
 from broker.logging import get_logger
 from broker.messages.models import OUTBOX_PUSH
-from broker.push import repository
+from broker.push import destinations, repository
+from broker.push.destinations import DestinationForbidden
 from broker.push.models import PushEndpoint
 from broker.push.schemas import PushEndpointIn, Redelivery
 
@@ -62,6 +70,12 @@ BATCH = 20
 PARALLEL = 8  # POSTs (each followed by its own short transaction) in flight at once
 RUN_BUDGET_S = 30.0  # a run stops claiming after this; well under the task visibility timeout
 RETRYABLE_4XX = frozenset({408, 429})
+# Addresses of one name tried in turn when a connection is refused: two covers an IPv6 and an
+# IPv4 address and keeps an attempt within its lease (`_lease`).
+ADDRESSES_TRIED = 2
+# What an attempt records when it was not made or got no answer: codes, never the network's words.
+NO_RESPONSE = "push.no_response"
+UNRESOLVABLE = "push.unresolvable"
 
 
 class BadPushUrl(BrokerError, code="push.bad_url"): ...
@@ -106,6 +120,12 @@ async def set_endpoint(
     """Register, change, enable or disable an agency's push endpoint."""
     exists(await agencies.agency(session, agency_id), f"agency {agency_id!r}")
     check_url(data.url)
+    # Raises DestinationForbidden. A name that resolves to nothing is not forbidden: it reaches
+    # nothing now, and every attempt checks again (DNS not live yet, a resolver down a moment).
+    # A disabled endpoint is never pushed to: an administrator can always switch one off.
+    if data.enabled:
+        with contextlib.suppress(destinations.Unresolvable):
+            await destinations.pin(data.url)
     now = utcnow()
     found = await repository.endpoint(session, agency_id)
     if found is None:
@@ -159,6 +179,7 @@ class Outcome:
     http_status: int | None
     error: str | None
     retry_after_s: float | None = None
+    refused: bool = False  # by the broker, before any connection: not retried
 
 
 def backoff(attempt: int, retry_after_s: float | None = None) -> timedelta:
@@ -289,11 +310,26 @@ def _retry_after(value: str | None) -> float | None:
 
 
 async def post(client: httpx2.AsyncClient, c: Claim) -> Outcome:
-    """POST one push with the broker's signature; never raises."""
+    """POST one push with the broker's signature to an address checked just now; never raises."""
     try:
         check_url(c.url)
-    except Exception as exc:
-        return Outcome(None, str(getattr(exc, "detail", exc))[:200])
+        pinned = await destinations.pin(c.url)
+    except (BadPushUrl, DestinationForbidden) as exc:
+        _log.warning(
+            "push destination refused",
+            agency=c.recipient,
+            attempt_id=str(c.attempt_id),
+            code=exc.code,
+        )
+        return Outcome(None, exc.code, refused=True)
+    except destinations.Unresolvable as exc:
+        _log.warning(
+            "push destination unresolvable",
+            agency=c.recipient,
+            attempt_id=str(c.attempt_id),
+            error=str(exc),
+        )
+        return Outcome(None, UNRESOLVABLE)
     signature = env.sign_compact(
         {
             "mid": str(c.mid),
@@ -306,15 +342,39 @@ async def post(client: httpx2.AsyncClient, c: Claim) -> Outcome:
         TYP_PUSH,
     )
     headers = {
+        "Host": pinned.authority,
         "Content-Type": "application/json",
         SIGNATURE_HEADER: signature,
         "User-Agent": "exchange-broker-push/1",
     }
-    try:
-        response = await client.post(c.url, content=c.body, headers=headers)
-    except httpx2.HTTPError as exc:
-        return Outcome(None, f"{type(exc).__name__}: {exc}"[:200])
-    return Outcome(response.status_code, None, _retry_after(response.headers.get("retry-after")))
+    error: httpx2.HTTPError | None = None
+    for address in pinned.addresses[:ADDRESSES_TRIED]:
+        try:
+            response = await client.post(
+                pinned.url(address),
+                content=c.body,
+                headers=headers,
+                extensions=pinned.extensions,
+                follow_redirects=False,
+            )
+        except httpx2.ConnectError as exc:
+            error = exc  # nothing was sent: the next checked address, if any
+            continue
+        except httpx2.HTTPError as exc:
+            error = exc
+            break
+        return Outcome(
+            response.status_code, None, _retry_after(response.headers.get("retry-after"))
+        )
+    # Open, closed and filtered ports would each fail their own way: the record says only that
+    # there was no answer; the operator's log has the detail.
+    _log.warning(
+        "push got no response",
+        agency=c.recipient,
+        attempt_id=str(c.attempt_id),
+        error=f"{type(error).__name__}: {error}"[:200],
+    )
+    return Outcome(None, NO_RESPONSE)
 
 
 async def record(session: AsyncSession, c: Claim, outcome: Outcome) -> str:
@@ -322,7 +382,10 @@ async def record(session: AsyncSession, c: Claim, outcome: Outcome) -> str:
     cfg = settings()
     now = utcnow()
     code = outcome.http_status
-    if code is not None and 200 <= code < 300:
+    if outcome.refused:
+        status = "failed"
+        await outbox.dead_letter(session, [c.outbox_id], now, outcome.error or "refused")
+    elif code is not None and 200 <= code < 300:
         status = "delivered"
         await outbox.mark_outbox_done(session, [c.outbox_id], now)
     elif code is not None and 400 <= code < 500 and code not in RETRYABLE_4XX:
@@ -350,12 +413,43 @@ async def record(session: AsyncSession, c: Claim, outcome: Outcome) -> str:
     return status
 
 
-async def deliver_due(
-    session_factory: db.SessionFactory,
-    *,
-    client: httpx2.AsyncClient | None = None,
-    budget_s: float = RUN_BUDGET_S,
-) -> int:
+class Clients:
+    """One HTTP client per destination name, all sharing one TLS context.
+
+    A push connects to the IP address it checked, and httpx pools connections by that address:
+    with one client for every partner, a request for one name could go over a connection whose
+    certificate was checked for another name on the same address (a shared host, a CDN).
+    """
+
+    def __init__(self, verify: ssl.SSLContext | None = None) -> None:
+        self._verify = verify
+        self._by_host: dict[str, httpx2.AsyncClient] = {}
+
+    def get(self, url: str) -> httpx2.AsyncClient:
+        """The client for the URL's host name (made on first use)."""
+        try:
+            host = urlsplit(url).hostname or ""
+        except ValueError:
+            host = ""  # post() refuses the URL before it uses the client
+        found = self._by_host.get(host)
+        if found is None:
+            if self._verify is None:  # built once per run: a TLS context costs tens of ms
+                self._verify = httpx2.create_ssl_context(trust_env=False)
+            found = httpx2.AsyncClient(
+                verify=self._verify,
+                timeout=settings().push_timeout_s,
+                follow_redirects=False,
+                trust_env=False,
+            )
+            self._by_host[host] = found
+        return found
+
+    async def aclose(self) -> None:
+        for client in self._by_host.values():
+            await client.aclose()
+
+
+async def deliver_due(session_factory: db.SessionFactory, *, budget_s: float = RUN_BUDGET_S) -> int:
     """Claim and POST due pushes until none is due or the time budget is spent.
 
     Each claim and each outcome is a short transaction of its own: no connection is held
@@ -365,17 +459,14 @@ async def deliver_due(
     async with session_factory() as session:
         claims = await claim(session)
     if not claims:
-        return 0  # the usual sweep: no HTTP client (its TLS context costs tens of ms) built
-    own = client is None
-    http = client or httpx2.AsyncClient(
-        timeout=settings().push_timeout_s, follow_redirects=False, trust_env=False
-    )
+        return 0  # the usual sweep: no HTTP client built
+    clients = Clients()
     slots = asyncio.Semaphore(PARALLEL)
     done = 0
 
     async def one(c: Claim) -> None:
         async with slots:
-            outcome = await post(http, c)
+            outcome = await post(clients.get(c.url), c)
             crash_point("push.after_post")
             async with session_factory() as session:
                 await record(session, c, outcome)
@@ -393,8 +484,7 @@ async def deliver_due(
             async with session_factory() as session:
                 claims = await claim(session)
     finally:
-        if own:
-            await http.aclose()
+        await clients.aclose()
     return done
 
 
