@@ -112,7 +112,21 @@ async def event_filter(  # async: pure, so no worker thread
     kind: Annotated[list[str] | None, Query(max_length=20)] = None,
     reason: Name = None,
 ) -> EventFilter:
-    """Event filters shared by the query, summary and export routes."""
+    """Event filters shared by the query, summary and export routes.
+
+    Text no stored value can hold (a NUL, other control characters) is refused here: the
+    export streams its pages after its 200, where PostgreSQL's refusal of a NUL would cut
+    the body short instead of answering 422.
+    """
+    for name, value in (
+        ("agency", agency),
+        ("agreement", agreement),
+        ("operation", operation),
+        ("reason", reason),
+        *(("kind", k) for k in kind or ()),
+    ):
+        if value is not None and any(ord(c) < 0x20 or c == "\x7f" for c in value):
+            raise auditor.BadFilter(f"{name} holds a control character")
     return EventFilter(
         since=since,
         until=until,

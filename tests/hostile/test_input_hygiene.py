@@ -148,3 +148,12 @@ def test_every_api_route_parses_bodies_strictly(app: Any) -> None:
         and route.path != "/docs"  # the Swagger UI page: a GET without a body
     ]
     assert not lenient, lenient
+
+
+@pytest.mark.parametrize("after", ["\u00b2", "\u0663", "\uff11", "1\u00b2"])
+def test_digits_of_other_scripts_are_refused_not_a_500(
+    client: Any, tokens: dict[str, dict[str, str]], after: str
+) -> None:
+    """Issue 15.3: `GET /v1/inbox?after=%C2%B2` was a 500 (str.isdigit accepts it, int does not)."""
+    answer = client.get(f"/v1/inbox?after={quote(after)}", headers=tokens["agency"])
+    assert (answer.status_code, answer.json()["code"]) == (400, "inbox.bad_cursor"), answer.text
