@@ -148,6 +148,21 @@ class Settings(BaseSettings):
     console_verify_interval_s: int = Field(
         default=300, ge=0, description="least time from a full verification to the next"
     )
+    # Inbox page byte budget (issue 15, 8b): a page stops adding envelopes at this many bytes
+    # (its first item always comes); broker/inbox/repository.py `page`.
+    inbox_page_max_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=1, description="envelope bytes per inbox page at most"
+    )
+
+    @model_validator(mode="after")
+    def _page_budget_holds_an_envelope(self) -> Self:
+        if self.inbox_page_max_bytes < self.max_envelope_bytes:
+            raise ValueError(
+                "BROKER_INBOX_PAGE_MAX_BYTES must be at least BROKER_MAX_ENVELOPE_BYTES "
+                f"({self.max_envelope_bytes}): every accepted envelope must fit in a page"
+            )
+        return self
+
     # Who may read /metrics and the API's description (issue 15.7): broker/health/service.py.
     metrics_token: str | None = Field(
         default=None, min_length=32, description="the metrics scraper's bearer token"

@@ -11,8 +11,22 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, bindparam, func, insert, literal, or_, select, update
+from sqlalchemy import (
+    BigInteger,
+    Integer,
+    Select,
+    Table,
+    bindparam,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
 
 from broker import db
 from broker.audit.models import AuditEvent
@@ -186,36 +200,104 @@ async def make_available(session: AsyncSession, rows: list[dict[str, Any]]) -> N
 # --- polling --------------------------------------------------------------------------------
 
 
+# An inbox item after its delivery's id and inbox_seq: the message and its log index.
+_ITEM = (
+    Message.mid,
+    Message.sender,
+    Message.kind,
+    Message.envelope,
+    Message.receipt,
+    Message.envelope_sha256,
+    Message.received_at,
+    AuditEvent.leaf_index,
+)
+
+
 def items(*columns: Any) -> Select[*tuple[Any, ...]]:
     """Inbox items as the inbox and push serve them (delivery, message, log index) + `columns`."""
     return (
-        select(
-            Delivery.id,
-            Delivery.inbox_seq,
-            Message.mid,
-            Message.sender,
-            Message.kind,
-            Message.envelope,
-            Message.receipt,
-            Message.envelope_sha256,
-            Message.received_at,
-            AuditEvent.leaf_index,
-            *columns,
-        )
+        select(Delivery.id, Delivery.inbox_seq, *_ITEM, *columns)
         .join(Message, Message.id == Delivery.message_id)
         .join(AuditEvent, AuditEvent.id == Message.event_id)
     )
 
 
-async def page(session: AsyncSession, agency: str, after: int, limit: int) -> Sequence[Any]:
-    """The inbox items after `after`, in inbox order, with what a first fetch needs."""
-    result = await session.execute(
-        items(Delivery.state, Delivery.available_at)
+class _octet_length(FunctionElement[int]):
+    """A text value's size in bytes. PostgreSQL's `octet_length` reads it from the value's
+    header, even for an envelope stored out of line, where `length` (characters) would fetch
+    and decode it; SQLite (before 3.43) has only `length`. Envelopes are ASCII (compact JWS),
+    so both count bytes."""
+
+    type = Integer()
+    inherit_cache = True
+
+
+@compiles(_octet_length)
+def _length(element: _octet_length, compiler: Any, **kw: Any) -> str:
+    return f"length({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(_octet_length, "postgresql")
+def _octet_length_pg(element: _octet_length, compiler: Any, **kw: Any) -> str:
+    return f"octet_length({compiler.process(element.clauses, **kw)})"
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """A page's rows, and whether another item is waiting after the last of them."""
+
+    rows: Sequence[Any]
+    more: bool
+
+
+async def page(session: AsyncSession, agency: str, after: int, limit: int, max_bytes: int) -> Page:
+    """The inbox items after `after`, in inbox order, with what a first fetch needs.
+
+    One statement. The inner queries take the next `limit + 1` deliveries, number them and add
+    up their envelopes' sizes without reading an envelope; the outer one reads the message
+    (envelope included) only of those that fit in `max_bytes`, the first always. The page is a
+    prefix of inbox order, so `next_cursor` (its last seq) skips nothing, and more is waiting
+    when the inner query `found` more deliveries than the page holds.
+    """
+    ahead = (
+        select(
+            Delivery.id,
+            Delivery.inbox_seq,
+            Delivery.message_id,
+            Delivery.state,
+            Delivery.available_at,
+            _octet_length(Message.envelope).label("size"),
+        )
+        .join(Message, Message.id == Delivery.message_id)
         .where(Delivery.recipient == agency, Delivery.inbox_seq > after)
         .order_by(Delivery.inbox_seq)
-        .limit(limit)
+        .limit(limit + 1)
+        .subquery("ahead")
     )
-    return result.all()
+    ranked = select(
+        ahead,
+        func.row_number().over(order_by=ahead.c.inbox_seq).label("n"),
+        func.sum(ahead.c.size).over(order_by=ahead.c.inbox_seq, rows=(None, 0)).label("running"),
+        func.count().over().label("found"),
+    ).subquery("ranked")
+    fits = or_(ranked.c.n == 1, ranked.c.running <= literal(max_bytes, BigInteger()))
+    result = await session.execute(
+        select(
+            ranked.c.id,
+            ranked.c.inbox_seq,
+            *_ITEM,
+            ranked.c.state,
+            ranked.c.available_at,
+            ranked.c.found,
+        )
+        .select_from(ranked)
+        .join(Message, Message.id == ranked.c.message_id)
+        .join(AuditEvent, AuditEvent.id == Message.event_id)
+        .where(ranked.c.n <= limit, fits)
+        .order_by(ranked.c.inbox_seq)
+    )
+    rows = result.all()
+    return Page(rows, bool(rows) and rows[0].found > len(rows))
 
 
 async def mark_fetched(

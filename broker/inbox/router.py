@@ -31,6 +31,10 @@ async def poll(
 ) -> Response:
     """Items after the cursor in inbox order; with `wait`, hold the request until one arrives.
 
+    A page holds at most `limit` items and stops before the envelope that would take it past
+    the broker's page byte budget (the first item always comes); `more` is true when another
+    item is waiting after it: ask again at once with `after=next_cursor`.
+
     Authentication and the first read share the request's transaction. A poll that found
     nothing and may wait answers with `_Waiting`, which waits after that transaction has
     committed, holding neither a thread nor a connection, in one of the agency's long-poll

@@ -22,7 +22,16 @@ class InboxItem(BaseModel):
 
 class InboxPage(BaseModel):
     items: list[InboxItem]
-    next_cursor: str = Field(description="pass as `after` to continue; never skips a delivery")
+    next_cursor: str = Field(
+        description="pass as `after` to continue; never skips a delivery", examples=["42"]
+    )
+    more: bool = Field(
+        description=(
+            "another item is waiting after this page (it was cut by `limit` or by the page's "
+            "byte budget): ask again at once, without `wait`"
+        ),
+        examples=[True],
+    )
 
 
 class AckIn(BaseModel):

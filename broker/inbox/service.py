@@ -49,6 +49,7 @@ import schemas
 from broker import db, jobs, metrics
 from broker.audit import service as audit
 from broker.auth.service import Caller
+from broker.config import settings
 from broker.crypto import envelope as env
 from broker.crypto.keys import sha256_b64u
 from broker.errors import BrokerError, FieldProblem, NotFound
@@ -253,12 +254,21 @@ async def poll(session: AsyncSession, caller: Caller, after: str | None, limit: 
     """One page of the caller's inbox after the cursor; records first fetches.
 
     Three statements at most: the page, the first fetches marked in one UPDATE, and their
-    `msg.fetched` events in one INSERT.
+    `msg.fetched` events in one INSERT. The page stops at `limit` items or at the envelope
+    byte budget (`inbox_page_max_bytes`), whichever comes first; envelopes past it are not
+    read, and only the items returned are marked fetched.
     """
     agency = caller.agency_id
     assert agency is not None
     start = _cursor(after)
-    rows = await repository.page(session, agency, start, min(max(limit, 1), MAX_PAGE))
+    found = await repository.page(
+        session,
+        agency,
+        start,
+        min(max(limit, 1), MAX_PAGE),
+        settings().inbox_page_max_bytes,
+    )
+    rows = found.rows
     now = utcnow()
     fetched = set(
         await repository.mark_fetched(session, [r.id for r in rows if r.state == "available"], now)
@@ -280,7 +290,7 @@ async def poll(session: AsyncSession, caller: Caller, after: str | None, limit: 
         for row in firsts:
             for histogram, value in _fetch_latencies(row, now):
                 metrics.observe_after_commit(session, histogram, value)
-    return _page(rows, start)
+    return _page(rows, start, more=found.more)
 
 
 def _fetched_details(row: Any, agency: str) -> dict[str, Any]:
@@ -295,7 +305,7 @@ def _fetch_latencies(row: Any, now: datetime) -> list[tuple[Histogram, float]]:
     ]
 
 
-def _page(rows: Sequence[Any], start: int) -> InboxPage:
+def _page(rows: Sequence[Any], start: int, *, more: bool) -> InboxPage:
     items = [
         InboxItem(
             seq=r.inbox_seq,
@@ -310,7 +320,7 @@ def _page(rows: Sequence[Any], start: int) -> InboxPage:
         )
         for r in rows
     ]
-    return InboxPage(items=items, next_cursor=str(items[-1].seq if items else start))
+    return InboxPage(items=items, next_cursor=str(items[-1].seq if items else start), more=more)
 
 
 @dataclass(frozen=True, slots=True)

@@ -213,7 +213,12 @@ class InboxPuller:
     def pull(
         self, *, wait: float = 0, limit: int = 100, on_item: Callable[[Pulled], None] | None = None
     ) -> list[Pulled]:
-        """Drain the inbox from the saved cursor; `wait` long-polls once when it is empty."""
+        """Drain the inbox from the saved cursor; `wait` long-polls once when it is empty.
+
+        A page with `more` true was cut (by `limit` or the broker's byte budget): the next is
+        asked for at once; `more` false ends the drain. From a broker that sends no `more`,
+        pages are asked for until one comes back empty.
+        """
         results: list[Pulled] = []
         enc_keys = self.keystore.encryption_keys(self.agency)
         signer = self.keystore.signing_key(self.ack_owner or self.agency)
@@ -227,7 +232,7 @@ class InboxPuller:
                 results.append(result)
                 if on_item:
                     on_item(result)
-            if not page["items"]:
+            if not page["items"] or page.get("more") is False:
                 return results
 
     def _settle(
