@@ -32,19 +32,23 @@ class TokenRow:
 # Every request of every route runs this: columns only (no ORM rows), and the registry stamp
 # (`registry.snapshot`) in the same round trip. The token side is outer-joined to a one-row
 # relation so that the stamp comes back for an unknown token too.
+# A TokenRow's columns, in its order (the console's sessions read them too).
+TOKEN_COLUMNS = (
+    Credential.revoked_at,
+    Credential.expires_at,
+    Principal.id,
+    Principal.name,
+    Principal.role,
+    Principal.agency_id,
+    Principal.focal_point_id,
+    Principal.audit_agencies,
+    Principal.status,
+)
 _ONE = select(literal_column("1").label("one")).subquery("one")
 _TOKEN_AND_STAMP = (
     select(
         select(RegistryState.stamp).where(RegistryState.id == 1).scalar_subquery().label("stamp"),
-        Credential.revoked_at,
-        Credential.expires_at,
-        Principal.id,
-        Principal.name,
-        Principal.role,
-        Principal.agency_id,
-        Principal.focal_point_id,
-        Principal.audit_agencies,
-        Principal.status,
+        *TOKEN_COLUMNS,
     )
     .select_from(_ONE)
     .outerjoin(

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker import db
 from broker.auth.models import Credential, Principal
-from broker.auth.repository import TokenRow
+from broker.auth.repository import TOKEN_COLUMNS, TokenRow
 from broker.console.models import ConsoleSession, VerificationRun
 
 # --- sessions ------------------------------------------------------------------------------
@@ -39,15 +39,7 @@ _SESSION = (
         ConsoleSession.created_at,
         ConsoleSession.last_seen_at,
         ConsoleSession.revoked_at,
-        Credential.revoked_at,
-        Credential.expires_at,
-        Principal.id,
-        Principal.name,
-        Principal.role,
-        Principal.agency_id,
-        Principal.focal_point_id,
-        Principal.audit_agencies,
-        Principal.status,
+        *TOKEN_COLUMNS,
     )
     .join(Credential, Credential.id == ConsoleSession.credential_id)
     .join(Principal, Principal.id == ConsoleSession.principal_id)
