@@ -72,6 +72,8 @@ def shell(live_url: str, world: dict[str, Any], tmp_path: Path) -> Shell:
         BROKER_KEYSTORE=str(tmp_path / "keys"),
         BROKER_KEY_PASSPHRASE=generate_passphrase(),
         BROKER_DATABASE_URL=settings().sqlalchemy_url,
+        # The guides' admin commands issue tokens the live broker must know: same pepper.
+        BROKER_TOKEN_PEPPER=settings().token_pepper,
         BROKER_DATA_DIR=str(tmp_path / "data"),
         BROKER_LOG_LEVEL="WARNING",
     )
