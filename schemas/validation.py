@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -19,15 +20,29 @@ from importlib.resources import files
 from importlib.resources.abc import Traversable
 from typing import Any, Final
 
-from jsonschema import Draft202012Validator, FormatChecker, TypeChecker, validators
-from jsonschema.exceptions import ValidationError
-from jsonschema.protocols import Validator
 from referencing import Registry, Resource
 from referencing.exceptions import NoSuchResource
 from referencing.jsonschema import DRAFT202012
 
-from schemas.fast import Check, Compiler, Unsupported
-from schemas.formats import CUSTOM_FORMATS
+# jsonschema imports every format backend it finds, and rfc3987-syntax (iri, iri-reference:
+# formats the contract does not use) builds dozens of Lark grammars on import, most of a
+# command's start-up (jsonschema#1428). Where it is installed anyway (another package's extra),
+# a None in sys.modules makes that one import fail, which jsonschema skips; the real module stays
+# importable afterwards.
+_HIDDEN = "rfc3987_syntax"
+_hide = _HIDDEN not in sys.modules
+if _hide:
+    sys.modules[_HIDDEN] = None  # type: ignore[assignment]
+try:
+    from jsonschema import Draft202012Validator, FormatChecker, TypeChecker, validators
+    from jsonschema.exceptions import ValidationError
+    from jsonschema.protocols import Validator
+finally:
+    if _hide:
+        del sys.modules[_HIDDEN]
+
+from schemas.fast import Check, Compiler, Unsupported  # noqa: E402
+from schemas.formats import CUSTOM_FORMATS  # noqa: E402
 
 BASE_URI: Final = "https://schemas.exchange-broker.example/"
 CURRENT_VERSION: Final = "v1"
@@ -135,9 +150,21 @@ def _strings_only(check: Callable[[str], bool]) -> Callable[[object], bool]:
     return checker
 
 
+# The standard formats the schemas use, chosen by name. jsonschema checks each through a package
+# of the base dependencies (date-time: rfc3339-validator, duration: isoduration, uri:
+# rfc3986-validator) and silently passes a format it has no checker for, hence the check here.
+STANDARD_FORMATS: Final = ("date", "date-time", "duration", "uri", "uuid")
+
+
 def _format_checker() -> FormatChecker:
+    known = Draft202012Validator.FORMAT_CHECKER.checkers
+    if missing := [f for f in STANDARD_FORMATS if f not in known]:
+        raise ImportError(
+            f"jsonschema has no checker for the format(s) {', '.join(missing)}: "
+            "install the package's dependencies (rfc3339-validator, isoduration, rfc3986-validator)"
+        )
     checker = FormatChecker(formats=())
-    checker.checkers.update(Draft202012Validator.FORMAT_CHECKER.checkers)
+    checker.checkers.update({f: known[f] for f in STANDARD_FORMATS})
     for fmt, check in CUSTOM_FORMATS.items():
         checker.checks(fmt)(_strings_only(check))
     return checker

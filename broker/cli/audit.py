@@ -1,7 +1,8 @@
 """`broker audit ...`: verify the broker's transparency log and audit exports independently.
 
 Over HTTP with the pinned log key only: no database, no server settings. Mistakes (a bad URL,
-an unwritable state file) and failed checks each end in one `error: ...` line.
+an unwritable state file) and failed checks each end in one `error: ...` line. The verifier is
+imported by the commands only, so that other commands start without it.
 """
 
 from __future__ import annotations
@@ -9,10 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-import httpx2
 import typer
 
-from broker.audit import verify as verifier
 from broker.cli.common import fail
 
 app = typer.Typer(
@@ -52,6 +51,10 @@ def verify(
     ] = None,
 ) -> None:
     """Check the latest checkpoint's signature and its consistency with the stored one."""
+    import httpx2
+
+    from broker.audit import verify as verifier
+
     try:
         report = verifier.verify_log(url, token, log_key, state=state, full=full, index=index)
     except verifier.VerifyError as exc:
@@ -76,6 +79,8 @@ def verify_export(
     ] = False,
 ) -> None:
     """Verify an export offline: signature, inclusion proofs, and each event against its leaf."""
+    from broker.audit import verify as verifier
+
     try:
         report = verifier.verify_export(file.read_bytes(), log_key, require_all=require_all)
     except OSError as exc:
