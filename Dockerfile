@@ -4,8 +4,6 @@ RUN useradd --create-home --uid 10001 broker
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY broker ./broker
-COPY schemas ./schemas
-COPY workers ./workers
 RUN pip install --no-cache-dir '.[server]'
 USER broker
 # Compose secrets are files; pydantic-settings reads them from here.

@@ -568,7 +568,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             worker = Proc(
                 name,
                 [
-                    celery, "-A", "workers.celery_app", "worker", "--pool=prefork",
+                    celery, "-A", "broker.workers.celery_app", "worker", "--pool=prefork",
                     f"--concurrency={processes}", *queues, "--loglevel=INFO",
                     "--without-gossip", "--without-mingle", "--without-heartbeat",
                     "-n", f"bench-{name}-{uuid.uuid4().hex[:6]}@%h",
@@ -579,7 +579,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             worker.wait_for(lambda w=worker: " ready." in w.text())
         beat = Proc(
             "beat",
-            [celery, "-A", "workers.celery_app", "beat", "--loglevel=INFO",
+            [celery, "-A", "broker.workers.celery_app", "beat", "--loglevel=INFO",
              "--schedule", str(data_dir / "beat-schedule")],
             env,
         )  # fmt: skip

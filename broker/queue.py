@@ -6,7 +6,7 @@ timeout, celery#7918) is harmless, and a lost one (Redis flushed, kill -9 before
 made good by the beat sweeps, which re-run whatever the outbox still holds.
 
 Wake-ups are coalesced by a flag in Redis (`broker.jobs`): at most one task per job waits in
-the queue. The worker's entry point (`workers.celery_app`) holds the tasks and the signals;
+the queue. The worker's entry point (`broker.workers.celery_app`) holds the tasks and the signals;
 the broker sends tasks by name and never imports it.
 """
 
@@ -38,10 +38,10 @@ def make_celery() -> Celery:
         "broker",
         broker=cfg.redis_url,
         include=[
-            "workers.signals",
-            "workers.tasks.delivery",
-            "workers.tasks.audit",
-            "workers.tasks.console",
+            "broker.workers.signals",
+            "broker.workers.tasks.delivery",
+            "broker.workers.tasks.audit",
+            "broker.workers.tasks.console",
         ],
     )
     app.conf.update(

@@ -28,8 +28,8 @@ from typing import Any
 
 import atheris
 
-with atheris.instrument_imports(include=["schemas", "broker.crypto.strictjson"]):
-    import schemas
+with atheris.instrument_imports(include=["broker.schemas", "broker.crypto.strictjson"]):
+    from broker import schemas
     from broker.crypto import strictjson
     from broker.crypto.errors import CryptoError
 

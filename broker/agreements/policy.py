@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
-from schemas.vocab import TLP_ORDER
+from broker.schemas.vocab import TLP_ORDER
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-import schemas
+from broker import schemas
 from broker.agencies import repository as agency_repo
 from broker.agreements import repository
 from broker.agreements.models import Agreement, AgreementVersion, Designation, Operation
@@ -22,7 +22,7 @@ from broker.crypto.jcs import canonical
 from broker.errors import BrokerError, DuplicateId, FieldProblem, exists
 from broker.ids import new_id, utcnow
 from broker.registry import snapshot as registry
-from schemas import vocab
+from broker.schemas import vocab
 
 
 class InvalidDocument(BrokerError, code="registry.invalid_document"): ...

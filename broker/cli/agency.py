@@ -76,7 +76,7 @@ def _explain(exc: Exception, url: str) -> None:
     # Imported here, when something went wrong: the commands that need none of them start faster.
     import httpx2
 
-    import schemas
+    from broker import schemas
     from broker.crypto.errors import CryptoError
     from broker.sdk.agent import NoUsableKey, ScopeRefused
     from broker.sdk.client import BrokerAPIError

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Concatenate, NoReturn, ParamSpec, TypeVar
 
 import typer
+from typer.core import TyperGroup
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
     from sqlalchemy.ext.asyncio import AsyncSession
+    from typer._click import Context
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -48,6 +50,51 @@ def configure(data_dir: Path | None = None, **overrides: Any) -> None:
         base.update(values)
         config.configure(**base)
         db.reset_engine()
+
+
+# Import names of the `server` extra (pyproject.toml): the agency side installs without them.
+SERVER_PACKAGES = frozenset(
+    {
+        "fastapi",
+        "starlette",
+        "uvicorn",
+        "pydantic_settings",
+        "sqlalchemy",
+        "greenlet",
+        "alembic",
+        "asyncpg",
+        "aiosqlite",
+        "celery",
+        "kombu",
+        "redis",
+        "packaging",
+        "structlog",
+        "prometheus_client",
+        "jinja2",
+        "multipart",
+        "python_multipart",
+        "limits",
+    }
+)
+SERVER_INSTALL = "pip install 'exchange-broker[server]'"
+
+
+class Group(TyperGroup):
+    """The command group: a server command run where only the agency side is installed ends in
+    one line saying what to install, not in an import traceback."""
+
+    def invoke(self, ctx: Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").split(".")[0] not in SERVER_PACKAGES:
+                raise
+            command = " ".join(["broker", *filter(None, [ctx.invoked_subcommand])])
+            fail(
+                f"`{command}` runs or administers the broker service, which needs the server's "
+                f"packages ({exc.name} is not installed): {SERVER_INSTALL}",
+                2,
+            )
 
 
 def print_json(value: Any) -> None:

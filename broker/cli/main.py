@@ -5,8 +5,10 @@ from __future__ import annotations
 import typer
 
 from broker.cli import admin, agency, audit, invariants, server
+from broker.cli.common import Group
 
 app = typer.Typer(
+    cls=Group,
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,  # locals may hold keys and passphrases
     help="Secure inter-agency exchange broker.",

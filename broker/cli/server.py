@@ -70,7 +70,7 @@ def worker(
     ] = None,
 ) -> None:
     """Run a Celery worker (production profile)."""
-    from workers.celery_app import WORKER_ARGS, celery_app
+    from broker.workers.celery_app import WORKER_ARGS, celery_app
 
     only = [f"--queues={queues}"] if queues else []
     celery_app.worker_main(
@@ -83,7 +83,7 @@ def beat(
     loglevel: Annotated[str, typer.Option(help="Celery log level")] = "INFO",
 ) -> None:
     """Run Celery beat: exactly one per deployment."""
-    from workers.celery_app import celery_app
+    from broker.workers.celery_app import celery_app
 
     celery_app.start(["beat", f"--schedule={schedule}", f"--loglevel={loglevel}"])
 

@@ -2,7 +2,7 @@
 
 A click on "verify now" with "full" adds a queued run (`service.request_full`) and wakes
 `VERIFY` after the commit (`broker.jobs`): in production the Celery task
-`workers.tasks.console.verify_log`, in the embedded profile this module's ticker job. The
+`broker.workers.tasks.console.verify_log`, in the embedded profile this module's ticker job. The
 ticker runs its jobs one after the other on one thread, so its job only starts the run on a
 thread of its own: a long verification never holds up the log sequencer or the outbox relay.
 """

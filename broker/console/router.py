@@ -12,7 +12,7 @@ token is checked on every request, as the API checks it); each request slides th
 Signing in again gives a new id and ends the browser's previous session; signing out ends the
 row, so the old cookie opens nothing even if it was copied. Sign-in and sign-out are recorded
 like the console's other queries (`audit.queried`, `console.sign_in` / `console.sign_out`): the
-log's event kinds are the published v1 vocabulary (schemas/v1/log-leaf.json).
+log's event kinds are the published v1 vocabulary (broker/schemas/v1/log-leaf.json).
 
 Cross-site requests: unsafe methods from another site are refused by the browser's own
 headers (Origin, Sec-Fetch-Site), and every form of a signed-in page also carries the

@@ -45,8 +45,7 @@ from prometheus_client import Histogram
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-import schemas
-from broker import db, jobs, metrics
+from broker import db, jobs, metrics, schemas
 from broker.audit import service as audit
 from broker.auth.service import Caller
 from broker.config import settings

@@ -17,8 +17,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-import schemas
-from broker import jobs, keyring
+from broker import jobs, keyring, schemas
 from broker.agreements import policy as scope
 from broker.audit import service as audit
 from broker.auth.service import Caller

@@ -16,7 +16,7 @@ from typing import Any
 
 from uuid_utils.compat import uuid7
 
-import schemas
+from broker import schemas
 from broker.crypto import envelope as env
 from broker.crypto import keys
 from broker.crypto.errors import CryptoError

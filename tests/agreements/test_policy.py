@@ -20,11 +20,11 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-import schemas
+from broker import schemas
 from broker.agreements.policy import CODES, Accept, Decision, Designation, Policy, Reject, decide
 from broker.agreements.service import policy_hash
+from broker.schemas.vocab import OFFENCES, PRIORITIES, SUBJECT_TYPES, TLP_ORDER
 from broker.world import demo_world
-from schemas.vocab import OFFENCES, PRIORITIES, SUBJECT_TYPES, TLP_ORDER
 
 WORLD = demo_world()
 AGREEMENTS = {a["id"]: a for a in WORLD["agreements"]}

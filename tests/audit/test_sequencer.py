@@ -115,12 +115,12 @@ class TestSequencing:
         from broker import jobs, ticker
         from broker.audit import jobs as audit_jobs
         from broker.queue import celery_app
-        from workers.tasks import audit as audit_tasks
+        from broker.workers.tasks import audit as audit_tasks
 
         assert celery_app.tasks[jobs.SEQUENCE].name == audit_tasks.sequence_log.name
         beat = {e["task"]: e["schedule"] for e in celery_app.conf.beat_schedule.values()}
         assert beat[jobs.SEQUENCE] <= 1.0
-        assert "workers.tasks.audit" in celery_app.conf.include
+        assert "broker.workers.tasks.audit" in celery_app.conf.include
         record(3)
         assert audit_tasks.sequence_log() == 3
         audit_jobs.install()

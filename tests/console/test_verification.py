@@ -267,10 +267,10 @@ class TestNoLostRun:
 def test_the_task_and_the_ticker_run_the_same_job(clean_db: str) -> None:
     from broker import ticker
     from broker.queue import celery_app
-    from workers.tasks import console as console_tasks
+    from broker.workers.tasks import console as console_tasks
 
     celery_app.loader.import_default_modules()
-    assert "workers.tasks.console" in celery_app.conf.include
+    assert "broker.workers.tasks.console" in celery_app.conf.include
     assert celery_app.tasks[jobs.VERIFY].name == console_tasks.verify_log.name
     assert celery_app.tasks[jobs.VERIFY].acks_late is True
     assert console_tasks.verify_log() == 0  # nothing queued: nothing to do

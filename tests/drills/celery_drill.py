@@ -1,7 +1,7 @@
 """The production Celery app, with a visibility timeout a drill can wait out.
 
 `celery -A tests.drills.celery_drill worker`: the same tasks and settings as
-`workers.celery_app`, except that `DRILL_VISIBILITY_S` (default: the production value) sets the
+`broker.workers.celery_app`, except that `DRILL_VISIBILITY_S` (default: the production value) sets the
 Redis visibility timeout and unacknowledged messages are looked for every second, so a worker
 paused past the timeout sees its task handed to another worker within seconds (celery#7918).
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from workers.celery_app import VISIBILITY_TIMEOUT_S, celery_app
+from broker.workers.celery_app import VISIBILITY_TIMEOUT_S, celery_app
 
 celery_app.conf.broker_transport_options = {
     **celery_app.conf.broker_transport_options,

@@ -30,10 +30,10 @@ import httpx2 as httpx
 
 from broker.crypto.keys import sha256_b64u
 from broker.invariants.service import History
+from broker.workers.celery_app import WORKER_ARGS
 from tests.conftest import free_port
 from tests.inbox.stack import ROOT, Proc, Stack, wait_until
 from tests.messages.conftest import Exchange
-from workers.celery_app import WORKER_ARGS
 
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 CELERY = str(ROOT / ".venv" / "bin" / "celery")

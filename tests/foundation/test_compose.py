@@ -47,7 +47,7 @@ def test_services_run_real_cli_commands() -> None:
     for name, service in services.items():
         assert "healthcheck" in service or name in ("migrate", "beat"), f"{name} has no healthcheck"
     # Every queue has a worker, and deliveries one of their own.
-    from workers.celery_app import DEFAULT_QUEUE, DELIVERY_QUEUE
+    from broker.workers.celery_app import DEFAULT_QUEUE, DELIVERY_QUEUE
 
     consumed = [s["command"][s["command"].index("--queues") + 1] for s in services.values()
                 if "--queues" in s.get("command", [])]  # fmt: skip

@@ -232,7 +232,7 @@ def test_marker_appears_nowhere_but_inside_the_ciphertext(
     # Celery: replay the recorded wake-ups through a Celery app on the test Redis, so the
     # messages sit in Redis as the broker's publisher would leave them.
     assert wakeups.names, "no wake-up was published"
-    from workers.celery_app import make_celery
+    from broker.workers.celery_app import make_celery
 
     celery = make_celery()
     for name in wakeups.names:

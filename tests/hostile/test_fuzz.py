@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import schemas
+from broker import schemas
 from broker.crypto import envelope as env
 from broker.crypto import strictjson
 from broker.crypto.errors import CryptoError

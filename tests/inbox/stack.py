@@ -1,6 +1,6 @@
 """The real production stack for fault drills: Celery worker and beat processes, Redis, PostgreSQL.
 
-Workers run `workers.celery_app` in the production profile against the test's PostgreSQL
+Workers run `broker.workers.celery_app` in the production profile against the test's PostgreSQL
 database and Redis database 15, in their own process groups, so a drill can kill -9 one with
 all its pool children. Every wait is bounded; `Stack.close()` (in a `finally`) kills whatever
 is left.
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from broker.config import settings
-from workers.celery_app import WORKER_ARGS
+from broker.workers.celery_app import WORKER_ARGS
 
 ROOT = Path(__file__).resolve().parents[2]
 CELERY = str(ROOT / ".venv" / "bin" / "celery")
@@ -99,7 +99,7 @@ class Stack:
         log = self.data_dir / f"{name}-{uuid.uuid4().hex[:6]}.log"
         with log.open("wb") as out:
             popen = subprocess.Popen(
-                [CELERY, "-A", "workers.celery_app", *args],
+                [CELERY, "-A", "broker.workers.celery_app", *args],
                 cwd=ROOT,
                 env=self.env(**extra),
                 stdout=out,

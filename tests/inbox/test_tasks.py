@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from celery.signals import task_prerun
 
-from workers.celery_app import (
+from broker.workers.celery_app import (
     SWEEP_EXPIRES_S,
     TASK_TIME_LIMIT_S,
     VISIBILITY_TIMEOUT_S,
@@ -197,7 +197,7 @@ def test_a_delivery_worker_sweeps_the_outbox_as_soon_as_it_is_ready(
     from celery.signals import worker_ready
     from kombu import Queue
 
-    import workers.celery_app as celery_module
+    import broker.workers.celery_app as celery_module
 
     sent: list[tuple[str, dict[str, Any]]] = []
     monkeypatch.setattr(

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-import schemas
+from broker import schemas
 
 ALERT_ROUTING, FEEDBACK_ROUTING, _ = schemas.load("routing")["examples"]
 ALERT_BODY = schemas.load("body/alert")["examples"][0]

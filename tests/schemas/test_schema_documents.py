@@ -9,8 +9,8 @@ import pytest
 from jsonschema import Draft202012Validator
 from referencing.exceptions import Unresolvable
 
-import schemas
-from schemas.validation import _compiler
+from broker import schemas
+from broker.schemas.validation import _compiler
 
 NAMES = schemas.names()
 DOCUMENT_NAMES = [n for n in NAMES if n != "v1/defs"]

@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
-import schemas
-from schemas.fast import Compiler, Unsupported
-from schemas.validation import FORMAT_CHECKER, fast_check
+from broker import schemas
+from broker.schemas.fast import Compiler, Unsupported
+from broker.schemas.validation import FORMAT_CHECKER, fast_check
 
 NAMES = [n for n in schemas.names() if schemas.load(n).get("examples")]
 

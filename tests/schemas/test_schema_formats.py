@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import schemas
-from schemas import formats
-from schemas.validation import FORMAT_CHECKER
+from broker import schemas
+from broker.schemas import formats
+from broker.schemas.validation import FORMAT_CHECKER
 
 CASES: dict[str, tuple[list[str], list[str]]] = {
     "iso6346": (

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-import schemas
+from broker import schemas
 
 ALERT, FEEDBACK, MULTI = schemas.load("routing")["examples"]
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-import schemas
-from schemas import vocab
+from broker import schemas
+from broker.schemas import vocab
 
 
 def _at(name: str, pointer: str) -> Any:

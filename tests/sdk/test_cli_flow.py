@@ -6,11 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
-from typer.testing import CliRunner
-
 from broker.cli.main import app
-from broker.crypto.keys import generate_passphrase
 from broker.sdk.agent import InboxPuller
 from broker.sdk.client import BrokerClient
 from broker.sdk.keystore import Keystore
@@ -18,46 +14,6 @@ from broker.sdk.keystore import Keystore
 BODY = (
     Path(__file__).resolve().parents[2] / "broker" / "fixtures" / "bodies" / "ivory-shipment.json"
 )
-
-
-@pytest.fixture
-def agency_side(
-    live_url: str,
-    world: dict[str, Any],
-    token_for: Any,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> dict[str, Any]:
-    monkeypatch.setenv("BROKER_KEY_PASSPHRASE", generate_passphrase())
-    monkeypatch.setenv("BROKER_URL", live_url)
-    runner = CliRunner()
-    admin = token_for("admin")
-    for owner, use in (("VN-GDC/fp-hcm-01", "sig"), ("HK-CED", "enc"), ("HK-CED", "sig")):
-        result = runner.invoke(
-            app,
-            [
-                "keys",
-                "generate",
-                owner,
-                "--use",
-                use,
-                "--keystore",
-                str(tmp_path / "keys"),
-                "--register",
-                "--token",
-                admin,
-            ],
-        )
-        assert result.exit_code == 0, result.output
-        assert json.loads(result.output)["registered"] == "active"
-    return {
-        "runner": runner,
-        "url": live_url,
-        "keys": tmp_path / "keys",
-        "tmp": tmp_path,
-        "fp": token_for("focal_point", focal_point_id="VN-GDC/fp-hcm-01"),
-        "hk": token_for("agency", agency_id="HK-CED"),
-    }
 
 
 def send(s: dict[str, Any], body: Path, *extra: str, offence: str = "cites_wildlife") -> Any:

@@ -27,7 +27,7 @@ HEAVY = (
     "broker.audit",
     "broker.db",
     "broker.crypto",
-    "schemas",
+    "broker.schemas",
 )
 
 
@@ -63,18 +63,18 @@ def test_help_imports_nothing_heavy(args: list[str]) -> None:
 
 def test_the_schemas_build_no_grammar_at_import() -> None:
     """jsonschema's rfc3987-syntax backend (iri formats, unused) builds Lark grammars on import."""
-    modules = imported_by("import schemas\nschemas.validator('routing')")
+    modules = imported_by("from broker import schemas\nschemas.validator('routing')")
     assert [m for m in modules if m.split(".")[0] in ("rfc3987_syntax", "lark")] == []
 
 
 def test_every_format_the_schemas_use_is_checked() -> None:
     """Formats are chosen by name: one without a checker would pass anything (jsonschema skips
     a format it cannot check), so every one the schemas name must have one."""
-    from schemas.validation import FORMAT_CHECKER
+    from broker.schemas.validation import FORMAT_CHECKER
 
     used = {
         match
-        for path in (ROOT / "schemas").rglob("*.json")
+        for path in (ROOT / "broker" / "schemas").rglob("*.json")
         for match in re.findall(r'"format"\s*:\s*"([^"]+)"', path.read_text())
     }
     assert used
@@ -92,7 +92,7 @@ def test_every_format_the_schemas_use_is_checked() -> None:
     ],
 )
 def test_the_standard_formats_are_asserted(fmt: str, good: str, bad: str) -> None:
-    from schemas.validation import FORMAT_CHECKER
+    from broker.schemas.validation import FORMAT_CHECKER
 
     assert FORMAT_CHECKER.conforms(good, fmt)
     assert not FORMAT_CHECKER.conforms(bad, fmt)

@@ -41,8 +41,8 @@ finally:
     if _hide:
         del sys.modules[_HIDDEN]
 
-from schemas.fast import Check, Compiler, Unsupported  # noqa: E402
-from schemas.formats import CUSTOM_FORMATS  # noqa: E402
+from broker.schemas.fast import Check, Compiler, Unsupported  # noqa: E402
+from broker.schemas.formats import CUSTOM_FORMATS  # noqa: E402
 
 BASE_URI: Final = "https://schemas.exchange-broker.example/"
 CURRENT_VERSION: Final = "v1"
@@ -83,7 +83,7 @@ def _json_files(folder: Traversable, prefix: str) -> Iterator[tuple[str, Travers
 @cache
 def _documents() -> dict[str, dict[str, Any]]:
     """Every packaged schema by name (`v1/routing`, `v1/body/alert`, ...)."""
-    root = files(__package__ or "schemas")
+    root = files(__package__ or "broker.schemas")
     documents: dict[str, dict[str, Any]] = {}
     for entry in root.iterdir():
         if entry.is_dir() and _VERSIONED.fullmatch(entry.name + "/"):

@@ -1,7 +1,7 @@
 """The language-neutral contract: JSON Schemas (draft 2020-12) of everything that crosses
 agency boundaries, and a small offline validator for them.
 
-The `.json` files under `v1/` are normative; see `schemas/README.md`. Python API:
+The `.json` files under `v1/` are normative; see `broker/schemas/README.md`. Python API:
 
     validate_routing(routing)       broker hot path: schema + cross-field rules
     validate_body(routing, body)    SDK, before encryption and after decryption
@@ -11,7 +11,7 @@ The `.json` files under `v1/` are normative; see `schemas/README.md`. Python API
 Failures raise `SchemaError`, whose `errors` list every invalid field as `FieldError`.
 """
 
-from schemas.validation import (
+from broker.schemas.validation import (
     BASE_URI,
     CURRENT_VERSION,
     FieldError,

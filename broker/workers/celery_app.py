@@ -1,4 +1,4 @@
-"""The Celery worker's entry point (`celery -A workers.celery_app worker`).
+"""The Celery worker's entry point (`celery -A broker.workers.celery_app worker`).
 
 The application, its queues and routes are configured in `broker.queue`; its `include` names
 this package's task modules and signal handlers, so a worker started either way loads them.
