@@ -162,11 +162,34 @@ def register_world_keys(ex: Exchange, world: dict[str, Any]) -> Exchange:
     return ex
 
 
-def relay() -> int:
-    """Run the delivery relay now (the ticker would within a second)."""
+def relay(timeout_s: float = 10.0) -> int:
+    """Run the delivery relay now (the ticker would within a second), and wait while the app's
+    own ticker holds due rows: the relay skips locked rows, so a row the ticker is relaying at
+    that moment is delivered only when the ticker commits."""
     from broker.inbox import jobs
 
-    return jobs.relay()
+    done = jobs.relay()
+    deadline = time.monotonic() + timeout_s
+    while db.call(_due_deliver_rows) and time.monotonic() < deadline:
+        time.sleep(0.02)
+        done += jobs.relay()
+    return done
+
+
+async def _due_deliver_rows(s: AsyncSession) -> int:
+    """Pending `deliver` rows that are due (a row waiting out a backoff is not)."""
+    from sqlalchemy import func, or_, select
+
+    from broker.ids import utcnow
+    from broker.messages.models import OUTBOX_DELIVER, Outbox
+
+    stmt = select(func.count()).where(
+        Outbox.topic == OUTBOX_DELIVER,
+        Outbox.done_at.is_(None),
+        Outbox.dead_at.is_(None),
+        or_(Outbox.next_attempt_at.is_(None), Outbox.next_attempt_at <= utcnow()),
+    )
+    return int((await s.execute(stmt)).scalar_one())
 
 
 def new_mid() -> str:

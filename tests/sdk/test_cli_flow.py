@@ -41,7 +41,7 @@ def send(s: dict[str, Any], body: Path, *extra: str, offence: str = "cites_wildl
 
 
 def test_send_pull_show_status(agency_side: dict[str, Any]) -> None:
-    from broker.inbox import jobs
+    from tests.messages.conftest import relay
 
     s = agency_side
     runner, keys = s["runner"], str(s["keys"])
@@ -49,7 +49,7 @@ def test_send_pull_show_status(agency_side: dict[str, Any]) -> None:
     assert sent.exit_code == 0, sent.output
     mid = json.loads(sent.output)["mid"]
     assert (s["tmp"] / "sent" / f"{mid}.json").exists()
-    jobs.relay()
+    relay()
     state = str(s["tmp"] / "inbox")
     pulled = runner.invoke(
         app,
@@ -85,7 +85,7 @@ def test_send_pull_show_status(agency_side: dict[str, Any]) -> None:
 def test_out_of_scope_is_refused_before_encrypting(agency_side: dict[str, Any]) -> None:
     s = agency_side
     result = send(s, BODY, offence="money_laundering")
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     assert "scope.offence_not_covered" in result.output
 
 
@@ -103,12 +103,12 @@ def test_invalid_body_reports_every_field(agency_side: dict[str, Any], tmp_path:
 
 
 def test_pull_resumes_after_a_crash_without_loss_or_duplicates(agency_side: dict[str, Any]) -> None:
-    from broker.inbox import jobs
+    from tests.messages.conftest import relay
 
     s = agency_side
     for _ in range(3):
         assert send(s, BODY, "--receipts", str(s["tmp"] / "sent")).exit_code == 0
-    jobs.relay()
+    relay()
     store = Keystore.open(s["keys"])
     state = s["tmp"] / "inbox"
     with BrokerClient(s["url"], s["hk"]) as client:
