@@ -8,8 +8,10 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
+from fastapi.security.base import SecurityBase
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -59,8 +61,20 @@ async def admit(request: Request, session: AsyncSession, roles: Collection[Role]
     return caller
 
 
-class RoleGate:
+# How a caller authenticates, in the OpenAPI document: FastAPI lists a dependency that is a
+# `SecurityBase` under the operation's `security`, so every gated route declares it and the
+# public ones (health) do not. The gate reads the header itself (`_bearer`): no extra work.
+BEARER = HTTPBearerModel(
+    bearerFormat="brk_...",
+    description="A broker token `brk_...`, issued by the operator for one principal (one role).",
+)
+
+
+class RoleGate(SecurityBase):
     """Deny by default: the dependency that admits only the listed roles (`admit`)."""
+
+    model = BEARER
+    scheme_name = "bearer"
 
     def __init__(self, *roles: Role) -> None:
         self.roles = frozenset(roles)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, Field
 
+from broker.crypto import errors as crypto_errors
 from broker.crypto.errors import CryptoError
 
 T = TypeVar("T")
@@ -167,6 +169,8 @@ class BrokerError(Exception):
     """
 
     code: ClassVar[str] = "broker.error"
+    # A family's code prefix: the API documents every code under it (`error_responses`).
+    family: ClassVar[str | None] = None
     status_code: int = 400
     title: str = "Request refused"
 
@@ -222,90 +226,315 @@ class Refused(BrokerError):
 class OutOfScope(BrokerError):
     """A scope decision's refusal, with its `scope.*` code (`agreements.policy`)."""
 
-    code = "scope.direction_excluded"  # the documented example; each refusal passes its own
+    code = "scope.direction_excluded"  # each refusal passes its own
+    family = "scope."
 
 
 # Generic errors used across domains.
-class NotFound(BrokerError, code="request.not_found"): ...
+class NotFound(BrokerError, code="request.not_found"):
+    """The resource named in the path does not exist (or is not yours to see)."""
 
 
-class MethodNotAllowed(BrokerError, code="request.method_not_allowed"): ...
+class MethodNotAllowed(BrokerError, code="request.method_not_allowed"):
+    """The path exists but not with this method."""
 
 
-class InvalidRequest(BrokerError, code="request.invalid"): ...
+class InvalidRequest(BrokerError, code="request.invalid"):
+    """Fields of the request are invalid; `errors` points at each one."""
 
 
-class MalformedRequest(BrokerError, code="request.malformed"): ...
+class MalformedRequest(BrokerError, code="request.malformed"):
+    """The body is not JSON (or has a member name twice); `errors` says where."""
 
 
-class PayloadTooLarge(BrokerError, code="request.too_large"): ...
+class PayloadTooLarge(BrokerError, code="request.too_large"):
+    """The body is larger than the broker accepts."""
 
 
-class RequestTimeout(BrokerError, code="request.timeout"): ...
+class RequestTimeout(BrokerError, code="request.timeout"):
+    """The body did not arrive in time."""
 
 
-class UnsupportedMediaType(BrokerError, code="request.unsupported_media_type"): ...
+class UnsupportedMediaType(BrokerError, code="request.unsupported_media_type"):
+    """The body's media type is not one the route reads."""
 
 
-class Unauthenticated(BrokerError, code="auth.unauthenticated"): ...
+class Unauthenticated(BrokerError, code="auth.unauthenticated"):
+    """No bearer token, or one the broker does not know."""
 
 
-class TokenExpired(BrokerError, code="auth.token_expired"): ...
+class TokenExpired(BrokerError, code="auth.token_expired"):
+    """The bearer token is past its expiry: ask the operator for a new one."""
 
 
-class TokenRevoked(BrokerError, code="auth.token_revoked"): ...
+class TokenRevoked(BrokerError, code="auth.token_revoked"):
+    """The bearer token was revoked."""
 
 
-class Forbidden(BrokerError, code="auth.forbidden"): ...
+class Forbidden(BrokerError, code="auth.forbidden"):
+    """The token's role may not call this operation."""
 
 
-class Conflict(BrokerError, code="request.conflict"): ...
+class Conflict(BrokerError, code="request.conflict"):
+    """The request conflicts with the current state."""
 
 
-class Unavailable(BrokerError, code="service.unavailable"): ...
+class Unavailable(BrokerError, code="service.unavailable"):
+    """The broker cannot reach its database: retry after `Retry-After` seconds."""
 
 
-class InternalError(BrokerError, code="service.internal"): ...
+class InternalError(BrokerError, code="service.internal"):
+    """An unexpected error; quote the `request_id` to the operator."""
 
 
-class RateLimited(BrokerError, code="rate.limited"): ...
+class RateLimited(BrokerError, code="rate.limited"):
+    """Too many requests (or failed authentications): retry after `Retry-After` seconds."""
 
 
-# What any gated route may answer besides its own errors: the token check, the request
+# What any gated route may answer besides its own errors: the token check (401), the request
 # parser (400 malformed JSON, 422 invalid fields), the body limits (408, 413), the rate
-# limiter (429) and a database outage (503).
+# limiter (429), a database outage (503) and a fault of the broker's own (500).
 COMMON_ERRORS: tuple[type[BrokerError], ...] = (
     Unauthenticated,
+    TokenExpired,
+    TokenRevoked,
     MalformedRequest,
     InvalidRequest,
     RequestTimeout,
     PayloadTooLarge,
     RateLimited,
     Unavailable,
+    InternalError,
 )
 _PROBLEM_SCHEMA = {"$ref": "#/components/schemas/Problem"}
+PROBLEM_MEDIA = "application/problem+json"
+EXAMPLE_REQUEST_ID = "5f0c2a9e-3b1d-4e7a-9c55-1a2b3c4d5e6f"
+# The field list the request parser gives; other codes carry none in their examples.
+_EXAMPLE_FIELDS = {
+    "request.invalid": [FieldProblem(pointer="/body/id", detail="Field required")],
+    "request.malformed": [
+        FieldProblem(pointer="/body/12", detail="JSON decode error: Expecting value")
+    ],
+}
+
+ErrorSpec = type[BrokerError] | type[CryptoError] | str
+
+# What verifying a compact JWS (an envelope's outer JWS, an acknowledgement) may refuse with.
+JWS_REFUSALS: tuple[type[CryptoError], ...] = (
+    crypto_errors.TooLarge,
+    crypto_errors.Malformed,
+    crypto_errors.DuplicateKey,
+    crypto_errors.NotIJson,
+    crypto_errors.TooDeep,
+    crypto_errors.AlgNotAllowed,
+    crypto_errors.HeaderForbidden,
+    crypto_errors.HeaderUnknown,
+    crypto_errors.ZipForbidden,
+    crypto_errors.TypMismatch,
+    crypto_errors.BadKid,
+    crypto_errors.BadSignature,
+    crypto_errors.KidMismatch,
+    crypto_errors.BadPayload,
+)
 
 
-def error_responses(
-    *errors: type[BrokerError] | type[CryptoError] | str,
-) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses=` for a route: each status with the problem schema and codes."""
-    by_status: dict[int, list[str]] = {}
+def codes_of(err: ErrorSpec) -> list[str]:
+    """The codes an error class (or a code) stands for: a family stands for all of its own."""
+    if isinstance(err, str):
+        return [err]
+    family = getattr(err, "family", None)
+    if family:
+        return sorted(code for code in PROBLEMS if code.startswith(family))
+    return [err.code]
+
+
+def meaning(cls: type[BaseException] | None, code: str) -> str:
+    """What a code means: the first paragraph of its class's own docstring, else its title."""
+    doc = vars(cls).get("__doc__") if cls is not None else None
+    if not doc:
+        return PROBLEMS[code][1]
+    return " ".join(inspect.cleandoc(doc).split("\n\n")[0].split())
+
+
+def problem_example(code: str, detail: str | None = None) -> dict[str, Any]:
+    """An example problem body for `code`, as the handler renders it (`BrokerError.problem`)."""
+    status, title = PROBLEMS[code]
+    problem = Problem(
+        type=f"urn:exchange-broker:problem:{code}",
+        title=title,
+        status=status,
+        detail=detail or title,
+        code=code,
+        request_id=EXAMPLE_REQUEST_ID,
+        errors=_EXAMPLE_FIELDS.get(code),
+    )
+    return problem.model_dump(exclude_none=True)
+
+
+def error_responses(*errors: ErrorSpec) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` for a route: each status with the problem schema and, per code
+    it may answer with, an example problem (generated from the code's class and PROBLEMS)."""
+    by_status: dict[int, dict[str, dict[str, Any]]] = {}
     for err in (*COMMON_ERRORS, *errors):
-        code = err if isinstance(err, str) else err.code
-        by_status.setdefault(PROBLEMS[code][0], []).append(code)
+        for code in codes_of(err):
+            own = not isinstance(err, str) and err.code == code and not getattr(err, "family", None)
+            cls = err if own and not isinstance(err, str) else None
+            example = {
+                "summary": PROBLEMS[code][1],
+                "value": problem_example(code, meaning(cls, code)),
+            }
+            by_status.setdefault(PROBLEMS[code][0], {})[code] = example
     return {
         status: {
-            "model": Problem,
-            "content": {"application/problem+json": {"schema": _PROBLEM_SCHEMA}},
-            "description": "Problem: " + ", ".join(sorted(set(codes))),
+            "content": {
+                PROBLEM_MEDIA: {
+                    "schema": _PROBLEM_SCHEMA,
+                    "examples": dict(sorted(examples.items())),
+                }
+            },
+            "description": "Problem: " + ", ".join(sorted(examples)),
         }
-        for status, codes in sorted(by_status.items())
+        for status, examples in sorted(by_status.items())
     }
 
 
 # Registry errors shared by several domains.
-class DuplicateId(BrokerError, code="registry.duplicate_id"): ...
+class DuplicateId(BrokerError, code="registry.duplicate_id"):
+    """An object with this id already exists."""
 
 
-class UnknownAgency(BrokerError, code="registry.unknown_agency"): ...
+class UnknownAgency(BrokerError, code="registry.unknown_agency"):
+    """The agency id is not registered."""
+
+
+# --- docs/reason-codes.md, generated: `python -m broker.errors` (`--check` in CI and tests) ---
+
+# Codes no API operation answers with, and where an integrator meets them instead. A key
+# ending in "." stands for every code under it. Every other code must be documented by the
+# operations that return it (tests/foundation/test_openapi.py).
+NOT_IN_API: dict[str, str] = {
+    "broker.error": "the base class's default; every refusal carries a more specific code",
+    "http.400": "any path: a request refused by the HTTP layer before it reaches an operation",
+    "request.method_not_allowed": "any path, with a method it does not have (405, with `Allow`)",
+    "request.conflict": "reserved; not answered today",
+    "request.unsupported_media_type": "reserved; not answered today",
+    "console.": "the operator console (`/console`, HTML forms)",
+    "envelope.invalid": "the base of the `envelope.*` codes; every refusal has a specific one",
+    "envelope.decrypt_failed": "the agency SDK, opening a received envelope",
+    "envelope.iat_too_late": "the agency SDK, opening a received envelope",
+    "envelope.not_addressed_to_us": "the agency SDK, opening a received envelope",
+    "envelope.routing_mismatch": "the agency SDK, opening a received envelope",
+    "key.compromised": "the agency SDK, checking a sender's key at the signing time",
+    "key.not_valid_at": "the agency SDK, checking a sender's key at the signing time",
+    "key.insecure_storage": "the agency keystore (`broker agency` commands)",
+    "key.unreadable": "the agency keystore (`broker agency` commands)",
+    "key.weak_passphrase": "the agency keystore (`broker agency` commands)",
+    "log.inconsistent": "the log sequencer (a background job); in the broker's logs",
+    "push.not_available": "the operator's `redeliver` command",
+    "push.not_configured": "the operator's `redeliver` command",
+}
+
+
+def not_in_api(code: str) -> str | None:
+    """Where a code no API operation returns is met instead (None: an operation returns it)."""
+    for key, where in NOT_IN_API.items():
+        if code == key or (key.endswith(".") and code.startswith(key)):
+            return where
+    return None
+
+
+def declared_classes() -> dict[str, type[BaseException]]:
+    """Each code and the class that declares it, among the classes imported so far."""
+    found: dict[str, type[BaseException]] = {}
+    todo: list[type[BaseException]] = [*BrokerError.__subclasses__(), *CryptoError.__subclasses__()]
+    while todo:
+        cls = todo.pop()
+        todo += cls.__subclasses__()
+        code = vars(cls).get("code")
+        if isinstance(code, str) and code in PROBLEMS and not getattr(cls, "family", None):
+            found.setdefault(code, cls)
+    return found
+
+
+def operations_by_code(spec: dict[str, Any]) -> dict[str, list[str]]:
+    """Each code and the operations (`GET /v1/me`) whose documented problems include it."""
+    found: dict[str, list[str]] = {}
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            for response in op.get("responses", {}).values():
+                media = response.get("content", {}).get(PROBLEM_MEDIA, {})
+                for code in media.get("examples", {}):
+                    found.setdefault(code, []).append(f"{method.upper()} {path}")
+    return found
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def reason_codes_markdown(spec: dict[str, Any]) -> str:
+    """docs/reason-codes.md: every code, its status, title, meaning and who returns it."""
+    classes = declared_classes()
+    by_code = operations_by_code(spec)
+    gated = {
+        f"{method.upper()} {path}"
+        for path, ops in spec["paths"].items()
+        for method, op in ops.items()
+        if op.get("security")
+    }
+    lines = [
+        "# Reason codes",
+        "",
+        "<!-- Generated by `python -m broker.errors` from the error classes, `broker.errors."
+        "PROBLEMS` and the OpenAPI document; do not edit. -->",
+        "",
+        "Every refusal of the API is an RFC 9457 problem (`application/problem+json`) whose",
+        "`code` is one of these and never changes meaning; `type` is",
+        "`urn:exchange-broker:problem:<code>`. Each operation of `/openapi.json` lists the codes",
+        "it may answer with, with an example problem for each (see [api.md](api.md)).",
+        "",
+    ]
+    for family in sorted({code.split(".")[0] for code in PROBLEMS}):
+        lines += [f"## {family}", "", "| code | status | title | meaning | returned by |"]
+        lines.append("|---|---|---|---|---|")
+        for code in sorted(c for c in PROBLEMS if c.split(".")[0] == family):
+            status, title = PROBLEMS[code]
+            ops = by_code.get(code, [])
+            if ops and set(ops) == gated:
+                where = "every operation that needs a token"
+            elif ops:
+                where = ", ".join(f"`{op}`" for op in sorted(ops))
+            else:
+                where = not_in_api(code) or "**undocumented**"
+            text = meaning(classes.get(code), code)
+            text = "" if text == title else text
+            lines.append(
+                f"| `{code}` | {status} | {_cell(title)} | {_cell(text)} | {_cell(where)} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    """Write docs/reason-codes.md; with `--check`, only say whether it is current."""
+    from pathlib import Path
+
+    from broker.main import create_app  # the whole application: every route and error class
+
+    target = Path(__file__).resolve().parent.parent / "docs" / "reason-codes.md"
+    text = reason_codes_markdown(create_app().openapi())
+    if "--check" in argv:
+        current = target.exists() and target.read_text(encoding="utf-8") == text
+        print(f"{target}: {'current' if current else 'stale: run python -m broker.errors'}")
+        return 0 if current else 1
+    target.write_text(text, encoding="utf-8")
+    print(f"wrote {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from broker.errors import main as _main  # the imported module, not this __main__ copy
+
+    raise SystemExit(_main(sys.argv[1:]))

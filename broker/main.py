@@ -8,10 +8,13 @@ from importlib import resources
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
 from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -34,6 +37,7 @@ from broker.errors import (
     MalformedRequest,
     MethodNotAllowed,
     NotFound,
+    Problem,
     Refused,
     Unavailable,
 )
@@ -51,9 +55,84 @@ end-to-end encrypted** on their side; the broker checks the signed routing heade
 cooperation agreement's scope without reading the content, stores the envelope, delivers it to
 partner inboxes and records every action on a Merkle transparency log.
 
-Authenticate with `Authorization: Bearer brk_...`. Every error is RFC 9457
-`application/problem+json` with a stable `code` and the `request_id`.
+Authenticate with `Authorization: Bearer brk_...` (the **Authorize** button on /docs). Every
+error is RFC 9457 `application/problem+json` with a stable `code` and the `request_id`; each
+operation lists the codes it may answer with, and `docs/reason-codes.md` lists them all.
 """
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Generate the document once, with the problem schemas the error responses refer to.
+
+    `error_responses` documents errors under `application/problem+json` only (what the
+    handlers send), so FastAPI does not collect `Problem` from a response model by itself.
+    """
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = generate()
+            schema = Problem.model_json_schema(ref_template=_REF)
+            schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+            schemas.update(schema.pop("$defs", {}))
+            schemas["Problem"] = schema
+            _examples_as_written(app, spec)
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override
+
+
+_REF = "#/components/schemas/{model}"
+
+
+def _examples_as_written(app: FastAPI, spec: dict[str, Any]) -> None:
+    """Put back the examples' null members, which FastAPI's rendering drops (`exclude_none`).
+
+    A routing header's `"operation": null` is required: without it the example is one the
+    broker refuses. Request bodies take their examples from the route as written; component
+    schemas from their pydantic model's own JSON schema.
+    """
+    for context in iter_route_contexts(app.routes):
+        route = context.original_route
+        if not isinstance(route, APIRoute) or not route.include_in_schema:
+            continue
+        written = _body_examples(route)
+        for method in context.methods or ():
+            op = spec["paths"].get(context.path_format, {}).get(method.lower(), {})
+            body = op.get("requestBody", {}).get("content", {}).get("application/json")
+            if body is not None and written:
+                body["examples"] = jsonable_encoder(written)
+    models: dict[str, list[type[BaseModel]]] = {}
+    todo: list[type[BaseModel]] = [BaseModel]
+    while todo:
+        model = todo.pop()
+        todo += model.__subclasses__()
+        if model.__module__.startswith("broker."):
+            models.setdefault(model.__name__, []).append(model)
+    for name, schema in spec.get("components", {}).get("schemas", {}).items():
+        found = models.get(name, [])
+        if len(found) != 1:
+            continue  # a name FastAPI qualified, or none of ours
+        own = found[0].model_json_schema(ref_template=_REF)
+        if "examples" in schema:
+            schema["examples"] = own.get("examples", schema["examples"])
+        for prop, sub in schema.get("properties", {}).items():
+            mine = own.get("properties", {}).get(prop, {})
+            if "examples" in sub and "examples" in mine:
+                sub["examples"] = mine["examples"]
+
+
+def _body_examples(route: APIRoute) -> dict[str, Any] | None:
+    extra = (route.openapi_extra or {}).get("requestBody", {})
+    media = extra.get("content", {}).get("application/json", {})
+    if "examples" in media:
+        return dict(media["examples"])
+    for param in route.dependant.body_params:
+        examples = getattr(param.field_info, "openapi_examples", None)
+        if examples:
+            return dict(examples)
+    return None
 
 
 def _detail(error: Mapping[str, Any]) -> str:
@@ -177,6 +256,7 @@ def create_app() -> FastAPI:
         RequestContext, max_body=cfg.max_request_bytes, read_timeout_s=cfg.request_read_timeout_s
     )
     install_error_handlers(app)
+    install_openapi(app)
     # The hot paths first: a request is matched against the included routers in this order,
     # and each router tried costs time (docs/performance.md). No router's paths overlap.
     for module in (messages, inbox, health, auth, agencies, directory, agreements, audit, push):

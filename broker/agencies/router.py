@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Body
 
 from broker.agencies import service
-from broker.agencies.schemas import AgencyIn, AgencyOut, FocalPointIn, FocalPointOut
+from broker.agencies.schemas import (
+    EXAMPLE_AGENCY,
+    EXAMPLE_FOCAL_POINT,
+    AgencyIn,
+    AgencyOut,
+    FocalPointIn,
+    FocalPointOut,
+)
 from broker.deps import AdminCaller, AnyCaller, SessionDep, StrictJSONRoute
 from broker.errors import (
     DuplicateId,
@@ -21,9 +30,20 @@ public = APIRouter(prefix="/v1/directory", tags=["directory"], route_class=Stric
 
 
 @admin.post(
-    "/agencies", status_code=201, responses=error_responses(Forbidden, DuplicateId, InvalidRequest)
+    "/agencies",
+    status_code=201,
+    responses=error_responses(Forbidden, DuplicateId, service.UnknownCountry, InvalidRequest),
 )
-async def create_agency(data: AgencyIn, caller: AdminCaller, session: SessionDep) -> AgencyOut:
+async def create_agency(
+    data: Annotated[
+        AgencyIn,
+        Body(
+            openapi_examples={"customs": {"summary": "a customs agency", "value": EXAMPLE_AGENCY}}
+        ),
+    ],
+    caller: AdminCaller,
+    session: SessionDep,
+) -> AgencyOut:
     """Register an agency."""
     return AgencyOut.model_validate(await service.create_agency(session, data, actor=caller.actor))
 
@@ -43,10 +63,22 @@ async def get_agency(agency_id: str, caller: AdminCaller, session: SessionDep) -
 @admin.post(
     "/agencies/{agency_id}/focal-points",
     status_code=201,
-    responses=error_responses(Forbidden, DuplicateId, UnknownAgency, InvalidRequest),
+    responses=error_responses(
+        Forbidden, DuplicateId, UnknownAgency, service.FocalPointOutsideAgency, InvalidRequest
+    ),
 )
 async def create_focal_point(
-    agency_id: str, data: FocalPointIn, caller: AdminCaller, session: SessionDep
+    agency_id: str,
+    data: Annotated[
+        FocalPointIn,
+        Body(
+            openapi_examples={
+                "duty desk": {"summary": "a focal point of VN-GDC", "value": EXAMPLE_FOCAL_POINT}
+            }
+        ),
+    ],
+    caller: AdminCaller,
+    session: SessionDep,
 ) -> FocalPointOut:
     """Register a focal point of an agency."""
     fp = await service.create_focal_point(session, agency_id, data, actor=caller.actor)
@@ -63,7 +95,7 @@ async def list_focal_points(
     ]
 
 
-@public.get("/agencies", responses=error_responses(Forbidden))
+@public.get("/agencies", summary="Agencies you may address", responses=error_responses(Forbidden))
 async def directory_agencies(caller: AnyCaller, session: SessionDep) -> list[AgencyOut]:
     """The parties any authenticated caller may address."""
     return [AgencyOut.model_validate(a) for a in await service.list_agencies(session)]

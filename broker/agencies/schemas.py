@@ -12,6 +12,19 @@ FOCAL_POINT_ID = r"^[A-Z]{2}-[A-Z0-9]{2,10}/[a-z0-9][a-z0-9-]{1,30}$"
 AgencyKind = Literal["customs", "police", "prosecution", "wildlife", "other"]
 
 
+EXAMPLE_AGENCY: dict[str, str] = {
+    "id": "VN-GDC",
+    "name": "General Department of Vietnam Customs",
+    "country": "VN",
+    "kind": "customs",
+}
+EXAMPLE_FOCAL_POINT: dict[str, str] = {
+    "id": "VN-GDC/fp-hcm-01",
+    "name": "Duty desk, Anti-Smuggling Dept (HCMC)",
+    "role": "customs liaison officer",
+}
+
+
 class AgencyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

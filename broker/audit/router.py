@@ -34,6 +34,7 @@ Name = Annotated[str | None, Query(max_length=64)]
 
 @public.get(
     "/checkpoint",
+    summary="Latest log checkpoint",
     response_class=PlainTextResponse,
     responses={
         200: {"content": {"text/plain": {"example": "origin\n8\n<base64 root>\n\n— origin ..."}}},
@@ -45,7 +46,12 @@ async def checkpoint(caller: AnyCaller, session: SessionDep) -> PlainTextRespons
     return PlainTextResponse((await log.latest(session)).note)
 
 
-@public.get("/key", response_class=PlainTextResponse, responses=error_responses())
+@public.get(
+    "/key",
+    summary="Log verifier key",
+    response_class=PlainTextResponse,
+    responses=error_responses(),
+)
 async def key(caller: AnyCaller) -> PlainTextResponse:
     """The log's verifier key `<origin>+<key id>+<base64 key>`: pin it out of band, then verify."""
     return PlainTextResponse(log.verifier_key() + "\n")
@@ -53,7 +59,7 @@ async def key(caller: AnyCaller) -> PlainTextResponse:
 
 @public.get(
     "/proof/inclusion",
-    responses=error_responses(log.NoCheckpoint, log.OutOfRange, InvalidRequest),
+    responses=error_responses(log.NoCheckpoint, log.OutOfRange, log.LogCorrupt, InvalidRequest),
 )
 async def inclusion_proof(
     caller: AnyCaller,
@@ -67,7 +73,7 @@ async def inclusion_proof(
 
 @public.get(
     "/proof/consistency",
-    responses=error_responses(log.NoCheckpoint, log.OutOfRange, InvalidRequest),
+    responses=error_responses(log.NoCheckpoint, log.OutOfRange, log.LogCorrupt, InvalidRequest),
 )
 async def consistency_proof(
     caller: AnyCaller,
@@ -79,7 +85,11 @@ async def consistency_proof(
     return await log.consistency(session, size1, size2)
 
 
-@public.get("/leaves", responses=error_responses(Forbidden, log.NoCheckpoint, InvalidRequest))
+@public.get(
+    "/leaves",
+    summary="Log leaves",
+    responses=error_responses(Forbidden, log.NoCheckpoint, InvalidRequest),
+)
 async def leaves(
     caller: LeafReader,
     session: SessionDep,
@@ -91,7 +101,11 @@ async def leaves(
     return await log.leaves(session, caller, start=start, end=end, limit=limit)
 
 
-@public.get("/nodes", responses=error_responses(log.NoCheckpoint, InvalidRequest))
+@public.get(
+    "/nodes",
+    summary="Log subtree hashes",
+    responses=error_responses(log.NoCheckpoint, log.LogCorrupt, InvalidRequest),
+)
 async def nodes(
     caller: AnyCaller,
     session: SessionDep,

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import uuid
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Body
 
 from broker.auth import service
 from broker.auth.models import Credential
-from broker.auth.schemas import Me, PrincipalIn, PrincipalOut, TokenIn, TokenOut
+from broker.auth.schemas import (
+    EXAMPLE_PRINCIPALS,
+    Me,
+    PrincipalIn,
+    PrincipalOut,
+    TokenIn,
+    TokenOut,
+)
 from broker.auth.service import Caller
 from broker.deps import AdminCaller, AnyCaller, SessionDep, StrictJSONRoute
 from broker.errors import DuplicateId, Forbidden, InvalidRequest, NotFound, error_responses
@@ -33,8 +41,24 @@ def _token_out(principal: str, issued: tuple[Credential, str]) -> TokenOut:
     status_code=201,
     responses=error_responses(Forbidden, DuplicateId, InvalidRequest),
 )
-async def create_principal(data: PrincipalIn, caller: AdminCaller, session: SessionDep) -> TokenOut:
-    """Create a principal bound to a focal point, an agency, agencies (auditor) or all; return its first token."""
+async def create_principal(
+    data: Annotated[
+        PrincipalIn,
+        Body(
+            openapi_examples={
+                name: {"summary": f"a principal of role {value['role']}", "value": value}
+                for name, value in EXAMPLE_PRINCIPALS.items()
+            }
+        ),
+    ],
+    caller: AdminCaller,
+    session: SessionDep,
+) -> TokenOut:
+    """Create a principal and return its first token (shown once).
+
+    A principal is bound to a focal point (`focal_point`), an agency (`agency`), the agencies
+    it oversees (`auditor`, all when `audit_agencies` is null) or everything (`admin`).
+    """
     principal = await service.create_principal(
         session,
         name=data.name,
@@ -60,7 +84,17 @@ async def list_principals(caller: AdminCaller, session: SessionDep) -> list[Prin
     "/principals/{name}/tokens", status_code=201, responses=error_responses(Forbidden, NotFound)
 )
 async def issue_token(
-    name: str, data: TokenIn, caller: AdminCaller, session: SessionDep
+    name: str,
+    data: Annotated[
+        TokenIn,
+        Body(
+            openapi_examples={
+                "30 days": {"summary": "expires in 30 days", "value": {"ttl_days": 30}}
+            }
+        ),
+    ],
+    caller: AdminCaller,
+    session: SessionDep,
 ) -> TokenOut:
     """Issue another token for a principal (rotation)."""
     principal = await service.principal_by_name(session, name)
@@ -78,7 +112,7 @@ async def revoke_token(token_id: uuid.UUID, caller: AdminCaller, session: Sessio
     await service.revoke_token(session, token_id, actor=caller.actor)
 
 
-@public.get("/me", responses=error_responses(Forbidden))
+@public.get("/me", summary="Who am I", responses=error_responses(Forbidden))
 async def me(caller: AnyCaller) -> Me:
     """The authenticated principal and its binding."""
     return _me(caller)

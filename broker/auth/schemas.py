@@ -4,10 +4,26 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from broker.auth.service import Role
+
+EXAMPLE_PRINCIPALS: dict[str, dict[str, Any]] = {
+    "agency": {"name": "hk-ced-inbox", "role": "agency", "agency_id": "HK-CED"},
+    "focal point": {
+        "name": "vn-gdc-fp-hcm-01",
+        "role": "focal_point",
+        "focal_point_id": "VN-GDC/fp-hcm-01",
+        "ttl_days": 90,
+    },
+    "auditor": {
+        "name": "oversight-board",
+        "role": "auditor",
+        "audit_agencies": ["VN-GDC", "HK-CED"],
+    },
+}
 
 
 class PrincipalIn(BaseModel):

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Body
 
 from broker.crypto import errors as crypto_errors
 from broker.deps import AdminCaller, AnyCaller, SessionDep, StrictJSONRoute
 from broker.directory import service
-from broker.directory.schemas import JWKSet, KeyIn, KeyOut, RevokeIn, RotateIn
+from broker.directory.schemas import (
+    EXAMPLE_KEYS,
+    EXAMPLE_REVOCATIONS,
+    EXAMPLE_SIG_JWK,
+    JWKSet,
+    KeyIn,
+    KeyOut,
+    RevokeIn,
+    RotateIn,
+)
 from broker.errors import (
     DuplicateId,
     Forbidden,
@@ -34,11 +43,30 @@ _KEY_ERRORS = (
     crypto_errors.LowOrderKey,
     crypto_errors.KeyKidMismatch,
     service.KeyBinding,
+    service.BadValidity,
 )
 
 
 @admin.post("", status_code=201, responses=error_responses(*_KEY_ERRORS))
-async def register_key(data: KeyIn, caller: AdminCaller, session: SessionDep) -> KeyOut:
+async def register_key(
+    data: Annotated[
+        KeyIn,
+        Body(
+            openapi_examples={
+                "signing": {
+                    "summary": "a focal point's Ed25519 signing key",
+                    "value": EXAMPLE_KEYS["signing"],
+                },
+                "encryption": {
+                    "summary": "an agency's X25519 encryption key",
+                    "value": EXAMPLE_KEYS["encryption"],
+                },
+            }
+        ),
+    ],
+    caller: AdminCaller,
+    session: SessionDep,
+) -> KeyOut:
     """Register a public key (OKP Ed25519 for signing, X25519 for encryption)."""
     return KeyOut.model_validate(await service.register(session, data, actor=caller.actor))
 
@@ -58,7 +86,22 @@ async def get_key(kid: str, caller: AdminCaller, session: SessionDep) -> KeyOut:
 
 
 @admin.post("/{kid}/rotate", status_code=201, responses=error_responses(*_KEY_ERRORS, NotFound))
-async def rotate_key(kid: str, data: RotateIn, caller: AdminCaller, session: SessionDep) -> KeyOut:
+async def rotate_key(
+    kid: str,
+    data: Annotated[
+        RotateIn,
+        Body(
+            openapi_examples={
+                "signing": {
+                    "summary": "the successor signing key",
+                    "value": {"jwk": EXAMPLE_SIG_JWK},
+                }
+            }
+        ),
+    ],
+    caller: AdminCaller,
+    session: SessionDep,
+) -> KeyOut:
     """Register the successor of a key and retire the old one."""
     return KeyOut.model_validate(await service.rotate(session, kid, data, actor=caller.actor))
 
@@ -75,18 +118,36 @@ async def retire_key(kid: str, caller: AdminCaller, session: SessionDep) -> KeyO
         Forbidden, NotFound, service.KeyNotActive, service.BadValidity, crypto_errors.InvalidKey
     ),
 )
-async def revoke_key(kid: str, data: RevokeIn, caller: AdminCaller, session: SessionDep) -> KeyOut:
+async def revoke_key(
+    kid: str,
+    data: Annotated[
+        RevokeIn,
+        Body(
+            openapi_examples={
+                name: {"summary": f"revoked: {name}", "value": value}
+                for name, value in EXAMPLE_REVOCATIONS.items()
+            }
+        ),
+    ],
+    caller: AdminCaller,
+    session: SessionDep,
+) -> KeyOut:
     """Revoke a key, with `compromised_since` for a key compromise."""
     return KeyOut.model_validate(await service.revoke(session, kid, data, actor=caller.actor))
 
 
-@public.get("/jwks", response_model=JWKSet, responses=error_responses(Forbidden))
+@public.get(
+    "/jwks",
+    summary="Key directory (JWK Set)",
+    response_model=JWKSet,
+    responses=error_responses(Forbidden),
+)
 async def jwks(caller: AnyCaller, session: SessionDep, agency: str | None = None) -> dict[str, Any]:
     """RFC 7517 JWK Set with status, validity and revocation metadata on each key."""
     return await service.jwks(session, agency_id=agency)
 
 
-@public.get("/broker", responses=error_responses(Forbidden))
+@public.get("/broker", summary="The broker's keys", responses=error_responses(Forbidden))
 async def broker_keys(caller: AnyCaller) -> dict[str, Any]:
     """The broker's own public keys: receipt signing JWK and transparency-log verifier key."""
     from broker import keyring

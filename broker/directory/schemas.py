@@ -18,6 +18,28 @@ EXAMPLE_SIG_JWK = {
 }
 
 
+EXAMPLE_ENC_JWK = {
+    "kty": "OKP",
+    "crv": "X25519",
+    "x": "hSDwCYkwp1R0i33ctD73Wg2_Og0mOBr066SpjqqbTmo",
+    "use": "enc",
+    "alg": "ECDH-ES+A256KW",
+}
+EXAMPLE_KEYS: dict[str, dict[str, Any]] = {
+    "signing": {
+        "agency_id": "VN-GDC",
+        "focal_point_id": "VN-GDC/fp-hcm-01",
+        "jwk": EXAMPLE_SIG_JWK,
+        "not_after": "2027-06-30T00:00:00Z",
+    },
+    "encryption": {"agency_id": "HK-CED", "jwk": EXAMPLE_ENC_JWK},
+}
+EXAMPLE_REVOCATIONS: dict[str, dict[str, Any]] = {
+    "superseded": {"reason": "superseded"},
+    "key_compromise": {"reason": "key_compromise", "compromised_since": "2026-11-02T08:00:00Z"},
+}
+
+
 class KeyIn(BaseModel):
     """A public key to register: signing keys belong to a focal point, encryption keys to an agency."""
 

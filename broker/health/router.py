@@ -13,13 +13,54 @@ router = APIRouter(prefix="/health", tags=["health"], route_class=StrictJSONRout
 public = APIRouter(tags=["health"], route_class=StrictJSONRoute)
 
 
-@router.get("/live")
+@router.get("/live", summary="Liveness")
 def live() -> dict[str, str]:
     """The process answers."""
     return {"status": "ok"}
 
 
-@router.get("/ready", responses={503: {"description": "a dependency is down"}})
+_READINESS = {
+    "type": "object",
+    "properties": {
+        "status": {"type": "string", "enum": ["ok", "unavailable"]},
+        "checks": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
+    "required": ["status", "checks"],
+}
+
+
+@router.get(
+    "/ready",
+    summary="Readiness",
+    responses={
+        200: {
+            "description": "every dependency answers",
+            "content": {
+                "application/json": {
+                    "schema": _READINESS,
+                    "example": {"status": "ok", "checks": {"database": "ok", "redis": "ok"}},
+                }
+            },
+        },
+        503: {
+            "description": "a dependency is down (each check: `ok` or a short reason)",
+            "content": {
+                "application/json": {
+                    "schema": _READINESS,
+                    "examples": {
+                        "not migrated": {
+                            "summary": "the database needs `broker migrate`",
+                            "value": {
+                                "status": "unavailable",
+                                "checks": {"database": "not migrated"},
+                            },
+                        }
+                    },
+                }
+            },
+        },
+    },
+)
 async def ready() -> JSONResponse:
     """The database is reachable and migrated (and Redis, in the production profile)."""
     checks = await service.readiness()

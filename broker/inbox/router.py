@@ -12,15 +12,20 @@ from starlette.types import Receive, Scope, Send
 from broker import db, deps, ratelimit
 from broker.auth.service import Caller
 from broker.deps import AgencyCaller, SessionDep, StrictJSONRoute
-from broker.errors import Forbidden, NotFound, error_responses
+from broker.errors import JWS_REFUSALS, Forbidden, NotFound, error_responses
 from broker.inbox import notify, service
-from broker.inbox.schemas import AckIn, AckOut, InboxPage
+from broker.inbox.schemas import EXAMPLE_ACK, AckIn, AckOut, InboxPage
 from broker.registry.snapshot import KeyNotValidNow, KeyRetired, KeyRevoked
 
 router = APIRouter(prefix="/v1/inbox", tags=["inbox"], route_class=StrictJSONRoute)
 
 
-@router.get("", response_model=InboxPage, responses=error_responses(Forbidden, service.BadCursor))
+@router.get(
+    "",
+    summary="Poll the inbox",
+    response_model=InboxPage,
+    responses=error_responses(Forbidden, service.BadCursor),
+)
 async def poll(
     request: Request,
     caller: AgencyCaller,
@@ -33,13 +38,13 @@ async def poll(
 
     A page holds at most `limit` items and stops before the envelope that would take it past
     the broker's page byte budget (the first item always comes); `more` is true when another
-    item is waiting after it: ask again at once with `after=next_cursor`.
-
-    Authentication and the first read share the request's transaction. A poll that found
-    nothing and may wait answers with `_Waiting`, which waits after that transaction has
-    committed, holding neither a thread nor a connection, in one of the agency's long-poll
-    slots (429 when they are all held).
+    item is waiting after it: ask again at once with `after=next_cursor`. An agency holds a
+    few long polls at once; one more is refused with 429 `rate.limited`.
     """
+    # Authentication and the first read share the request's transaction. A poll that found
+    # nothing and may wait answers with `_Waiting`, which waits after that transaction has
+    # committed, holding neither a thread nor a connection, in one of the agency's long-poll
+    # slots.
     if wait > 0:
         notify.ensure_listener()  # listening before the first read: no wake-up is missed
     polled = await service.poll_seen(session, caller, after, limit)
@@ -84,13 +89,24 @@ class _Waiting(Response):
 _ACK_BODY = {
     "requestBody": {
         "required": True,
-        "content": {"application/json": {"schema": AckIn.model_json_schema()}},
+        "content": {
+            "application/json": {
+                "schema": AckIn.model_json_schema(),
+                "examples": {
+                    "decrypted": {
+                        "summary": "an `ack+jws` built by the SDK",
+                        "value": {"ack": EXAMPLE_ACK},
+                    }
+                },
+            }
+        },
     }
 }
 
 
 @router.post(
     "/{mid}/ack",
+    summary="Acknowledge a message",
     response_model=AckOut,
     responses=error_responses(
         Forbidden,
@@ -100,6 +116,7 @@ _ACK_BODY = {
         KeyRevoked,
         KeyRetired,
         KeyNotValidNow,
+        *JWS_REFUSALS,
         service.AckConflict,
     ),
     openapi_extra=_ACK_BODY,

@@ -34,14 +34,15 @@ class InboxPage(BaseModel):
     )
 
 
+EXAMPLE_ACK = "eyJhbGciOiJFZDI1NTE5Iiwia2lkIjoi...In0.eyJ2IjoxLCJtaWQiOi...fQ.c2ln"
+
+
 class AckIn(BaseModel):
     """A JWS `ack+jws` signed with one of the recipient agency's signing keys."""
 
     model_config = ConfigDict(extra="forbid")
 
-    ack: str = Field(
-        examples=["eyJhbGciOiJFZDI1NTE5Iiwia2lkIjoi...In0.eyJ2IjoxLCJtaWQiOi...fQ.c2ln"]
-    )
+    ack: str = Field(examples=[EXAMPLE_ACK])
 
 
 class AckOut(BaseModel):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Body, Request
 from fastapi.responses import Response
 
 from broker import db
+from broker.crypto import errors as crypto_errors
 from broker.deps import (
     FocalPointCaller,
     PartyCaller,
@@ -16,21 +18,45 @@ from broker.deps import (
     json_body,
     problem_response,
 )
-from broker.errors import Forbidden, NotFound, OutOfScope, error_responses
+from broker.errors import (
+    JWS_REFUSALS,
+    ErrorSpec,
+    Forbidden,
+    NotFound,
+    OutOfScope,
+    error_responses,
+)
 from broker.faults import crash_point
 from broker.messages import service
-from broker.messages.schemas import CheckIn, CheckOut, MessageStatus, Receipt, SubmitIn
+from broker.messages.schemas import (
+    EXAMPLE_ENVELOPE,
+    EXAMPLE_ROUTING,
+    CheckIn,
+    CheckOut,
+    MessageStatus,
+    Receipt,
+    SubmitIn,
+)
 from broker.registry.snapshot import KeyNotValidNow, KeyRetired, KeyRevoked, UnknownKey
 
 router = APIRouter(prefix="/v1", tags=["messages"], route_class=StrictJSONRoute)
 
-_SUBMIT_ERRORS = (
+_SUBMIT_ERRORS: tuple[ErrorSpec, ...] = (
     Forbidden,
+    service.NotTheSigner,
+    *JWS_REFUSALS,
+    crypto_errors.WrongUse,
+    crypto_errors.SenderMismatch,
+    crypto_errors.JweStructure,
+    crypto_errors.LowOrderEpk,
+    crypto_errors.JweRecipientsMismatch,
     service.MissingIdempotencyKey,
+    service.IdempotencyKeyMismatch,
     service.InFlight,
     service.MidReused,
     service.BadRouting,
     service.IatOutOfWindow,
+    service.BadExpiry,
     UnknownKey,
     KeyRevoked,
     KeyRetired,
@@ -60,7 +86,17 @@ _SUBMIT_DOC = {
     ],
     "requestBody": {
         "required": True,
-        "content": {"application/json": {"schema": SubmitIn.model_json_schema()}},
+        "content": {
+            "application/json": {
+                "schema": SubmitIn.model_json_schema(),
+                "examples": {
+                    "alert": {
+                        "summary": "an alert envelope built by the SDK",
+                        "value": {"envelope": EXAMPLE_ENVELOPE},
+                    }
+                },
+            }
+        },
     },
 }
 _IDEMPOTENCY_KEY = b"idempotency-key"
@@ -68,6 +104,7 @@ _IDEMPOTENCY_KEY = b"idempotency-key"
 
 @router.post(
     "/messages",
+    summary="Submit a message",
     status_code=201,
     response_model=Receipt,
     responses={
@@ -79,9 +116,12 @@ _IDEMPOTENCY_KEY = b"idempotency-key"
 async def submit(request: Request, caller: FocalPointCaller, session: SessionDep) -> Response:
     """Submit a signed, encrypted envelope; the answer carries the broker's signed receipt.
 
-    The body is parsed here, after the role gate, so that 401/403/429 come before 422. The
-    answer is sent after the commit (a refusal's audit event is committed with it).
+    Send `Idempotency-Key: <mid>`. The same envelope again answers 200 with the original
+    receipt; a refusal is a problem whose `code` says why, and is recorded on the log.
+    Authentication and role are checked before the body (401, 403 and 429 come before 422).
     """
+    # The body is parsed here, after the role gate; the answer is sent after the commit (a
+    # refusal's audit event is committed with it).
     body = await request.body()
     idempotency_key = next(
         (v.decode("latin-1") for k, v in request.scope["headers"] if k == _IDEMPOTENCY_KEY), None
@@ -107,13 +147,39 @@ def _crash_after_commit() -> None:
     crash_point(_AFTER_COMMIT)
 
 
-@router.post("/messages:check", responses=error_responses(Forbidden))
-async def check(data: CheckIn, caller: FocalPointCaller, session: SessionDep) -> CheckOut:
-    """Dry-run the scope decision for a routing header, and learn each recipient's key."""
+@router.post(
+    "/messages:check",
+    summary="Dry-run a routing header",
+    responses=error_responses(Forbidden),
+)
+async def check(
+    data: Annotated[
+        CheckIn,
+        Body(
+            openapi_examples={
+                "alert": {
+                    "summary": "an alert's routing header",
+                    "value": {"routing": EXAMPLE_ROUTING},
+                }
+            }
+        ),
+    ],
+    caller: FocalPointCaller,
+    session: SessionDep,
+) -> CheckOut:
+    """Dry-run the scope decision for a routing header, and learn each recipient's key.
+
+    A refusal is not an error here: the answer says `reject` with the code a submit of this
+    header would be refused with (`scope.*`, `envelope.bad_routing`, `key.recipient_no_key`...).
+    """
     return await service.check(session, caller, data.routing)
 
 
-@router.get("/messages/{mid}", responses=error_responses(Forbidden, NotFound))
+@router.get(
+    "/messages/{mid}",
+    summary="Delivery status of a message",
+    responses=error_responses(Forbidden, NotFound),
+)
 async def status(mid: uuid.UUID, caller: PartyCaller, session: SessionDep) -> MessageStatus:
     """Delivery and acknowledgement state per recipient (the sender agency only)."""
     return await service.status(session, caller, mid)

@@ -26,6 +26,10 @@ EXAMPLE_ROUTING: dict[str, Any] = {
 }
 
 
+# The shape of an envelope (abridged): outer JWS over {routing, jwe}, see PROTOCOL.md.
+EXAMPLE_ENVELOPE = "eyJhbGciOiJFZDI1NTE5Iiwia2lkIjoi...In0.eyJyb3V0aW5nIjp7...fX0.c2lnbmF0dXJl"
+
+
 class SubmitIn(BaseModel):
     """A compact JWS (`typ: alert-envelope+jws`) built by the SDK: sign, encrypt, sign."""
 
@@ -33,7 +37,7 @@ class SubmitIn(BaseModel):
 
     envelope: str = Field(
         min_length=10,
-        examples=["eyJhbGciOiJFZDI1NTE5Iiwia2lkIjoi...In0.eyJyb3V0aW5nIjp7...fX0.c2lnbmF0dXJl"],
+        examples=[EXAMPLE_ENVELOPE],
     )
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Body
 
 from broker.deps import AdminCaller, SessionDep, StrictJSONRoute
 from broker.errors import Forbidden, InvalidRequest, NotFound, error_responses
@@ -19,7 +21,24 @@ admin = APIRouter(prefix="/v1/admin", tags=["admin: push delivery"], route_class
     ),
 )
 async def set_push_endpoint(
-    agency_id: str, data: PushEndpointIn, caller: AdminCaller, session: SessionDep
+    agency_id: str,
+    data: Annotated[
+        PushEndpointIn,
+        Body(
+            openapi_examples={
+                "enable": {
+                    "summary": "push HK-CED's deliveries to its gateway",
+                    "value": {"url": "https://alerts.customs.gov.hk/broker/push", "enabled": True},
+                },
+                "disable": {
+                    "summary": "stop pushing the agency's deliveries",
+                    "value": {"url": "https://alerts.customs.gov.hk/broker/push", "enabled": False},
+                },
+            }
+        ),
+    ],
+    caller: AdminCaller,
+    session: SessionDep,
 ) -> PushEndpointOut:
     """Register, change, enable or disable where the broker POSTs the agency's deliveries."""
     endpoint = await service.set_endpoint(session, agency_id, data, actor=caller.actor)
