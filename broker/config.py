@@ -38,6 +38,15 @@ def estimated_bits(secret: str) -> float:
     return -n * sum(c / n * math.log2(c / n) for c in counts.values()) if n else 0.0
 
 
+def proxy_list(text: str) -> list[str]:
+    """Comma-separated proxy addresses or CIDRs (`BROKER_TRUSTED_PROXIES`,
+    `broker serve --forwarded-allow-ips`); ValueError names the first that is neither."""
+    proxies = [p.strip() for p in text.split(",") if p.strip()]
+    for proxy in proxies:
+        ipaddress.ip_network(proxy, strict=False)  # a typo fails at start, not silently
+    return proxies
+
+
 class Profile(StrEnum):
     """Embedded: SQLite and in-process work. Production: PostgreSQL, Redis, Celery."""
 
@@ -104,7 +113,9 @@ class Settings(BaseSettings):
     # Whose X-Forwarded-For / X-Forwarded-Proto to believe (issue 15.8): nobody unless listed,
     # where uvicorn alone would believe 127.0.0.1.
     trusted_proxies: str = Field(
-        default="", description="comma-separated proxy addresses or CIDRs; empty: none"
+        default="",
+        description="comma-separated proxy addresses or CIDRs; empty: none "
+        "(`broker serve --forwarded-allow-ips` overrides it)",
     )
     longpoll_per_agency: int = Field(default=4, ge=1, description="concurrent waiting polls")
     # A waiting poll holds neither a thread nor a connection (inbox.service.long_poll): the cap
@@ -177,9 +188,7 @@ class Settings(BaseSettings):
     @property
     def uvicorn_proxy(self) -> dict[str, object]:
         """uvicorn's options for forwarded headers: only from `trusted_proxies`."""
-        proxies = [p.strip() for p in self.trusted_proxies.split(",") if p.strip()]
-        for proxy in proxies:
-            ipaddress.ip_network(proxy, strict=False)  # a typo fails at start, not silently
+        proxies = proxy_list(self.trusted_proxies)
         if not proxies:
             return {"proxy_headers": False}
         return {"proxy_headers": True, "forwarded_allow_ips": ",".join(proxies)}

@@ -35,14 +35,14 @@ from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, FastAPI, Form, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import RedirectResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from broker import deps, ratelimit
+from broker import db, deps, ratelimit
 from broker.audit import auditor, log
 from broker.auth.service import Caller, Role
 from broker.config import settings
@@ -323,6 +323,7 @@ Auditor = Annotated[Caller, Depends(console_auditor)]
 Watcher = Annotated[Caller, Depends(console_watcher)]
 FormAuditor = Annotated[Caller, Depends(console_form)]
 Text = Annotated[str | None, Query(max_length=100)]
+FormText = Annotated[str | None, Form(max_length=100)]
 
 
 def render(
@@ -547,6 +548,45 @@ async def rejections(
             "summary": summary,
         },
         caller=caller,
+    )
+
+
+# --- the signed export ---------------------------------------------------------------------
+
+
+@router.post("/export")
+async def export(
+    caller: FormAuditor,
+    session: SessionDep,
+    fmt: Annotated[auditor.ExportFormat, Form(alias="format")] = "json",
+    since: FormText = None,
+    until: FormText = None,
+    agency: FormText = None,
+    agreement: FormText = None,
+    operation: FormText = None,
+    kind: FormText = None,
+    reason: FormText = None,
+) -> Response:
+    """The events a page's filters select, as the file `GET /v1/audit/export` gives: the
+    current signed checkpoint and each event's inclusion proof, verifiable offline.
+
+    A form (POST, with the session's form token) rather than a link: an export is recorded on
+    the log (`audit.exported`), so it changes something.
+    """
+    filters = service.parse_filters(
+        since=since,
+        until=until,
+        agency=agency,
+        agreement=agreement,
+        operation=operation,
+        kind=kind,
+        reason=reason,
+    )
+    plan = await auditor.start_export(session, caller, filters.event_filter(), fmt)
+    return StreamingResponse(
+        auditor.export_chunks(db.session_scope, plan),
+        media_type="text/csv; charset=utf-8" if fmt == "csv" else "application/json",
+        headers={"Content-Disposition": f'attachment; filename="audit-export.{fmt}"'},
     )
 
 

@@ -154,3 +154,38 @@ def test_an_auditor_reviews_and_verifies_in_a_browser(
     context.close()
     assert problems == [], problems  # no CSP violation, no script error
     assert all(p.stat().st_size > 10_000 for p in shot.taken)
+
+
+def test_an_auditor_downloads_a_signed_export(
+    browser: Any, live_url: str, traffic: Traffic, token_for: Any, tmp_path: Path
+) -> None:
+    """The export button on the exchange log: a form POST with the session's form token, whose
+    answer the browser saves as a file that verifies offline against the pinned log key."""
+    from playwright.sync_api import expect
+
+    from broker import keyring
+    from broker.audit import verify
+
+    expect.set_options(timeout=10_000)
+    context = browser.new_context(accept_downloads=True)
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.goto(f"{live_url}/console/login")
+    page.get_by_label("Auditor token").fill(token_for("auditor"))
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="Exchange log")).to_be_visible()
+    page.goto(f"{live_url}/console/?kind=msg.accepted")
+    page.get_by_label(re.compile("^Signed export")).select_option("csv")
+    with page.expect_download() as started:
+        page.get_by_role("button", name="Export", exact=True).click()
+    download = started.value
+    assert download.suggested_filename == "audit-export.csv"
+    saved = tmp_path / download.suggested_filename
+    download.save_as(saved)
+    report = verify.verify_export(saved.read_bytes(), keyring.load_or_create().log_verifier_key)
+    assert report.events == 3
+    assert MARKER not in saved.read_text()
+    expect(page.get_by_role("heading", name="Exchange log")).to_be_visible()  # still on the page
+    context.close()
+    assert problems == [], problems

@@ -121,6 +121,9 @@ def public(ok: int | None = 200, **kw: Any) -> Row:
 
 AUDIT_QUERY = {"agency": "VN-GDC"}
 VERIFY_FORM = {"full": "false", "index": ""}
+# No filter (the log page's hidden `since` is its verify form's): a bound auditor's file holds
+# its own agencies only.
+EXPORT_FORM = {"format": "json", "since": ""}
 
 TABLE: dict[tuple[str, str], Row] = {
     # messages: focal points submit; the sending agency (its focal points and its agency
@@ -224,6 +227,10 @@ TABLE: dict[tuple[str, str], Row] = {
     ("GET", "/console/agreements/{agreement_id}"): console(foreign=404),
     ("GET", "/console/log"): console(),
     ("GET", "/console/log/full"): console(),
+    ("POST", "/console/export"): console(
+        form=EXPORT_FORM,
+        extra=(Extra("without the form token", AUDITOR, OWN[AUDITOR], 403, EXPORT_FORM),),
+    ),
     ("POST", "/console/log/verify"): console(
         form=VERIFY_FORM,
         extra=(
