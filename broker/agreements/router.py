@@ -130,6 +130,7 @@ async def update_operation(
 
 @admin.post(
     "/focal-points/{agency_id}/{slug}/designations",
+    summary="Designate a focal point",
     status_code=201,
     responses=error_responses(
         Forbidden,
@@ -141,14 +142,32 @@ async def update_operation(
     ),
 )
 async def designate(
-    agency_id: str, slug: str, data: DesignationIn, caller: AdminCaller, session: SessionDep
+    agency_id: str,
+    slug: str,
+    data: Annotated[
+        DesignationIn,
+        Body(
+            openapi_examples={
+                "open-ended": {
+                    "summary": "designated from 2023 until further notice",
+                    "value": {"agreement": "VN-HK-CMAA-2013", "valid_from": "2023-01-01"},
+                }
+            }
+        ),
+    ],
+    caller: AdminCaller,
+    session: SessionDep,
 ) -> DesignationOut:
     """Designate a focal point under an agreement for a period."""
     row = await service.designate(session, f"{agency_id}/{slug}", data, actor=caller.actor)
     return DesignationOut.model_validate(row)
 
 
-@admin.get("/focal-points/{agency_id}/{slug}/designations", responses=error_responses(Forbidden))
+@admin.get(
+    "/focal-points/{agency_id}/{slug}/designations",
+    summary="List a focal point's designations",
+    responses=error_responses(Forbidden),
+)
 async def designations(
     agency_id: str, slug: str, caller: AdminCaller, session: SessionDep
 ) -> list[DesignationOut]:

@@ -101,8 +101,55 @@ class Direction(BaseModel):
     )
 
 
+class DesignationView(BaseModel):
+    """One of the caller's agency's focal points designated under the agreement, and when."""
+
+    focal_point_id: str
+    valid_from: date
+    valid_until: date | None
+
+
+EXAMPLE_VIEW: dict[str, Any] = {
+    "id": "VN-NZ-TNC-2019",
+    "title": EXAMPLE_AGREEMENT["title"],
+    "version": 1,
+    "policy_sha256": "yZ3e5X1u0Sd6Q8cJ1pV0mB2fT9rK4hL7wN3aG6xE0Qs",
+    "status": "active",
+    "valid_from": "2019-07-01",
+    "valid_until": None,
+    "subject_types": EXAMPLE_AGREEMENT["subject_types"],
+    "max_handling": "TLP:AMBER+STRICT",
+    "onward_sharing": "originator_consent",
+    "directions": [
+        {
+            "to": "VN-MPS",
+            "offences": [
+                "cybercrime",
+                "human_trafficking",
+                "money_laundering",
+                "transnational_organised_crime",
+            ],
+            "excluded": [
+                {
+                    "offences": ["narcotics"],
+                    "reason": EXAMPLE_AGREEMENT["exclusions"][0]["reason"],
+                    "unless_assurance": True,
+                }
+            ],
+        }
+    ],
+    "operations": [],
+    "designated_focal_points": ["NZ-POL/fp-01"],
+    "designations": [
+        {"focal_point_id": "NZ-POL/fp-01", "valid_from": "2023-01-01", "valid_until": None}
+    ],
+}
+
+
 class AgreementView(BaseModel):
     """An agreement as seen by one party: partners, scope per direction, handling limits."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [EXAMPLE_VIEW]})
 
     id: str
     title: str
@@ -117,3 +164,7 @@ class AgreementView(BaseModel):
     directions: list[Direction]
     operations: list[dict[str, Any]]
     designated_focal_points: list[str]
+    designations: list[DesignationView] = Field(
+        default_factory=list,
+        description="The caller's agency's focal points designated under it, with their periods",
+    )

@@ -15,7 +15,7 @@ from broker.agencies import repository as agency_repo
 from broker.agreements import repository
 from broker.agreements.models import Agreement, AgreementVersion, Designation, Operation
 from broker.agreements.policy import Policy
-from broker.agreements.schemas import AgreementView, DesignationIn, Direction
+from broker.agreements.schemas import AgreementView, DesignationIn, DesignationView, Direction
 from broker.audit import service as audit
 from broker.auth.service import Caller
 from broker.crypto.jcs import canonical
@@ -347,6 +347,7 @@ async def designations(session: AsyncSession, focal_point_id: str) -> Sequence[D
 async def views_for(session: AsyncSession, caller: Caller) -> list[AgreementView]:
     """For the caller's agency: each agreement it is party to, and what it may send to whom."""
     agency_id = caller.agency_id
+    today = utcnow().date().isoformat()
     views = []
     for version in await repository.current_versions(session):
         doc = version.document
@@ -354,16 +355,25 @@ async def views_for(session: AsyncSession, caller: Caller) -> list[AgreementView
             continue
         directions = []
         for partner in sorted(p for p in doc["parties"] if p != agency_id):
+            # An assurance recorded for an `unless_assurance` exclusion lifts it, as `decide` does.
+            assured = {
+                a["offence"]
+                for a in doc.get("assurances", [])
+                if a["from"] == agency_id and a["to"] == partner and a["recorded_at"] <= today
+            }
             excluded = [
                 {
                     "offences": e["offences"],
                     "reason": e["reason"],
                     "unless_assurance": e.get("unless_assurance", False),
+                    "assured": sorted(assured & set(e["offences"]))
+                    if e.get("unless_assurance")
+                    else [],
                 }
                 for e in doc.get("exclusions", [])
                 if e["from"] == agency_id and e["to"] == partner
             ]
-            barred = {o for e in excluded for o in e["offences"]}
+            barred = {o for e in excluded for o in e["offences"] if o not in e["assured"]}
             directions.append(
                 Direction(
                     to=partner,
@@ -382,11 +392,12 @@ async def views_for(session: AsyncSession, caller: Caller) -> list[AgreementView
             for op in await repository.operations(session, doc["id"])
             if agency_id in op.document["members"]
         ]
-        fps = [
-            d.focal_point_id
+        ours = [
+            d
             for d in await repository.designations(session, agreement_id=doc["id"])
             if d.focal_point_id.startswith(f"{agency_id}/")
         ]
+        fps = [d.focal_point_id for d in ours]
         views.append(
             AgreementView(
                 id=doc["id"],
@@ -402,6 +413,14 @@ async def views_for(session: AsyncSession, caller: Caller) -> list[AgreementView
                 directions=directions,
                 operations=ops,
                 designated_focal_points=sorted(set(fps)),
+                designations=[
+                    DesignationView(
+                        focal_point_id=d.focal_point_id,
+                        valid_from=d.valid_from,
+                        valid_until=d.valid_until,
+                    )
+                    for d in ours
+                ],
             )
         )
     return views

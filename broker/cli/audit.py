@@ -8,11 +8,14 @@ imported by the commands only, so that other commands start without it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
-from broker.cli.common import fail
+from broker.cli.common import USAGE, fail
+
+if TYPE_CHECKING:
+    from broker.audit.verify import VerifyError
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -58,11 +61,14 @@ def verify(
     try:
         report = verifier.verify_log(url, token, log_key, state=state, full=full, index=index)
     except verifier.VerifyError as exc:
-        fail(f"{exc.code}: {exc}")
+        _failed(exc, url, state)
     except httpx2.InvalidURL as exc:
-        fail(f"--url {url!r} is not a URL ({exc}): give the broker's, e.g. http://127.0.0.1:8000")
+        fail(
+            f"--url {url!r} is not a URL ({exc}): give the broker's, e.g. http://127.0.0.1:8000",
+            USAGE,
+        )
     except OSError as exc:  # the state file: its checkpoint was verified but cannot be kept
-        fail(f"--state: cannot write {state} ({exc.strerror}): give a writable file")
+        fail(f"--state: cannot write {state} ({exc.strerror}): give a writable file", USAGE)
     typer.echo(str(report))
     typer.echo("OK")
 
@@ -84,8 +90,35 @@ def verify_export(
     try:
         report = verifier.verify_export(file.read_bytes(), log_key, require_all=require_all)
     except OSError as exc:
-        fail(f"FILE: cannot read {file} ({exc.strerror}): give a readable export")
+        fail(f"FILE: cannot read {file} ({exc.strerror}): give a readable export", USAGE)
     except verifier.VerifyError as exc:
-        fail(f"{exc.code}: {exc}")
+        _failed(exc, None, None)
     typer.echo(str(report))
     typer.echo("OK")
+
+
+def _failed(exc: VerifyError, url: str | None, state: Path | None) -> NoReturn:
+    """A failed check (exit 1) as `code: what`, or the option to fix (exit 2), in one line."""
+    import httpx2
+
+    cause = exc.__context__  # the verifier raises `from None`: the cause is kept, not shown
+    if exc.code == "bad_key":
+        fail(
+            f"--log-key: {exc}: give the key as published, <origin>+<key id>+<base64> "
+            "(BROKER_LOG_KEY)",
+            USAGE,
+        )
+    if exc.code == "state" and str(exc).startswith("cannot read"):
+        fail(f"--state: {exc}: give the file an earlier run wrote, or a new path", USAGE)
+    if isinstance(cause, httpx2.UnsupportedProtocol | httpx2.InvalidURL):
+        fail(f"--url {url!r} is not a URL ({cause}): give one like http://127.0.0.1:8000", USAGE)
+    if isinstance(cause, httpx2.TransportError):
+        fail(f"http: cannot reach {url} ({cause}): start the broker, or pass --url (BROKER_URL)")
+    fix = {
+        " (auth.unauthenticated": "pass an auditor or agency token with --token (BROKER_TOKEN)",
+        " (auth.token_expired": "ask the broker's administrator for a new token",
+        " (auth.token_revoked": "ask the broker's administrator for a new token",
+        " (auth.forbidden": "pass an auditor or agency token with --token (BROKER_TOKEN)",
+    }
+    hint = next((f for marker, f in fix.items() if marker in str(exc)), None)
+    fail(f"{exc.code}: {exc}" + (f": {hint}" if hint else ""))

@@ -121,3 +121,57 @@ CUSTOM_FORMATS: Final[dict[str, Callable[[str], bool]]] = {
     "hs-code": is_hs_code,
     "partial-date": is_partial_date,
 }
+
+
+# --- Explanations ------------------------------------------------------------------------------
+# What a person needs to fix a value a checker refused: the expected check digit, the shape. Used
+# by the agency CLI; the API's messages stay "is not a valid <format>".
+
+_SHAPES: Final[dict[str, str]] = {
+    "iso6346": "4 letters (owner code, then U, J or Z), 6 digits and a check digit, "
+    "e.g. CSQU3054383",
+    "imo-number": "IMO and 7 digits, the last the check digit, e.g. IMO9074729",
+    "awb": "a 3-digit airline prefix, then 8 digits, the last the check digit, e.g. 020-12345675",
+    "unlocode": "a country code and 3 letters or digits 2-9, without the space, e.g. VNSGN",
+    "iso3166-alpha2": "an ISO 3166-1 alpha-2 country code, e.g. VN",
+    "hs-code": "6, 8 or 10 digits, e.g. 293299",
+    "partial-date": "YYYY, YYYY-MM or YYYY-MM-DD, e.g. 2024-02",
+}
+
+
+def _check_digit_hint(value: str) -> str | None:
+    """The expected check digit and the corrected value, for a well-shaped number."""
+    if _ISO6346.fullmatch(value):
+        digit = iso6346_check_digit(value[:10])
+        return f"check digit should be {digit} ({value[:10]}{digit})"
+    if _IMO.fullmatch(value):
+        digit = imo_check_digit(value[3:9])
+        return f"check digit should be {digit} ({value[:9]}{digit})"
+    if m := _AWB.fullmatch(value):
+        digit = int(m[2]) % 7
+        return f"check digit should be {digit} (serial {m[2]} mod 7: {value[:-1]}{digit})"
+    return None
+
+
+def explain(fmt: str, value: object) -> str | None:
+    """Why `value` fails the custom format `fmt`, and what would pass; None when it passes, or
+    when `fmt` is not one of `CUSTOM_FORMATS`.
+
+    `explain("iso6346", "CSQU3054384")` -> "check digit should be 3 (CSQU3054383)".
+    """
+    check = CUSTOM_FORMATS.get(fmt)
+    if check is None or not isinstance(value, str) or check(value):
+        return None
+    if value != value.upper() and check(value.upper()):
+        return f"write it in capitals: {value.upper()}"
+    if fmt in ("iso6346", "imo-number", "awb") and (hint := _check_digit_hint(value)):
+        return hint
+    if fmt == "unlocode" and _UNLOCODE.fullmatch(value):
+        return f"{value[:2]} is not an ISO 3166-1 country code"
+    if fmt == "iso3166-alpha2" and _ALPHA2.fullmatch(value):
+        return f"{value} is not an assigned ISO 3166-1 alpha-2 code"
+    if fmt == "hs-code" and _HS.fullmatch(value):
+        return f"chapter {value[:2]} is reserved: check the code"
+    if fmt == "partial-date" and _PARTIAL_DATE.fullmatch(value):
+        return f"{value} is not a calendar date"
+    return f"expected {_SHAPES[fmt]}"

@@ -7,20 +7,26 @@ the broker only ever sees ciphertext and the signed routing header.
 from __future__ import annotations
 
 import json
+import math
 import os
+import random
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx2
 from uuid_utils.compat import uuid7
 
 from broker import schemas
 from broker.crypto import envelope as env
 from broker.crypto import keys
 from broker.crypto.errors import CryptoError
-from broker.sdk.client import BrokerClient
+from broker.sdk.client import BrokerAPIError, BrokerClient
 from broker.sdk.keystore import Keystore
 
 
@@ -145,6 +151,19 @@ def send(client: BrokerClient, draft: Draft) -> dict[str, Any]:
     if receipt["mid"] != draft.mid or receipt["envelope_sha256"] != digest:
         raise CryptoError("the broker's receipt does not match what we sent")
     return answer
+
+
+# Upper bounds in kg of the routing's quantity bands (vocab.QUANTITY_BANDS), smallest first.
+_BANDS_KG = ((1, "lt_1kg"), (10, "1_10kg"), (100, "10_100kg"), (1000, "100_1000kg"))
+
+
+def quantity_band(quantity: dict[str, Any] | None) -> str | None:
+    """The feedback routing's `quantity_band` of a seizure's {value, unit} in kg or g, else
+    None (a count of pieces or a volume has no weight band: give one explicitly, or none)."""
+    if not quantity or quantity.get("unit") not in ("kg", "g"):
+        return None
+    kg = float(quantity["value"]) / (1000 if quantity["unit"] == "g" else 1)
+    return next((band for limit, band in _BANDS_KG if kg < limit), "gt_1000kg")
 
 
 _ACK_REASONS = {
@@ -296,6 +315,110 @@ class InboxPuller:
         if reason:
             payload["reason"] = reason
         self.client.ack(item["mid"], env.sign_compact(payload, signer, env.TYP_ACK))
+
+    def follow(
+        self,
+        *,
+        wait: float = 20,
+        limit: int = 100,
+        stop: threading.Event | None = None,
+        max_items: int | None = None,
+        duration_s: float | None = None,
+        on_item: Callable[[Pulled], None] | None = None,
+        on_event: Callable[[str], None] | None = None,
+        backoff: Backoff | None = None,
+    ) -> int:
+        """Long-poll the inbox until `stop` is set, `max_items` are settled or `duration_s` has
+        passed; returns how many items were settled.
+
+        Transport errors and the broker's 429/503 answers are retried with exponential backoff
+        and jitter, never sooner than the answer's `Retry-After`; any other refusal ends the
+        loop (raised). Each item is settled (evidence, ack, result) and the cursor saved before
+        the next; an interruption (KeyboardInterrupt) between two items loses nothing, and one
+        while an item is being settled is held until it is (`interrupts_deferred`).
+        """
+        stop = stop or threading.Event()
+        backoff = backoff or Backoff()
+        enc_keys = self.keystore.encryption_keys(self.agency)
+        signer = self.keystore.signing_key(self.ack_owner or self.agency)
+        settled, failures = 0, 0
+        more = False
+        deadline = None if duration_s is None else time.monotonic() + duration_s
+        while not stop.is_set():
+            left = math.inf if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                if not more and on_event:
+                    on_event(f"waiting (cursor {self.cursor() or 'start'}, {settled} settled)")
+                poll = 0 if more else min(wait, left)
+                page = self.client.inbox(self.cursor(), limit=limit, wait=poll)
+                for item in page["items"]:
+                    with interrupts_deferred():
+                        result = self._settle(item, enc_keys, signer)
+                        self._save_cursor(str(item["seq"]))
+                        settled += 1
+                        if on_item:
+                            on_item(result)
+                    if (max_items is not None and settled >= max_items) or stop.is_set():
+                        return settled
+                failures = 0
+                more = bool(page["items"]) and page.get("more") is not False
+            except (httpx2.TransportError, BrokerAPIError) as exc:
+                if isinstance(exc, BrokerAPIError) and exc.status not in RETRIED_STATUSES:
+                    raise
+                failures += 1
+                delay = backoff.delay(failures, getattr(exc, "retry_after", None))
+                if on_event:
+                    why = exc.code if isinstance(exc, BrokerAPIError) else type(exc).__name__
+                    on_event(f"{why}: retry {failures} in {delay:.1f}s")
+                more = False
+                stop.wait(min(delay, left))
+        return settled
+
+
+RETRIED_STATUSES = frozenset({429, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with full jitter, at least the broker's `Retry-After`."""
+
+    base_s: float = 1.0
+    cap_s: float = 60.0
+    max_retry_after_s: float = 600.0  # a larger Retry-After is taken as this
+
+    def delay(self, failures: int, retry_after: int | None = None) -> float:
+        ceiling = min(self.cap_s, self.base_s * 2 ** min(failures - 1, 30))
+        delay = random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not a secret
+        if retry_after is not None:
+            delay = max(delay, min(float(retry_after), self.max_retry_after_s))
+        return delay
+
+
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends, then act on them (main thread only).
+
+    Settling an item writes evidence, posts the ack and saves the cursor: stopped halfway, the
+    item would be settled again on the next run (acknowledged twice, though harmlessly).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+
+    def hold(signum: int, _frame: object) -> None:
+        caught.append(signum)
+
+    previous = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if caught:
+            signal.raise_signal(caught[0])
 
 
 class _InvalidBody(Exception):

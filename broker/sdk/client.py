@@ -6,15 +6,34 @@ from typing import Any
 
 import httpx2
 
+from broker.ids import whole_number
+
 
 class BrokerAPIError(Exception):
     """The broker refused a request; `problem` is its RFC 9457 body with a stable `code`."""
+
+    # Seconds from the answer's `Retry-After` (ASCII digits only), e.g. on 429 and 503.
+    retry_after: int | None = None
 
     def __init__(self, status: int, problem: dict[str, Any]) -> None:
         self.status = status
         self.problem = problem
         self.code: str = str(problem.get("code", f"http.{status}"))
         super().__init__(f"{status} {self.code}: {problem.get('detail', '')}")
+
+
+class BadToken(ValueError):
+    """The token is empty, or holds what no token has (a space, a line break, non-ASCII): told
+    before any request, not as an illegal HTTP header."""
+
+
+def check_token(token: str) -> str:
+    """`token` if it can be a bearer token, else `BadToken`."""
+    if not token:
+        raise BadToken("the API token is empty: pass a token (brk_...)")
+    if not token.isascii() or not token.isprintable() or " " in token:
+        raise BadToken("the API token holds spaces or characters no token has")
+    return token
 
 
 class BrokerClient:
@@ -30,7 +49,10 @@ class BrokerClient:
     ) -> None:
         self._http = httpx2.Client(
             base_url=base_url.rstrip("/"),
-            headers={"Authorization": f"Bearer {token}", "User-Agent": "exchange-broker-sdk/1"},
+            headers={
+                "Authorization": f"Bearer {check_token(token)}",
+                "User-Agent": "exchange-broker-sdk/1",
+            },
             timeout=timeout,
             transport=transport,
         )
@@ -51,7 +73,11 @@ class BrokerClient:
                 problem = response.json()
             except ValueError:
                 problem = {"detail": response.text[:200]}
-            raise BrokerAPIError(response.status_code, problem if isinstance(problem, dict) else {})
+            error = BrokerAPIError(
+                response.status_code, problem if isinstance(problem, dict) else {}
+            )
+            error.retry_after = whole_number(response.headers.get("retry-after", "").strip())
+            raise error
         if response.headers.get("content-type", "").startswith("text/"):
             return response.text
         return response.json() if response.content else None

@@ -94,6 +94,30 @@ def test_agency_commands_run_without_the_server(agency_side: dict[str, Any]) -> 
     )  # fmt: skip
     assert dry.returncode == 0, dry.stderr
     assert json.loads(dry.stdout)["decision"] == "accept"
+    # The officer's commands (issue 16, point 5).
+    agreements = without_server("agreements", "--token", s["fp"], "--json", env=env)
+    assert agreements.returncode == 0, agreements.stderr
+    assert "VN-HK-CMAA-2013" in {a["id"] for a in json.loads(agreements.stdout)}
+    scope = without_server("scope", "--to", "HK-CED", "--token", s["fp"], "--table", env=env)
+    assert scope.returncode == 0, scope.stderr
+    assert "VN-HK-CMAA-2013 -> HK-CED" in scope.stdout
+    feedback = without_server(
+        "feedback", "0190e353-3700-7a1c-9d2e-5b8f4a1c2d3e", "--from", "VN-GDC/fp-hcm-01",
+        "--outcome", "seized", "--commodity", "nps", "--quantity", "8.2kg",
+        "--narrative", "Found.", "--to", "HK-CED", "--agreement", "VN-HK-CMAA-2013",
+        "--offence", "precursors", "--token", s["fp"], "--keystore", str(s["keys"]), "--dry-run",
+        env=env,
+    )  # fmt: skip
+    # Built, validated, signed and checked without the server's packages: the broker refuses
+    # feedback on an alert VN-GDC never received.
+    assert feedback.returncode == 1, feedback.stderr
+    assert "scope.feedback_not_recipient" in feedback.stderr
+    followed = without_server(
+        "inbox", "pull", "--agency", "HK-CED", "--state", str(s["tmp"] / "inbox"),
+        "--token", s["hk"], "--keystore", str(s["keys"]), "--follow", "--for", "0.5", env=env,
+    )  # fmt: skip
+    assert followed.returncode == 0, followed.stderr
+    assert "done: 0 item(s) settled" in followed.stderr
 
 
 @pytest.mark.parametrize(

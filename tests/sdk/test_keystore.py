@@ -88,9 +88,10 @@ def send(s: dict[str, Any], *extra: str) -> Result:
     )
 
 
-def one_line_error(result: Result) -> str:
-    """The command ended with exit 2 and a single `error: ...` line, no traceback."""
-    assert result.exit_code == 2, result.output
+def one_line_error(result: Result, code: int = 2) -> str:
+    """The command ended with `code` (2: called wrongly, 1: refused or unreachable) and a single
+    `error: ...` line, no traceback."""
+    assert result.exit_code == code, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     lines = result.output.strip().splitlines()
     assert len(lines) == 1, result.output
@@ -107,7 +108,7 @@ def test_a_failed_registration_leaves_no_usable_key(side: dict[str, Any]) -> Non
     good = registered_key(s)
     # The focal point's own token may not register keys: the registration is refused.
     refused = generate(s, FP, "--register", "--token", s["fp"])
-    message = one_line_error(refused)
+    message = one_line_error(refused, 1)
     assert "auth.forbidden" in message
     assert "deleted" in message
     assert key_files(s) == [f"{FP.replace('/', '__')}-sig-{good}.p8.pem"]
@@ -120,7 +121,7 @@ def test_a_broker_out_of_reach_at_registration_leaves_no_usable_key(side: dict[s
     s = side
     good = registered_key(s)
     failed = generate(s, FP, "--register", "--token", s["admin"], "--url", "http://127.0.0.1:9")
-    assert "cannot reach" in one_line_error(failed)
+    assert "cannot reach" in one_line_error(failed, 1)
     assert key_files(s) == [f"{FP.replace('/', '__')}-sig-{good}.p8.pem"]
 
 
@@ -185,7 +186,7 @@ def test_keys_list_shows_registration_and_validity(side: dict[str, Any]) -> None
     assert rows[stray]["status"] == "not registered"
     assert rows[stray]["signs"] is False
     # The table, and offline: every key with its use, registration unknown.
-    table = cli(s, "keys", "list", "--keystore", str(s["keys"]), "--token", s["fp"])
+    table = cli(s, "keys", "list", "--keystore", str(s["keys"]), "--token", s["fp"], "--table")
     assert table.exit_code == 0, table.output
     assert any(
         good in line and "active" in line and "yes" in line for line in table.output.splitlines()

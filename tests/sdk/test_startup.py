@@ -27,7 +27,7 @@ HEAVY = (
     "broker.audit",
     "broker.db",
     "broker.crypto",
-    "broker.schemas",
+    "broker.schemas.validation",  # the vocabulary (choices of options) is light
 )
 
 
