@@ -43,8 +43,12 @@ def free_port() -> int:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """The environment without BROKER_ settings or PYTHONPATH, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_") and k != "PYTHONPATH"}
+    """The environment without BROKER_ settings, PYTHONPATH or a bytecode setting, plus `extra`.
+
+    With PYTHONDONTWRITEBYTECODE every run would compile what changed since the last cached
+    bytecode; the benchmark gives each sitting its own PYTHONPYCACHEPREFIX instead."""
+    dropped = ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_") and k not in dropped}
     return env | {"BROKER_LOG_LEVEL": "WARNING", **extra}
 
 
@@ -126,7 +130,10 @@ def main() -> None:
             trees[f"baseline {args.baseline_ref}"] = baseline_tree(args.baseline_ref, folder)
         demo, credentials = start_demo(folder)
         try:
-            env = clean_env(BROKER_KEY_PASSPHRASE=credentials["keystore"]["passphrase"])
+            env = clean_env(
+                BROKER_KEY_PASSPHRASE=credentials["keystore"]["passphrase"],
+                PYTHONPYCACHEPREFIX=str(folder / "pycache"),
+            )
             load_before = os.getloadavg()
             times: dict[str, dict[str, list[float]]] = {}
             for name, command in commands(credentials).items():

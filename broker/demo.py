@@ -3,35 +3,38 @@
 The broker serves in a background thread (uvicorn, on its own event loop); the scenario talks
 to it as the agencies would, through the SDK and real HTTP. Only the first admin token is made
 directly, through the services (`db.call`).
+
+The output is a progress display that fits 80 columns: a line as each step completes, with the
+seconds since the command started. The libraries are imported inside the functions, so that
+the command can say it is starting before it imports them, and `broker demo env` (which only
+reads `demo-credentials.json`) imports none of them.
 """
 
 from __future__ import annotations
 
+import difflib
+import functools
 import json
 import logging
 import os
+import shlex
 import threading
 import time
+from contextlib import nullcontext
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx2
-import uvicorn
-from rich.console import Console
-from rich.table import Table
-from sqlalchemy.ext.asyncio import AsyncSession
+if TYPE_CHECKING:
+    import httpx2
+    from rich.console import Console
+    from sqlalchemy.ext.asyncio import AsyncSession
 
-from broker import db, world
-from broker.auth import repository as auth_repo
-from broker.auth import service as auth
-from broker.auth.service import Role
-from broker.config import settings
-from broker.crypto import keys as crypto_keys
-from broker.sdk.keystore import Keystore
+    from broker.sdk.keystore import Keystore
 
-console = Console(highlight=False, width=120)
+WIDTH = 80  # no line of the demo's output is wider
 ADMIN = "demo-admin"
+CREDENTIALS = "demo-credentials.json"
 # Who the demo gives a token to: name -> principal document.
 DEMO_PRINCIPALS: list[dict[str, Any]] = [
     {"name": "vn-gdc-hcm", "role": "focal_point", "focal_point_id": "VN-GDC/fp-hcm-01"},
@@ -47,6 +50,50 @@ DEMO_PRINCIPALS: list[dict[str, Any]] = [
     {"name": "nz-pol-inbox", "role": "agency", "agency_id": "NZ-POL"},
     {"name": "oversight-auditor", "role": "auditor"},
 ]
+# `broker demo env --as ROLE`: whose credentials, and the variables that role's guide reads
+# (REGISTRAR_TOKEN: the demo admin's, which the guides' first step registers keys with).
+_AGENCY_SIDE = (
+    "BROKER_URL",
+    "BROKER_TOKEN",
+    "BROKER_KEYSTORE",
+    "BROKER_KEY_PASSPHRASE",
+    "REGISTRAR_TOKEN",
+)
+GUIDE_ROLES: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "focal_point": ("vn-gdc-hcm", _AGENCY_SIDE, "docs/focal-points.md"),
+    "agency": ("hk-ced-inbox", _AGENCY_SIDE, "docs/partners.md"),
+    "auditor": (
+        "oversight-auditor",
+        ("BROKER_URL", "BROKER_TOKEN", "BROKER_LOG_KEY"),
+        "docs/auditors.md",
+    ),
+    "admin": (ADMIN, ("BROKER_URL", "BROKER_TOKEN"), "docs/operators.md"),
+}
+
+
+@functools.cache
+def console() -> Console:
+    """The demo's output: at most WIDTH columns, narrower on a narrower terminal."""
+    from rich.console import Console
+
+    out = Console(highlight=False)
+    out.width = min(out.width, WIDTH)
+    return out
+
+
+class Progress:
+    """A line as each step completes, with the seconds since `started` (the command's start)."""
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+
+    def done(self, what: str) -> None:
+        _ok(f"{what} ({time.monotonic() - self.started:.1f} s)")
+
+    def running(self, what: str) -> Any:
+        """On a terminal, a spinner naming the step under way (elsewhere nothing)."""
+        out = console()
+        return out.status(what) if out.is_terminal else nullcontext()
 
 
 class NotServing(RuntimeError):
@@ -57,12 +104,22 @@ class ServerThread(threading.Thread):
     """uvicorn in a background thread, so the scenario can talk to it over real HTTP."""
 
     def __init__(self, port: int) -> None:
+        import uvicorn
+
+        from broker import serving
+        from broker.config import settings
+
         super().__init__(daemon=True)
+        # Bound now, so that a port in use is told before anything runs (broker/serving.py).
+        try:
+            self.socket = serving.listen(settings().host, port)
+        except serving.CannotListen as exc:
+            raise NotServing(exc.problem) from None
         config = uvicorn.Config(
             "broker.main:create_app",
             factory=True,
             host=settings().host,
-            port=port,
+            port=self.socket.getsockname()[1],
             log_config=None,
             access_log=False,
             **settings().uvicorn_proxy,  # type: ignore[arg-type]
@@ -70,7 +127,7 @@ class ServerThread(threading.Thread):
         self.server = uvicorn.Server(config)
 
     def run(self) -> None:
-        self.server.run()
+        self.server.run(sockets=[self.socket])
 
     def wait_started(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
@@ -84,9 +141,14 @@ class ServerThread(threading.Thread):
     def stop(self) -> None:
         self.server.should_exit = True
         self.join(timeout=10)
+        self.socket.close()
 
 
 async def _admin_token(session: AsyncSession) -> str:
+    from broker.auth import repository as auth_repo
+    from broker.auth import service as auth
+    from broker.auth.service import Role
+
     principal = await auth_repo.principal_by_name(session, ADMIN)
     if principal is None:
         principal = await auth.create_principal(session, name=ADMIN, role=Role.admin, actor="demo")
@@ -96,6 +158,8 @@ async def _admin_token(session: AsyncSession) -> str:
 
 def _bootstrap_admin() -> str:
     """The one principal created directly: everything else goes through the API."""
+    from broker import db
+
     return db.call(_admin_token)
 
 
@@ -120,42 +184,76 @@ def _tokens(api: httpx2.Client) -> dict[str, dict[str, Any]]:
     return tokens
 
 
+def _table(title: str, *columns: str, flexible: dict[str, int]) -> Any:
+    """A table as wide as the console: the other columns as wide as their values, the
+    `flexible` ones sharing the rest in the given ratios (their values wrapped)."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(
+        title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1), expand=True
+    )
+    for name in columns:
+        if name in flexible:
+            table.add_column(name, ratio=flexible[name], overflow="fold")
+        else:
+            table.add_column(name, no_wrap=True)
+    return table
+
+
+def _loaded(loaded: dict[str, dict[str, int]]) -> str:
+    """`POST /v1/admin/world`'s answer in words: how many of each, and whether all were there."""
+    kinds = {**loaded["skipped"], **loaded["created"]}
+    counts = ", ".join(
+        f"{loaded['created'].get(k, 0) + loaded['skipped'].get(k, 0)} {k.replace('_', ' ')}"
+        for k in kinds
+    )
+    return counts + ("" if loaded["created"] else " (already there)")
+
+
 def _show_world(api: httpx2.Client) -> None:
+    """The world as the broker now holds it, one table per kind."""
+    out = console()
     agencies = _check(api.get("/v1/admin/agencies"))
-    table = Table(title=f"Agencies ({len(agencies)})", title_justify="left")
-    for col in ("id", "name", "country", "kind"):
-        table.add_column(col)
+    table = _table(
+        f"Agencies ({len(agencies)})", "id", "country", "kind", "name", flexible={"name": 1}
+    )
+    # One line per agency: a long name is cut short (…) rather than wrapped.
+    table.columns[-1].no_wrap = True
+    table.columns[-1].overflow = "ellipsis"
     for a in agencies:
-        table.add_row(a["id"], a["name"], a["country"], a["kind"])
-    console.print(table)
+        table.add_row(a["id"], a["country"], a["kind"], a["name"])
+    out.print(table)
     agreements = _check(api.get("/v1/admin/agreements"))
-    table = Table(title=f"Agreements ({len(agreements)})", title_justify="left")
-    for col in ("id", "parties", "offences", "exclusions", "policy sha256"):
-        table.add_column(col)
+    table = _table(
+        f"Agreements ({len(agreements)})",
+        *("id", "parties", "offences", "exclusions"),
+        flexible={"offences": 3, "exclusions": 2},
+    )
     for ag in agreements:
         doc = ag["document"]
         parties = doc["parties"]
-        shown = ", ".join(parties) if len(parties) <= 4 else f"{len(parties)} agencies"
+        shown = ", ".join(parties) if len(parties) <= 2 else f"{len(parties)} agencies"
         excl = "; ".join(
             f"{e['from']}→{e['to']}: no {', '.join(e['offences'])}" for e in doc["exclusions"]
         )
-        table.add_row(
-            ag["id"], shown, ", ".join(doc["offences"]), excl or "-", ag["sha256"][:12] + "…"
-        )
-    console.print(table)
+        table.add_row(ag["id"], shown, ", ".join(doc["offences"]), excl or "-")
+    out.print(table)
     operations = _check(api.get("/v1/admin/operations"))
-    table = Table(title=f"Operations ({len(operations)})", title_justify="left")
-    for col in ("id", "agreement", "window", "members"):
-        table.add_column(col)
+    table = _table(
+        f"Operations ({len(operations)})",
+        *("id", "agreement", "window", "members"),
+        flexible={"members": 1},
+    )
     for op in operations:
         members = op["document"]["members"]
         table.add_row(
             op["id"],
             op["agreement_id"],
             f"{op['starts_at'][:10]} → {op['ends_at'][:10]}",
-            ", ".join(members) if len(members) <= 4 else f"{len(members)} agencies",
+            ", ".join(members) if len(members) <= 2 else f"{len(members)} agencies",
         )
-    console.print(table)
+    out.print(table)
 
 
 DEMO_KEYS = {
@@ -172,8 +270,14 @@ DEMO_KEYS = {
 }
 
 
-def _keystore(api: httpx2.Client, folder: Path) -> tuple[Keystore, str]:
-    """Generate and register the demo's private keys (agency side), reusing them on re-runs."""
+def _keystore(api: httpx2.Client, folder: Path) -> tuple[Keystore, str, int]:
+    """Generate and register the demo's private keys (agency side), reusing them on re-runs.
+
+    Returns the keystore, its passphrase and how many keys were registered now.
+    """
+    from broker.crypto import keys as crypto_keys
+    from broker.sdk.keystore import Keystore
+
     passphrase_file = folder.parent / "demo-keystore.passphrase"
     if passphrase_file.exists():
         passphrase = passphrase_file.read_text().strip()
@@ -184,6 +288,7 @@ def _keystore(api: httpx2.Client, folder: Path) -> tuple[Keystore, str]:
         os.chmod(passphrase_file, 0o600)
     store = Keystore.open(folder, passphrase)
     registered = {k["kid"] for k in _check(api.get("/v1/directory/jwks"))["keys"]}
+    added = 0
     for use, owners in DEMO_KEYS.items():
         for owner in owners:
             stem = owner.replace("/", "__")
@@ -198,21 +303,53 @@ def _keystore(api: httpx2.Client, folder: Path) -> tuple[Keystore, str]:
                     "jwk": key.public.jwk,
                 }
                 _check(api.post("/v1/admin/keys", json=body))
-    return store, passphrase
+                added += 1
+    return store, passphrase, added
 
 
-def _ok(step: str, detail: str) -> None:
-    console.print(f"[green]✔[/green] {step}: {detail}")
+def _say(mark: str, style: str, text: str, detail: str = "", *, bold: str = "") -> None:
+    """`mark text: detail`, wrapped under the text (not under the mark) to fit the width; the
+    detail starts its own line when it would not fit beside the text. `bold`: a part of the
+    detail to show in bold. Plain text, never markup: the values come from the broker."""
+    import textwrap
+
+    from rich.text import Text
+
+    out = console()
+    room = out.width - 2
+    lines = textwrap.wrap(text + (":" if detail else ""), room) or [""]
+    if detail and "\n" not in detail and len(lines[-1]) + 1 + len(detail) <= room:
+        lines[-1] += " " + detail
+    elif detail:
+        for paragraph in detail.splitlines():
+            lines += textwrap.wrap(paragraph, room, break_on_hyphens=False)
+    body = Text("\n".join(f"  {line}" if i else line for i, line in enumerate(lines)))
+    if bold:
+        body.highlight_words([bold], style="bold")
+    out.print(Text.assemble((mark, style), " ", body))
+
+
+def _ok(step: str, detail: str = "") -> None:
+    _say("✔", "green", step, detail)
 
 
 def _refused(step: str, code: str, detail: str = "") -> None:
-    console.print(f"[red]✘[/red] {step}: refused with [bold]{code}[/bold] {detail}")
+    _say("✘", "red", step, f"refused: {code}{detail}", bold=code)
 
 
 def _scenario(
-    base_url: str, tokens: dict[str, dict[str, Any]], store: Keystore, data_dir: Path
+    base_url: str,
+    tokens: dict[str, dict[str, Any]],
+    store: Keystore,
+    data_dir: Path,
+    transport: httpx2.HTTPTransport,
 ) -> dict[str, Any]:
-    """The exchanges of ARCHITECTURE.md section 2, through the SDK and the HTTP API."""
+    """The exchanges of ARCHITECTURE.md section 2, through the SDK and the HTTP API.
+
+    Every client shares `transport` (one pool, one TLS context) and keeps its own token.
+    """
+    import httpx2
+
     from broker.sdk import agent
     from broker.sdk.client import BrokerAPIError, BrokerClient
 
@@ -220,8 +357,10 @@ def _scenario(
     body = json.loads(
         resources.files("broker.fixtures").joinpath("bodies/ivory-shipment.json").read_text()
     )
-    client = {name: BrokerClient(base_url, t["token"]) for name, t in tokens.items()}
-    console.rule("1. A shipment alert, VN-GDC to HK-CED under VN-HK-CMAA-2013")
+    client = {
+        name: BrokerClient(base_url, t["token"], transport=transport) for name, t in tokens.items()
+    }
+    console().rule("1. A shipment alert, VN-GDC to HK-CED under VN-HK-CMAA-2013")
 
     def shipment_alert(**options: Any) -> Any:
         """VN-GDC's focal point's shipment alert to HK-CED under VN-HK-CMAA-2013."""
@@ -238,10 +377,7 @@ def _scenario(
 
     draft = shipment_alert(priority="urgent")
     answer = agent.send(client["vn-gdc-hcm"], draft)
-    _ok(
-        "VN-GDC/fp-hcm-01 sent a signed, encrypted alert",
-        f"mid {draft.mid}, broker receipt verified",
-    )
+    _ok("VN-GDC/fp-hcm-01 sent a signed, encrypted alert", f"receipt verified, mid {draft.mid}")
     outcomes["accepted"] = draft.mid
     pulled = agent.InboxPuller(
         client["hk-ced-inbox"], store, "HK-CED", data_dir / "inbox-HK-CED"
@@ -257,7 +393,7 @@ def _scenario(
     )
     outcomes["delivered"] = state["state"]
 
-    console.rule("2. A Mekong Dragon alert to several members, and seizure feedback")
+    console().rule("2. A Mekong Dragon alert to three members, and seizure feedback")
     members = ["CN-GACC", "HK-CED", "KR-KCS"]
     mekong = dict(body, title="Ivory consignment moving through the Mekong corridor")
     multi = agent.compose(
@@ -319,7 +455,7 @@ def _scenario(
     )
     outcomes["feedback"] = feedback.mid
 
-    console.rule("3. Attempts the broker refuses, each with its reason")
+    console().rule("3. Attempts the broker refuses, each with its reason")
     nz = dict(
         body,
         title="Methamphetamine courier",
@@ -370,7 +506,14 @@ def _scenario(
             agent.send(client[who], forced)
             _ok(label, "accepted (unexpected)")
         except BrokerAPIError as exc:
-            _refused(label, exc.code, f"(the dry run said {check.get('code')} before encrypting)")
+            said = check.get("code")
+            _refused(
+                label,
+                exc.code,
+                ", as the dry run had said before encrypting"
+                if said == exc.code
+                else f" (the dry run before encrypting said {said})",
+            )
             outcomes["refusals"][label] = exc.code
     replay = shipment_alert(extra={"mid": draft.mid})
     try:
@@ -384,20 +527,24 @@ def _scenario(
         f"the original receipt ({same['event_id'] == answer['event_id'] and 'same event'})",
     )
     outcomes["audit"] = _audit(
-        client["oversight-auditor"], base_url, tokens["oversight-auditor"]["token"], data_dir
+        client["oversight-auditor"],
+        base_url,
+        tokens["oversight-auditor"]["token"],
+        data_dir,
+        httpx2.Client(base_url=base_url, timeout=60.0, transport=transport),
     )
-    for c in client.values():
-        c.close()
-    return outcomes
+    return outcomes  # the clients hold nothing but `transport`, which the caller closes
 
 
-def _audit(auditor: Any, base_url: str, token: str, data_dir: Path) -> dict[str, Any]:
+def _audit(
+    auditor: Any, base_url: str, token: str, data_dir: Path, http: httpx2.Client
+) -> dict[str, Any]:
     """The auditor's view: the exchanges, the refusals, and an independent log check."""
-    console.rule("4. The auditor reviews the exchange log and verifies it")
+    console().rule("4. The auditor reviews the exchange log and verifies it")
     try:
         events = auditor.get("/v1/audit/events", limit=500)
     except Exception as exc:
-        console.print(f"audit API not available: {exc}")
+        _refused("The audit API", type(exc).__name__, f": {exc}")
         return {}
     items = events.get("items", events) if isinstance(events, dict) else events
     kinds: dict[str, int] = {}
@@ -409,10 +556,9 @@ def _audit(auditor: Any, base_url: str, token: str, data_dir: Path) -> dict[str,
     )
     for e in items:
         if e["kind"] == "msg.rejected":
-            console.print(
-                f"   refused: {e['details'].get('reason')}  {e['details'].get('sender', '?')} → "
-                f"{', '.join(e['details'].get('recipients', []) or ['?'])}"
-            )
+            details = e["details"]
+            recipients = ", ".join(details.get("recipients", []) or ["?"])
+            _say(" ", "", f"{details.get('sender', '?')} → {recipients}", details.get("reason"))
     result: dict[str, Any] = {"kinds": kinds}
     try:
         from broker.audit import verify
@@ -423,43 +569,62 @@ def _audit(auditor: Any, base_url: str, token: str, data_dir: Path) -> dict[str,
             auditor.get("/v1/log/key"),
             state=data_dir / "auditor-checkpoint.json",
             full=True,
+            http=http,
         )
         _ok("broker audit verify", str(report))
         result["verified"] = True
     except Exception as exc:
-        _refused("broker audit verify", type(exc).__name__, str(exc))
+        _refused("broker audit verify", type(exc).__name__, f": {exc}")
         result["verified"] = False
     return result
 
 
-def run(*, port: int, keep_serving: bool) -> dict[str, Any]:
+def run(*, port: int, keep_serving: bool, progress: Progress) -> dict[str, Any]:
     """Play the scenario on a migrated database, write demo-credentials.json, then serve.
 
-    Serves until interrupted, unless `keep_serving` is false.
+    Serves until interrupted, unless `keep_serving` is false. Turns the cyclic garbage collector
+    back on once the server has started (`broker demo` turns it off for the start-up).
     """
+    import gc
+
+    import httpx2
+
+    from broker import keyring, serving, world
+    from broker.config import settings
+
     cfg = settings()
     data_dir = cfg.data_dir.resolve()
-    started = time.monotonic()
     logging.getLogger("httpx2").setLevel(logging.WARNING)
-    console.print(f"[bold]Exchange broker demo[/bold] — embedded default, data in {data_dir}")
-    server = ServerThread(port)
-    server.start()
-    server.wait_started()
-    base_url = f"http://{cfg.host}:{port}"
+    try:
+        with progress.running("starting the broker…"):
+            server = ServerThread(port)
+            server.start()
+            server.wait_started()
+    finally:
+        gc.enable()
+    base_url = f"http://{serving.address(cfg.host, server.server.config.port)}"
+    progress.done(f"broker serving on {base_url}")
     admin_token = _bootstrap_admin()
-    with httpx2.Client(
-        base_url=base_url, headers={"Authorization": f"Bearer {admin_token}"}, timeout=30
-    ) as api:
-        loaded = _check(api.post("/v1/admin/world", json=world.demo_world()))
-        console.print(
-            f"World loaded: created {loaded['created']}, already there {loaded['skipped']}"
+    # One connection pool, and one TLS context (httpx2 builds one per client even for http://,
+    # some 50 ms each), for every client of the scenario; each client sends its own token.
+    with httpx2.HTTPTransport() as transport:
+        api = httpx2.Client(
+            base_url=base_url,
+            headers={"Authorization": f"Bearer {admin_token}"},
+            timeout=30,
+            transport=transport,
         )
+        loaded = _check(api.post("/v1/admin/world", json=world.demo_world()))
+        progress.done(f"world loaded: {_loaded(loaded)}")
         _show_world(api)
         tokens = _tokens(api)
-        store, passphrase = _keystore(api, data_dir / "demo-keystore")
-    outcomes = _scenario(base_url, tokens, store, data_dir)
-    from broker import keyring
-
+        store, passphrase, added = _keystore(api, data_dir / "demo-keystore")
+        keys = sum(len(owners) for owners in DEMO_KEYS.values())
+        progress.done(
+            f"tokens for {len(tokens) + 1} principals; {keys} keys in the demo keystore, "
+            f"{added} newly registered"
+        )
+        outcomes = _scenario(base_url, tokens, store, data_dir, transport)
     credentials = {
         "base_url": base_url,
         "docs": f"{base_url}/docs",
@@ -470,24 +635,14 @@ def run(*, port: int, keep_serving: bool) -> dict[str, Any]:
         "keystore": {"folder": str(store.folder), "passphrase": passphrase},
         "outcomes": outcomes,
     }
-    path = data_dir / "demo-credentials.json"
+    path = credentials_path(data_dir)
     path.write_text(json.dumps(credentials, indent=2) + "\n", encoding="utf-8")
     os.chmod(path, 0o600)
-    console.print(f"Credentials for every demo principal: {path}")
-    console.print(f"Scenario finished in {time.monotonic() - started:.1f} s")
+    progress.done("scenario finished")
+    _closing(credentials, path, keep_serving)
     if not keep_serving:
         server.stop()
         return credentials
-    console.print(
-        f"\n[bold]Serving on {base_url}[/bold] — API docs at {base_url}/docs — Ctrl-C to stop"
-    )
-    console.print(
-        f"Auditor console at {base_url}/console/ — sign in with the oversight-auditor token: "
-        f"{tokens['oversight-auditor']['token']}"
-    )
-    console.print(
-        f"Try: curl -H 'Authorization: Bearer {tokens['hk-ced-inbox']['token']}' {base_url}/v1/agreements"
-    )
     try:
         while server.is_alive():
             server.join(timeout=1)
@@ -496,5 +651,92 @@ def run(*, port: int, keep_serving: bool) -> dict[str, Any]:
     return credentials
 
 
+def _closing(credentials: dict[str, Any], path: Path, serving: bool) -> None:
+    """Where the credentials are, and how to use them with the guides (and the running demo)."""
+    from rich.text import Text
+
+    from broker.config import Settings
+
+    out = console()
+    data_dir = Path(credentials["data_dir"])
+    env = "broker demo env --as ROLE"
+    if data_dir != Path(Settings.model_fields["data_dir"].default).resolve():
+        env += f" --data-dir {shlex.quote(str(data_dir))}"
+    out.print(Text(f"Tokens, keys and log key of every demo principal:\n  {path}"))
+    out.print(Text(f"A guide's environment (ROLE: {', '.join(GUIDE_ROLES)}):"))
+    out.print(Text(f"  {env}"))
+    if not serving:
+        return
+    base_url = credentials["base_url"]
+    auditor = credentials["tokens"]["oversight-auditor"]["token"]
+    out.print(
+        Text.assemble(
+            "\n", (f"Serving on {base_url}", "bold"), " until Ctrl-C (API docs at /docs)."
+        )
+    )
+    out.print(
+        Text(f"Auditors' console at /console/, with the oversight-auditor's token:\n  {auditor}")
+    )
+    out.print(Text("Try the API as HK-CED's inbox:"))
+    out.print(Text(f'  eval "$({env.replace("ROLE", "agency")})"'))
+    out.print(Text('  curl -H "Authorization: Bearer $BROKER_TOKEN" "$BROKER_URL/v1/agreements"'))
+
+
 def credentials_path(data_dir: Path) -> Path:
-    return data_dir / "demo-credentials.json"
+    return data_dir / CREDENTIALS
+
+
+class DemoEnvError(Exception):
+    """`broker demo env` cannot answer; the message names the option and the fix."""
+
+
+def role_named(role: str) -> str:
+    """The GUIDE_ROLES key `role` names (any case, `-` or `_`), or DemoEnvError."""
+    key = role.strip().lower().replace("-", "_")
+    if key in GUIDE_ROLES:
+        return key
+    starting = [r for r in GUIDE_ROLES if key and r.startswith(key)]
+    close = starting or difflib.get_close_matches(key, list(GUIDE_ROLES), n=1, cutoff=0.5)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    raise DemoEnvError(
+        f"--as {role}: not a demo role{hint}: choose one of {', '.join(GUIDE_ROLES)}"
+    )
+
+
+def environment(data_dir: Path, role: str) -> str:
+    """The `export` lines for `role`'s guide, from the demo's credentials in `data_dir`."""
+    key = role_named(role)
+    path = credentials_path(data_dir)
+    try:
+        credentials = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DemoEnvError(
+            f"--data-dir: no {CREDENTIALS} in {data_dir}: run `broker demo` first, or pass "
+            "the --data-dir it ran with"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise DemoEnvError(
+            f"--data-dir: cannot read {path} ({exc}): run `broker demo` again"
+        ) from None
+    name, variables, guide = GUIDE_ROLES[key]
+    try:
+        principal = credentials["tokens"][name]
+        values = {
+            "BROKER_URL": credentials["base_url"],
+            "BROKER_TOKEN": principal["token"],
+            "BROKER_KEYSTORE": credentials["keystore"]["folder"],
+            "BROKER_KEY_PASSPHRASE": credentials["keystore"]["passphrase"],
+            "BROKER_LOG_KEY": credentials["log_key"],
+            "REGISTRAR_TOKEN": credentials["tokens"][ADMIN]["token"],
+        }
+    except (KeyError, TypeError) as exc:
+        raise DemoEnvError(
+            f"--data-dir: {path} lacks {exc} (written by another version?): run `broker demo` again"
+        ) from None
+    who = principal.get("focal_point_id") or principal.get("agency_id") or ""
+    lines = [
+        f"# {name} ({key.replace('_', ' ')} {who}".rstrip() + f") for {guide}",
+        f"# from {path}",
+    ]
+    lines += [f"export {var}={shlex.quote(str(values[var]))}" for var in variables]
+    return "\n".join(lines)
