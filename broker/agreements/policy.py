@@ -91,9 +91,11 @@ def _instant(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
 
 
-def _assured(
+def assured(
     agreement: Mapping[str, Any], sender: str, recipient: str, offence: str, day: date
 ) -> bool:
+    """Whether an assurance recorded by `day` lifts an `unless_assurance` exclusion of
+    `offence` from `sender` to `recipient`."""
     return any(
         a["from"] == sender
         and a["to"] == recipient
@@ -179,9 +181,7 @@ def decide(policy: Policy, routing: Mapping[str, Any], now: datetime) -> Decisio
                 or offence not in exclusion["offences"]
             ):
                 continue
-            if exclusion.get("unless_assurance") and _assured(
-                ag, sender, recipient, offence, today
-            ):
+            if exclusion.get("unless_assurance") and assured(ag, sender, recipient, offence, today):
                 continue
             return reject(
                 "scope.direction_excluded",

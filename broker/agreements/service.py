@@ -14,7 +14,7 @@ from broker import schemas
 from broker.agencies import repository as agency_repo
 from broker.agreements import repository
 from broker.agreements.models import Agreement, AgreementVersion, Designation, Operation
-from broker.agreements.policy import Policy
+from broker.agreements.policy import Policy, assured
 from broker.agreements.schemas import AgreementView, DesignationIn, DesignationView, Direction
 from broker.audit import service as audit
 from broker.auth.service import Caller
@@ -347,7 +347,9 @@ async def designations(session: AsyncSession, focal_point_id: str) -> Sequence[D
 async def views_for(session: AsyncSession, caller: Caller) -> list[AgreementView]:
     """For the caller's agency: each agreement it is party to, and what it may send to whom."""
     agency_id = caller.agency_id
-    today = utcnow().date().isoformat()
+    if agency_id is None:  # a principal of no agency is party to nothing
+        return []
+    today = utcnow().date()
     views = []
     for version in await repository.current_versions(session):
         doc = version.document
@@ -355,18 +357,15 @@ async def views_for(session: AsyncSession, caller: Caller) -> list[AgreementView
             continue
         directions = []
         for partner in sorted(p for p in doc["parties"] if p != agency_id):
-            # An assurance recorded for an `unless_assurance` exclusion lifts it, as `decide` does.
-            assured = {
-                a["offence"]
-                for a in doc.get("assurances", [])
-                if a["from"] == agency_id and a["to"] == partner and a["recorded_at"] <= today
-            }
             excluded = [
                 {
                     "offences": e["offences"],
                     "reason": e["reason"],
                     "unless_assurance": e.get("unless_assurance", False),
-                    "assured": sorted(assured & set(e["offences"]))
+                    # Lifted by a recorded assurance, as the scope check (`decide`) lifts it.
+                    "assured": sorted(
+                        o for o in e["offences"] if assured(doc, agency_id, partner, o, today)
+                    )
                     if e.get("unless_assurance")
                     else [],
                 }
