@@ -382,7 +382,8 @@ RETRIED_STATUSES = frozenset({429, 502, 503, 504})
 
 @dataclass(frozen=True)
 class Backoff:
-    """Exponential backoff with full jitter, at least the broker's `Retry-After`."""
+    """Exponential backoff with jitter (half to all of each step), at least the broker's
+    `Retry-After`."""
 
     base_s: float = 1.0
     cap_s: float = 60.0
