@@ -60,8 +60,10 @@ _AGENCY_SIDE = (
     "REGISTRAR_TOKEN",
 )
 GUIDE_ROLES: dict[str, tuple[str, tuple[str, ...], str]] = {
-    "focal_point": ("vn-gdc-hcm", _AGENCY_SIDE, "docs/focal-points.md"),
-    "agency": ("hk-ced-inbox", _AGENCY_SIDE, "docs/partners.md"),
+    # The inbox and `status --evidence` check the log with the broker's log key, as pinned
+    # from the agreement annex.
+    "focal_point": ("vn-gdc-hcm", (*_AGENCY_SIDE, "BROKER_LOG_KEY"), "docs/focal-points.md"),
+    "agency": ("hk-ced-inbox", (*_AGENCY_SIDE, "BROKER_LOG_KEY"), "docs/partners.md"),
     "auditor": (
         "oversight-auditor",
         ("BROKER_URL", "BROKER_TOKEN", "BROKER_LOG_KEY"),

@@ -755,13 +755,40 @@ def status(
     mid: Annotated[str, typer.Argument(help="The message id `broker send` printed")],
     url: URL = "http://127.0.0.1:8000",
     token: TOKEN = "",
+    evidence: Annotated[
+        Path | None,
+        typer.Option(
+            "--evidence",
+            help="Verify each recipient's signed acknowledgement and save it in this folder "
+            "(<mid>.<recipient>.ack.jws; give your --receipts folder to keep it beside the receipt)",
+        ),
+    ] = None,
+    receipts: Annotated[
+        Path,
+        typer.Option(help="Folder where `broker send` kept the receipt (what we sent)"),
+    ] = Path("sent"),
+    log_key: Annotated[
+        str | None,
+        typer.Option(
+            "--log-key",
+            envvar="BROKER_LOG_KEY",
+            help="The log's verifier key <origin>+<key id>+<base64>, pinned out of band: "
+            "check the acknowledging key at the time the log recorded it",
+        ),
+    ] = None,
     as_json: AS_JSON = None,
 ) -> None:
-    """Delivery and acknowledgement of a message you sent, per recipient."""
+    """Delivery and acknowledgement of a message you sent, per recipient.
+
+    With --evidence, each acknowledgement is verified and kept; the command ends with status 1
+    when one that the broker shows does not verify.
+    """
     from broker.cli import output
 
+    sent = _sent_envelope_sha256(receipts, mid) if evidence is not None else ""
     with _client(url, token) as client:
         state = client.status(mid)
+        checked = _ack_evidence(client, state, evidence, sent, log_key, mid)
 
     def render() -> None:
         output.fields(
@@ -792,10 +819,82 @@ def status(
                 ("acked_at", "acknowledged"),
                 ("ack", "ack"),
                 ("overdue", "overdue"),
+                ("feedback", "feedback"),
             ],
         )
+        if checked is not None:
+            typer.echo("")
+            for line in _evidence_lines(checked):
+                typer.echo(line)
 
-    output.emit(state, as_json, render)
+    if checked is None:
+        output.emit(state, as_json, render)
+        return
+    output.emit(state | {"evidence": [e.as_dict() for e in checked]}, as_json, render)
+    if any(e.ack is not None and not e.verified for e in checked):
+        raise typer.Exit(1)
+
+
+def _sent_envelope_sha256(receipts: Path, mid: str) -> str:
+    """Our own record of the envelope we sent: the hash our verified receipt holds."""
+    kept = receipts / f"{Path(mid).name}.json"
+    if not kept.is_file():
+        fail(
+            f"--receipts: no receipt {kept} for {mid}: pass the folder `broker send --receipts` "
+            "kept it in (--evidence checks the acknowledgements against what you sent)",
+            USAGE,
+        )
+    try:
+        digest = json.loads(kept.read_text(encoding="utf-8"))["envelope_sha256"]
+    except (ValueError, KeyError, TypeError):
+        digest = None
+    if not isinstance(digest, str):
+        fail(f"--receipts: {kept} is not a receipt `broker send` kept: restore it", USAGE)
+    return digest
+
+
+def _ack_evidence(
+    client: Any,
+    state: dict[str, Any],
+    folder: Path | None,
+    sent: str,
+    log_key: str | None,
+    mid: str,
+) -> list[Any] | None:
+    """Verify and keep each acknowledgement (`--evidence`); None without the option."""
+    if folder is None:
+        return None
+    from broker.sdk import evidence
+
+    checked = evidence.ack_evidence(client, state, envelope_sha256=sent, log_key=log_key)
+    folder.mkdir(parents=True, exist_ok=True)
+    for e in checked:
+        if e.ack is not None:
+            (folder / f"{Path(mid).name}.{Path(e.recipient).name}.ack.jws").write_text(e.ack)
+    return checked
+
+
+def _evidence_lines(checked: list[Any]) -> list[str]:
+    """One line per recipient: verified (and against which time), or why not."""
+    from broker.cli import output
+
+    lines = []
+    for e in checked:
+        if e.ack is None:
+            lines.append(f"{e.recipient}: no acknowledgement yet")
+        elif not e.verified:
+            lines.append(f"{e.recipient}: NOT verified: {e.problem}")
+        else:
+            when = output.iso(e.checked_at)
+            where = (
+                f"the log's time {when} (leaf {e.log_index})"
+                if e.time_source == "log"
+                else f"the broker's recorded time {when}, not proven by the log"
+            )
+            status = " ".join(filter(None, [e.status, e.reason]))
+            lines.append(f"{e.recipient}: verified {status}: key {e.kid} valid at {where}")
+        lines += [f"  note: {n}" for n in e.notes]
+    return lines
 
 
 PULLED = [
@@ -837,18 +936,35 @@ def inbox_pull(
     ack_key: Annotated[
         str | None, typer.Option(help="Owner of the signing key for acks (default: the agency)")
     ] = None,
+    log_key: Annotated[
+        str | None,
+        typer.Option(
+            "--log-key",
+            envvar="BROKER_LOG_KEY",
+            help="The broker's log key <origin>+<key id>+<base64>, pinned from the agreement "
+            "annex (default: the broker's own, trusted on first use and kept in --state)",
+        ),
+    ] = None,
     url: URL = "http://127.0.0.1:8000",
     token: TOKEN = "",
     keystore: KEYSTORE = Path("keys"),
     as_json: AS_JSON = None,
 ) -> None:
-    """Follow the cursor: open and verify every envelope, keep the evidence, acknowledge."""
+    """Follow the cursor: check the log, open and verify every envelope, keep the evidence,
+    acknowledge."""
     _need_token(token)
+    from broker.audit.verify import VerifyError, parse_key
     from broker.cli import output
     from broker.sdk.agent import InboxPuller, Pulled
+    from broker.sdk.logcheck import LogStateError
 
     if (max_items is not None or duration is not None) and not follow:
         fail("--max-items and --for bound --follow: add --follow, or leave them out", USAGE)
+    if log_key is not None:
+        try:
+            parse_key(log_key)
+        except VerifyError as exc:
+            fail(f"--log-key: {exc}: give the key as published, <origin>+<key id>+<base64>", USAGE)
 
     def row(r: Pulled) -> dict[str, Any]:
         return {
@@ -857,19 +973,24 @@ def inbox_pull(
             "sender": r.sender,
             "status": r.status,
             "reason": r.reason,
+            **({"detail": r.detail} if r.detail else {}),  # why it was rejected
         }
 
     with _client(url, token) as client, _progress() as bar:
         task = bar.add_task("pulling", total=None)
         store = _keystore(keystore).with_directory(client)  # acks signed with an active key
         _check_agency(client, store, agency)
-        puller = InboxPuller(client, store, agency, state, ack_owner=ack_key)
-        if follow:
-            summary = _follow(puller, bar, task, wait or 20, max_items, duration, as_json)
-        else:
-            results = puller.pull(
-                wait=wait, on_item=lambda r: bar.update(task, description=f"{r.seq}: {r.status}")
-            )
+        puller = InboxPuller(client, store, agency, state, ack_owner=ack_key, log_key=log_key)
+        try:
+            if follow:
+                summary = _follow(puller, bar, task, wait or 20, max_items, duration, as_json)
+            else:
+                results = puller.pull(
+                    wait=wait,
+                    on_item=lambda r: bar.update(task, description=f"{r.seq}: {r.status}"),
+                )
+        except LogStateError as exc:
+            fail(f"--log-key/--state: {exc}", USAGE)
     if follow:
         typer.echo(summary, err=True)  # once the spinner line is gone
         return
@@ -924,7 +1045,8 @@ def _follow(
     def show(r: Any) -> None:
         if stream_json:
             item = {"seq": r.seq, "mid": r.mid, "sender": r.sender, "status": r.status}
-            say(json.dumps(item | {"reason": r.reason}, separators=(",", ":")))
+            item |= {"reason": r.reason, **({"detail": r.detail} if r.detail else {})}
+            say(json.dumps(item, separators=(",", ":")))
         else:
             cells = (str(r.seq), r.mid, r.sender, r.status, r.reason or "")
             say("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip())

@@ -11,13 +11,24 @@ import hashlib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import BigInteger, Table, bindparam, func, insert, literal_column, select, true
+from sqlalchemy import (
+    BigInteger,
+    Table,
+    and_,
+    bindparam,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    true,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from broker.audit.models import AuditEvent
+from broker.audit.models import AuditEvent, LogLeaf
 from broker.ids import new_id
 from broker.messages.models import OUTBOX_DELIVER, Delivery, Message, Outbox
 
@@ -195,3 +206,77 @@ async def deliveries_of(session: AsyncSession, message_id: uuid.UUID) -> Sequenc
 
 async def leaf_index(session: AsyncSession, event_id: uuid.UUID) -> int | None:
     return await session.scalar(select(AuditEvent.leaf_index).where(AuditEvent.id == event_id))
+
+
+# An acknowledgement's `msg.acked` event is written in the acknowledging transaction, right
+# after the delivery row's `acked_at`: it is looked for in this window after it, by kind and
+# time (the event index), and matched on the acknowledgement's hash (in its details).
+ACK_EVENT_WINDOW = timedelta(seconds=60)
+
+
+@dataclass(frozen=True, slots=True)
+class AckLeaf:
+    """Where the log recorded an acknowledgement: its leaf index, the leaf's time and bytes."""
+
+    leaf_index: int | None
+    logged_at: datetime | None
+    leaf: bytes | None
+
+
+async def ack_leaves(session: AsyncSession, deliveries: Sequence[Delivery]) -> dict[str, AckLeaf]:
+    """The `msg.acked` event of each delivery's recorded acknowledgement, by its `ack_sha256`.
+
+    One statement for all the deliveries: the events of their recipients in each delivery's
+    window, with their leaf (null until the sequencer has given them one).
+    """
+    acked = [
+        (d.recipient, d.acked_at, d.ack_sha256)
+        for d in deliveries
+        if d.acked_at is not None and d.ack_sha256 is not None
+    ]
+    if not acked:
+        return {}
+    windows = [
+        and_(
+            AuditEvent.subject == recipient,
+            AuditEvent.created_at >= at,
+            AuditEvent.created_at <= at + ACK_EVENT_WINDOW,
+        )
+        for recipient, at, _ in acked
+    ]
+    rows = await session.execute(
+        select(AuditEvent.details, AuditEvent.leaf_index, LogLeaf.ts, LogLeaf.leaf_bytes)
+        .outerjoin(LogLeaf, LogLeaf.event_id == AuditEvent.id)
+        .where(AuditEvent.kind == "msg.acked", or_(*windows))
+    )
+    wanted = {digest for _, _, digest in acked}
+    found: dict[str, AckLeaf] = {}
+    for details, leaf_index, ts, leaf in rows:
+        digest = (details or {}).get("ack_sha256")
+        if isinstance(digest, str) and digest in wanted:
+            found[digest] = AckLeaf(leaf_index, ts, leaf)
+    return found
+
+
+async def feedback_to(
+    session: AsyncSession, alert_sender: str, mid: uuid.UUID, senders: Sequence[str]
+) -> list[tuple[str, uuid.UUID]]:
+    """(sender, mid) of the feedback on alert `mid` that `senders` addressed to `alert_sender`.
+
+    Feedback names its alert by mid alone; the delivery to the alert's sender is what makes it
+    feedback on this alert (the submit path checked that its sender received it).
+    """
+    if not senders:
+        return []
+    rows = await session.execute(
+        select(_messages.c.sender, _messages.c.mid)
+        .join(_deliveries, _deliveries.c.message_id == _messages.c.id)
+        .where(
+            _messages.c.kind == "feedback",
+            _messages.c.in_reply_to == mid,
+            _messages.c.sender.in_(senders),
+            _deliveries.c.recipient == alert_sender,
+        )
+        .order_by(_messages.c.received_at, _messages.c.mid)
+    )
+    return [(sender, feedback_mid) for sender, feedback_mid in rows]

@@ -181,5 +181,9 @@ async def check(
     responses=error_responses(Forbidden, NotFound),
 )
 async def status(mid: uuid.UUID, caller: PartyCaller, session: SessionDep) -> MessageStatus:
-    """Delivery and acknowledgement state per recipient (the sender agency only)."""
+    """Delivery and acknowledgement state per recipient (the sender agency only).
+
+    Each delivery carries the recipient's signed acknowledgement exactly as it sent it, the log
+    leaf that recorded it once sequenced, and the mids of the recipient's feedback on it.
+    """
     return await service.status(session, caller, mid)

@@ -26,6 +26,9 @@ EXAMPLE_ROUTING: dict[str, Any] = {
 }
 
 
+# The shape of an acknowledgement (abridged): JWS `ack+jws` over the ack.json payload.
+EXAMPLE_ACK = "eyJhbGciOiJFZDI1NTE5Iiwia2lkIjoi...In0.eyJ2IjoxLCJtaWQiOi...fQ.c2ln"
+
 # The shape of an envelope (abridged): outer JWS over {routing, jwe}, see PROTOCOL.md.
 EXAMPLE_ENVELOPE = "eyJhbGciOiJFZDI1NTE5Iiwia2lkIjoi...In0.eyJyb3V0aW5nIjp7...fX0.c2lnbmF0dXJl"
 
@@ -81,6 +84,37 @@ class DeliveryStatus(BaseModel):
     ack_status: str | None
     ack_reason: str | None
     overdue: bool = Field(description="not acknowledged within the agreement's ack_deadline")
+    ack: str | None = Field(
+        default=None,
+        description=(
+            "the recipient's signed acknowledgement (`ack+jws`, the latest it sent), exactly as "
+            "it sent it: verify it with a signing key of the recipient from the directory"
+        ),
+        examples=[EXAMPLE_ACK],
+    )
+    ack_sha256: str | None = Field(
+        default=None, description="SHA-256 (base64url) of `ack`; the log's msg.acked names it"
+    )
+    ack_log_index: int | None = Field(
+        default=None,
+        description="leaf index of the msg.acked event recording `ack`; null until sequenced",
+        examples=[1043],
+    )
+    ack_logged_at: datetime | None = Field(
+        default=None, description="the `ts` of that leaf: when the log recorded `ack`"
+    )
+    ack_leaf: str | None = Field(
+        default=None,
+        description=(
+            "base64 of that leaf's bytes (JCS JSON): prove them with an inclusion proof of "
+            "`ack_log_index` against a signed checkpoint, then read its `ts` and `ack_sha256`"
+        ),
+        examples=["eyJ2IjoxfQ=="],
+    )
+    feedback: list[uuid.UUID] = Field(
+        default_factory=list,
+        description="mids of this recipient's feedback on this message addressed to the sender",
+    )
 
 
 class MessageStatus(BaseModel):

@@ -9,6 +9,7 @@ the envelope's hash, never the envelope).
 
 from __future__ import annotations
 
+import base64
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -416,7 +417,12 @@ async def check(session: AsyncSession, caller: Caller, routing: dict[str, Any]) 
 
 
 async def status(session: AsyncSession, caller: Caller, mid: uuid.UUID) -> MessageStatus:
-    """Delivery and acknowledgement per recipient; only the sender agency may look."""
+    """Delivery and acknowledgement per recipient; only the sender agency may look.
+
+    Each delivery carries the recipient's signed acknowledgement as it sent it, where the log
+    recorded it, and the mids of the recipient's feedback on this message (docs/protocol.md,
+    "Message status and evidence of receipt").
+    """
     if caller.agency_id is None:
         raise NotFound(f"no message {mid}")
     message = await repository.by_sender_mid(session, caller.agency_id, mid)
@@ -425,7 +431,14 @@ async def status(session: AsyncSession, caller: Caller, mid: uuid.UUID) -> Messa
     deadline = await _ack_deadline(session, message)
     deliveries = await repository.deliveries_of(session, message.id)
     log_index = await repository.leaf_index(session, message.event_id)
+    ack_leaves = await repository.ack_leaves(session, deliveries)
+    feedback: dict[str, list[uuid.UUID]] = {}
+    for sender, feedback_mid in await repository.feedback_to(
+        session, message.sender, message.mid, [d.recipient for d in deliveries]
+    ):
+        feedback.setdefault(sender, []).append(feedback_mid)
     now = utcnow()
+    no_leaf = repository.AckLeaf(None, None, None)
     return MessageStatus(
         mid=message.mid,
         kind=message.kind,
@@ -449,10 +462,23 @@ async def status(session: AsyncSession, caller: Caller, mid: uuid.UUID) -> Messa
                 overdue=d.acked_at is None
                 and deadline is not None
                 and now > message.received_at + deadline,
+                ack=d.ack,
+                ack_sha256=d.ack_sha256,
+                **_ack_leaf(ack_leaves.get(d.ack_sha256 or "", no_leaf)),
+                feedback=feedback.get(d.recipient, []),
             )
             for d in deliveries
         ],
     )
+
+
+def _ack_leaf(found: repository.AckLeaf) -> dict[str, Any]:
+    """The status fields of an acknowledgement's log leaf (a focal point cannot read leaves)."""
+    return {
+        "ack_log_index": found.leaf_index,
+        "ack_logged_at": found.logged_at,
+        "ack_leaf": base64.b64encode(found.leaf).decode() if found.leaf is not None else None,
+    }
 
 
 async def _ack_deadline(session: AsyncSession, message: Message) -> timedelta | None:

@@ -26,6 +26,7 @@ from broker import schemas
 from broker.crypto import envelope as env
 from broker.crypto import keys
 from broker.crypto.errors import CryptoError
+from broker.sdk import logcheck
 from broker.sdk.client import BrokerAPIError, BrokerClient
 from broker.sdk.keystore import Keystore
 
@@ -191,15 +192,29 @@ class Pulled:
     status: str  # decrypted | rejected | duplicate
     reason: str | None = None
     folder: Path | None = None
+    detail: str | None = None  # why it was rejected, in words
+
+
+# An unsequenced message is waited for this long past its promised merge delay within one
+# pull; it stays in the inbox for the next pull after that (refused past logcheck.GRACE_MS).
+PENDING_WAIT_S = 2.0
 
 
 @dataclass
 class InboxPuller:
-    """Follow the inbox cursor, open and verify every envelope, keep the evidence, acknowledge.
+    """Follow the inbox cursor, check the log, open and verify every envelope, keep the
+    evidence, acknowledge (PROTOCOL 4.5 and 7).
 
-    The cursor is saved on disk after each item is settled, and items are deduplicated on
-    (sender, mid) by their evidence folder, so a crash at any point resumes with no loss and no
-    duplicate (PROTOCOL 4.5 and 7).
+    Each item is proven first: the broker's receipt, its inclusion in a signed checkpoint and
+    that checkpoint's consistency with the last one kept in `state/log/` (`logcheck`); a
+    failure is acknowledged `rejected` with reason `log_proof_failed`. The sender's key must
+    have been valid at the leaf's time. `log_key` is the log key pinned from the agreement
+    annex; without it the broker's is pinned on first use (`logcheck.LogWitness`).
+
+    The cursor is saved on disk after each item is settled. Items are deduplicated on
+    (sender, mid) and the envelope's hash, after checking that sender and mid have the
+    schemas' formats: a crash at any point resumes with no loss and no duplicate, and another
+    envelope under a (sender, mid) already settled is opened and refused (`replay`).
     """
 
     client: BrokerClient
@@ -207,7 +222,15 @@ class InboxPuller:
     agency: str
     state: Path
     ack_owner: str | None = None
+    log_key: str | None = None
     _sender_keys: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _witness: logcheck.LogWitness | None = None
+
+    @property
+    def witness(self) -> logcheck.LogWitness:
+        if self._witness is None:
+            self._witness = logcheck.LogWitness(self.client, self.state, self.log_key)
+        return self._witness
 
     @property
     def cursor_file(self) -> Path:
@@ -236,85 +259,168 @@ class InboxPuller:
 
         A page with `more` true was cut (by `limit` or the broker's byte budget): the next is
         asked for at once; `more` false ends the drain. From a broker that sends no `more`,
-        pages are asked for until one comes back empty.
+        pages are asked for until one comes back empty. An item not yet in the log is waited
+        for until its promised merge delay (plus `PENDING_WAIT_S`) has passed; then the drain
+        stops before it, and the next pull takes it up.
         """
         results: list[Pulled] = []
         enc_keys = self.keystore.encryption_keys(self.agency)
         signer = self.keystore.signing_key(self.ack_owner or self.agency)
         first = True
+        pending_until: float | None = None
         while True:
             page = self.client.inbox(self.cursor(), limit=limit, wait=wait if first else 0)
             first = False
-            for item in page["items"]:
-                result = self._settle(item, enc_keys, signer)
-                self._save_cursor(str(item["seq"]))
-                results.append(result)
-                if on_item:
-                    on_item(result)
+            try:
+                for item in page["items"]:
+                    result = self._settle(item, enc_keys, signer)
+                    self._save_cursor(str(item["seq"]))
+                    results.append(result)
+                    pending_until = None
+                    if on_item:
+                        on_item(result)
+            except logcheck.NotYetLogged as exc:
+                now = time.monotonic()
+                if pending_until is None:
+                    pending_until = now + max(0.0, exc.due_ms / 1000 - time.time())
+                    pending_until += PENDING_WAIT_S
+                if now >= pending_until:
+                    return results
+                time.sleep(0.1)
+                continue
             if not page["items"] or page.get("more") is False:
                 return results
 
     def _settle(
         self, item: dict[str, Any], enc_keys: list[keys.EncryptionKey], signer: keys.SigningKey
     ) -> Pulled:
-        folder = self.state / "alerts" / item["sender"] / item["mid"]
-        done = folder / "result.json"
-        if done.exists():  # seen before a crash: acknowledge again (idempotent), keep one copy
-            previous = json.loads(done.read_text())
-            self._ack(item, signer, previous["status"], previous.get("reason"))
+        sender, mid = item.get("sender"), item.get("mid")
+        if not logcheck.safe_ids(sender, mid):
+            # Neither may name a folder nor an acknowledgement: refuse, writing nothing.
             return Pulled(
                 item["seq"],
-                item["mid"],
-                item["sender"],
-                "duplicate",
-                previous.get("reason"),
-                folder,
+                str(mid),
+                str(sender),
+                "rejected",
+                "other",
+                detail="the item's sender or mid is not an agency id or a UUID",
             )
+        sender, mid = str(sender), str(mid)
+        digest = keys.sha256_b64u(item["envelope"].encode())
+        folder = self.state / "alerts" / sender / mid
+        done = folder / "result.json"
+        reused = False
+        if done.exists():
+            previous = json.loads(done.read_text())
+            if previous.get("envelope_sha256", _digest_of(folder / "outer.jws")) == digest:
+                # Seen before a crash: acknowledge again (idempotent), keep one copy.
+                self._ack(item, digest, signer, previous["status"], previous.get("reason"))
+                return Pulled(item["seq"], mid, sender, "duplicate", previous.get("reason"), folder)
+            # Another envelope under a settled (sender, mid): opened, kept apart, refused.
+            reused, folder = True, folder / "reused" / digest
+        status, reason, detail = "decrypted", None, None
+        try:
+            proven: logcheck.ProvenLeaf | None = self.witness.prove(item)
+        except logcheck.NotYetLogged as exc:
+            if time.time() * 1000 <= exc.due_ms + logcheck.GRACE_MS:
+                raise
+            proven, status, reason = None, "rejected", "log_proof_failed"
+            detail = f"not in the log {logcheck.GRACE_MS // 1000} s after the promised delay"
+        except logcheck.LogProofFailed as exc:
+            proven, status, reason, detail = None, "rejected", "log_proof_failed", str(exc)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "outer.jws").write_text(item["envelope"])
         (folder / "receipt.jws").write_text(item["receipt"])
-        status, reason = "decrypted", None
+        if proven is not None:
+            (folder / "log.json").write_text(json.dumps(proven.evidence(), indent=2))
+            status, reason, detail = self._open(item, proven, folder, enc_keys, write=not reused)
+            if reused and status == "decrypted":
+                status, reason = "rejected", "replay"
+                detail = f"another envelope under {sender}/{mid} was settled before"
+        refused = self._ack(item, digest, signer, status, reason)
+        detail = "; ".join(d for d in (detail, refused) if d) or None
+        result = {"status": status, "reason": reason, "seq": item["seq"], "envelope_sha256": digest}
+        if detail:
+            result["detail"] = detail
+        (folder / "result.json").write_text(json.dumps(result))
+        return Pulled(item["seq"], mid, sender, status, reason, folder, detail)
+
+    def _open(
+        self,
+        item: dict[str, Any],
+        proven: logcheck.ProvenLeaf,
+        folder: Path,
+        enc_keys: list[keys.EncryptionKey],
+        *,
+        write: bool,
+    ) -> tuple[str, str | None, str | None]:
+        """Verify and decrypt with the sender's key as it was at the leaf's time."""
         try:
             kid = env.parse_outer_header(item["envelope"])
-            at = int(_epoch(item["received_at"]))
+            if proven.leaf.get("sender_kid") != kid:
+                raise logcheck.LogProofFailed(f"the leaf names another signing key than {kid}")
             opened = env.open_envelope(
                 item["envelope"],
                 my_agency=self.agency,
                 my_enc_keys=enc_keys,
                 sender_sig_jwk=self._sender_key(kid, item["sender"]),
-                at=at,
+                at=proven.ts_ms // 1000,
             )
+            if (opened.routing.get("sender"), opened.routing.get("mid")) != (
+                item["sender"],
+                item["mid"],
+            ):
+                raise logcheck.LogProofFailed("the envelope's routing names another sender or mid")
             try:
                 schemas.validate_body(opened.routing, opened.body)
             except schemas.SchemaError as exc:
                 raise _InvalidBody(str(exc)) from exc
             (folder / "inner.jws").write_text(opened.inner_jws)
-            (folder / "alert.json").write_text(
-                json.dumps(
-                    {"routing": opened.routing, "body": opened.body}, indent=2, ensure_ascii=False
+            if write:
+                (folder / "alert.json").write_text(
+                    json.dumps(
+                        {"routing": opened.routing, "body": opened.body},
+                        indent=2,
+                        ensure_ascii=False,
+                    )
                 )
-            )
-        except _InvalidBody:
-            status, reason = "rejected", "invalid_body"
+        except logcheck.LogProofFailed as exc:
+            return "rejected", "log_proof_failed", str(exc)
+        except _InvalidBody as exc:
+            return "rejected", "invalid_body", str(exc)
         except CryptoError as exc:
-            status, reason = "rejected", ack_reason(exc.code)
-        self._ack(item, signer, status, reason)
-        done.write_text(json.dumps({"status": status, "reason": reason, "seq": item["seq"]}))
-        return Pulled(item["seq"], item["mid"], item["sender"], status, reason, folder)
+            return "rejected", ack_reason(exc.code), str(exc)
+        return "decrypted", None, None
 
     def _ack(
-        self, item: dict[str, Any], signer: keys.SigningKey, status: str, reason: str | None
-    ) -> None:
+        self,
+        item: dict[str, Any],
+        digest: str,
+        signer: keys.SigningKey,
+        status: str,
+        reason: str | None,
+    ) -> str | None:
+        """Post the signed acknowledgement of the envelope we hashed ourselves.
+
+        A refusal of a `rejected` one (the broker does not know that envelope, say) is kept as
+        the result's detail rather than stopping the inbox; any other is raised.
+        """
         payload: dict[str, Any] = {
             "v": 1,
             "mid": item["mid"],
-            "envelope_sha256": item["envelope_sha256"],
+            "envelope_sha256": digest,
             "status": status,
             "at": int(time.time() * 1000),
         }
         if reason:
             payload["reason"] = reason
-        self.client.ack(item["mid"], env.sign_compact(payload, signer, env.TYP_ACK))
+        try:
+            self.client.ack(item["mid"], env.sign_compact(payload, signer, env.TYP_ACK))
+        except BrokerAPIError as exc:
+            if status != "rejected" or exc.status == 429 or exc.status >= 500:
+                raise
+            return f"the broker refused the acknowledgement ({exc.code})"
+        return None
 
     def follow(
         self,
@@ -364,6 +470,12 @@ class InboxPuller:
                         return settled
                 failures = 0
                 more = bool(page["items"]) and page.get("more") is not False
+            except logcheck.NotYetLogged:
+                # Its leaf is due within the receipt's merge delay: ask again shortly.
+                if on_event:
+                    on_event(f"waiting for the log to include the item after {self.cursor()}")
+                more = True
+                stop.wait(min(0.25, left))
             except (httpx2.TransportError, BrokerAPIError) as exc:
                 if isinstance(exc, BrokerAPIError) and exc.status not in RETRIED_STATUSES:
                     raise
@@ -426,10 +538,9 @@ class _InvalidBody(Exception):
     pass
 
 
-def _epoch(rfc3339: str) -> float:
-    from datetime import datetime
-
-    return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
+def _digest_of(path: Path) -> str | None:
+    """SHA-256 of evidence kept before results recorded the envelope's hash."""
+    return keys.sha256_b64u(path.read_bytes()) if path.exists() else None
 
 
 def stored_alerts(state: Path) -> Iterator[dict[str, Any]]:

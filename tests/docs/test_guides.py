@@ -62,6 +62,12 @@ class Shell:
         return result.stdout
 
 
+def _log_key() -> str:
+    from broker import keyring
+
+    return keyring.load_or_create().log_verifier_key
+
+
 @pytest.fixture
 def shell(live_url: str, world: dict[str, Any], tmp_path: Path) -> Shell:
     (tmp_path / "broker").symlink_to(ROOT / "broker")
@@ -76,6 +82,8 @@ def shell(live_url: str, world: dict[str, Any], tmp_path: Path) -> Shell:
         BROKER_TOKEN_PEPPER=settings().token_pepper,
         BROKER_DATA_DIR=str(tmp_path / "data"),
         BROKER_LOG_LEVEL="WARNING",
+        # The log key the agencies pin (from the agreement annex; `broker demo env` exports it).
+        BROKER_LOG_KEY=_log_key(),
     )
     return Shell(tmp_path, env)
 

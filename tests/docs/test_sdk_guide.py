@@ -82,6 +82,8 @@ class Python:
 
 @pytest.fixture
 def python(live_url: str, world: dict[str, Any]) -> Python:
+    from broker import keyring
+
     env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
     env.update(
         BROKER_URL=live_url,
@@ -90,6 +92,8 @@ def python(live_url: str, world: dict[str, Any]) -> Python:
         # as the live broker.
         BROKER_TOKEN_PEPPER=settings().token_pepper,
         BROKER_LOG_LEVEL="WARNING",
+        # The log key an agency pins from the agreement annex.
+        BROKER_LOG_KEY=keyring.load_or_create().log_verifier_key,
     )
     return Python(env)
 

@@ -61,12 +61,24 @@ def evaluated(script: str) -> dict[str, str]:
         (
             "FOCAL_POINT",
             "brk_fp",
-            {"BROKER_URL", "BROKER_TOKEN", "BROKER_KEYSTORE", "BROKER_KEY_PASSPHRASE"},
+            {
+                "BROKER_URL",
+                "BROKER_TOKEN",
+                "BROKER_KEYSTORE",
+                "BROKER_KEY_PASSPHRASE",
+                "BROKER_LOG_KEY",  # status --evidence proves the acks' log times
+            },
         ),
         (
             "agency",
             "brk_inbox",
-            {"BROKER_URL", "BROKER_TOKEN", "BROKER_KEYSTORE", "BROKER_KEY_PASSPHRASE"},
+            {
+                "BROKER_URL",
+                "BROKER_TOKEN",
+                "BROKER_KEYSTORE",
+                "BROKER_KEY_PASSPHRASE",
+                "BROKER_LOG_KEY",
+            },
         ),
         ("Auditor", "brk_auditor", {"BROKER_URL", "BROKER_TOKEN", "BROKER_LOG_KEY"}),
         ("admin", "brk_admin", {"BROKER_URL", "BROKER_TOKEN"}),
