@@ -661,7 +661,7 @@ def _closing(credentials: dict[str, Any], path: Path, serving: bool) -> None:
 
     out = console()
     data_dir = Path(credentials["data_dir"])
-    env = "broker demo env --as ROLE"
+    env = f"{_invoked_as()} demo env --as ROLE"
     if data_dir != Path(Settings.model_fields["data_dir"].default).resolve():
         env += f" --data-dir {shlex.quote(str(data_dir))}"
     out.print(Text(f"Tokens, keys and log key of every demo principal:\n  {path}"))
@@ -682,6 +682,15 @@ def _closing(credentials: dict[str, Any], path: Path, serving: bool) -> None:
     out.print(Text("Try the API as HK-CED's inbox:"))
     out.print(Text(f'  eval "$({env.replace("ROLE", "agency")})"'))
     out.print(Text('  curl -H "Authorization: Bearer $BROKER_TOKEN" "$BROKER_URL/v1/agreements"'))
+
+
+def _invoked_as() -> str:
+    """How the user ran `broker` (`.venv/bin/broker` in the README, with no venv active), so
+    that the printed commands work when pasted; `broker` when run any other way."""
+    import sys
+
+    program = sys.argv[0] if sys.argv else ""
+    return shlex.quote(program) if Path(program).name == "broker" else "broker"
 
 
 def credentials_path(data_dir: Path) -> Path:

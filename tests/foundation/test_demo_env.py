@@ -157,3 +157,21 @@ def test_env_runs_without_the_server_packages(tmp_path: Path) -> None:
     result = without_server("demo", "env", "--as", "focal_point", "--data-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert evaluated(result.stdout)["BROKER_TOKEN"] == "brk_fp"
+
+
+@pytest.mark.parametrize(
+    ("argv0", "shown"),
+    [
+        (".venv/bin/broker", ".venv/bin/broker"),  # the README's command, no venv active
+        ("/opt/my env/bin/broker", "'/opt/my env/bin/broker'"),
+        ("/usr/lib/python3/site-packages/broker/cli/__main__.py", "broker"),  # python -m
+        ("", "broker"),
+    ],
+)
+def test_the_printed_commands_use_the_program_as_it_was_run(
+    argv0: str, shown: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from broker import demo
+
+    monkeypatch.setattr("sys.argv", [argv0, "demo"])
+    assert demo._invoked_as() == shown
