@@ -36,6 +36,20 @@ KEYSTORE = Annotated[
     Path, typer.Option("--keystore", envvar="BROKER_KEYSTORE", help="Keystore folder")
 ]
 
+# Options shared by the commands that sign and send (`send`, `feedback`).
+DRY_RUN = Annotated[
+    bool, typer.Option("--dry-run", help="Only ask whether the broker would accept")
+]
+KID = Annotated[
+    str | None,
+    typer.Option(
+        "--kid",
+        help="Sign with this key of --from (default: the one the directory shows active; "
+        "see `broker keys list`)",
+    ),
+]
+RECEIPTS = Annotated[Path, typer.Option(help="Folder where the broker's signed receipts are kept")]
+
 keys_app = typer.Typer(no_args_is_help=True, help="The local keystore.")
 inbox_app = typer.Typer(no_args_is_help=True, help="Pull, open, verify and acknowledge alerts.")
 
@@ -642,23 +656,12 @@ def send(
         str | None,
         typer.Option(help="Extra routing members as JSON (feedback: in_reply_to, outcome, ...)"),
     ] = None,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Only ask whether the broker would accept")
-    ] = False,
+    dry_run: DRY_RUN = False,
     url: URL = "http://127.0.0.1:8000",
     token: TOKEN = "",
     keystore: KEYSTORE = Path("keys"),
-    kid: Annotated[
-        str | None,
-        typer.Option(
-            "--kid",
-            help="Sign with this key of --from (default: the one the directory shows active; "
-            "see `broker keys list`)",
-        ),
-    ] = None,
-    receipts: Annotated[
-        Path, typer.Option(help="Folder where the broker's signed receipts are kept")
-    ] = Path("sent"),
+    kid: KID = None,
+    receipts: RECEIPTS = Path("sent"),
     as_json: AS_JSON = None,
 ) -> None:
     """Sign, encrypt and send an alert; keep the broker's receipt."""

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from broker.cli import agency, output
-from broker.cli.agency import KEYSTORE, TOKEN, URL
+from broker.cli.agency import DRY_RUN, KEYSTORE, KID, RECEIPTS, TOKEN, URL
 from broker.cli.common import USAGE, fail, read_json
 from broker.cli.output import AS_JSON
 from broker.schemas import vocab
@@ -302,19 +302,12 @@ def feedback(
         vocab.Handling | None,
         typer.Option(help="TLP 2.0 marking (default: the alert's, else TLP:AMBER)"),
     ] = None,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Only ask whether the broker would accept")
-    ] = False,
+    dry_run: DRY_RUN = False,
     url: URL = "http://127.0.0.1:8000",
     token: TOKEN = "",
     keystore: KEYSTORE = Path("keys"),
-    kid: Annotated[
-        str | None,
-        typer.Option("--kid", help="Sign with this key of --from (default: the active one)"),
-    ] = None,
-    receipts: Annotated[
-        Path, typer.Option(help="Folder where the broker's signed receipts are kept")
-    ] = Path("sent"),
+    kid: KID = None,
+    receipts: RECEIPTS = Path("sent"),
     as_json: AS_JSON = None,
 ) -> None:
     """Answer an alert you received: outcome, seizure, narrative.

@@ -192,5 +192,22 @@ async def _due_deliver_rows(s: AsyncSession) -> int:
     return int((await s.execute(stmt)).scalar_one())
 
 
+def seizure_feedback(ex: Exchange, in_reply_to: str) -> dict[str, Any]:
+    """HK-CED's focal point reports to VN-GDC a seizure on a Mekong Dragon alert."""
+    return ex.routing(
+        "HK-CED/fp-01",
+        kind="feedback",
+        recipients=["VN-GDC"],
+        agreement="MEKONG-DRAGON",
+        operation="MEKONG-DRAGON-V",
+        offence="narcotics",
+        subject_types=["seizure"],
+        in_reply_to=in_reply_to,
+        outcome="seized",
+        commodity="narcotics",
+        quantity_band="10_100kg",
+    )
+
+
 def new_mid() -> str:
     return str(uuid.UUID(str(uuid7())))

@@ -11,7 +11,7 @@ from typing import Any
 from broker.crypto import envelope as env
 from broker.crypto.keys import sha256_b64u
 from tests.audit.conftest import sequence_all
-from tests.messages.conftest import Exchange, relay
+from tests.messages.conftest import Exchange, relay, seizure_feedback
 
 SENDER_FP = "VN-GDC/fp-hcm-01"
 
@@ -104,19 +104,7 @@ def test_feedback_of_each_recipient_is_listed(exchange: Exchange) -> None:
     )
     assert response.status_code == 201, response.text
     relay()
-    feedback = exchange.routing(
-        "HK-CED/fp-01",
-        kind="feedback",
-        recipients=["VN-GDC"],
-        agreement="MEKONG-DRAGON",
-        operation="MEKONG-DRAGON-V",
-        offence="narcotics",
-        subject_types=["seizure"],
-        in_reply_to=routing["mid"],
-        outcome="seized",
-        commodity="narcotics",
-        quantity_band="10_100kg",
-    )
+    feedback = seizure_feedback(exchange, routing["mid"])
     back = exchange.submit(exchange.envelope(feedback), feedback)
     assert back.status_code == 201, back.text
     # Another alert of the sender with its own feedback is not listed under this one.

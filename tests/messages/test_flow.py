@@ -6,7 +6,7 @@ from typing import Any
 
 from broker.crypto import envelope as env
 from broker.crypto.keys import parse_public_jwk
-from tests.messages.conftest import Exchange, relay
+from tests.messages.conftest import Exchange, relay, seizure_feedback
 
 
 def test_alert_reaches_the_partner_who_opens_and_acknowledges(exchange: Exchange) -> None:
@@ -88,19 +88,7 @@ def test_multilateral_alert_and_feedback(exchange: Exchange) -> None:
             )
             == 1
         )
-    feedback = exchange.routing(
-        "HK-CED/fp-01",
-        kind="feedback",
-        recipients=["VN-GDC"],
-        agreement="MEKONG-DRAGON",
-        operation="MEKONG-DRAGON-V",
-        offence="narcotics",
-        subject_types=["seizure"],
-        in_reply_to=routing["mid"],
-        outcome="seized",
-        commodity="narcotics",
-        quantity_band="10_100kg",
-    )
+    feedback = seizure_feedback(exchange, routing["mid"])
     back = exchange.submit(exchange.envelope(feedback), feedback)
     assert back.status_code == 201, back.text
     # An agency that did not receive the alert cannot send feedback on it.
