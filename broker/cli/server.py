@@ -77,6 +77,7 @@ def serve(
         if cfg.profile is Profile.embedded:
             with database_errors():
                 migrations_check.upgrade()
+        _require_keys()
         config = uvicorn.Config(
             "broker.main:create_app",
             factory=True,
@@ -105,6 +106,18 @@ def serve(
         raise typer.Exit(3)  # the application did not start (uvicorn's STARTUP_FAILURE); logged
 
 
+def _require_keys() -> None:
+    """Load (or make, once) the broker's keys, or end with one line: the workers would only
+    fail their start-up one by one, in a traceback each."""
+    from broker import keyring
+    from broker.crypto.errors import InvalidKey
+
+    try:
+        keyring.load_or_create()
+    except (keyring.KeyringError, InvalidKey, OSError) as exc:
+        fail(f"broker keys: {exc}: check --data-dir, BROKER_KEYS_DIR and BROKER_KEY_PASSPHRASE")
+
+
 def worker(
     concurrency: Annotated[int, typer.Option(help="Worker processes")] = 2,
     loglevel: Annotated[str, typer.Option(help="Celery log level")] = "INFO",
@@ -116,6 +129,7 @@ def worker(
     """Run a Celery worker (production profile)."""
     from broker.workers.celery_app import WORKER_ARGS, celery_app
 
+    _require_keys()  # before forking: the pool's processes then load what exists
     only = [f"--queues={queues}"] if queues else []
     celery_app.worker_main(
         ["worker", f"--concurrency={concurrency}", f"--loglevel={loglevel}", *WORKER_ARGS, *only]

@@ -381,11 +381,20 @@ def save_private_key(key: PrivateKey, directory: Path, owner: str, passphrase: s
         serialization.PrivateFormat.PKCS8,
         serialization.BestAvailableEncryption(passphrase.encode("utf-8")),
     )
-    # O_EXCL: never overwrite a key, which could destroy the only copy of a decryption key.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        os.fchmod(f.fileno(), 0o600)
-        f.write(pem)
+    # Written whole under a temporary name, then linked: a crash never leaves a truncated file
+    # under a key's name, and link, like O_EXCL, never overwrites a key (which could destroy
+    # the only copy of a decryption key).
+    tmp = directory / f".tmp-{secrets.token_hex(8)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write(pem)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -1,0 +1,83 @@
+"""The broker's own keys are made exactly once per keys folder, whoever starts first."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from broker import keyring
+from broker.config import settings
+from broker.crypto import keys
+
+# Each process waits for GO, then loads or makes the keys as the API's and a worker's start-up
+# do, and prints the public halves it would sign with.
+CHILD = """
+import json, os, sys, time
+from pathlib import Path
+from broker import keyring
+from broker.config import settings
+settings()
+print("ready", flush=True)
+go = Path(sys.argv[1])
+while not go.exists():
+    time.sleep(0.0005)
+k = keyring.load_or_create()
+print(json.dumps({"receipt": k.receipt.kid, "log": k.log_verifier_key}))
+"""
+
+
+def test_processes_starting_together_make_one_receipt_key_and_one_log_key(
+    tmp_path: Path,
+) -> None:
+    folder, go = tmp_path / "keys", tmp_path / "go"
+    env = {**os.environ, "BROKER_KEYS_DIR": str(folder), "BROKER_DATA_DIR": str(tmp_path)}
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(go)], env=env, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(3)
+    ]
+    for child in children:  # every child imported and waiting: they start at the same instant
+        assert child.stdout is not None
+        assert child.stdout.readline() == "ready\n"
+    go.touch()
+    seen = [json.loads(c.communicate(timeout=60)[0]) for c in children]
+    assert [c.returncode for c in children] == [0, 0, 0]
+    assert len({s["receipt"] for s in seen}) == 1, seen
+    assert len({s["log"] for s in seen}) == 1, seen
+    assert len(list(folder.glob(f"{keyring.RECEIPT_OWNER}-sig-*.p8.pem"))) == 1
+    assert len(list(folder.glob(f"{keyring.LOG_OWNER}-sig-*.p8.pem"))) == 1
+    assert not list(folder.glob(".tmp-*"))
+
+
+def test_a_folder_with_two_current_keys_of_a_kind_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "keys"
+    passphrase = settings().key_passphrase
+    for _ in range(2):
+        keys.save_private_key(keys.SigningKey.generate(), folder, keyring.RECEIPT_OWNER, passphrase)
+    with pytest.raises(keyring.KeyringError, match="2 current broker-receipt keys"):
+        keyring._load_or_make(folder, keyring.RECEIPT_OWNER, passphrase)
+
+
+def test_serve_refuses_two_current_keys_in_one_line(tmp_path: Path) -> None:
+    folder = tmp_path / "keys"
+    passphrase = settings().key_passphrase
+    for _ in range(2):
+        keys.save_private_key(keys.SigningKey.generate(), folder, keyring.LOG_OWNER, passphrase)
+    env = {**os.environ, "BROKER_KEYS_DIR": str(folder), "BROKER_DATABASE_URL": ""}
+    done = subprocess.run(
+        [sys.executable, "-m", "broker.cli", "serve", "--data-dir", str(tmp_path), "--port", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done
+    assert done.stderr.count("\n") == 1
+    assert "2 current broker-log keys" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
