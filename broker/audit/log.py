@@ -212,6 +212,12 @@ class StoredLog:
         """The latest signed checkpoint note."""
         return (await self._answer(latest(self.session))).note
 
+    async def cosigned_checkpoint(self, cosigned: int) -> str:
+        """The latest checkpoint note with at least `cosigned` cosignatures, with their lines."""
+        from broker.audit import witness  # it serves checkpoints through this module
+
+        return await self._answer(witness.checkpoint_note(self.session, cosigned=cosigned))
+
     async def inclusion(self, index: int, size: int) -> dict[str, Any]:
         """An inclusion proof."""
         return (await self._answer(inclusion(self.session, index, size))).model_dump()

@@ -1,4 +1,5 @@
-"""Audit events, and the transparency log built over them: leaves, tree nodes, checkpoints."""
+"""Audit events, and the transparency log built over them: leaves, tree nodes, checkpoints,
+and the witnesses that cosign the checkpoints."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    CheckConstraint,
     ForeignKey,
     Index,
     Integer,
@@ -83,6 +85,39 @@ class Checkpoint(Base):
     root_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
     note: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Witness(Base):
+    """A witness an administrator registered: its key name, cosigner vkey and operating agency.
+
+    Only an active witness's cosignatures are accepted; a retired one's stay served.
+    """
+
+    __tablename__ = "log_witnesses"
+
+    name: Mapped[str] = mapped_column(String(120), primary_key=True)
+    vkey: Mapped[str] = mapped_column(String(200), unique=True)
+    agency_id: Mapped[str] = mapped_column(ForeignKey("agencies.id"), index=True)
+    status: Mapped[str] = mapped_column(String(12), default="active")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (CheckConstraint("status in ('active', 'retired')", name="status"),)
+
+
+class Cosignature(Base):
+    """One witness's latest cosignature line (C2SP tlog-cosignature) on one checkpoint."""
+
+    __tablename__ = "checkpoint_cosignatures"
+
+    size: Mapped[int] = mapped_column(
+        ForeignKey("checkpoints.size"), primary_key=True, autoincrement=False
+    )
+    witness: Mapped[str] = mapped_column(ForeignKey("log_witnesses.name"), primary_key=True)
+    timestamp: Mapped[int] = mapped_column(BigInteger)  # POSIX seconds, as in the line
+    line: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index("ix_checkpoint_cosignatures_witness", "witness", "size"),)
 
 
 class BudgetWindow(Base):

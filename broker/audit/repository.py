@@ -35,8 +35,10 @@ from broker.audit.models import (
     BudgetCount,
     BudgetWindow,
     Checkpoint,
+    Cosignature,
     LogLeaf,
     LogNode,
+    Witness,
 )
 from broker.crypto.merkle import NodeKey
 
@@ -52,6 +54,7 @@ _nodes = cast(Table, LogNode.__table__)
 _events = cast(Table, AuditEvent.__table__)
 _windows = cast(Table, BudgetWindow.__table__)
 _counts = cast(Table, BudgetCount.__table__)
+_cosignatures = cast(Table, Cosignature.__table__)
 
 
 def _dialect(session: AsyncSession) -> str:
@@ -284,6 +287,77 @@ async def add_checkpoint(session: AsyncSession, row: Checkpoint) -> None:
     """Insert now: a second root for a size fails here, on the primary key."""
     session.add(row)
     await session.flush()
+
+
+# --- witnesses and their cosignatures ------------------------------------------------------
+
+
+async def witness(session: AsyncSession, name: str) -> Witness | None:
+    """The registered witness named `name`."""
+    return await session.get(Witness, name)
+
+
+async def witness_by_vkey(session: AsyncSession, vkey: str) -> Witness | None:
+    """The registered witness with this verifier key."""
+    return await session.scalar(select(Witness).where(Witness.vkey == vkey))
+
+
+async def witnesses(session: AsyncSession, agency_id: str | None = None) -> Sequence[Witness]:
+    """Registered witnesses (of one agency), by name."""
+    stmt = select(Witness).order_by(Witness.name)
+    if agency_id is not None:
+        stmt = stmt.where(Witness.agency_id == agency_id)
+    return (await session.scalars(stmt)).all()
+
+
+async def add_witness(session: AsyncSession, row: Witness) -> None:
+    """Insert now: a second witness of one name fails on the primary key."""
+    session.add(row)
+    await session.flush()
+
+
+async def put_cosignature(
+    session: AsyncSession, size: int, witness: str, timestamp: int, line: str, at: datetime
+) -> bool:
+    """Store a witness's line for a checkpoint unless it holds a newer one; whether it changed.
+
+    One upsert: concurrent submissions of one witness keep the newest timestamp whatever
+    their order, and a retry of the stored line changes nothing.
+    """
+    stmt = db.insert_for(_cosignatures).values(
+        size=size, witness=witness, timestamp=timestamp, line=line, created_at=at
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[_cosignatures.c.size, _cosignatures.c.witness],
+        set_={"timestamp": timestamp, "line": line, "created_at": at},
+        where=_cosignatures.c.timestamp < stmt.excluded.timestamp,
+    ).returning(_cosignatures.c.size)
+    return (await session.execute(stmt)).first() is not None
+
+
+async def cosignatures(session: AsyncSession, size: int) -> Sequence[Cosignature]:
+    """The stored cosignatures of one checkpoint, by witness name."""
+    stmt = select(Cosignature).where(Cosignature.size == size).order_by(Cosignature.witness)
+    return (await session.scalars(stmt)).all()
+
+
+async def cosignature(session: AsyncSession, size: int, witness: str) -> Cosignature | None:
+    """One witness's stored cosignature of one checkpoint, as stored now."""
+    stmt = select(Cosignature).where(Cosignature.size == size, Cosignature.witness == witness)
+    return await session.scalar(stmt.execution_options(populate_existing=True))
+
+
+async def latest_cosigned_size(session: AsyncSession, at_least: int) -> int | None:
+    """The largest checkpoint size with at least `at_least` stored cosignatures."""
+    stmt = (
+        select(_cosignatures.c.size)
+        .group_by(_cosignatures.c.size)
+        .having(func.count() >= at_least)
+        .order_by(_cosignatures.c.size.desc())
+        .limit(1)
+    )
+    size = await session.scalar(stmt)
+    return None if size is None else int(size)
 
 
 # --- who an event names --------------------------------------------------------------------

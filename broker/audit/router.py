@@ -4,27 +4,51 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Body, Depends, Query
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from pydantic import AwareDatetime
 
 from broker import db
-from broker.audit import auditor, log
+from broker.audit import auditor, log, witness
 from broker.audit.repository import EventFilter
 from broker.audit.schemas import (
+    EXAMPLE_COSIGNED,
+    EXAMPLE_WITNESS,
+    EXAMPLE_WITNESS_VKEY,
     ConsistencyProofOut,
+    CosignatureIn,
+    CosignaturesOut,
     EventsPage,
     InclusionProofOut,
     LeavesPage,
     NodesPage,
     Summary,
+    WitnessIn,
+    WitnessOut,
+    WitnessRef,
 )
 from broker.auth.service import Caller, Role
-from broker.deps import AnyCaller, AuditorCaller, RoleGate, SessionDep, StrictJSONRoute
-from broker.errors import Forbidden, InvalidRequest, error_responses
+from broker.deps import (
+    AdminCaller,
+    AgencyCaller,
+    AnyCaller,
+    AuditorCaller,
+    RoleGate,
+    SessionDep,
+    StrictJSONRoute,
+)
+from broker.errors import (
+    DuplicateId,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    UnknownAgency,
+    error_responses,
+)
 
 public = APIRouter(prefix="/v1/log", tags=["transparency log"], route_class=StrictJSONRoute)
 router = APIRouter(prefix="/v1/audit", tags=["audit"], route_class=StrictJSONRoute)
+admin = APIRouter(prefix="/v1/admin", tags=["admin: transparency log"], route_class=StrictJSONRoute)
 
 LeafReader = Annotated[Caller, Depends(RoleGate(Role.auditor, Role.agency))]
 MAX_INDEX = 2**62
@@ -34,16 +58,91 @@ Name = Annotated[str | None, Query(max_length=64)]
 
 @public.get(
     "/checkpoint",
-    summary="Latest log checkpoint",
+    summary="Log checkpoint, with its witnesses' cosignatures",
     response_class=PlainTextResponse,
     responses={
-        200: {"content": {"text/plain": {"example": "origin\n8\n<base64 root>\n\n— origin ..."}}},
-        **error_responses(log.NoCheckpoint),
+        200: {"content": {"text/plain": {"example": EXAMPLE_COSIGNED}}},
+        **error_responses(
+            log.NoCheckpoint, witness.CheckpointUnknown, witness.NotCosigned, InvalidRequest
+        ),
     },
 )
-async def checkpoint(caller: AnyCaller, session: SessionDep) -> PlainTextResponse:
-    """The latest signed checkpoint (C2SP tlog-checkpoint signed note)."""
-    return PlainTextResponse((await log.latest(session)).note)
+async def checkpoint(
+    caller: AnyCaller,
+    session: SessionDep,
+    size: Annotated[
+        int | None,
+        Query(ge=1, le=MAX_INDEX, description="this size's checkpoint instead of the latest"),
+    ] = None,
+    cosigned: Annotated[
+        int | None,
+        Query(
+            ge=1,
+            le=100,
+            description="the latest checkpoint carrying at least this many cosignatures",
+        ),
+    ] = None,
+) -> PlainTextResponse:
+    """A signed checkpoint (C2SP tlog-checkpoint signed note) followed by the cosignature
+    lines (C2SP tlog-cosignature) its registered witnesses sent.
+
+    Without parameters, the latest; with `size`, the one of that tree size; with `cosigned=K`,
+    the latest one that K witnesses have cosigned. Verifiers ignore lines of keys they do not
+    know, so the log key alone still verifies it.
+    """
+    if size is not None and cosigned is not None:
+        raise InvalidRequest("give `size` or `cosigned`, not both")
+    note = await witness.checkpoint_note(session, size=size, cosigned=cosigned)
+    return PlainTextResponse(note)
+
+
+@public.get(
+    "/witnesses",
+    summary="Registered witnesses",
+    responses=error_responses(),
+)
+async def witnesses(caller: AnyCaller, session: SessionDep) -> list[WitnessOut]:
+    """The witnesses that cosign the log's checkpoints: name, verifier key, agency, status.
+
+    Pin the keys of the witnesses you trust from their agencies, not from this list.
+    """
+    return [WitnessOut.model_validate(w) for w in await witness.list_witnesses(session)]
+
+
+@public.post(
+    "/cosignatures",
+    summary="Send a witness's cosignature",
+    responses=error_responses(
+        witness.CheckpointUnknown,
+        witness.CheckpointMismatch,
+        witness.WitnessUnknown,
+        witness.CosignatureInvalid,
+        witness.CosignatureFuture,
+        InvalidRequest,
+    ),
+)
+async def cosign(
+    data: Annotated[
+        CosignatureIn,
+        Body(
+            openapi_examples={
+                "cosigned": {
+                    "summary": "the size-8 checkpoint with HK-CED's witness's line",
+                    "value": {"checkpoint": EXAMPLE_COSIGNED},
+                }
+            }
+        ),
+    ],
+    caller: AgencyCaller,
+    session: SessionDep,
+) -> CosignaturesOut:
+    """Store the cosignatures that the caller's agency's active witnesses added to a checkpoint.
+
+    Send the checkpoint exactly as the log signed it (its text must equal the stored one) with
+    the witness's cosignature line added. Idempotent: the same line again answers the same; a
+    newer timestamp replaces the stored line; an older one leaves it.
+    """
+    return await witness.submit(session, caller, data.checkpoint)
 
 
 @public.get(
@@ -196,3 +295,54 @@ async def audit_export(
         media_type=media,
         headers={"Content-Disposition": f'attachment; filename="audit-export.{format}"'},
     )
+
+
+@admin.post(
+    "/witnesses",
+    status_code=201,
+    responses=error_responses(
+        Forbidden, witness.WitnessKeyInvalid, UnknownAgency, DuplicateId, InvalidRequest
+    ),
+)
+async def register_witness(
+    data: Annotated[
+        WitnessIn,
+        Body(
+            openapi_examples={
+                "witness": {
+                    "summary": "HK-CED's witness",
+                    "value": {"vkey": EXAMPLE_WITNESS_VKEY, "agency": "HK-CED"},
+                }
+            }
+        ),
+    ],
+    caller: AdminCaller,
+    session: SessionDep,
+) -> WitnessOut:
+    """Register a witness run by an agency, by the verifier key it printed at `witness init`."""
+    row = await witness.register(session, data, actor=caller.actor)
+    return WitnessOut.model_validate(row)
+
+
+@admin.post(
+    "/witnesses/retire",
+    responses=error_responses(Forbidden, NotFound, InvalidRequest),
+)
+async def retire_witness(
+    data: Annotated[
+        WitnessRef,
+        Body(
+            openapi_examples={
+                "witness": {"summary": "HK-CED's witness", "value": {"name": EXAMPLE_WITNESS}}
+            }
+        ),
+    ],
+    caller: AdminCaller,
+    session: SessionDep,
+) -> WitnessOut:
+    """Stop accepting a witness's cosignatures (those it sent stay served).
+
+    The name is in the body: witness names may hold `/`.
+    """
+    row = await witness.retire(session, data.name, actor=caller.actor)
+    return WitnessOut.model_validate(row)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -131,3 +131,90 @@ class Summary(BaseModel):
         description="from acceptance to availability in the recipient's inbox"
     )
     acknowledgements: AckStats
+
+
+# --- witnesses ------------------------------------------------------------------------------
+
+EXAMPLE_WITNESS_VKEY = (
+    "hk-ced.example/witness+0f9dc3a7+BEr8cKbomQTwyO1C9suHN1J3yDhvY5OcSh/81FyEPLp7"
+)
+EXAMPLE_COSIGNED = (
+    "broker.example.int/exchange-log/v1\n8\nXcnaeacGWamtVZy3Ad7ZoqudgjqtL0lgz+Nw7/RgQyg=\n\n"
+    "— broker.example.int/exchange-log/v1 rirATVGfL1y1+gCoC81S1rnFiK8Xf/o7uN8Z5wqWyGtHeEzg77wQu"
+    "Gp4cw5Uft1CDgVgIART0+ZQuaG/fq6ekeeu1Qk=\n"
+    "— hk-ced.example/witness D53DpwAAAABpM8NAeVx6m7frOsnOOlAvutk9JOBEiI06mpeqtHfUxoHLJy4e4+Je5y5"
+    "j1f08aBq8Lq7gvWH0FV5obKFNgcS2SNQEDg==\n"
+)
+EXAMPLE_WITNESS = "hk-ced.example/witness"
+
+
+class WitnessIn(BaseModel):
+    """A witness to register: its cosigner verifier key and the agency that runs it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    vkey: str = Field(
+        min_length=1,
+        max_length=200,
+        description="cosignature/v1 verifier key `<name>+<key id>+<base64(0x04 ‖ key)>`, "
+        "as `broker witness init` prints it",
+        examples=[EXAMPLE_WITNESS_VKEY],
+    )
+    agency: str = Field(pattern=r"^[A-Z]{2}-[A-Z0-9]{2,10}$", examples=["HK-CED"])
+
+
+class WitnessRef(BaseModel):
+    """A registered witness, by name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=120, examples=[EXAMPLE_WITNESS])
+
+
+class WitnessOut(BaseModel):
+    """A registered witness; its cosignatures verify with `vkey`."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    name: str = Field(
+        description="the key name in its signature lines", examples=["hk-ced.example/witness"]
+    )
+    vkey: str = Field(examples=[EXAMPLE_WITNESS_VKEY])
+    agency: str = Field(validation_alias="agency_id", examples=["HK-CED"])
+    status: Literal["active", "retired"] = Field(examples=["active"])
+    created_at: datetime
+
+
+class CosignatureIn(BaseModel):
+    """A checkpoint exactly as the log signed it, with the witness's cosignature line added."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: str = Field(
+        min_length=1,
+        max_length=16_384,
+        description="the signed checkpoint note carrying the witness's cosignature line",
+        examples=[EXAMPLE_COSIGNED],
+    )
+
+
+class CosignatureOut(BaseModel):
+    """One witness's cosignature as stored (the newest it sent for that checkpoint)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    size: int = Field(examples=[8])
+    witness: str = Field(examples=["hk-ced.example/witness"])
+    timestamp: int = Field(description="POSIX seconds, as signed", examples=[1765000000])
+    line: str = Field(
+        examples=[
+            "— hk-ced.example/witness D53DpwAAAABpM8NAeVx6m7frOsnOOlAvutk9JOBEiI06mpeqtHfUxoHLJy4e4"
+            "+Je5y5j1f08aBq8Lq7gvWH0FV5obKFNgcS2SNQEDg=="
+        ]
+    )
+
+
+class CosignaturesOut(BaseModel):
+    """What the broker stored from one submission: a line per witness of the caller's agency."""
+
+    cosignatures: list[CosignatureOut]

@@ -20,6 +20,14 @@ async source (`verify_source`; `broker.audit.log.verify_stored`). Every check th
 - ``behind``: the broker serves an older checkpoint than the stored one and cannot prove that
   the two are consistent (a lagging replica, or a rollback).
 - ``http``: the broker answered with an error (its store, when it verifies itself).
+- ``witnesses``: fewer than the required number of pinned witnesses validly cosigned the
+  checkpoint (or one of them has an invalid cosignature on it).
+- ``bad_witness_key``: a pinned witness key does not parse.
+
+With witnesses required (`--witnesses K`), the checkpoint verified is the latest one the broker
+serves with at least K cosignatures (`GET /v1/log/checkpoint?cosigned=K`), and K distinct pinned
+witness keys must each have a valid cosignature (C2SP tlog-cosignature) on it; the state and
+consistency checks are the same.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ import io
 import json
 import os
 import time
-from collections.abc import Generator, Mapping
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -122,6 +130,10 @@ class LogClient:
         """The latest signed checkpoint note."""
         return str(self._get("/v1/log/checkpoint").text)
 
+    def cosigned_checkpoint(self, cosigned: int) -> str:
+        """The latest signed checkpoint note with at least `cosigned` cosignatures."""
+        return str(self._get("/v1/log/checkpoint", cosigned=cosigned).text)
+
     def inclusion(self, index: int, size: int) -> dict[str, Any]:
         """An inclusion proof in transparency-dev JSON."""
         doc: dict[str, Any] = self._get("/v1/log/proof/inclusion", index=index, size=size).json()
@@ -173,7 +185,10 @@ class LogSource(Protocol):
 class Read:
     """One answer a verification step needs: the `LogClient`/`LogSource` method and arguments."""
 
-    method: Literal["checkpoint", "inclusion", "consistency", "leaves", "nodes"]
+    # `cosigned_checkpoint` only with witnesses required (`LogClient`, `StoredLog`).
+    method: Literal[
+        "checkpoint", "cosigned_checkpoint", "inclusion", "consistency", "leaves", "nodes"
+    ]
     args: tuple[int, ...] = ()
 
 
@@ -212,9 +227,13 @@ class Report:
     leaves_checked: int = 0
     nodes_checked: int = 0
     included: list[int] = field(default_factory=list)
+    cosigned_by: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         lines = [f"checkpoint {self.origin} size {self.size} root {_b64(self.root)}: signature OK"]
+        if self.cosigned_by:
+            names = ", ".join(self.cosigned_by)
+            lines.append(f"cosigned by {len(self.cosigned_by)} pinned witnesses: {names}")
         if self.previous is not None:
             size, root = self.previous
             lines.append(f"consistent with the stored checkpoint size {size} root {_b64(root)}")
@@ -237,6 +256,49 @@ def parse_key(log_key: str) -> note.NoteVerifier:
         return note.parse_verifier_key(log_key.strip())
     except note.NoteError as exc:
         raise VerifyError("bad_key", f"the pinned log key is invalid: {exc}") from None
+
+
+def parse_witness_keys(vkeys: Sequence[str]) -> list[note.CosignerVerifier]:
+    """The pinned witness keys (distinct), or `bad_witness_key`."""
+    found: dict[tuple[str, bytes], note.CosignerVerifier] = {}
+    for vkey in vkeys:
+        try:
+            key = note.parse_cosigner_vkey(vkey.strip())
+        except note.NoteError as exc:
+            raise VerifyError(
+                "bad_witness_key", f"the pinned witness key {vkey.strip()!r} is invalid: {exc}"
+            ) from None
+        found.setdefault((key.name, key.key_id), key)
+    return list(found.values())
+
+
+def check_cosignatures(
+    text: str, witnesses: Sequence[note.CosignerVerifier], required: int
+) -> list[str]:
+    """The names of the pinned witnesses that cosigned `text`; `witnesses` if fewer than
+    `required` distinct ones did, or if a pinned witness's cosignature is invalid."""
+    cosigned: list[str] = []
+    missing: list[str] = []
+    for key in witnesses:
+        try:
+            note.verify_cosignature(text, key)
+        except note.NoteError as exc:
+            if exc.code != "unverified":
+                raise VerifyError(
+                    "witnesses", f"the cosignature by pinned witness {key.name} fails: {exc}"
+                ) from None
+            missing.append(key.name)
+            continue
+        if key.name not in cosigned:
+            cosigned.append(key.name)
+    if len(cosigned) < required:
+        raise VerifyError(
+            "witnesses",
+            f"{len(cosigned)} of the {required} required pinned witnesses cosigned the "
+            f"checkpoint (cosigned: {', '.join(cosigned) or 'none'}; "
+            f"not: {', '.join(missing) or 'none'})",
+        )
+    return cosigned
 
 
 def check_checkpoint(text: str, verifier: note.NoteVerifier) -> note.Checkpoint:
@@ -322,10 +384,22 @@ def verify_log(
     full: bool = False,
     index: int | None = None,
     http: HttpClient | None = None,
+    witnesses: int = 0,
+    witness_keys: Sequence[str] = (),
 ) -> Report:
-    """Verify the broker's latest checkpoint, its consistency with `state`, and optionally more."""
+    """Verify the broker's latest checkpoint, its consistency with `state`, and optionally more.
+
+    With `witnesses` K > 0: the latest checkpoint with K cosignatures, which K distinct keys of
+    `witness_keys` must have validly cosigned.
+    """
     verifier = parse_key(log_key)
-    steps = _verify(verifier, _load_state(state, verifier), full, index)
+    pinned = parse_witness_keys(witness_keys) if witnesses else []
+    if witnesses and len(pinned) < witnesses:
+        raise VerifyError(
+            "bad_witness_key",
+            f"{witnesses} witnesses required but {len(pinned)} distinct witness keys pinned",
+        )
+    steps = _verify(verifier, _load_state(state, verifier), full, index, (witnesses, pinned))
     # The same driver as the broker's own check; the partner's reads are plain HTTP calls.
     if http is None:
         with open_http(base_url) as owned:
@@ -358,12 +432,26 @@ async def verify_source(
 
 
 def _verify(
-    verifier: note.NoteVerifier, stored: note.Checkpoint | None, full: bool, index: int | None
+    verifier: note.NoteVerifier,
+    stored: note.Checkpoint | None,
+    full: bool,
+    index: int | None,
+    witnesses: tuple[int, Sequence[note.CosignerVerifier]] = (0, ()),
 ) -> Steps[tuple[Report, str]]:
     """The checks of a verification; returns the report and the checkpoint note it verified."""
-    text = yield Read("checkpoint")
+    required, pinned = witnesses
+    try:
+        text = yield (Read("cosigned_checkpoint", (required,)) if required else Read("checkpoint"))
+    except VerifyError as exc:
+        if required and "log.not_cosigned" in str(exc):
+            raise VerifyError(
+                "witnesses", f"the broker has no checkpoint with {required} cosignatures ({exc})"
+            ) from None
+        raise
     checkpoint = check_checkpoint(text, verifier)
     report = Report(checkpoint.origin, checkpoint.size, checkpoint.root_hash)
+    if required:
+        report.cosigned_by = check_cosignatures(text, pinned, required)
     if stored is not None:
         report.relation = yield from _consistent(stored, checkpoint)
         report.previous = (stored.size, stored.root_hash)

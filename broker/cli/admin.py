@@ -362,3 +362,40 @@ def push_redeliver(
     from broker.push import service
 
     _dump(call(data_dir, service.redeliver, mid, agency, actor=_actor()))
+
+
+witness_app = typer.Typer(no_args_is_help=True, help="Witnesses that cosign the log's checkpoints.")
+app.add_typer(witness_app, name="witness")
+
+
+@witness_app.command("register")
+def witness_register(
+    vkey: Annotated[str, typer.Argument(help="The verifier key `broker witness init` printed")],
+    agency: Annotated[str, typer.Option(help="The agency that runs the witness")],
+    data_dir: DataDir = None,
+) -> None:
+    """Register a witness; its agency's token may then send its cosignatures."""
+    from broker.audit import witness
+    from broker.audit.schemas import WitnessIn, WitnessOut
+
+    data = validated(WitnessIn, {"vkey": vkey, "agency": agency}, {"vkey": "VKEY"})
+    row = call(data_dir, witness.register, data, actor=_actor())
+    _dump(WitnessOut.model_validate(row))
+
+
+@witness_app.command("list")
+def witness_list(data_dir: DataDir = None) -> None:
+    """Registered witnesses: name, verifier key, agency, status."""
+    from broker.audit import witness
+    from broker.audit.schemas import WitnessOut
+
+    _dump([WitnessOut.model_validate(w) for w in call(data_dir, witness.list_witnesses)])
+
+
+@witness_app.command("retire")
+def witness_retire(name: str, data_dir: DataDir = None) -> None:
+    """Stop accepting a witness's cosignatures (those it sent stay served)."""
+    from broker.audit import witness
+    from broker.audit.schemas import WitnessOut
+
+    _dump(WitnessOut.model_validate(call(data_dir, witness.retire, name, actor=_actor())))

@@ -52,14 +52,48 @@ def verify(
     index: Annotated[
         int | None, typer.Option("--index", help="Also prove that leaf N is included.")
     ] = None,
+    witnesses: Annotated[
+        int,
+        typer.Option(
+            "--witnesses",
+            min=0,
+            help="Require K distinct pinned witnesses' cosignatures: verify the latest "
+            "checkpoint with K of them.",
+        ),
+    ] = 0,
+    witness_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--witness-key",
+            envvar="BROKER_WITNESS_KEYS",
+            help="A witness's verifier key <name>+<key id>+<base64>, pinned out of band; "
+            "repeat (BROKER_WITNESS_KEYS: separated by spaces).",
+        ),
+    ] = None,
 ) -> None:
     """Check the latest checkpoint's signature and its consistency with the stored one."""
     import httpx2
 
     from broker.audit import verify as verifier
 
+    keys = witness_key or []
+    if witnesses and len(keys) < witnesses:
+        fail(
+            f"--witnesses {witnesses} needs at least {witnesses} --witness-key (or "
+            f"BROKER_WITNESS_KEYS), {len(keys)} given: pin the keys of the witnesses you trust",
+            USAGE,
+        )
     try:
-        report = verifier.verify_log(url, token, log_key, state=state, full=full, index=index)
+        report = verifier.verify_log(
+            url,
+            token,
+            log_key,
+            state=state,
+            full=full,
+            index=index,
+            witnesses=witnesses,
+            witness_keys=keys,
+        )
     except verifier.VerifyError as exc:
         _failed(exc, url, state)
     except httpx2.InvalidURL as exc:
@@ -102,6 +136,12 @@ def _failed(exc: VerifyError, url: str | None, state: Path | None) -> NoReturn:
     import httpx2
 
     cause = exc.__context__  # the verifier raises `from None`: the cause is kept, not shown
+    if exc.code == "bad_witness_key":
+        fail(
+            f"--witness-key: {exc}: give each key as its witness published it, "
+            "<name>+<key id>+<base64> (BROKER_WITNESS_KEYS), and as many as --witnesses",
+            USAGE,
+        )
     if exc.code == "bad_key":
         fail(
             f"--log-key: {exc}: give the key as published, <origin>+<key id>+<base64> "

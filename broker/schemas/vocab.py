@@ -88,6 +88,7 @@ LogKind = Literal[
     "agency.created",
     "focal_point.created",
     "designation.changed",
+    "log.cosigned",
 ]
 PersonRole = Literal[
     "consignor",

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
 
+from broker.crypto import note as note_mod
 from broker.crypto.merkle import EMPTY_ROOT
 from broker.crypto.note import (
     Checkpoint,
@@ -256,3 +257,157 @@ def test_sign_verify_round_trip(text: str) -> None:
 def test_checkpoint_round_trip(origin: str, size: int, root: bytes) -> None:
     cp = Checkpoint(origin, size, root)
     assert Checkpoint.parse(cp.format()) == cp
+
+
+# --- witness cosignatures (C2SP tlog-cosignature, cosignature/v1) ---------------------------
+
+PETER_SEED = bytes.fromhex("810a1402d5146c8d84f2443330f54080ebf98ee17d9c74f6252fc5d5c7283173")
+COSIGNER = note_mod.Cosigner(
+    "witness.example/w1",
+    key_id(
+        "witness.example/w1",
+        Ed25519PrivateKey.from_private_bytes(PETER_SEED).public_key(),
+        note_mod.ALG_COSIGNATURE_V1,
+    ),
+    Ed25519PrivateKey.from_private_bytes(PETER_SEED),
+)
+T0 = 1_765_000_000  # 2025-12-06T05:46:40Z
+
+
+def test_cosigner_key_id_and_key_strings() -> None:
+    """Key ID from the C2SP formula with type 0x04, written out here rather than reused."""
+    pub = COSIGNER.private_key.public_key().public_bytes_raw()
+    expected = hashlib.sha256(b"witness.example/w1\n\x04" + pub).digest()[:4]
+    assert COSIGNER.key_id == expected
+    vkey = COSIGNER.verifier_key
+    b64 = base64.b64encode(b"\x04" + pub).decode()
+    assert vkey == f"witness.example/w1+{expected.hex()}+{b64}"
+    verifier = note_mod.parse_cosigner_vkey(vkey)
+    assert (verifier.name, verifier.key_id) == (COSIGNER.name, COSIGNER.key_id)
+    skey = note_mod.format_cosigner_skey(COSIGNER)
+    assert skey.startswith("PRIVATE+KEY+witness.example/w1+")
+    again = note_mod.parse_cosigner_skey(skey)
+    assert again.key_id == COSIGNER.key_id
+    assert "private_key" not in repr(again)
+    # The same Ed25519 key as a note key (type 0x01) has another key ID.
+    assert key_id(COSIGNER.name, COSIGNER.private_key.public_key()) != COSIGNER.key_id
+
+
+@needs_vectors
+def test_cosigner_from_the_shared_vectors_key() -> None:
+    """The Go vectors' signer seed as a witness key: type 0x04 changes the key ID and string."""
+    v = go_vectors()
+    peter = parse_signer_key(v["signer_key"])
+    assert peter.private_key.private_bytes_raw() == PETER_SEED
+    pub = peter.private_key.public_key().public_bytes_raw()
+    vkey = note_mod.format_cosigner_vkey(peter.name, peter.private_key.public_key())
+    kid = hashlib.sha256(peter.name.encode() + b"\n\x04" + pub).digest()[:4]
+    b64 = base64.b64encode(b"\x04" + pub).decode()
+    assert vkey == f"PeterNeumann+{kid.hex()}+{b64}"
+    assert code_of(lambda: parse_verifier_key(vkey)) == "bad_key"  # a 0x04 key is no note key
+    assert code_of(lambda: note_mod.parse_cosigner_vkey(v["verifier_key"])) == "bad_key"
+    assert code_of(lambda: note_mod.parse_cosigner_skey(v["signer_key"])) == "bad_key"
+
+
+# Frozen known answer (Ed25519 is deterministic); tests/crypto/test_interop_go.py has Go's
+# sumdb/note with an independent cosignature/v1 verifier accept this same line.
+KAT_LINE = (
+    "— witness.example/w1 "
+    "zJpwRAAAAABpM8NAzLWMc6JZd8ud2gw717Kwp6c3OIyKe4Igi5CNXoP0tkKP"
+    "ol/jviNRCA98MdUov1hXtppExVHh7j33BydswYuCDw=="
+)
+
+
+def test_cosignature_known_answer() -> None:
+    line = note_mod.cosign(EXAMPLE_NOTE, COSIGNER, T0)
+    raw = base64.b64decode(line.split(" ")[2])
+    assert raw[:4] == COSIGNER.key_id
+    assert raw[4:12] == T0.to_bytes(8, "big")
+    message = b"cosignature/v1\ntime 1765000000\n" + EXAMPLE_NOTE.split("\n\n")[0].encode() + b"\n"
+    COSIGNER.private_key.public_key().verify(raw[12:], message)
+    assert line == KAT_LINE
+    # Text or note: the same line.
+    assert note_mod.cosign(EXAMPLE_NOTE.split("\n\n")[0] + "\n", COSIGNER, T0) == line
+
+
+def _verifier() -> note_mod.CosignerVerifier:
+    return note_mod.parse_cosigner_vkey(COSIGNER.verifier_key)
+
+
+def test_cosigned_note_verifies_for_both_keys() -> None:
+    line = note_mod.cosign(EXAMPLE_NOTE, COSIGNER, T0)
+    cosigned = note_mod.add_signatures(EXAMPLE_NOTE, [line])
+    assert cosigned == EXAMPLE_NOTE + line + "\n"
+    assert note_mod.add_signatures(cosigned, [line, line + "\n"]) == cosigned  # no repeats
+    assert note_mod.verify_cosignature(cosigned, _verifier()) == T0
+    # The log's verifier ignores the witness's line; the witness's ignores the log's.
+    assert verify_checkpoint(cosigned, EXAMPLE_VERIFIER).size == 8
+    assert code_of(lambda: note_mod.verify_cosignature(EXAMPLE_NOTE, _verifier())) == "unverified"
+    later = note_mod.cosign(EXAMPLE_NOTE, COSIGNER, T0 + 60)
+    assert note_mod.verify_cosignature(cosigned + later + "\n", _verifier()) == T0 + 60
+
+
+def test_a_cosignature_covers_the_whole_body_and_its_time() -> None:
+    line = note_mod.cosign(EXAMPLE_NOTE, COSIGNER, T0)
+    cosigned = note_mod.add_signatures(EXAMPLE_NOTE, [line])
+    other = cosigned.replace("\n8\n", "\n9\n")
+    assert code_of(lambda: note_mod.verify_cosignature(other, _verifier())) == "bad_signature"
+    raw = bytearray(base64.b64decode(line.split(" ")[2]))
+    raw[11] ^= 1  # another timestamp under the same signature
+    moved = cosigned.replace(line.split(" ")[2], base64.b64encode(bytes(raw)).decode())
+    assert code_of(lambda: note_mod.verify_cosignature(moved, _verifier())) == "bad_signature"
+    # Extension lines are part of the signed body.
+    root = base64.b64decode(EXAMPLE_NOTE.split("\n")[2])
+    text = Checkpoint(ORIGIN, 8, root, ("ext: one",)).format()
+    signed = sign_note(text, ORIGIN, EXAMPLE_KEY)
+    with_ext = note_mod.add_signatures(signed, [note_mod.cosign(signed, COSIGNER, T0)])
+    assert note_mod.verify_cosignature(with_ext, _verifier()) == T0
+    dropped = with_ext.replace("ext: one\n", "ext: two\n")
+    assert code_of(lambda: note_mod.verify_cosignature(dropped, _verifier())) == "bad_signature"
+    # A bad line of the pinned key rejects the note even beside a good one.
+    bad = with_ext + note_mod.cosign(EXAMPLE_NOTE, COSIGNER, T0) + "\n"
+    assert code_of(lambda: note_mod.verify_cosignature(bad, _verifier())) == "bad_signature"
+
+
+def test_wrong_key_types_and_lengths() -> None:
+    # The log's note key is no witness key, and a note signature is no cosignature.
+    assert code_of(lambda: note_mod.parse_cosigner_vkey(EXAMPLE_VKEY)) == "bad_key"
+    assert code_of(lambda: parse_verifier_key(COSIGNER.verifier_key)) == "bad_key"
+    note_skey = format_signer_key(ORIGIN, EXAMPLE_KEY)
+    assert code_of(lambda: note_mod.parse_cosigner_skey(note_skey)) == "bad_key"
+    as_note_sig = sign_note(EXAMPLE_NOTE.split("\n\n")[0] + "\n", COSIGNER.name, EXAMPLE_KEY)
+    assert code_of(lambda: note_mod.verify_cosignature(as_note_sig, _verifier())) == "unverified"
+    line = note_mod.cosign(EXAMPLE_NOTE, COSIGNER, T0)
+    raw = base64.b64decode(line.split(" ")[2])
+    short = f"— {COSIGNER.name} {base64.b64encode(raw[:-1]).decode()}"
+    cut = note_mod.add_signatures(EXAMPLE_NOTE, [short])
+    assert code_of(lambda: note_mod.verify_cosignature(cut, _verifier())) == "bad_signature"
+    bad_vkey = COSIGNER.verifier_key.replace("+", "+0", 1)
+    assert code_of(lambda: note_mod.parse_cosigner_vkey(bad_vkey)) == "bad_key"
+
+
+def test_bad_timestamps() -> None:
+    for t in (-1, 2**63, 2**64, True, 1.5):
+        assert code_of(lambda t=t: note_mod.cosign(EXAMPLE_NOTE, COSIGNER, t)) == "bad_timestamp"
+    assert note_mod.cosign(EXAMPLE_NOTE, COSIGNER, 2**63 - 1)  # the largest allowed
+    # A line carrying a timestamp of 2^63 (signed over it anyway) is refused as such.
+    sig = COSIGNER.private_key.sign(
+        b"cosignature/v1\ntime 9223372036854775808\n"
+        + EXAMPLE_NOTE.split("\n\n")[0].encode()
+        + b"\n"
+    )
+    raw = COSIGNER.key_id + (2**63).to_bytes(8, "big") + sig
+    line = f"— {COSIGNER.name} {base64.b64encode(raw).decode()}"
+    future = note_mod.add_signatures(EXAMPLE_NOTE, [line])
+    assert code_of(lambda: note_mod.verify_cosignature(future, _verifier())) == "bad_timestamp"
+
+
+def test_malformed_notes_and_texts_rejected_for_cosigning() -> None:
+    line = note_mod.cosign(EXAMPLE_NOTE, COSIGNER, T0)
+    cosigned = note_mod.add_signatures(EXAMPLE_NOTE, [line])
+    for bad in (cosigned + "extra\n", cosigned.replace("\n\n", "\n"), cosigned[:-1]):
+        assert code_of(lambda bad=bad: note_mod.verify_cosignature(bad, _verifier())) == "malformed"
+    assert code_of(lambda: note_mod.cosign("not a checkpoint\n", COSIGNER, T0)) == "bad_checkpoint"
+    assert code_of(lambda: note_mod.add_signatures(EXAMPLE_NOTE, ["- x AAAAAAA="])) == "malformed"
+    for name in ("", "a+b", "a b"):
+        assert code_of(lambda name=name: note_mod.Cosigner.generate(name)) == "bad_key"

@@ -208,6 +208,12 @@ TABLE: dict[tuple[str, str], Row] = {
     ("GET", "/v1/log/proof/consistency"): api(ANY, 200, query={"from": "1"}),
     ("GET", "/v1/log/leaves"): api(frozenset({AUDITOR, AGENCY}), 200),
     ("GET", "/v1/log/nodes"): api(ANY, 200),
+    # witnesses: the list for everyone; cosignatures from agencies (only lines of their own
+    # registered witnesses count); admins register and retire witnesses
+    ("GET", "/v1/log/witnesses"): api(ANY, 200),
+    ("POST", "/v1/log/cosignatures"): api(frozenset({AGENCY}), body={}),
+    ("POST", "/v1/admin/witnesses"): api(ONLY_ADMIN, body={}),
+    ("POST", "/v1/admin/witnesses/retire"): api(ONLY_ADMIN, 404, body={"name": "nobody"}),
     # the console: auditors' sessions only; what they do not oversee is 403 (a filter naming
     # it) or 404 (a page of it, alike for unknown)
     ("GET", "/console/login"): public(None),  # 303 to the log for a signed-in auditor
