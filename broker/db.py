@@ -85,18 +85,32 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # concurrent writers queue on busy_timeout instead of failing on a lock upgrade.
     dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
+    # secure_delete: a purged envelope is overwritten in the file, not left in a free page.
     for pragma in (
         "journal_mode=WAL",
         "synchronous=FULL",
         "foreign_keys=ON",
         "busy_timeout=10000",
+        "secure_delete=ON",
     ):
         cur.execute(f"PRAGMA {pragma}")
     cur.close()
 
 
 def _sqlite_begin(conn: Any) -> None:
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+async def sqlite_truncate_wal() -> None:
+    """SQLite: move the write-ahead log into the database file and empty it, so that content
+    the broker deleted (overwritten in the file by secure_delete) leaves no copy in the log.
+    Nothing on PostgreSQL, whose dumps and backups hold live rows only."""
+    if not settings().is_sqlite:
+        return
+    async with engine().connect() as conn:
+        auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await auto.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def _sqlite_file(url: str) -> None:

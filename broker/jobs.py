@@ -44,6 +44,8 @@ _log = get_logger("broker.jobs")
 SEQUENCE = "log.sequence"  # the audit log sequencer
 RELAY = "outbox.relay"  # deliveries from the outbox into inboxes
 PUSH = "push.deliver"  # pushes to partners' endpoints
+EXPIRE = "inbox.expire"  # unfetched copies withdrawn once their message's exp has passed
+PURGE = "lifecycle.purge"  # messages purged once their agreement's retention has passed
 
 _KEY = "broker.jobs"
 FLAG = "broker:wake:"

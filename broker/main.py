@@ -43,6 +43,7 @@ from broker.errors import (
 )
 from broker.health import router as health
 from broker.inbox import router as inbox
+from broker.lifecycle import router as lifecycle
 from broker.logging import configure_logging, get_logger
 from broker.messages import router as messages
 from broker.push import router as push
@@ -210,6 +211,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     from broker.audit import jobs as audit_jobs
     from broker.inbox import jobs as inbox_jobs
     from broker.inbox import notify
+    from broker.lifecycle import jobs as lifecycle_jobs
     from broker.push import jobs as push_jobs
 
     keyring.load_or_create()
@@ -217,6 +219,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     inbox_jobs.install()
     audit_jobs.install()
     push_jobs.install()
+    lifecycle_jobs.install()
     worker = None
     if settings().profile is Profile.embedded:
         # The embedded default runs the same job functions in-process instead of Celery.
@@ -259,7 +262,18 @@ def create_app() -> FastAPI:
     install_openapi(app)
     # The hot paths first: a request is matched against the included routers in this order,
     # and each router tried costs time (docs/performance.md). No router's paths overlap.
-    for module in (messages, inbox, health, auth, agencies, directory, agreements, audit, push):
+    for module in (
+        messages,
+        inbox,
+        health,
+        auth,
+        agencies,
+        directory,
+        agreements,
+        audit,
+        push,
+        lifecycle,
+    ):
         for name in ("router", "public", "admin"):
             router = getattr(module, name, None)
             if router is not None:

@@ -14,6 +14,7 @@ from broker.auth.models import Credential, Principal
 from broker.console.models import ConsoleSession, VerificationRun
 from broker.db import Base
 from broker.directory.models import PublicKey
+from broker.lifecycle.models import LegalHold
 from broker.messages.models import Delivery, InboxCounter, Message, Outbox
 from broker.push.models import PushAttempt, PushEndpoint
 from broker.registry.models import RegistryState
@@ -33,6 +34,7 @@ __all__ = [
     "Designation",
     "FocalPoint",
     "InboxCounter",
+    "LegalHold",
     "LogLeaf",
     "LogNode",
     "Message",

@@ -42,6 +42,7 @@ def make_celery() -> Celery:
             "broker.workers.tasks.delivery",
             "broker.workers.tasks.audit",
             "broker.workers.tasks.console",
+            "broker.workers.tasks.lifecycle",
         ],
     )
     app.conf.update(
@@ -73,6 +74,18 @@ def make_celery() -> Celery:
             "push-sweep": {
                 "task": jobs.PUSH,
                 "schedule": 2.0,
+                "options": {"expires": SWEEP_EXPIRES_S},
+            },
+            # Copies whose message's exp passed before a fetch leave their inboxes.
+            "inbox-expire": {
+                "task": jobs.EXPIRE,
+                "schedule": 10.0,
+                "options": {"expires": SWEEP_EXPIRES_S},
+            },
+            # Messages past their agreement's retention (counted in years: a minute is on time).
+            "lifecycle-purge": {
+                "task": jobs.PURGE,
+                "schedule": 60.0,
                 "options": {"expires": SWEEP_EXPIRES_S},
             },
             # The log sequencer: commits that record events also wake it (bounded merge delay).

@@ -49,6 +49,29 @@ KID = Annotated[
     ),
 ]
 RECEIPTS = Annotated[Path, typer.Option(help="Folder where the broker's signed receipts are kept")]
+EXPIRES = Annotated[
+    str,
+    typer.Option(
+        "--expires",
+        help="How long partners may fetch it: 90m, 12h or 7d, at most 30d; a copy still "
+        "unfetched then is withdrawn from its inbox",
+    ),
+]
+_UNITS = {"m": 60, "h": 3600, "d": 86400}
+MAX_TTL_S = 30 * 86400  # the broker refuses an exp further than 30 days after iat
+
+
+def ttl_seconds(expires: str) -> int:
+    """`--expires` in seconds, or one line naming the option and the fix."""
+    number, unit = expires[:-1], expires[-1:]
+    seconds = int(number) * _UNITS[unit] if number.isdigit() and unit in _UNITS else 0
+    if not 0 < seconds <= MAX_TTL_S:
+        fail(
+            f"--expires {expires!r}: give minutes, hours or days, e.g. 90m, 12h or 7d (at most 30d)",
+            USAGE,
+        )
+    return seconds
+
 
 keys_app = typer.Typer(no_args_is_help=True, help="The local keystore.")
 inbox_app = typer.Typer(no_args_is_help=True, help="Pull, open, verify and acknowledge alerts.")
@@ -351,16 +374,26 @@ _ROUTING_OPTIONS = {
     "handling": "--handling",
     "sender_fp": "--from",
     "sender": "--from",
+    "supersedes": "--supersedes",
 }
 _PARAMETERS = {"--to": "to", "--from": "fp"} | {
     o: o[2:]
-    for o in ("--agreement", "--offence", "--operation", "--kind", "--priority", "--handling")
+    for o in (
+        "--agreement",
+        "--offence",
+        "--operation",
+        "--kind",
+        "--priority",
+        "--handling",
+        "--supersedes",
+    )
 }
 _SHAPES = {
     "--to": "an agency id like HK-CED",
     "--from": "a focal point id <agency>/<name> like VN-GDC/fp-hcm-01",
     "--agreement": "an agreement id in capitals like VN-HK-CMAA-2013",
     "--operation": "an operation id in capitals like TWIN-GUARDIAN-II",
+    "--supersedes": "the mid `broker send` printed for the message you correct",
 }
 _FORMAT = re.compile(r"is not a valid (?P<format>[\w-]+)")
 
@@ -662,6 +695,14 @@ def send(
     keystore: KEYSTORE = Path("keys"),
     kid: KID = None,
     receipts: RECEIPTS = Path("sent"),
+    expires: EXPIRES = "7d",
+    supersedes: Annotated[
+        str | None,
+        typer.Option(
+            help="Send a correction of your earlier message MID (same agreement and recipients); "
+            "recipients see the earlier one as superseded"
+        ),
+    ] = None,
     as_json: AS_JSON = None,
 ) -> None:
     """Sign, encrypt and send an alert; keep the broker's receipt."""
@@ -669,8 +710,11 @@ def send(
     from broker.sdk import agent
 
     _need_token(token)
+    ttl_s = ttl_seconds(expires)
     content = read_json(body, "BODY")
     routing_extra = parse_json(extra, "--extra") if extra else None
+    if supersedes is not None:
+        routing_extra = {**(routing_extra or {}), "supersedes": supersedes}
     store = _keystore(keystore)
     with _client(url, token) as client:
         # Only a key the broker would accept: a dry run catches an unregistered one too.
@@ -688,6 +732,7 @@ def send(
             priority=priority,
             handling=handling,
             extra=routing_extra,
+            ttl_s=ttl_s,
         )
         if dry_run:
             report_dry_run(draft, signer.kid, as_json)
@@ -1127,6 +1172,8 @@ def inbox_show(
                     ("handling", r.get("handling")),
                     ("in reply to", r.get("in_reply_to")),
                     ("outcome", r.get("outcome")),
+                    ("supersedes", r.get("supersedes")),
+                    ("superseded by", e.get("superseded_by")),
                     ("sent", output.iso(r.get("iat"))),
                     ("status", e.get("status")),
                     ("reason", e.get("reason")),

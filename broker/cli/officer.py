@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from broker.cli import agency, output
-from broker.cli.agency import DRY_RUN, KEYSTORE, KID, RECEIPTS, TOKEN, URL
+from broker.cli.agency import DRY_RUN, EXPIRES, KEYSTORE, KID, RECEIPTS, TOKEN, URL
 from broker.cli.common import USAGE, fail, read_json
 from broker.cli.output import AS_JSON
 from broker.schemas import vocab
@@ -308,6 +308,7 @@ def feedback(
     keystore: KEYSTORE = Path("keys"),
     kid: KID = None,
     receipts: RECEIPTS = Path("sent"),
+    expires: EXPIRES = "7d",
     as_json: AS_JSON = None,
 ) -> None:
     """Answer an alert you received: outcome, seizure, narrative.
@@ -319,6 +320,7 @@ def feedback(
     from broker.sdk import agent
 
     agency._need_token(token)
+    ttl_s = agency.ttl_seconds(expires)
     alert = _received(state, mid)
     routing = alert.get("routing", {})
     recipient = to or routing.get("sender")
@@ -397,6 +399,7 @@ def feedback(
                 priority=priority,
                 handling=handling or routing.get("handling") or "TLP:AMBER",
                 extra=extra,
+                ttl_s=ttl_s,
             )
         except schemas.SchemaError as exc:
             routing_errors = exc.schema.endswith("routing")

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Integer,
     Select,
     Table,
+    and_,
     bindparam,
     func,
     insert,
@@ -150,6 +151,7 @@ async def queued_deliveries(
             Message.mid,
             Message.sender,
             Message.received_at,
+            Message.exp,
             PushEndpoint.enabled.is_(True).label("push"),
         )
         .join(Message, Message.id == Delivery.message_id)
@@ -194,6 +196,80 @@ async def make_available(session: AsyncSession, rows: list[dict[str, Any]]) -> N
         await session.execute(
             _MAKE_AVAILABLE,
             [{"b_id": r["id"], "b_seq": r["seq"], "b_at": r["at"]} for r in rows],
+        )
+
+
+# --- expiry ---------------------------------------------------------------------------------
+
+# Withdrawn by the expiry job: never fetched, and now never will be.
+UNFETCHED = ("queued", "available")
+
+
+def servable(now: datetime) -> Any:
+    """A delivery the inbox may serve at `now`: one already fetched (the recipient holds it),
+    or one whose message's `exp` has not passed; never an expired or purged one."""
+    return and_(
+        Message.purged_at.is_(None),
+        or_(
+            Delivery.state.in_(("fetched", "acknowledged")),
+            and_(Delivery.state != "expired", Message.exp > int(now.timestamp())),
+        ),
+    )
+
+
+async def expire_due(
+    session: AsyncSession, cutoff: datetime, now: datetime, limit: int
+) -> Sequence[Any]:
+    """Withdraw up to `limit` unfetched deliveries of messages whose `exp` is at or before
+    `cutoff`: state `expired`; returns (recipient, mid, sender, exp) of each.
+
+    Rows are locked and taken SKIP LOCKED, so two expiry runs never take one delivery twice,
+    and the state guard keeps a first fetch that committed in between.
+    """
+    due = (
+        select(Delivery.id)
+        .join(Message, Message.id == Delivery.message_id)
+        .where(Delivery.state.in_(UNFETCHED), Message.exp <= int(cutoff.timestamp()))
+        .order_by(Delivery.id)
+        .limit(limit)
+        .with_for_update(of=Delivery, skip_locked=True)
+    )
+    ids = list(await session.scalars(due))
+    if not ids:
+        return []
+    changed = list(
+        await session.scalars(
+            update(Delivery)
+            .where(Delivery.id.in_(ids), Delivery.state.in_(UNFETCHED))
+            .values(state="expired", expired_at=now)
+            .returning(Delivery.id)
+        )
+    )
+    return await expired_rows(session, changed)
+
+
+async def expired_rows(session: AsyncSession, delivery_ids: Sequence[uuid.UUID]) -> Sequence[Any]:
+    """(recipient, mid, sender, exp) of these deliveries, for their `msg.expired` events."""
+    if not delivery_ids:
+        return []
+    result = await session.execute(
+        select(Delivery.recipient, Message.mid, Message.sender, Message.exp)
+        .join(Message, Message.id == Delivery.message_id)
+        .where(Delivery.id.in_(delivery_ids))
+        .order_by(Delivery.recipient, Message.mid)
+    )
+    return result.all()
+
+
+async def expire_now(
+    session: AsyncSession, delivery_ids: Sequence[uuid.UUID], now: datetime
+) -> None:
+    """Queued deliveries whose message expired before the relay reached them (one UPDATE)."""
+    if delivery_ids:
+        await session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(delivery_ids), Delivery.state == "queued")
+            .values(state="expired", expired_at=now)
         )
 
 
@@ -250,14 +326,17 @@ class Page:
     more: bool
 
 
-async def page(session: AsyncSession, agency: str, after: int, limit: int, max_bytes: int) -> Page:
+async def page(
+    session: AsyncSession, agency: str, after: int, limit: int, max_bytes: int, now: datetime
+) -> Page:
     """The inbox items after `after`, in inbox order, with what a first fetch needs.
 
     One statement. The inner queries take the next `limit + 1` deliveries, number them and add
     up their envelopes' sizes without reading an envelope; the outer one reads the message
     (envelope included) only of those that fit in `max_bytes`, the first always. The page is a
     prefix of inbox order, so `next_cursor` (its last seq) skips nothing, and more is waiting
-    when the inner query `found` more deliveries than the page holds.
+    when the inner query `found` more deliveries than the page holds. A delivery that is not
+    `servable` (its message expired before a fetch) is passed over: it never will be.
     """
     ahead = (
         select(
@@ -269,7 +348,7 @@ async def page(session: AsyncSession, agency: str, after: int, limit: int, max_b
             _octet_length(Message.envelope).label("size"),
         )
         .join(Message, Message.id == Delivery.message_id)
-        .where(Delivery.recipient == agency, Delivery.inbox_seq > after)
+        .where(Delivery.recipient == agency, Delivery.inbox_seq > after, servable(now))
         .order_by(Delivery.inbox_seq)
         .limit(limit + 1)
         .subquery("ahead")
@@ -344,6 +423,8 @@ class AckedDelivery:
     sender: str
     agreement_id: str
     received_at: datetime
+    state: str
+    purged_at: datetime | None
 
 
 async def delivery_for_ack(
@@ -364,6 +445,8 @@ async def delivery_for_ack(
                 Message.sender,
                 Message.agreement_id,
                 Message.received_at,
+                Delivery.state,
+                Message.purged_at,
             )
             .join(Message, Message.id == Delivery.message_id)
             .where(
@@ -374,7 +457,7 @@ async def delivery_for_ack(
             .with_for_update(of=Delivery)
         )
     ).first()
-    return None if row is None else AckedDelivery(*row)
+    return None if row is None else AckedDelivery(**row._asdict())
 
 
 async def record_ack(
@@ -441,6 +524,7 @@ async def unacknowledged_since(
             Message.agreement_id == agreement_id,
             Message.received_at < received_before,
             Delivery.acked_at.is_(None),
+            Delivery.state != "expired",  # withdrawn unread: nothing to acknowledge
         )
         .group_by(Delivery.recipient)
     )

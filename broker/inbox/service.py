@@ -103,7 +103,12 @@ def _retry_delay(attempts: int) -> timedelta:
 
 async def _deliver(session: AsyncSession, claimed: Sequence[Claimed], now: datetime) -> None:
     """Make the claimed messages' queued deliveries available, record them, settle the rows."""
-    rows = await repository.queued_deliveries(session, [c.ref for c in claimed])
+    queued = await repository.queued_deliveries(session, [c.ref for c in claimed])
+    # A message whose `exp` passed before the relay reached it is never made available.
+    late = [row for row in queued if row.exp <= int(now.timestamp())]
+    rows = [row for row in queued if row.exp > int(now.timestamp())]
+    await repository.expire_now(session, [row.id for row in late], now)
+    await _record_expired(session, late)
     by_recipient: dict[str, list[Any]] = defaultdict(list)
     for row in rows:
         by_recipient[row.recipient].append(row)
@@ -260,15 +265,16 @@ async def poll(session: AsyncSession, caller: Caller, after: str | None, limit: 
     agency = caller.agency_id
     assert agency is not None
     start = _cursor(after)
+    now = utcnow()
     found = await repository.page(
         session,
         agency,
         start,
         min(max(limit, 1), MAX_PAGE),
         settings().inbox_page_max_bytes,
+        now,
     )
     rows = found.rows
-    now = utcnow()
     fetched = set(
         await repository.mark_fetched(session, [r.id for r in rows if r.state == "available"], now)
     )
@@ -393,7 +399,13 @@ async def acknowledge(
     snap = await registry.current(session)
     payload = _verified_ack(snap, kid, agency, mid, ack_jws)
     found = await repository.delivery_for_ack(session, agency, mid, payload["envelope_sha256"])
-    if found is None or found.inbox_seq is None:  # not yet available is not in the inbox
+    # Not yet available, withdrawn unread at its `exp`, or purged: not in the inbox.
+    if (
+        found is None
+        or found.inbox_seq is None
+        or found.state == "expired"
+        or found.purged_at is not None
+    ):
         raise NotFound(f"no message {mid} with that envelope in your inbox")
     digest = sha256_b64u(ack_jws.encode())
     status, reason = payload["status"], payload.get("reason")
@@ -491,6 +503,59 @@ def _ack_out(acked: AckedDelivery) -> AckOut:
         acked_at=acked.acked_at,
         ack_sha256=acked.ack_sha256,
     )
+
+
+# --- expiry ---------------------------------------------------------------------------------
+
+# How long after a message's `exp` the expiry job withdraws its unfetched copies. Polls stop
+# serving it at `exp` itself; the margin lets a page read just before `exp` commit its first
+# fetch, so that no copy is both served and reported `expired`.
+EXPIRY_GRACE = timedelta(seconds=60)
+EXPIRY_BATCH = 500
+
+
+async def expire(
+    session: AsyncSession, *, now: datetime | None = None, batch: int = EXPIRY_BATCH
+) -> int:
+    """Withdraw one batch of unfetched copies whose message's `exp` has passed (`msg.expired`
+    each); returns how many. The job runs it until it returns less than a batch."""
+    now = now or utcnow()
+    rows = await repository.expire_due(session, now - EXPIRY_GRACE, now, batch)
+    await _record_expired(session, rows)
+    return len(rows)
+
+
+async def _record_expired(session: AsyncSession, rows: Sequence[Any]) -> None:
+    """One `msg.expired` event per withdrawn copy, on the recipient (metadata only)."""
+    if rows:
+        await audit.record_many(
+            session,
+            [
+                audit.event(
+                    "msg.expired",
+                    actor="broker:lifecycle",
+                    subject=row.recipient,
+                    details={
+                        "mid": str(row.mid),
+                        "sender": row.sender,
+                        "recipient": row.recipient,
+                        "exp": row.exp,
+                    },
+                )
+                for row in rows
+            ],
+        )
+
+
+async def expire_all(session_factory: db.SessionFactory) -> int:
+    """Batches of `expire`, each in its own transaction, until none is full."""
+    total = 0
+    while True:
+        async with session_factory() as session:
+            done = await expire(session)
+        total += done
+        if done < EXPIRY_BATCH:
+            return total
 
 
 # --- deadlines ------------------------------------------------------------------------------

@@ -8,8 +8,8 @@ After a drill (or any bad day) this proves, from the database alone, what the br
   exactly 1..n, so a cursor sees every entry once;
 - I3 nothing unexpected: no entry for a recipient the message was not routed to;
 - I5 audit exactly once: one `msg.accepted` per message (the event its receipt names), one
-  `msg.delivered` per available entry, one `msg.fetched` per first fetch, one `msg.acked` per
-  distinct acknowledgement, and, with a history, one `msg.rejected` per refusal it saw;
+  `msg.delivered` per entry given an inbox number, one `msg.fetched` per first fetch, one
+  `msg.acked` per distinct acknowledgement, one `msg.expired` per entry withdrawn at its `exp`, and, with a history, one `msg.rejected` per refusal it saw;
 - I6 the log: every event has exactly one leaf, indexes are 0..n-1, each leaf is its event's
   canonical bytes, the latest checkpoint covers them all, and the offline verifier
   (`broker.audit.verify`, full mode) accepts the stored log with the broker's log key.
@@ -250,12 +250,12 @@ def _inboxes(messages: list[MessageRow], deliveries: list[DeliveryRow]) -> list[
                 found.append(
                     Violation("inbox.sequence", f"a queued entry of {d.recipient} has a number")
                 )
-        elif d.inbox_seq is None:
+        elif d.inbox_seq is not None:
+            seqs[d.recipient].append(d.inbox_seq)
+        elif d.state != "expired":  # expired before the relay reached it: never numbered
             found.append(
                 Violation("inbox.sequence", f"an available entry of {d.recipient} has no number")
             )
-        else:
-            seqs[d.recipient].append(d.inbox_seq)
     for r, numbers in sorted(seqs.items()):
         numbers.sort()
         if numbers != list(range(1, len(numbers) + 1)):
@@ -287,6 +287,7 @@ def _flow_events(
     delivered: Counter[tuple[str, ...]] = Counter()
     fetched: Counter[tuple[str, ...]] = Counter()
     acked: Counter[tuple[str, ...]] = Counter()
+    expired: Counter[tuple[str, ...]] = Counter()
     for e in events:
         if e.kind == "msg.accepted":
             accepted[_key(e, "sender", "mid")].append(e)
@@ -296,6 +297,8 @@ def _flow_events(
             fetched[_key(e, "sender", "mid", "recipient")] += 1
         elif e.kind == "msg.acked":
             acked[_key(e, "sender", "mid", "recipient", "ack_sha256")] += 1
+        elif e.kind == "msg.expired":
+            expired[_key(e, "sender", "mid", "recipient")] += 1
     stored = {(m.sender, m.mid) for m in messages}
     for m in messages:
         got = accepted.get((m.sender, m.mid), [])
@@ -318,10 +321,14 @@ def _flow_events(
         pair: tuple[str, ...] = (owner.sender, owner.mid, d.recipient)
         pairs.add(pair)
         name = f"{owner.sender}/{owner.mid} -> {d.recipient}"
-        want = 0 if d.state == "queued" else 1
+        want = 0 if d.inbox_seq is None else 1  # queued, or expired before the relay
         if delivered[pair] != want:
             found.append(
                 Violation("audit.delivered", f"{name} ({d.state}): {delivered[pair]} msg.delivered")
+            )
+        if expired[pair] != (d.state == "expired"):
+            found.append(
+                Violation("audit.expired", f"{name} ({d.state}): {expired[pair]} msg.expired")
             )
         by_ack = d.acked_at is not None and d.fetched_at == d.acked_at
         if d.fetched_at is None and fetched[pair]:

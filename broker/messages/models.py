@@ -40,6 +40,8 @@ class Message(Base):
     handling: Mapped[str] = mapped_column(String(20))
     routing: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
     in_reply_to: Mapped[uuid.UUID | None]
+    # A correction names the sender's earlier message it replaces (once: unique per sender).
+    supersedes: Mapped[uuid.UUID | None]
     envelope: Mapped[str] = mapped_column(Text)
     envelope_sha256: Mapped[str] = mapped_column(String(43))
     policy_sha256: Mapped[str] = mapped_column(String(43))
@@ -48,9 +50,13 @@ class Message(Base):
     iat: Mapped[int] = mapped_column(BigInteger)
     exp: Mapped[int] = mapped_column(BigInteger)
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Set when the agreement's retention purged the envelope (now empty) and the recipients'
+    # acknowledgements; the row stays as the replay guard and the log's reference.
+    purged_at: Mapped[datetime | None]
 
     __table_args__ = (
         UniqueConstraint("sender", "mid", name="uq_messages_sender_mid"),
+        UniqueConstraint("sender", "supersedes", name="uq_messages_sender_supersedes"),
         CheckConstraint("kind in ('alert', 'feedback')", name="kind"),
         # Feedback names its alert by mid alone (`repository.received_alerts`).
         Index("ix_messages_mid", "mid"),
@@ -61,7 +67,8 @@ class Message(Base):
 
 
 class Delivery(Base):
-    """One message for one recipient agency: queued -> available -> fetched -> acknowledged.
+    """One message for one recipient agency: queued -> available -> fetched -> acknowledged,
+    or `expired` from queued or available when the message's `exp` passes before a fetch.
 
     `inbox_seq` is assigned when the delivery becomes available, under the recipient's
     counter row lock, so sequence numbers commit in order and a cursor never skips one.
@@ -78,6 +85,7 @@ class Delivery(Base):
     available_at: Mapped[datetime | None]
     fetched_at: Mapped[datetime | None]
     acked_at: Mapped[datetime | None]
+    expired_at: Mapped[datetime | None]
     ack_status: Mapped[str | None] = mapped_column(String(12))
     ack_reason: Mapped[str | None] = mapped_column(String(40))
     ack_sha256: Mapped[str | None] = mapped_column(String(43))
@@ -87,7 +95,8 @@ class Delivery(Base):
         UniqueConstraint("message_id", "recipient", name="uq_deliveries_message_recipient"),
         UniqueConstraint("recipient", "inbox_seq", name="uq_deliveries_recipient_seq"),
         CheckConstraint(
-            "state in ('queued', 'available', 'fetched', 'acknowledged')", name="state"
+            "state in ('queued', 'available', 'fetched', 'acknowledged', 'expired')",
+            name="state",
         ),
         Index("ix_deliveries_queued", "state", "created_at"),
     )

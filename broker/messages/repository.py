@@ -64,6 +64,7 @@ class NewMessage:
     handling: str
     routing: dict[str, Any]
     in_reply_to: uuid.UUID | None
+    supersedes: uuid.UUID | None
     envelope: str
     envelope_sha256: str
     policy_sha256: str
@@ -280,3 +281,10 @@ async def feedback_to(
         .order_by(_messages.c.received_at, _messages.c.mid)
     )
     return [(sender, feedback_mid) for sender, feedback_mid in rows]
+
+
+async def superseded_by(session: AsyncSession, sender: str, mid: uuid.UUID) -> uuid.UUID | None:
+    """The mid of the sender's correction of its message `mid`, if any."""
+    return await session.scalar(
+        select(Message.mid).where(Message.sender == sender, Message.supersedes == mid)
+    )

@@ -63,6 +63,11 @@ _SUBMIT_ERRORS: tuple[ErrorSpec, ...] = (
     KeyNotValidNow,
     service.RecipientNoKey,
     OutOfScope,
+    service.CorrectionUnknown,
+    service.CorrectionAgreementDiffers,
+    service.CorrectionRecipientsDiffer,
+    service.AlreadySuperseded,
+    service.Purged,
 )
 
 
@@ -178,7 +183,7 @@ async def check(
 @router.get(
     "/messages/{mid}",
     summary="Delivery status of a message",
-    responses=error_responses(Forbidden, NotFound),
+    responses=error_responses(Forbidden, NotFound, service.Purged),
 )
 async def status(mid: uuid.UUID, caller: PartyCaller, session: SessionDep) -> MessageStatus:
     """Delivery and acknowledgement state per recipient (the sender agency only).

@@ -77,10 +77,19 @@ class CheckOut(BaseModel):
 
 class DeliveryStatus(BaseModel):
     recipient: str
-    state: str
+    state: str = Field(
+        description=(
+            "queued, available, fetched, acknowledged, or expired: withdrawn unread because "
+            "the message's exp passed before the recipient fetched it"
+        ),
+        examples=["acknowledged"],
+    )
     available_at: datetime | None
     fetched_at: datetime | None
     acked_at: datetime | None
+    expired_at: datetime | None = Field(
+        default=None, description="when the broker withdrew the unread copy (state expired)"
+    )
     ack_status: str | None
     ack_reason: str | None
     overdue: bool = Field(description="not acknowledged within the agreement's ack_deadline")
@@ -128,4 +137,11 @@ class MessageStatus(BaseModel):
     received_at: datetime
     envelope_sha256: str
     log_index: int | None
+    supersedes: uuid.UUID | None = Field(
+        default=None, description="the earlier message of ours this one corrects"
+    )
+    superseded_by: uuid.UUID | None = Field(
+        default=None,
+        description="our correction of this message: recipients were sent it as superseding it",
+    )
     deliveries: list[DeliveryStatus]

@@ -71,6 +71,46 @@ class RecipientNoKey(BrokerError, code="key.recipient_no_key"): ...
 class FeedbackUnknownAlert(BrokerError, code="scope.feedback_unknown_alert"): ...
 
 
+class Purged(BrokerError, code="message.purged"): ...
+
+
+class CorrectionUnknown(BrokerError, code="correction.unknown_message"): ...
+
+
+class CorrectionAgreementDiffers(BrokerError, code="correction.agreement_differs"): ...
+
+
+class CorrectionRecipientsDiffer(BrokerError, code="correction.recipients_differ"): ...
+
+
+class AlreadySuperseded(BrokerError, code="correction.already_superseded"): ...
+
+
+async def _check_correction(session: AsyncSession, routing: dict[str, Any]) -> None:
+    """A correction replaces one earlier message of the same sender, under the same agreement
+    and to the same recipients, which the recipients then see as superseded; once only."""
+    sender, earlier_mid = routing["sender"], uuid.UUID(routing["supersedes"])
+    earlier = await repository.by_sender_mid(session, sender, earlier_mid)
+    if earlier is None:
+        raise CorrectionUnknown(f"{sender} sent no message {earlier_mid}")
+    if earlier.purged_at is not None:
+        raise Purged(f"message {earlier_mid} was purged under the agreement's retention")
+    if earlier.agreement_id != routing["agreement"]:
+        raise CorrectionAgreementDiffers(
+            f"message {earlier_mid} was sent under {earlier.agreement_id}, not "
+            f"{routing['agreement']}"
+        )
+    before, now = sorted(earlier.routing["recipients"]), sorted(routing["recipients"])
+    if before != now:
+        raise CorrectionRecipientsDiffer(
+            f"message {earlier_mid} went to {', '.join(before)}; a correction goes to the same "
+            "recipients (send a new alert to others)"
+        )
+    later = await repository.superseded_by(session, sender, earlier_mid)
+    if later is not None and str(later) != routing["mid"]:
+        raise AlreadySuperseded(f"message {earlier_mid} was corrected by {later}: correct that")
+
+
 class FeedbackNotRecipient(BrokerError, code="scope.feedback_not_recipient"): ...
 
 
@@ -274,6 +314,8 @@ async def _accept(
     policy_sha256 = _time_and_scope(snap, routing, now)
     if routing["kind"] == "feedback":
         await _check_feedback(session, routing)
+    if "supersedes" in routing:
+        await _check_correction(session, routing)
     # 10. The JWE.
     _check_jwe(snap, v, now)
     # 11. Accept: one transaction for message, deliveries, audit event and outbox.
@@ -285,6 +327,8 @@ async def _accept(
         await session.rollback()
         existing = await repository.accepted(session, sender, v.mid)
         if existing is None:
+            if "supersedes" in routing:  # another correction of it committed first
+                await _check_correction(session, routing)
             raise
         return _replay(existing, sender, v.mid, digest)
     await audit.record_many(session, [event])  # and the sequencer runs after the commit
@@ -339,6 +383,8 @@ def _rows(
                 if k in routing
             }
         )
+    if "supersedes" in routing:
+        details["supersedes"] = routing["supersedes"]
     event = audit.event(
         "msg.accepted", actor=caller.actor, subject=routing["sender"], details=details, at=now
     )
@@ -370,6 +416,7 @@ def _rows(
         handling=routing["handling"],
         routing=routing,
         in_reply_to=uuid.UUID(routing["in_reply_to"]) if routing.get("in_reply_to") else None,
+        supersedes=uuid.UUID(routing["supersedes"]) if routing.get("supersedes") else None,
         envelope=envelope,
         envelope_sha256=digest,
         policy_sha256=policy_sha256,
@@ -409,6 +456,8 @@ async def check(session: AsyncSession, caller: Caller, routing: dict[str, Any]) 
         policy_sha256 = _decide(snap, routing, now)
         if routing["kind"] == "feedback":
             await _check_feedback(session, routing)
+        if "supersedes" in routing:
+            await _check_correction(session, routing)
         keys = _recipient_keys(snap, routing["recipients"], now)
     except BrokerError as exc:
         return CheckOut(decision="reject", code=exc.code, detail=exc.detail)
@@ -428,6 +477,11 @@ async def status(session: AsyncSession, caller: Caller, mid: uuid.UUID) -> Messa
     message = await repository.by_sender_mid(session, caller.agency_id, mid)
     if message is None:
         raise NotFound(f"no message {mid}")
+    if message.purged_at is not None:
+        raise Purged(
+            f"message {mid} was purged at {message.purged_at.isoformat()} under the "
+            "agreement's retention; the log keeps its leaves"
+        )
     deadline = await _ack_deadline(session, message)
     deliveries = await repository.deliveries_of(session, message.id)
     log_index = await repository.leaf_index(session, message.event_id)
@@ -439,7 +493,10 @@ async def status(session: AsyncSession, caller: Caller, mid: uuid.UUID) -> Messa
         feedback.setdefault(sender, []).append(feedback_mid)
     now = utcnow()
     no_leaf = repository.AckLeaf(None, None, None)
+    superseded_by = await repository.superseded_by(session, message.sender, message.mid)
     return MessageStatus(
+        supersedes=message.supersedes,
+        superseded_by=superseded_by,
         mid=message.mid,
         kind=message.kind,
         sender=message.sender,
@@ -457,9 +514,11 @@ async def status(session: AsyncSession, caller: Caller, mid: uuid.UUID) -> Messa
                 available_at=d.available_at,
                 fetched_at=d.fetched_at,
                 acked_at=d.acked_at,
+                expired_at=d.expired_at,
                 ack_status=d.ack_status,
                 ack_reason=d.ack_reason,
                 overdue=d.acked_at is None
+                and d.state != "expired"
                 and deadline is not None
                 and now > message.received_at + deadline,
                 ack=d.ack,

@@ -19,8 +19,11 @@ async def endpoint(session: AsyncSession, agency_id: str) -> PushEndpoint | None
     return await session.get(PushEndpoint, agency_id)
 
 
-async def targets(session: AsyncSession, delivery_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Any]:
-    """Per delivery: its inbox item and where to push it (enabled endpoints only)."""
+async def targets(
+    session: AsyncSession, delivery_ids: Sequence[uuid.UUID], now: datetime
+) -> dict[uuid.UUID, Any]:
+    """Per delivery: its inbox item and where to push it (enabled endpoints only; never a
+    message whose `exp` has passed, as the inbox never serves one)."""
     if not delivery_ids:
         return {}
     rows = await session.execute(
@@ -30,6 +33,7 @@ async def targets(session: AsyncSession, delivery_ids: Sequence[uuid.UUID]) -> d
             Delivery.id.in_(delivery_ids),
             Delivery.inbox_seq.is_not(None),
             PushEndpoint.enabled.is_(True),
+            inbox_repository.servable(now),
         )
     )
     return {row.id: row for row in rows}

@@ -264,8 +264,8 @@ async def claim(session: AsyncSession, *, limit: int = BATCH) -> list[Claim]:
         session, used_up, now, f"gave up after {cfg.push_max_attempts} attempts"
     )
     live = [r for r in rows if r.attempts < cfg.push_max_attempts]
-    found = await repository.targets(session, [r.ref for r in live])
-    gone = [r.id for r in live if r.ref not in found]  # endpoint disabled or removed since
+    found = await repository.targets(session, [r.ref for r in live], now)
+    gone = [r.id for r in live if r.ref not in found]  # endpoint gone since, or message expired
     await outbox.mark_outbox_done(session, gone, now)
     live = [r for r in live if r.ref in found]
     await outbox.lease_outbox(session, [r.id for r in live], now + _lease())

@@ -377,6 +377,7 @@ class InboxPuller:
                 raise _InvalidBody(str(exc)) from exc
             (folder / "inner.jws").write_text(opened.inner_jws)
             if write:
+                self._link_correction(opened.routing, item["sender"], item["mid"])
                 (folder / "alert.json").write_text(
                     json.dumps(
                         {"routing": opened.routing, "body": opened.body},
@@ -391,6 +392,15 @@ class InboxPuller:
         except CryptoError as exc:
             return "rejected", ack_reason(exc.code), str(exc)
         return "decrypted", None, None
+
+    def _link_correction(self, routing: dict[str, Any], sender: str, mid: str) -> None:
+        """A verified correction marks the earlier message we hold as superseded by it."""
+        earlier = routing.get("supersedes")
+        if not logcheck.safe_ids(sender, earlier):  # the schema made it a UUID; kept safe here
+            return
+        folder = self.state / "alerts" / sender / str(earlier)
+        if folder.is_dir():
+            (folder / "superseded_by").write_text(mid + "\n")
 
     def _ack(
         self,
@@ -555,4 +565,7 @@ def stored_alerts(state: Path) -> Iterator[dict[str, Any]]:
         alert = folder / "alert.json"
         if alert.exists():
             entry["alert"] = json.loads(alert.read_text())
+        correction = folder / "superseded_by"
+        if correction.exists():
+            entry["superseded_by"] = correction.read_text().strip()
         yield entry

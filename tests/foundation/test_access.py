@@ -31,6 +31,7 @@ PATH_VALUES = {
     "kid": "A" * 43,
     "token_id": "01a209e8-cf03-74d1-ac62-45eda8e12c83",
     "mid": "01a209e8-cf03-74d1-ac62-45eda8e12c84",
+    "hold_id": "01a209e8-cf03-74d1-ac62-45eda8e12c85",
 }
 PUBLIC = {"/health/live", "/health/ready", "/metrics", "/openapi.json", "/docs"}
 # Signed notes and note keys are text by their own standards (C2SP); errors stay problem+json.

@@ -190,6 +190,10 @@ TABLE: dict[tuple[str, str], Row] = {
     ("POST", "/v1/admin/focal-points/{agency_id}/{slug}/designations"): api(ONLY_ADMIN, body={}),
     ("GET", "/v1/admin/focal-points/{agency_id}/{slug}/designations"): api(ONLY_ADMIN, 200),
     ("POST", "/v1/admin/world"): api(ONLY_ADMIN, body={}),
+    # legal holds: auditors (on messages naming an agency they oversee) and administrators
+    ("POST", "/v1/holds"): api(frozenset({AUDITOR, ADMIN}), body={}),
+    ("GET", "/v1/holds"): api(frozenset({AUDITOR, ADMIN}), 200),
+    ("POST", "/v1/holds/{hold_id}/lift"): api(frozenset({AUDITOR, ADMIN}), body={}),
     # audit: auditors only; naming an agency the auditor does not oversee is 403
     ("GET", "/v1/audit/events"): api(
         ONLY_AUDITOR, 200, foreign=403, query=AUDIT_QUERY, scoped=True
@@ -326,6 +330,7 @@ def world(armed: Exchange) -> World:
         "name": "nobody",
         "kid": "A" * 43,  # no real key: an admitted admin must not retire or revoke one
         "token_id": "01a209e8-cf03-74d1-ac62-45eda8e12c83",
+        "hold_id": "01a209e8-cf03-74d1-ac62-45eda8e12c84",  # no such hold: a lift is 404
         "path": "console/favicon.svg",
     }
     return World(armed, routing["mid"], envelope, values)

@@ -671,9 +671,22 @@ SUBMIT_CODES = {
     "replay.mid_reused",
     "replay.iat_out_of_window",
     "idempotency.in_flight",
+    "correction.unknown_message",
+    "correction.agreement_differs",
+    "correction.recipients_differ",
+    "correction.already_superseded",
+    "message.purged",
 }
-# Answered by the submit path but tested outside the table: the concurrent duplicate.
-ELSEWHERE = {"idempotency.in_flight": "test_concurrent_duplicate_submit"}
+# Answered by the submit path but tested outside the table: the concurrent duplicate, and the
+# corrections (tests/messages/test_corrections.py), which need an earlier message.
+ELSEWHERE = {
+    "idempotency.in_flight": "test_concurrent_duplicate_submit",
+    "correction.unknown_message": "test_only_your_own_message_can_be_corrected_and_only_once",
+    "correction.agreement_differs": "test_a_correction_to_other_recipients_or_under_another_...",
+    "correction.recipients_differ": "test_a_correction_to_other_recipients_or_under_another_...",
+    "correction.already_superseded": "test_only_your_own_message_can_be_corrected_and_only_once",
+    "message.purged": "test_a_purged_message_cannot_be_corrected",
+}
 # Defined where the submit path's codes are, but never its answer.
 NOT_SUBMIT_ANSWERS = {
     "scope.feedback_unknown_alert": "never raised: an unknown alert answers "

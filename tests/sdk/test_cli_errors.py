@@ -339,3 +339,16 @@ def test_audit_without_a_token_says_which(agency_side: dict[str, Any]) -> None:
     )
     assert "auth.unauthenticated" in line
     assert "pass an auditor or agency token with --token" in line
+
+
+@pytest.mark.parametrize("expires", ["3w", "31d", "0h", "d", "-1d", "1.5d"])
+def test_a_lifetime_the_broker_would_refuse_is_told_before_anything_is_sent(expires: str) -> None:
+    line = one_line(send(BODY, expires=expires), 2)
+    assert f"--expires {expires!r}: give minutes, hours or days" in line
+
+
+def test_expires_sets_how_long_partners_may_fetch(agency_side: dict[str, Any]) -> None:
+    result = live_send(agency_side, BODY, "--dry-run", "--json", expires="90m")
+    assert result.exit_code == 0, result.output
+    routing = json.loads(result.output)["routing"]
+    assert routing["exp"] - routing["iat"] == 90 * 60

@@ -119,3 +119,36 @@ def test_pull_resumes_after_a_crash_without_loss_or_duplicates(agency_side: dict
         again = InboxPuller(client, store, "HK-CED", state).pull()
     assert [r.status for r in again] == ["duplicate"] * 3
     assert len(list((state / "alerts" / "VN-GDC").iterdir())) == 3
+
+
+def test_a_correction_supersedes_the_alert_on_both_sides(agency_side: dict[str, Any]) -> None:
+    from tests.messages.conftest import relay
+
+    s = agency_side
+    runner, keys = s["runner"], str(s["keys"])
+    first = send(s, BODY)
+    assert first.exit_code == 0, first.output
+    earlier = json.loads(first.output)["mid"]
+    fixed = send(s, BODY, "--supersedes", earlier)
+    assert fixed.exit_code == 0, fixed.output
+    later = json.loads(fixed.output)["mid"]
+    again = send(s, BODY, "--supersedes", earlier)
+    assert again.exit_code == 1
+    assert "correction.already_superseded" in again.stderr
+    assert later in again.stderr  # names the correction to correct instead
+    relay()
+    state = str(s["tmp"] / "inbox")
+    pull = ["inbox", "pull", "--agency", "HK-CED", "--state", state]
+    pulled = runner.invoke(app, [*pull, "--token", s["hk"], "--keystore", keys])
+    assert pulled.exit_code == 0, pulled.output
+    assert {r["mid"]: r["status"] for r in json.loads(pulled.output)} == {
+        earlier: "decrypted",
+        later: "decrypted",
+    }
+    [old] = json.loads(runner.invoke(app, ["inbox", "show", earlier, "--state", state]).output)
+    assert old["superseded_by"] == later
+    [new] = json.loads(runner.invoke(app, ["inbox", "show", later, "--state", state]).output)
+    assert new["alert"]["routing"]["supersedes"] == earlier
+    status = runner.invoke(app, ["status", earlier, "--token", s["fp"], "--json"])
+    assert status.exit_code == 0, status.output
+    assert json.loads(status.output)["superseded_by"] == later

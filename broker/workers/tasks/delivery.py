@@ -18,3 +18,9 @@ def relay_outbox() -> int:
 def deliver_pushes() -> int:
     """POST due pushes; attempts are counted and leased in the database before each POST."""
     return push_jobs.deliver()
+
+
+@celery_app.task(name=jobs.EXPIRE, acks_late=True, ignore_result=True)
+def expire_deliveries() -> int:
+    """Withdraw unfetched copies past their message's exp; SKIP LOCKED batches, state guards."""
+    return inbox_jobs.expire()
