@@ -262,6 +262,7 @@ DEMO_KEYS = {
     "sig": [
         "VN-GDC/fp-hcm-01",
         "HK-CED/fp-01",
+        "KR-KCS/fp-01",
         "NZ-POL/fp-01",
         "HK-CED",
         "KR-KCS",
@@ -345,6 +346,9 @@ def _scenario(
     store: Keystore,
     data_dir: Path,
     transport: httpx2.HTTPTransport,
+    log_key: str,
+    admin: httpx2.Client,
+    passphrase: str,
 ) -> dict[str, Any]:
     """The exchanges of ARCHITECTURE.md section 2, through the SDK and the HTTP API.
 
@@ -382,7 +386,7 @@ def _scenario(
     _ok("VN-GDC/fp-hcm-01 sent a signed, encrypted alert", f"receipt verified, mid {draft.mid}")
     outcomes["accepted"] = draft.mid
     pulled = agent.InboxPuller(
-        client["hk-ced-inbox"], store, "HK-CED", data_dir / "inbox-HK-CED"
+        client["hk-ced-inbox"], store, "HK-CED", data_dir / "inbox-HK-CED", log_key=log_key
     ).pull(wait=10)
     mine = [p for p in pulled if p.mid == draft.mid]
     _ok(
@@ -394,6 +398,7 @@ def _scenario(
         "VN-GDC sees the delivery", f"{state['recipient']} {state['state']} ({state['ack_status']})"
     )
     outcomes["delivered"] = state["state"]
+    outcomes["acks"] = _acks_back(client["vn-gdc-hcm"], draft, answer, log_key)
 
     console().rule("2. A Mekong Dragon alert to three members, and seizure feedback")
     members = ["CN-GACC", "HK-CED", "KR-KCS"]
@@ -408,14 +413,15 @@ def _scenario(
         offence="cites_wildlife",
         body=mekong,
     )
-    agent.send(client["vn-gdc-hcm"], multi)
+    sent = agent.send(client["vn-gdc-hcm"], multi)
     _ok("VN-GDC alerted " + ", ".join(members), f"mid {multi.mid}")
     for agency in members:
         name = f"{agency.lower()}-inbox"
-        results = agent.InboxPuller(client[name], store, agency, data_dir / f"inbox-{agency}").pull(
-            wait=10
-        )
+        results = agent.InboxPuller(
+            client[name], store, agency, data_dir / f"inbox-{agency}", log_key=log_key
+        ).pull(wait=10)
         _ok(f"{agency} opened it", ", ".join(sorted({r.status for r in results})))
+    _acks_back(client["vn-gdc-hcm"], multi, sent, log_key)
     seizure = {
         "narrative": "Container CSQU3054383 opened at Kwai Chung: 212 kg of tusks under frozen fish.",
         "language": "en",
@@ -456,6 +462,45 @@ def _scenario(
         "outcome seized, 100-1000 kg (signed routing, content encrypted)",
     )
     outcomes["feedback"] = feedback.mid
+    scales = {
+        "narrative": "Pangolin scales in a reefer at Busan New Port, declared as frozen squid.",
+        "language": "en",
+        "references": [multi.mid],
+        "seizures": [
+            {
+                "type": "seizure",
+                "date": "2026-11-24",
+                "place": {"locode": "KRPUS"},
+                "commodity": "wildlife",
+                "quantity": {"value": 64, "unit": "kg"},
+                "species": "Manis javanica",
+                "cites_appendix": "I",
+            }
+        ],
+    }
+    agent.send(
+        client["kr-kcs-fp"],
+        agent.compose(
+            client["kr-kcs-fp"],
+            store.signing_key("KR-KCS/fp-01"),
+            sender_fp="KR-KCS/fp-01",
+            recipients=["VN-GDC"],
+            agreement="MEKONG-DRAGON",
+            operation="MEKONG-DRAGON-V",
+            offence="cites_wildlife",
+            body=scales,
+            subject_types=["seizure"],
+            kind="feedback",
+            extra={
+                "in_reply_to": multi.mid,
+                "outcome": "seized",
+                "commodity": "wildlife",
+                "quantity_band": "10_100kg",
+            },
+        ),
+    )
+    _ok("KR-KCS reported a seizure back to VN-GDC", "outcome seized, 10-100 kg")
+    outcomes["results"] = _results(client["vn-gdc-hcm"])
 
     console().rule("3. Attempts the broker refuses, each with its reason")
     nz = dict(
@@ -528,21 +573,112 @@ def _scenario(
         "The first envelope submitted again",
         f"the original receipt ({same['event_id'] == answer['event_id'] and 'same event'})",
     )
+    console().rule("4. Partner agencies' witnesses cosign the log")
+    witness_keys = _witnesses(admin, client, data_dir, log_key, passphrase)
+    outcomes["witnesses"] = len(witness_keys)
     outcomes["audit"] = _audit(
         client["oversight-auditor"],
         base_url,
         tokens["oversight-auditor"]["token"],
         data_dir,
         httpx2.Client(base_url=base_url, timeout=60.0, transport=transport),
+        witness_keys,
     )
     return outcomes  # the clients hold nothing but `transport`, which the caller closes
 
 
+def _results(client: Any) -> dict[str, int]:
+    """VN-GDC, Mekong Dragon V's coordinator, reads the operation's results by phase."""
+    results = client.get("/v1/operations/MEKONG-DRAGON-V/results")
+    phases = {p["name"]: p.get("title") or p["name"] for p in results["phases"]}
+    for phase in results["by_phase"]:
+        name = phase["value"] or "outside every phase"
+        rows = [g for g in results["groups"] if g["phase"] == phase["value"]]
+        figures = "; ".join(
+            f"{g['agency']} {g['outcome']} {g['commodity'] or ''} "
+            f"{(g['quantity_band'] or '').replace('_', '-')} ×{g['count']}".replace("  ", " ")
+            for g in rows
+        )
+        _ok(f"Mekong Dragon V results, {phases.get(name, name)}", figures)
+    listed = client.get(
+        "/v1/operations/MEKONG-DRAGON-V/results/feedback", agency="HK-CED", outcome="seized"
+    )
+    leaves = ", ".join(str(i["leaf_index"]) for i in listed["items"] if i["leaf_index"] is not None)
+    _ok(
+        "Each figure traces to its signed feedback", f"HK-CED's on log leaves {leaves or 'pending'}"
+    )
+    return {str(p["value"]): int(p["count"]) for p in results["by_phase"]}
+
+
+def _acks_back(client: Any, draft: Any, answer: dict[str, Any], log_key: str) -> list[str]:
+    """The sender verifies each recipient's signed acknowledgement that the status returns."""
+    from broker.crypto import keys
+    from broker.sdk import evidence
+
+    checked = evidence.ack_evidence(
+        client,
+        client.status(draft.mid),
+        envelope_sha256=keys.sha256_b64u(draft.envelope.encode()),
+        log_key=log_key,
+    )
+    for ack in checked:
+        if ack.verified:
+            at = "the log's time" if ack.time_source == "log" else "the broker's time"
+            _ok(
+                f"VN-GDC holds {ack.recipient}'s signed acknowledgement",
+                f"{ack.status}; signature and key checked at {at}",
+            )
+        else:
+            _refused(f"{ack.recipient}'s acknowledgement", "unverified", f": {ack.problem}")
+    return [a.recipient for a in checked if a.verified]
+
+
+# The demo's witnesses: run by two partner agencies, each with its own cosigner key.
+DEMO_WITNESSES = {"HK-CED": "hk-ced.example/witness", "KR-KCS": "kr-kcs.example/witness"}
+
+
+def _witnesses(
+    admin: httpx2.Client, client: dict[str, Any], data_dir: Path, log_key: str, passphrase: str
+) -> list[str]:
+    """Each witness checks the checkpoints against its pinned log key and cosigns them."""
+    from broker.crypto import note
+    from broker.sdk import witness
+
+    vkeys = []
+    for agency, name in DEMO_WITNESSES.items():
+        folder = data_dir / "witnesses" / agency
+        known = witness.verifier_keys(folder)
+        vkey = (
+            note.format_cosigner_vkey(known[0].name, known[0].public_key)
+            if known
+            else witness.init(folder, name, passphrase)[1]
+        )
+        registered = admin.post("/v1/admin/witnesses", json={"vkey": vkey, "agency": agency})
+        if registered.status_code != 409:  # 409: registered by an earlier demo run
+            _check(registered)
+        vkeys.append(vkey)
+        follower = witness.Witness(
+            client[f"{agency.lower()}-inbox"],
+            witness.load(folder, passphrase),
+            log_key,
+            folder,
+        )
+        done = follower.run_once()
+        sizes = ", ".join(str(c.size) for c in done) or "none new"
+        _ok(f"{agency}'s witness cosigned", f"checkpoints of size {sizes}, each proven consistent")
+    return vkeys
+
+
 def _audit(
-    auditor: Any, base_url: str, token: str, data_dir: Path, http: httpx2.Client
+    auditor: Any,
+    base_url: str,
+    token: str,
+    data_dir: Path,
+    http: httpx2.Client,
+    witness_keys: list[str],
 ) -> dict[str, Any]:
     """The auditor's view: the exchanges, the refusals, and an independent log check."""
-    console().rule("4. The auditor reviews the exchange log and verifies it")
+    console().rule("5. The auditor reviews the exchange log and verifies it")
     try:
         events = auditor.get("/v1/audit/events", limit=500)
     except Exception as exc:
@@ -572,6 +708,8 @@ def _audit(
             state=data_dir / "auditor-checkpoint.json",
             full=True,
             http=http,
+            witnesses=len(witness_keys),
+            witness_keys=witness_keys,
         )
         _ok("broker audit verify", str(report))
         result["verified"] = True
@@ -626,13 +764,14 @@ def run(*, port: int, keep_serving: bool, progress: Progress) -> dict[str, Any]:
             f"tokens for {len(tokens) + 1} principals; {keys} keys in the demo keystore, "
             f"{added} newly registered"
         )
-        outcomes = _scenario(base_url, tokens, store, data_dir, transport)
+        log_key = keyring.load_or_create().log_verifier_key
+        outcomes = _scenario(base_url, tokens, store, data_dir, transport, log_key, api, passphrase)
     credentials = {
         "base_url": base_url,
         "docs": f"{base_url}/docs",
         "console": f"{base_url}/console/",
         "tokens": {ADMIN: {"role": "admin", "token": admin_token}, **tokens},
-        "log_key": keyring.load_or_create().log_verifier_key,
+        "log_key": log_key,
         "data_dir": str(data_dir),
         "keystore": {"folder": str(store.folder), "passphrase": passphrase},
         "outcomes": outcomes,

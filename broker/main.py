@@ -47,6 +47,7 @@ from broker.lifecycle import router as lifecycle
 from broker.logging import configure_logging, get_logger
 from broker.messages import router as messages
 from broker.push import router as push
+from broker.results import router as results
 
 _log = get_logger("broker.app")
 
@@ -272,6 +273,7 @@ def create_app() -> FastAPI:
         agreements,
         audit,
         push,
+        results,
         lifecycle,
     ):
         for name in ("router", "public", "admin"):

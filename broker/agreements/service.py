@@ -217,7 +217,54 @@ async def _check_operation(session: AsyncSession, doc: dict[str, Any]) -> Agreem
             "the operation window lies outside the agreement's validity",
             errors=[FieldProblem(pointer="/starts_at", detail="outside the agreement's validity")],
         )
+    coordinator = doc.get("coordinator")
+    if coordinator is not None and coordinator not in doc["members"]:
+        raise NotAParty(
+            f"the coordinator {coordinator!r} is not a member of {doc['id']}",
+            errors=[FieldProblem(pointer="/coordinator", detail="not a member")],
+        )
+    _check_phases(doc.get("phases") or [], starts, ends)
     return version
+
+
+def _check_phases(phases: list[dict[str, Any]], starts: datetime, ends: datetime) -> None:
+    """Phases lie inside the window, each ending after it starts, in order, without overlap.
+
+    Every problem is reported at once, each at its field, so a registrar fixes them in one go.
+    """
+    problems: list[FieldProblem] = []
+    names: set[str] = set()
+    previous_end: datetime | None = None
+    for i, phase in enumerate(phases):
+        at = f"/phases/{i}"
+        name = phase["name"]
+        if name == "outside" or name in names:
+            why = "reserved" if name == "outside" else "used by an earlier phase"
+            problems.append(FieldProblem(pointer=f"{at}/name", detail=f"{name!r} is {why}"))
+        names.add(name)
+        p_starts, p_ends = _parse_time(phase["starts_at"]), _parse_time(phase["ends_at"])
+        if p_starts >= p_ends:
+            problems.append(FieldProblem(pointer=f"{at}/ends_at", detail="not after starts_at"))
+        if p_starts < starts:
+            problems.append(
+                FieldProblem(pointer=f"{at}/starts_at", detail="before the operation starts")
+            )
+        if p_ends > ends:
+            problems.append(
+                FieldProblem(pointer=f"{at}/ends_at", detail="after the operation ends")
+            )
+        if previous_end is not None and p_starts < previous_end:
+            problems.append(
+                FieldProblem(
+                    pointer=f"{at}/starts_at",
+                    detail="before the previous phase ends (phases are in order, not overlapping)",
+                )
+            )
+        previous_end = max(previous_end, p_ends) if previous_end is not None else p_ends
+    if problems:
+        raise BadValidity(
+            f"the operation's phases are not valid ({len(problems)} problem(s))", errors=problems
+        )
 
 
 async def create_operation(

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from broker.cli import admin, agency, audit, invariants, officer, server, witness
+from broker.cli import admin, agency, audit, invariants, officer, results, server, witness
 from broker.cli.common import Group, set_verbose
 
 app = typer.Typer(
@@ -45,4 +45,5 @@ app.add_typer(agency.inbox_app, name="inbox", rich_help_panel="Agency side")
 for command in (officer.agreements, officer.scope, officer.feedback):
     app.command(rich_help_panel="Agency side")(command)
 app.add_typer(audit.app, name="audit", rich_help_panel="Auditor")
+app.command(rich_help_panel="Auditor")(results.results)
 app.add_typer(witness.app, name="witness", rich_help_panel="Agency side")

@@ -627,6 +627,93 @@ async def agreement(
     )
 
 
+# --- operation results ---------------------------------------------------------------------
+
+
+OperationId = Annotated[str, Path(max_length=64)]
+
+
+@router.get("/operations")
+async def operations(request: Request, caller: Auditor, session: SessionDep) -> Response:
+    """The operations with a member the auditor oversees, each with a link to its results."""
+    items = await service.result_operations(session, caller)
+    return render(
+        request, "operations.html", {"items": items, "section": "operations"}, caller=caller
+    )
+
+
+@router.get("/operations/{operation_id}")
+async def operation_results(
+    request: Request,
+    caller: Auditor,
+    session: SessionDep,
+    operation_id: OperationId,
+    phase: Text = None,
+) -> Response:
+    """An operation's feedback rolled up, with charts and the grouped table; a phase at a time."""
+    view = await service.operation_results(session, caller, operation_id, phase=phase)
+    return render(
+        request,
+        "operation.html",
+        {"v": view, "r": view.results, "charts": service.RESULT_CHARTS, "section": "operations"},
+        caller=caller,
+    )
+
+
+@router.get("/operations/{operation_id}/results.csv")
+async def operation_results_csv(
+    caller: Auditor, session: SessionDep, operation_id: OperationId, phase: Text = None
+) -> Response:
+    """The grouped counts as CSV, as `GET /v1/operations/{id}/results.csv` gives them."""
+    text = await service.operation_results_csv(session, caller, operation_id, phase=phase)
+    name = f"{operation_id}-{phase}-results.csv" if phase else f"{operation_id}-results.csv"
+    return Response(
+        text,
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+@router.get("/operations/{operation_id}/feedback")
+async def operation_feedback(
+    request: Request,
+    caller: Auditor,
+    session: SessionDep,
+    operation_id: OperationId,
+    phase: Text = None,
+    week: Text = None,
+    agency: Text = None,
+    outcome: Text = None,
+    commodity: Text = None,
+    quantity_band: Text = None,
+    cursor: Annotated[str | None, Query(max_length=100)] = None,
+) -> Response:
+    """The feedback messages behind one figure, with the log leaf of each."""
+    figure = {
+        "phase": phase,
+        "week": week,
+        "agency": agency,
+        "outcome": outcome,
+        "commodity": commodity,
+        "quantity_band": quantity_band,
+    }
+    page, more = await service.operation_feedback(
+        session, caller, operation_id, figure, cursor=cursor
+    )
+    return render(
+        request,
+        "operation_feedback.html",
+        {
+            "page": page,
+            "more": more,
+            "figure": {k: v for k, v in figure.items() if v},
+            "continued": cursor is not None,
+            "section": "operations",
+        },
+        caller=caller,
+    )
+
+
 # --- the transparency log ------------------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import hmac
 import math
@@ -44,8 +45,11 @@ from broker.auth.service import Caller, Role
 from broker.config import settings
 from broker.console import repository
 from broker.console.models import ConsoleSession, VerificationRun
-from broker.errors import BrokerError, Forbidden, Unauthenticated, exists
+from broker.errors import BrokerError, Forbidden, NotFound, Unauthenticated, exists
 from broker.ids import new_id, utcnow
+from broker.results import repository as results_repo
+from broker.results import service as results_service
+from broker.results.schemas import FeedbackPage, ResultsOut, Rollup
 
 PAGE = 50
 MAX_PAGE = 200
@@ -1195,3 +1199,233 @@ async def close_session(session: AsyncSession, session_id: str) -> None:
         actor=f"{found.token.role}:{found.token.name}",
         details={"query": "console.sign_out", "session": str(found.id)},
     )
+
+
+# --- operation results ---------------------------------------------------------------------
+
+
+class NoSuchOperation(NotFound):
+    """An operation the auditor oversees no member of, or no operation at all (alike)."""
+
+
+@dataclass(frozen=True)
+class Bar:
+    """One bar of a results chart, linked to the feedback behind it."""
+
+    x: float
+    y: float
+    w: float
+    h: float
+    title: str
+    href: str
+
+
+@dataclass(frozen=True)
+class LinkedChart:
+    """An SVG bar chart whose bars link to the feedback they count (no script needed)."""
+
+    width: int
+    height: int
+    bars: list[Bar]
+    labels: list[Label]
+    lines: list[Line]
+    total: int
+
+
+def _feedback_href(operation_id: str, figure: dict[str, str]) -> str:
+    return f"/console/operations/{operation_id}/feedback?{urlencode(figure)}"
+
+
+def _spelled(dimension: str, value: str | None) -> str:
+    """A figure's value as the feedback listing takes it (absent values have a name)."""
+    if value is not None:
+        return value
+    return results_service.OUTSIDE if dimension == "phase" else results_repo.NONE
+
+
+def bars_chart(
+    rows: list[tuple[str, int, str]], *, width: int = 400, limit: int = 30
+) -> LinkedChart:
+    """Horizontal bars (label, count, link), in the order given; sized for a column card."""
+    shown = rows[:limit]
+    left, right, band = 130.0, 44.0, 26.0
+    height = int(band * max(len(shown), 1) + 8)
+    peak = max((n for _, n, _ in shown), default=0) or 1
+    scale = (width - left - right) / peak
+    bars, labels = [], []
+    for i, (name, n, href) in enumerate(shown):
+        y = 4 + i * band
+        w = max(n * scale, 2.0)
+        bars.append(Bar(left, y + 5, w, band - 10, f"{name}: {n} feedback", href))
+        labels.append(Label(left - 8, y + band / 2 + 4, name, "end", "name"))
+        labels.append(Label(left + w + 6, y + band / 2 + 4, str(n), "start", "value"))
+    return LinkedChart(width, height, bars, labels, [], sum(n for _, n, _ in rows))
+
+
+def columns_chart(
+    rows: list[tuple[str, int, str]], *, width: int = 760, height: int = 220
+) -> LinkedChart:
+    """Vertical bars (label, count, link) in time order: feedback per ISO week."""
+    left, right, top, bottom = 44.0, 8.0, 10.0, 26.0
+    plot_w, plot_h = width - left - right, height - top - bottom
+    peak = max((n for _, n, _ in rows), default=0)
+    step = _step(peak)
+    ceiling = step * max(math.ceil(peak / step), 1)
+    scale = plot_h / ceiling
+    bars: list[Bar] = []
+    labels: list[Label] = []
+    lines: list[Line] = []
+    for k in range(0, ceiling + 1, step):
+        y = top + plot_h - k * scale
+        lines.append(Line(left, y, width - right, y, "grid" if k else "base"))
+        labels.append(Label(left - 6, y + 4, str(k), "end"))
+    band = plot_w / max(len(rows), 1)
+    bar = max(band * 0.72, 1.0)
+    every = max(math.ceil(len(rows) / 10), 1)
+    for i, (name, n, href) in enumerate(rows):
+        x = left + i * band + (band - bar) / 2
+        h = n * scale
+        bars.append(Bar(x, top + plot_h - h, bar, h, f"{name}: {n} feedback", href))
+        if i % every == 0:
+            labels.append(Label(x + bar / 2, height - 8, name[-3:] if len(rows) > 12 else name))
+    return LinkedChart(width, height, bars, labels, lines, sum(n for _, n, _ in rows))
+
+
+@dataclass(frozen=True)
+class GroupRow:
+    """One row of the grouped counts, with the link to its feedback."""
+
+    values: dict[str, str | None]
+    count: int
+    href: str
+
+
+@dataclass(frozen=True)
+class OperationResults:
+    """An operation's results page: figures, charts, the grouped table, the phase selector."""
+
+    results: ResultsOut
+    charts: dict[str, LinkedChart]
+    rows: list[GroupRow]
+    more_rows: int
+    phase_links: list[tuple[str, str, bool]]  # (label, href, active)
+    csv_href: str
+    feedback_href: str
+
+
+RESULT_CHARTS = (
+    ("phase", "Feedback by phase"),
+    ("agency", "Feedback by sending agency"),
+    ("outcome", "Feedback by outcome"),
+    ("commodity", "Feedback by commodity"),
+    ("quantity_band", "Feedback by quantity band"),
+)
+MAX_GROUP_ROWS = 200
+
+
+async def result_operations(session: AsyncSession, caller: Caller) -> list[dict[str, Any]]:
+    """The operations with a member the auditor oversees, for the results list."""
+    ops = await agreements.list_operations(session)
+    return [results_service.describe(op) for op in results_service.operations_seen(ops, caller)]
+
+
+async def operation_results(
+    session: AsyncSession, caller: Caller, operation_id: str, *, phase: str | None
+) -> OperationResults:
+    """One operation's results as the auditor may see them; 404 alike for unknown and unseen."""
+    try:
+        out = await results_service.results(session, caller, operation_id, phase=phase or None)
+    except (NotFound, auditor.NotOverseen):
+        raise NoSuchOperation(
+            f"no operation {operation_id[:64]!r} with a member you oversee"
+        ) from None
+    op = out.operation
+    base = {"phase": out.phase} if out.phase else {}
+
+    def href(dimension: str, value: str | None) -> str:
+        return _feedback_href(op, {**base, dimension: _spelled(dimension, value)})
+
+    # Phases in the operation's order (then outside every phase); other values, most first.
+    order = {p.name: i for i, p in enumerate(out.phases)}
+
+    def rank(d: str, r: Rollup) -> tuple[int, str]:
+        if d == "phase":
+            return (order.get(r.value or "", len(order)), "")
+        return (-r.count, r.value or "")
+
+    charts: dict[str, LinkedChart] = {}
+    for d, _ in RESULT_CHARTS:
+        values: list[Rollup] = getattr(out, f"by_{d}")
+        ranked = sorted(values, key=functools.partial(rank, d))
+        charts[d] = bars_chart([(_spelled(d, r.value), r.count, href(d, r.value)) for r in ranked])
+    charts["week"] = columns_chart(
+        [(str(r.value), r.count, href("week", r.value)) for r in out.by_week]
+    )
+    ordered = sorted(out.groups, key=lambda g: -g.count)
+    rows = [
+        GroupRow(
+            values={d: getattr(g, d) for d in results_service.DIMENSIONS},
+            count=g.count,
+            href=_feedback_href(
+                op, {d: _spelled(d, getattr(g, d)) for d in results_service.DIMENSIONS}
+            ),
+        )
+        for g in ordered[:MAX_GROUP_ROWS]
+    ]
+    phase_links = [("All phases", f"/console/operations/{op}", out.phase is None)]
+    for p in out.phases:
+        phase_links.append(
+            (p.name, f"/console/operations/{op}?phase={p.name}", out.phase == p.name)
+        )
+    outside = results_service.OUTSIDE
+    phase_links.append(
+        ("Outside every phase", f"/console/operations/{op}?phase={outside}", out.phase == outside)
+    )
+    suffix = f"?{urlencode(base)}" if base else ""
+    return OperationResults(
+        results=out,
+        charts=charts,
+        rows=rows,
+        more_rows=max(len(ordered) - MAX_GROUP_ROWS, 0),
+        phase_links=phase_links,
+        csv_href=f"/console/operations/{op}/results.csv{suffix}",
+        feedback_href=_feedback_href(op, base),
+    )
+
+
+async def operation_results_csv(
+    session: AsyncSession, caller: Caller, operation_id: str, *, phase: str | None
+) -> str:
+    """The results CSV of `GET /v1/operations/{id}/results.csv`, for the console's download."""
+    try:
+        return await results_service.results_csv(session, caller, operation_id, phase=phase or None)
+    except (NotFound, auditor.NotOverseen):
+        raise NoSuchOperation(
+            f"no operation {operation_id[:64]!r} with a member you oversee"
+        ) from None
+
+
+async def operation_feedback(
+    session: AsyncSession,
+    caller: Caller,
+    operation_id: str,
+    figure: dict[str, str | None],
+    *,
+    cursor: str | None,
+) -> tuple[FeedbackPage, str | None]:
+    """The feedback behind a figure, a page at a time, and the link to the next page."""
+    try:
+        page = await results_service.feedback(
+            session, caller, operation_id, figure, cursor=cursor, limit=PAGE
+        )
+    except (NotFound, auditor.NotOverseen):
+        raise NoSuchOperation(
+            f"no operation {operation_id[:64]!r} with a member you oversee"
+        ) from None
+    chosen = {k: v for k, v in figure.items() if v}
+    more = (
+        _feedback_href(operation_id, {**chosen, "cursor": page.next_cursor})
+        if page.next_cursor
+        else None
+    )
+    return page, more

@@ -16,8 +16,11 @@ from typing import Any
 
 import pytest
 
+from tests.audit.conftest import sequence_all
 from tests.conftest import IN_CI
 from tests.console.conftest import MARKER, Traffic
+from tests.results.conftest import ALPHA, Scene, generate
+from tests.results.conftest import scene as scene  # the results scene, here too
 
 CHROMIUM = shutil.which("chromium")
 ARGS = [
@@ -189,3 +192,78 @@ def test_an_auditor_downloads_a_signed_export(
     expect(page.get_by_role("heading", name="Exchange log")).to_be_visible()  # still on the page
     context.close()
     assert problems == [], problems
+
+
+def test_an_auditor_reads_an_operations_results_in_a_browser(
+    browser: Any, live_url: str, scene: Scene, token_for: Any, tmp_path: Path
+) -> None:
+    """Operations in the navigation, an operation's charts, the phase selector, a bar followed
+    to the feedback it counts (with leaf links), and the CSV download, under the strict CSP."""
+    from playwright.sync_api import expect
+
+    generate(scene, 80, seed=11)
+    sequence_all()
+    expect.set_options(timeout=10_000)
+    context = browser.new_context(viewport={"width": 1360, "height": 900}, accept_downloads=True)
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    shot = Shots(page, tmp_path)
+    page.goto(f"{live_url}/console/login")
+    page.get_by_label("Auditor token").fill(token_for("auditor"))
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="Exchange log")).to_be_visible()
+
+    page.get_by_role("link", name="Operations", exact=True).click()
+    expect(page.get_by_role("heading", name="Operations")).to_be_visible()
+    page.get_by_role("link", name=ALPHA).click()
+    expect(page.get_by_role("heading", name=f"{ALPHA} results")).to_be_visible()
+    expect(page.locator("#results-total")).to_have_text(re.compile(r"^\d+$"))
+    total = int(page.locator("#results-total").inner_text())
+    assert 0 < total <= 80
+    expect(page.locator("svg.chart")).to_have_count(6)
+    expect(page.locator("svg.chart a.bar rect").first).to_be_visible()
+    shot("7-operation-results")
+
+    # The phase selector narrows every figure.
+    page.get_by_role("link", name="alpha-1", exact=True).click()
+    expect(page).to_have_url(re.compile(r"phase=alpha-1$"))
+    expect(page.get_by_role("link", name="alpha-1", exact=True)).to_have_class("active")
+    in_phase = int(page.locator("#results-total").inner_text())
+    assert in_phase < total
+
+    # A bar of the agency chart, followed to the feedback it counts.
+    bar = page.locator("#by-agency-title ~ a.bar").first
+    found = re.search(r": (\d+) feedback", bar.locator("title").text_content() or "")
+    assert found is not None
+    counted = int(found.group(1))
+    bar.click()
+    expect(page.get_by_role("heading", name="Feedback behind the figure")).to_be_visible()
+    expect(page.locator("#feedback-total")).to_have_text(str(counted))
+    expect(page.locator("#feedback tbody a.mid")).to_have_count(counted)
+    expect(page.locator('#feedback a[href^="/console/log?index="]').first).to_be_visible()
+    shot("8-feedback-behind-a-figure")
+    page.locator('#feedback a[href^="/console/log?index="]').first.click()
+    expect(page.get_by_role("heading", name="Latest checkpoint")).to_be_visible()
+
+    # Back to the operation (in the phase the figure was in), and the phase's CSV.
+    page.go_back()
+    page.get_by_role("link", name=ALPHA).click()
+    expect(page.get_by_role("link", name="alpha-1", exact=True)).to_have_class("active")
+    with page.expect_download() as started:
+        page.get_by_role("link", name="Download CSV").click()
+    download = started.value
+    assert download.suggested_filename == f"{ALPHA}-alpha-1-results.csv"
+    saved = tmp_path / download.suggested_filename
+    download.save_as(saved)
+    assert (
+        saved.read_text().splitlines()[0]
+        == "phase,week,agency,outcome,commodity,quantity_band,count"
+    )
+    assert (
+        sum(int(line.rsplit(",", 1)[1]) for line in saved.read_text().splitlines()[1:]) == in_phase
+    )
+    context.close()
+    assert problems == [], problems  # no CSP violation, no script error
+    assert all(p.stat().st_size > 10_000 for p in shot.taken)

@@ -24,7 +24,14 @@ from tests.console.conftest import (
     text_of,
 )
 
-PAGES = ["/console/", "/console/rejections", "/console/agreements", "/console/log"]
+PAGES = [
+    "/console/",
+    "/console/rejections",
+    "/console/agreements",
+    "/console/operations",
+    "/console/operations/MEKONG-DRAGON-V",
+    "/console/log",
+]
 
 
 def _revoke(token: str) -> None:

@@ -35,7 +35,22 @@ PATH_VALUES = {
 }
 PUBLIC = {"/health/live", "/health/ready", "/metrics", "/openapi.json", "/docs"}
 # Signed notes and note keys are text by their own standards (C2SP); errors stay problem+json.
-TEXT_ROUTES = {"/v1/log/checkpoint", "/v1/log/key"}
+TEXT_ROUTES = {
+    "/v1/log/checkpoint",
+    "/v1/log/key",
+    "/v1/operations/{operation_id}/results.csv",
+}
+# Admitted roles that this test's callers (HK-CED's agency, VN-GDC's focal point) still fail
+# on the resource: TWIN-GUARDIAN-II is coordinated by KR-KCS (tests/results/test_access.py).
+NOT_COORDINATOR = {
+    (path, role): "auth.forbidden"
+    for path in (
+        "/v1/operations/{operation_id}/results",
+        "/v1/operations/{operation_id}/results.csv",
+        "/v1/operations/{operation_id}/results/feedback",
+    )
+    for role in ("agency", "focal_point")
+}
 
 
 def gated_routes(app: Any) -> list[tuple[str, str, frozenset[Role]]]:
@@ -125,6 +140,9 @@ def test_every_route_with_every_caller(
             elif Role(who) not in roles:
                 assert response.status_code == 403, where
                 assert response.json()["code"] == "auth.forbidden", where
+            elif (path, who) in NOT_COORDINATOR:
+                assert response.status_code == 403, where
+                assert response.json()["code"] == NOT_COORDINATOR[path, who], where
             else:
                 assert response.status_code not in (401, 403), where
             checked += 1

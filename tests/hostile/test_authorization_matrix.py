@@ -124,6 +124,21 @@ VERIFY_FORM = {"full": "false", "index": ""}
 # No filter (the log page's hidden `since` is its verify form's): a bound auditor's file holds
 # its own agencies only.
 EXPORT_FORM = {"format": "json", "since": ""}
+# Operation results: KR-KCS coordinates TWIN-GUARDIAN-II, so its principals are "own" here and
+# "foreign" alike; the other member (VN-GDC) and an auditor of no member are refused.
+NO_MEMBER_AUDITOR = {"audit_agencies": ["HK-CED"]}
+RESULTS = Row(
+    API,
+    frozenset({FP, AGENCY, AUDITOR}),
+    200,
+    own={FP: {"focal_point_id": "KR-KCS/fp-01"}, AGENCY: {"agency_id": "KR-KCS"}},
+    extra=(
+        Extra("a member that does not coordinate", AGENCY, {"agency_id": "VN-GDC"}, 403),
+        Extra("its focal point", FP, {"focal_point_id": SENDER_FP}, 403),
+        Extra("an auditor of no member", AUDITOR, NO_MEMBER_AUDITOR, 403),
+    ),
+)
+NO_MEMBER_PAGE = Extra("an auditor of no member", AUDITOR, NO_MEMBER_AUDITOR, 404)
 
 TABLE: dict[tuple[str, str], Row] = {
     # messages: focal points submit; the sending agency (its focal points and its agency
@@ -212,6 +227,11 @@ TABLE: dict[tuple[str, str], Row] = {
     ("GET", "/v1/log/proof/consistency"): api(ANY, 200, query={"from": "1"}),
     ("GET", "/v1/log/leaves"): api(frozenset({AUDITOR, AGENCY}), 200),
     ("GET", "/v1/log/nodes"): api(ANY, 200),
+    # operation results (TWIN-GUARDIAN-II: members KR-KCS and VN-GDC, coordinated by KR-KCS):
+    # the coordinating agency's principals and auditors of a member; other members 403
+    ("GET", "/v1/operations/{operation_id}/results"): RESULTS,
+    ("GET", "/v1/operations/{operation_id}/results.csv"): RESULTS,
+    ("GET", "/v1/operations/{operation_id}/results/feedback"): RESULTS,
     # witnesses: the list for everyone; cosignatures from agencies (only lines of their own
     # registered witnesses count); admins register and retire witnesses
     ("GET", "/v1/log/witnesses"): api(ANY, 200),
@@ -235,6 +255,10 @@ TABLE: dict[tuple[str, str], Row] = {
     ("GET", "/console/rejections"): console(foreign=403, query=AUDIT_QUERY, scoped=True),
     ("GET", "/console/agreements"): console(),
     ("GET", "/console/agreements/{agreement_id}"): console(foreign=404),
+    ("GET", "/console/operations"): console(),
+    ("GET", "/console/operations/{operation_id}"): console(extra=(NO_MEMBER_PAGE,)),
+    ("GET", "/console/operations/{operation_id}/results.csv"): console(extra=(NO_MEMBER_PAGE,)),
+    ("GET", "/console/operations/{operation_id}/feedback"): console(extra=(NO_MEMBER_PAGE,)),
     ("GET", "/console/log"): console(),
     ("GET", "/console/log/full"): console(),
     ("POST", "/console/export"): console(

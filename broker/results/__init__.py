@@ -1,0 +1,1 @@
+"""Operation results: signed feedback rolled up per operation and phase."""
