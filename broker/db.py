@@ -102,6 +102,23 @@ def _sqlite_begin(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+async def until_short(
+    session_factory: SessionFactory,
+    step: Callable[[AsyncSession], Awaitable[int]],
+    batch: int,
+) -> int:
+    """Run `step` in a transaction of its own, again while it did a whole `batch`; the total.
+    Each batch commits alone: a crash loses at most the batch in progress, which the next run
+    takes again."""
+    total = 0
+    while True:
+        async with session_factory() as session:
+            done = await step(session)
+        total += done
+        if done < batch:
+            return total
+
+
 async def sqlite_truncate_wal() -> None:
     """SQLite: move the write-ahead log into the database file and empty it, so that content
     the broker deleted (overwritten in the file by secure_delete) leaves no copy in the log.

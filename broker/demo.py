@@ -422,84 +422,56 @@ def _scenario(
         ).pull(wait=10)
         _ok(f"{agency} opened it", ", ".join(sorted({r.status for r in results})))
     _acks_back(client["vn-gdc-hcm"], multi, sent, log_key)
-    seizure = {
-        "narrative": "Container CSQU3054383 opened at Kwai Chung: 212 kg of tusks under frozen fish.",
-        "language": "en",
-        "references": [multi.mid],
-        "seizures": [
-            {
-                "type": "seizure",
-                "date": "2026-11-22",
-                "place": {"locode": "HKHKG"},
-                "commodity": "wildlife",
-                "quantity": {"value": 212, "unit": "kg"},
-                "species": "Loxodonta africana",
-                "cites_appendix": "I",
-            }
-        ],
-    }
-    feedback = agent.compose(
-        client["hk-ced-fp"],
-        store.signing_key("HK-CED/fp-01"),
-        sender_fp="HK-CED/fp-01",
-        recipients=["VN-GDC"],
-        agreement="MEKONG-DRAGON",
-        operation="MEKONG-DRAGON-V",
-        offence="cites_wildlife",
-        body=seizure,
-        subject_types=["seizure"],
-        kind="feedback",
-        extra={
-            "in_reply_to": multi.mid,
-            "outcome": "seized",
-            "commodity": "wildlife",
-            "quantity_band": "100_1000kg",
-        },
-    )
-    agent.send(client["hk-ced-fp"], feedback)
-    _ok(
-        "HK-CED reported a seizure back to VN-GDC",
-        "outcome seized, 100-1000 kg (signed routing, content encrypted)",
-    )
-    outcomes["feedback"] = feedback.mid
-    scales = {
-        "narrative": "Pangolin scales in a reefer at Busan New Port, declared as frozen squid.",
-        "language": "en",
-        "references": [multi.mid],
-        "seizures": [
-            {
-                "type": "seizure",
-                "date": "2026-11-24",
-                "place": {"locode": "KRPUS"},
-                "commodity": "wildlife",
-                "quantity": {"value": 64, "unit": "kg"},
-                "species": "Manis javanica",
-                "cites_appendix": "I",
-            }
-        ],
-    }
-    agent.send(
-        client["kr-kcs-fp"],
-        agent.compose(
-            client["kr-kcs-fp"],
-            store.signing_key("KR-KCS/fp-01"),
-            sender_fp="KR-KCS/fp-01",
+    # What each member seized, in kg: the narrative and details go encrypted in the body, the
+    # outcome, commodity and weight band in the signed routing that the results count.
+    seizures = [
+        ("hk-ced-fp", "HK-CED/fp-01", "HKHKG", "2026-11-22", 212, "Loxodonta africana",
+         "Container CSQU3054383 opened at Kwai Chung: 212 kg of tusks under frozen fish."),
+        ("kr-kcs-fp", "KR-KCS/fp-01", "KRPUS", "2026-11-24", 64, "Manis javanica",
+         "Pangolin scales in a reefer at Busan New Port, declared as frozen squid."),
+    ]  # fmt: skip
+    for who, fp, locode, day, kg, species, narrative in seizures:
+        seized = {"value": kg, "unit": "kg"}
+        feedback = agent.compose(
+            client[who],
+            store.signing_key(fp),
+            sender_fp=fp,
             recipients=["VN-GDC"],
             agreement="MEKONG-DRAGON",
             operation="MEKONG-DRAGON-V",
             offence="cites_wildlife",
-            body=scales,
+            body={
+                "narrative": narrative,
+                "language": "en",
+                "references": [multi.mid],
+                "seizures": [
+                    {
+                        "type": "seizure",
+                        "date": day,
+                        "place": {"locode": locode},
+                        "commodity": "wildlife",
+                        "quantity": seized,
+                        "species": species,
+                        "cites_appendix": "I",
+                    }
+                ],
+            },
             subject_types=["seizure"],
             kind="feedback",
             extra={
                 "in_reply_to": multi.mid,
                 "outcome": "seized",
                 "commodity": "wildlife",
-                "quantity_band": "10_100kg",
+                "quantity_band": agent.quantity_band(seized),
             },
-        ),
-    )
-    _ok("KR-KCS reported a seizure back to VN-GDC", "outcome seized, 10-100 kg")
+        )
+        agent.send(client[who], feedback)
+        band = str(feedback.routing["quantity_band"]).removesuffix("kg").replace("_", "-")
+        _ok(
+            f"{fp.split('/')[0]} reported a seizure back to VN-GDC",
+            f"outcome seized, {band} kg (signed routing, content encrypted)",
+        )
+        outcomes.setdefault("feedback", feedback.mid)
     outcomes["results"] = _results(client["vn-gdc-hcm"])
 
     console().rule("3. Attempts the broker refuses, each with its reason")
@@ -595,8 +567,18 @@ def _results(client: Any) -> dict[str, int]:
         name = phase["value"] or "outside every phase"
         rows = [g for g in results["groups"] if g["phase"] == phase["value"]]
         figures = "; ".join(
-            f"{g['agency']} {g['outcome']} {g['commodity'] or ''} "
-            f"{(g['quantity_band'] or '').replace('_', '-')} ×{g['count']}".replace("  ", " ")
+            " ".join(
+                str(part)
+                for part in (
+                    g["agency"],
+                    g["outcome"],
+                    g["commodity"],
+                    g["quantity_band"]
+                    and g["quantity_band"].removesuffix("kg").replace("_", "-") + " kg",
+                    f"×{g['count']}",
+                )
+                if part
+            )
             for g in rows
         )
         _ok(f"Mekong Dragon V results, {phases.get(name, name)}", figures)

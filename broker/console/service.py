@@ -549,27 +549,49 @@ def _step(top: int, lines: int = 4) -> int:
     return max(int(10 * power), 1)
 
 
+@dataclass
+class _Frame:
+    """A bar chart's plot area, y axis and gridlines, and where its n bars go."""
+
+    left: float
+    base: float  # the y of the zero line
+    band: float
+    bar: float
+    scale: float  # pixels per unit
+    every: int  # label every this many bars
+    lines: list[Line]
+    labels: list[Label]
+
+    @classmethod
+    def of(cls, peak: int, n: int, width: int, height: int) -> _Frame:
+        left, right, top, bottom = 44.0, 8.0, 10.0, 26.0
+        plot_w, plot_h = width - left - right, height - top - bottom
+        step = _step(peak)
+        ceiling = step * max(math.ceil(peak / step), 1)
+        scale = plot_h / ceiling
+        lines, labels = [], []
+        for k in range(0, ceiling + 1, step):
+            y = top + plot_h - k * scale
+            lines.append(Line(left, y, width - right, y, "grid" if k else "base"))
+            labels.append(Label(left - 6, y + 4, str(k), "end"))
+        band = plot_w / max(n, 1)
+        bar = max(band * 0.72, 1.0)
+        every = max(math.ceil(n / 10), 1)
+        return cls(left, top + plot_h, band, bar, scale, every, lines, labels)
+
+    def x(self, i: int) -> float:
+        """The left edge of bar i."""
+        return self.left + i * self.band + (self.band - self.bar) / 2
+
+
 def day_chart(counts: list[DayCount], *, width: int = 760, height: int = 240) -> Chart:
     """Stacked bars per day: accepted below, rejected above."""
-    left, right, top, bottom = 44.0, 8.0, 10.0, 26.0
-    plot_w, plot_h = width - left - right, height - top - bottom
     peak = max((c.accepted + c.rejected for c in counts), default=0)
-    step = _step(peak)
-    ceiling = step * max(math.ceil(peak / step), 1)
-    scale = plot_h / ceiling
+    f = _Frame.of(peak, len(counts), width, height)
     rects: list[Rect] = []
-    labels: list[Label] = []
-    lines: list[Line] = []
-    for k in range(0, ceiling + 1, step):
-        y = top + plot_h - k * scale
-        lines.append(Line(left, y, width - right, y, "grid" if k else "base"))
-        labels.append(Label(left - 6, y + 4, str(k), "end"))
-    band = plot_w / max(len(counts), 1)
-    bar = max(band * 0.72, 1.0)
-    every = max(math.ceil(len(counts) / 10), 1)
     for i, c in enumerate(counts):
-        x = left + i * band + (band - bar) / 2
-        base = top + plot_h
+        x, scale, bar = f.x(i), f.scale, f.bar
+        base = f.base
         day = c.day.isoformat()
         if c.accepted:
             h = c.accepted * scale
@@ -578,10 +600,10 @@ def day_chart(counts: list[DayCount], *, width: int = 760, height: int = 240) ->
         if c.rejected:
             h = c.rejected * scale
             rects.append(Rect(x, base - h, bar, h, "rej", f"{day}: {c.rejected} rejected"))
-        if (len(counts) - 1 - i) % every == 0:
-            labels.append(Label(x + bar / 2, height - 8, c.day.strftime("%d %b")))
+        if (len(counts) - 1 - i) % f.every == 0:
+            f.labels.append(Label(x + bar / 2, height - 8, c.day.strftime("%d %b")))
     total = sum(c.accepted + c.rejected for c in counts)
-    return Chart(width, height, rects, labels, lines, total)
+    return Chart(width, height, rects, f.labels, f.lines, total)
 
 
 @dataclass(frozen=True)
@@ -1266,29 +1288,15 @@ def columns_chart(
     rows: list[tuple[str, int, str]], *, width: int = 760, height: int = 220
 ) -> LinkedChart:
     """Vertical bars (label, count, link) in time order: feedback per ISO week."""
-    left, right, top, bottom = 44.0, 8.0, 10.0, 26.0
-    plot_w, plot_h = width - left - right, height - top - bottom
-    peak = max((n for _, n, _ in rows), default=0)
-    step = _step(peak)
-    ceiling = step * max(math.ceil(peak / step), 1)
-    scale = plot_h / ceiling
+    f = _Frame.of(max((n for _, n, _ in rows), default=0), len(rows), width, height)
     bars: list[Bar] = []
-    labels: list[Label] = []
-    lines: list[Line] = []
-    for k in range(0, ceiling + 1, step):
-        y = top + plot_h - k * scale
-        lines.append(Line(left, y, width - right, y, "grid" if k else "base"))
-        labels.append(Label(left - 6, y + 4, str(k), "end"))
-    band = plot_w / max(len(rows), 1)
-    bar = max(band * 0.72, 1.0)
-    every = max(math.ceil(len(rows) / 10), 1)
     for i, (name, n, href) in enumerate(rows):
-        x = left + i * band + (band - bar) / 2
-        h = n * scale
-        bars.append(Bar(x, top + plot_h - h, bar, h, f"{name}: {n} feedback", href))
-        if i % every == 0:
-            labels.append(Label(x + bar / 2, height - 8, name[-3:] if len(rows) > 12 else name))
-    return LinkedChart(width, height, bars, labels, lines, sum(n for _, n, _ in rows))
+        x, h = f.x(i), n * f.scale
+        bars.append(Bar(x, f.base - h, f.bar, h, f"{name}: {n} feedback", href))
+        if i % f.every == 0:
+            label = name[-3:] if len(rows) > 12 else name
+            f.labels.append(Label(x + f.bar / 2, height - 8, label))
+    return LinkedChart(width, height, bars, f.labels, f.lines, sum(n for _, n, _ in rows))
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import random
 import uuid
 from collections import defaultdict
@@ -548,14 +549,10 @@ async def _record_expired(session: AsyncSession, rows: Sequence[Any]) -> None:
 
 
 async def expire_all(session_factory: db.SessionFactory) -> int:
-    """Batches of `expire`, each in its own transaction, until none is full."""
-    total = 0
-    while True:
-        async with session_factory() as session:
-            done = await expire(session)
-        total += done
-        if done < EXPIRY_BATCH:
-            return total
+    """Batches of `expire`, each in its own transaction, until one is not full."""
+    return await db.until_short(
+        session_factory, functools.partial(expire, batch=EXPIRY_BATCH), EXPIRY_BATCH
+    )
 
 
 # --- deadlines ------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ texts' hashes (free text stays off the permanent log).
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 from datetime import datetime, timedelta
@@ -102,13 +103,9 @@ async def purge(
 
 async def purge_all(session_factory: db.SessionFactory) -> int:
     """Batches of `purge`, each its own transaction, until one is not full."""
-    total = 0
-    while True:
-        async with session_factory() as session:
-            done = await purge(session)
-        total += done
-        if done < PURGE_BATCH:
-            break
+    total = await db.until_short(
+        session_factory, functools.partial(purge, batch=PURGE_BATCH), PURGE_BATCH
+    )
     if total:
         await db.sqlite_truncate_wal()  # the purged envelopes' old pages in SQLite's log
     return total
@@ -157,18 +154,14 @@ async def place_hold(session: AsyncSession, caller: Caller, data: HoldIn) -> Hol
             placed_at=utcnow(),
         ),
     )
-    await audit.record(
+    await _record(
         session,
         "hold.placed",
-        actor=caller.actor,
-        subject=message.sender,
-        details={
-            "hold": str(hold.id),
-            "sender": message.sender,
-            "mid": str(message.mid),
-            "reason_sha256": sha256_b64u(data.reason.encode()),
-            "reference_sha256": sha256_b64u(data.reference.encode()),
-        },
+        caller,
+        hold,
+        message,
+        reason_sha256=sha256_b64u(data.reason.encode()),
+        reference_sha256=sha256_b64u(data.reference.encode()),
     )
     return _out(hold, message)
 
@@ -185,19 +178,28 @@ async def lift_hold(
     if hold.lifted_at is not None:
         raise HoldLifted(f"hold {hold_id} was lifted at {hold.lifted_at.isoformat()}")
     hold.lifted_at, hold.lifted_by, hold.lift_reason = utcnow(), caller.actor, reason
-    await audit.record(
-        session,
-        "hold.lifted",
-        actor=caller.actor,
-        subject=message.sender,
-        details={
-            "hold": str(hold.id),
-            "sender": message.sender,
-            "mid": str(message.mid),
-            "reason_sha256": sha256_b64u(reason.encode()),
-        },
+    await _record(
+        session, "hold.lifted", caller, hold, message, reason_sha256=sha256_b64u(reason.encode())
     )
     return _out(hold, message)
+
+
+async def _record(
+    session: AsyncSession,
+    kind: str,
+    caller: Caller,
+    hold: LegalHold,
+    message: Message,
+    **hashes: str,
+) -> None:
+    """A hold's event: its id, its message, and the hashes of its texts (never the texts)."""
+    await audit.record(
+        session,
+        kind,
+        actor=caller.actor,
+        subject=message.sender,
+        details={"hold": str(hold.id), "sender": message.sender, "mid": str(message.mid), **hashes},
+    )
 
 
 async def holds(session: AsyncSession, caller: Caller, *, active: bool) -> list[HoldOut]:

@@ -101,8 +101,12 @@ def test_demo_exit_writes_credentials(tmp_path: Path) -> None:
         "scope.operation_outside_window",
         "scope.recipient_not_party",
     ]
-    assert outcomes["audit"]["verified"] is True
+    assert outcomes["audit"]["verified"] is True  # with both witnesses' cosignatures required
     assert outcomes["audit"]["kinds"]["msg.rejected"] == 4
+    assert outcomes["acks"] == ["HK-CED"]  # the sender verified the ack it got back
+    assert outcomes["witnesses"] == 2
+    assert sum(outcomes["results"].values()) == 2  # two seizure feedbacks, by phase
+    assert "cosigned by 2 pinned witnesses" in result.stdout
     for code in ("scope.direction_excluded", "scope.operation_outside_window", "replay.mid_reused"):
         assert code in result.stdout
     assert Path(creds["keystore"]["folder"]).is_dir()

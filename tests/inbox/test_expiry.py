@@ -192,8 +192,17 @@ def test_the_job_takes_batches_until_none_is_left(
     mids = [short_lived(keys)[0] for _ in range(5)]
     relay()
     monkeypatch.setattr(service, "EXPIRY_BATCH", 2)
+    batches: list[int] = []
+    one_batch = service.expire
+
+    async def counted(session: Any, **kw: Any) -> int:
+        batches.append(await one_batch(session, **kw))
+        return batches[-1]
+
+    monkeypatch.setattr(service, "expire", counted)
     clock.at(datetime.now(UTC) + timedelta(seconds=TTL_S) + service.EXPIRY_GRACE)
     assert jobs.expire() == 5
+    assert batches == [2, 2, 1]  # each its own transaction
     assert sorted(e["mid"] for e in expired_events()) == sorted(mids)
     assert {state_of(mid)[0] for mid in mids} == {"expired"}
 

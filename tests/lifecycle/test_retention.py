@@ -231,6 +231,7 @@ def test_purges_go_in_batches_each_whole(
     monkeypatch.setattr(service, "PURGE_BATCH", 2)
     monkeypatch.setattr(service, "utcnow", lambda: NOW)
     assert jobs.purge() == 3
+    assert [len(e["messages"]) for e in purged_events()] == [2, 2, 1]  # a leaf per batch
     assert sorted(m["mid"] for e in purged_events() for m in e["messages"]) == sorted(mids)
     assert all(message_row(m).envelope == "" for m in mids)
 
