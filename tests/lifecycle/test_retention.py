@@ -68,7 +68,11 @@ def acks_of(mid: str) -> list[str | None]:
 def purged_events() -> list[dict[str, Any]]:
     return list(
         db.call(
-            lambda s: s.scalars(select(AuditEvent.details).where(AuditEvent.kind == "msg.purged"))
+            lambda s: s.scalars(
+                select(AuditEvent.details)
+                .where(AuditEvent.kind == "msg.purged")
+                .order_by(AuditEvent.created_at)
+            )
         )
     )
 

@@ -12,7 +12,6 @@ import base64
 import csv
 import io
 import json
-import time
 from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
@@ -111,9 +110,7 @@ def check_results(
 
 def test_statistics_equal_a_hand_count(scene: Scene) -> None:
     client = scene.exchange.client
-    started = time.monotonic()
     generate(scene, N)
-    generated_s = time.monotonic() - started
     assert len(scene.feedback) == N
     assert {f.operation for f in scene.feedback} == {ALPHA, BRAVO}
     coordinator = {ALPHA: token(scene, "agency", agency_id="VN-GDC")}
@@ -137,7 +134,6 @@ def test_statistics_equal_a_hand_count(scene: Scene) -> None:
         body = check_results(client, bound, scene, op, expected)
         assert body["agencies"] == ["KR-KCS", "TH-CUS"]
     check_traceability(scene, everyone)
-    assert generated_s < 120, f"generating {N} feedback messages took {generated_s:.0f} s"
 
 
 def check_traceability(scene: Scene, auditor: dict[str, str]) -> None:
