@@ -13,10 +13,11 @@ texts' hashes (free text stays off the permanent log).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import uuid
-from datetime import datetime, timedelta
+from datetime import MINYEAR, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -52,16 +53,20 @@ def retention_start(now: datetime, retention: str | None) -> datetime | None:
     if m is None or not retention or retention in ("P", "PT"):
         return None
     years, months, weeks, days, hours, minutes, seconds = (int(g or 0) for g in m.groups())
-    month = now.year * 12 + (now.month - 1) - years * 12 - months
-    year, month = divmod(month, 12)
-    day = now.day
-    while True:
-        try:
+    year, month = divmod(now.year * 12 + (now.month - 1) - years * 12 - months, 12)
+    if year < MINYEAR:
+        return None  # longer than the calendar: nothing accepted can be that old
+    # The same day of the month, or that month's last (28 to 31) when it has no such day.
+    for day in range(now.day, 27, -1) if now.day > 28 else (now.day,):
+        with contextlib.suppress(ValueError):
             moved = now.replace(year=year, month=month + 1, day=day)
             break
-        except ValueError:  # no such day in that month: its last
-            day -= 1
-    return moved - timedelta(weeks=weeks, days=days, hours=hours, minutes=minutes, seconds=seconds)
+    try:
+        return moved - timedelta(
+            weeks=weeks, days=days, hours=hours, minutes=minutes, seconds=seconds
+        )
+    except OverflowError:
+        return None
 
 
 async def purge(

@@ -257,7 +257,9 @@ def test_retention_is_counted_by_the_calendar(now: str, retention: str, start: s
     )
 
 
-@pytest.mark.parametrize("retention", [None, "", "P", "PT", "5Y", "P5X", "P-1Y"])
+@pytest.mark.parametrize(
+    "retention", [None, "", "P", "PT", "5Y", "P5X", "P-1Y", "P3000Y", "P99999999999D"]
+)
 def test_no_readable_retention_purges_nothing(retention: str | None) -> None:
     assert service.retention_start(NOW, retention) is None
 
