@@ -86,6 +86,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
     # secure_delete: a purged envelope is overwritten in the file, not left in a free page.
+    # Debian's SQLite is built with it on; other builds (pyenv's, macOS's) are not.
     for pragma in (
         "journal_mode=WAL",
         "synchronous=FULL",
