@@ -13,7 +13,7 @@ from broker.audit.models import (
 from broker.auth.models import Credential, Principal
 from broker.console.models import ConsoleSession, VerificationRun
 from broker.db import Base
-from broker.directory.models import PublicKey
+from broker.directory.models import DirectoryVersion, PublicKey
 from broker.lifecycle.models import LegalHold
 from broker.messages.models import Delivery, InboxCounter, Message, Outbox
 from broker.push.models import PushAttempt, PushEndpoint
@@ -32,6 +32,7 @@ __all__ = [
     "Credential",
     "Delivery",
     "Designation",
+    "DirectoryVersion",
     "FocalPoint",
     "InboxCounter",
     "LegalHold",

@@ -1,11 +1,12 @@
-"""Public keys of focal points (signing) and agencies (encryption)."""
+"""Public keys of focal points (signing) and agencies (encryption), and the signed directories
+published from them."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import CheckConstraint, ForeignKey, String
+from sqlalchemy import CheckConstraint, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from broker.db import Base, JSONDoc
@@ -42,3 +43,27 @@ class PublicKey(Base):
     def usable_at(self, moment: datetime) -> bool:
         """Active and inside its validity window at `moment`."""
         return self.status == "active" and self.not_before <= moment < self.not_after
+
+
+class DirectoryVersion(Base):
+    """One published, broker-signed key directory (PROTOCOL.md 6.2): served byte for byte.
+
+    `version` is the primary key, so two workers publishing at once cannot both own a number:
+    the loser reads the winner's row back (`repository.insert_version`).
+    """
+
+    __tablename__ = "directory_versions"
+
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    sha256: Mapped[str] = mapped_column(String(43), unique=True)
+    # Hash of the JCS of the published keys: what `publish` compares to decide whether the
+    # key set changed, without parsing the stored JWS.
+    keys_sha256: Mapped[str] = mapped_column(String(43))
+    jws: Mapped[str] = mapped_column(Text)
+    issued_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+
+    __table_args__ = (
+        CheckConstraint("version > 0", name="version"),
+        CheckConstraint("issued_at < expires_at", name="lifetime"),
+    )

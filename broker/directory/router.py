@@ -18,6 +18,7 @@ from broker.directory.schemas import (
     KeyOut,
     RevokeIn,
     RotateIn,
+    SignedDirectory,
 )
 from broker.errors import (
     DuplicateId,
@@ -134,6 +135,22 @@ async def revoke_key(
 ) -> KeyOut:
     """Revoke a key, with `compromised_since` for a key compromise."""
     return KeyOut.model_validate(await service.revoke(session, kid, data, actor=caller.actor))
+
+
+@public.get(
+    "",
+    summary="Signed key directory (JWS)",
+    response_model=SignedDirectory,
+    responses=error_responses(Forbidden),
+)
+async def signed_directory(caller: AnyCaller, session: SessionDep) -> SignedDirectory:
+    """The JWK Set as a compact JWS signed by the broker's receipt key, with a version that
+    only grows. Verify it with the receipt key you pinned at onboarding (also shown by
+    `GET /v1/directory/broker`), check `typ: key-directory+jws` and `expires_at`, and refuse
+    a version lower than one you have seen. Unchanged keys give the same bytes to every caller
+    until half of the directory's lifetime has passed; each version's SHA-256 is on the log
+    (`directory.published`)."""
+    return SignedDirectory(directory=(await service.signed_directory(session)).jws)
 
 
 @public.get(

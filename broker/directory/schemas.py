@@ -92,3 +92,32 @@ class JWKSet(BaseModel):
     """RFC 7517 JWK Set; each key carries directory metadata members that libraries ignore."""
 
     keys: list[dict[str, Any]]
+
+
+# A real directory (one key, version 7) signed by a throwaway example key, not the broker's.
+EXAMPLE_DIRECTORY_JWS = (
+    "eyJhbGciOiJFZDI1NTE5Iiwia2lkIjoiMUlHMnRNSDdKMndiSlpuT2Y4TEp6UWl0S2Y3TE12b0FFbHN1RE1WTTU0WSIs"
+    "InR5cCI6ImtleS1kaXJlY3RvcnkrandzIn0.eyJ2IjoxLCJ2ZXJzaW9uIjo3LCJpc3N1ZWRfYXQiOjE3NjUxMzc2MDAs"
+    "ImV4cGlyZXNfYXQiOjE3NjUyMjQwMDAsImtleXMiOlt7Imt0eSI6Ik9LUCIsImNydiI6IkVkMjU1MTkiLCJ4IjoiMTFx"
+    "WUFZS3hDcmZWU183VHlXUUhPZzdoY3ZQYXBpTWxyd0lhYVBjSFVSbyIsInVzZSI6InNpZyIsImFsZyI6IkVkMjU1MTki"
+    "LCJraWQiOiJrUHJLX3FteFZXYVlWQTl3d0JGNkl1bzN2Vnp6N1R4SENUd1hCeWdyUzRrIiwiYWdlbmN5IjoiVk4tR0RD"
+    "Iiwic3RhdHVzIjoiYWN0aXZlIiwibmJmIjoxNzY0NTQ3MjAwLCJleHAiOjE3OTYwODMyMDAsImZvY2FsX3BvaW50Ijoi"
+    "Vk4tR0RDL2ZwLWhjbS0wMSJ9XSwicHJldmlvdXNfc2hhMjU2IjoiOHJuOUd3YVltS3RUT19Sa1ZYUVY0RFljZjBZYTRE"
+    "YVlKdDJ1Z1M2YTVnSSJ9.qd2GLIw3C-X6Ivqb1t7X3ukDxUP5oS25Q_t5EkP-TVz9ETq1iC6bR_gbZlXje6r1sGWVBYoC"
+    "5mCOhH1PiEaRBQ"
+)
+
+
+class SignedDirectory(BaseModel):
+    """The key directory as a compact JWS (`typ: key-directory+jws`) by the broker's receipt key.
+
+    Its payload is `{"v": 1, "version", "issued_at", "expires_at", "keys", "previous_sha256"}`:
+    `keys` are the JWK Set's keys with their metadata members, `version` only grows, times are
+    Unix seconds, and `previous_sha256` is the base64url SHA-256 of the previous version's JWS
+    (null for the first). The same version is served byte for byte to every caller.
+    """
+
+    directory: str = Field(
+        pattern=r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$",
+        examples=[EXAMPLE_DIRECTORY_JWS],
+    )

@@ -1,24 +1,38 @@
-"""The key directory: register, rotate, retire and revoke public keys; publish the JWKS."""
+"""The key directory: register, rotate, retire and revoke public keys; publish the JWKS and
+the broker-signed directory (PROTOCOL.md 6.2).
+
+The signed directory is published lazily, when it is asked for: a new version whenever the key
+set differs from the last one published (or the broker's signing key changed), or the last one
+has lived half its lifetime. Otherwise the stored JWS is served unchanged, so every partner gets
+the same bytes and can prove which directory it was shown. Publishing on demand rather than
+inside each key change keeps one version per observed key set (a rotation is two changes) and
+the key.* events exactly as they were; the next request after a change publishes it.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from broker import keyring
 from broker.agencies import repository as agency_repo
 from broker.audit import service as audit
+from broker.crypto import envelope as env
 from broker.crypto import errors as crypto_errors
+from broker.crypto import jcs
 from broker.crypto import keys as crypto_keys
 from broker.directory import repository
-from broker.directory.models import PublicKey
+from broker.directory.models import DirectoryVersion, PublicKey
 from broker.directory.schemas import KeyIn, RevokeIn, RotateIn
 from broker.errors import (
     BrokerError,
     DuplicateId,
     FieldProblem,
+    InternalError,
     Refused,
     UnknownAgency,
     exists,
@@ -26,6 +40,12 @@ from broker.errors import (
 from broker.ids import utcnow
 
 DEFAULT_LIFETIME = timedelta(days=365)
+# A signed directory expires a day after it is issued and is re-issued after half of that, so
+# a partner holding one never holds a directory older than its `expires_at` promises.
+DIRECTORY_LIFETIME = timedelta(hours=24)
+DIRECTORY_PUBLISHER = "broker:directory"
+# Lost races before serving the newest directory as it stands (the next request catches up).
+_PUBLISH_ATTEMPTS = 3
 
 
 class KeyBinding(BrokerError, code="key.bad_binding"): ...
@@ -175,3 +195,85 @@ async def usable_keys(
     return [
         k for k in await repository.keys(session, agency_id=agency_id, use=use) if k.usable_at(at)
     ]
+
+
+def _signer_kid(jws: str) -> str | None:
+    """The kid in a stored directory's protected header (we wrote it: no checks needed)."""
+    header = json.loads(crypto_keys.b64u_decode(jws.split(".", 1)[0]))
+    kid = header.get("kid") if isinstance(header, dict) else None
+    return kid if isinstance(kid, str) else None
+
+
+def _still_current(
+    last: DirectoryVersion, keys_sha256: str, signer_kid: str, now: datetime
+) -> bool:
+    half_life = (last.expires_at - last.issued_at) / 2
+    return (
+        last.keys_sha256 == keys_sha256
+        and now < last.issued_at + half_life
+        and _signer_kid(last.jws) == signer_kid
+    )
+
+
+async def signed_directory(
+    session: AsyncSession, *, now: datetime | None = None
+) -> DirectoryVersion:
+    """The directory to serve: the last one published, or a new version if it is out of date.
+
+    Safe with several API workers: a version number is taken by inserting it, and a worker that
+    loses the race reads the winner back and looks again. The last version is read before the
+    keys, so a worker never publishes, above a version that holds a key change, a key set read
+    before that change.
+    """
+    now = now or utcnow()
+    signer = keyring.load_or_create().receipt
+    last: DirectoryVersion | None = None
+    for _ in range(_PUBLISH_ATTEMPTS):
+        last = await repository.latest_version(session)
+        keys = [published(k) for k in await repository.keys(session)]
+        keys_sha256 = crypto_keys.sha256_b64u(jcs.canonical(keys))
+        if last is not None and _still_current(last, keys_sha256, signer.kid, now):
+            return last
+        version = 1 if last is None else last.version + 1
+        issued_at = now.replace(microsecond=0)
+        expires_at = issued_at + DIRECTORY_LIFETIME
+        payload = {
+            "v": 1,
+            "version": version,
+            "issued_at": int(issued_at.timestamp()),
+            "expires_at": int(expires_at.timestamp()),
+            "keys": keys,
+            "previous_sha256": None if last is None else last.sha256,
+        }
+        jws = env.sign_compact(payload, signer, env.TYP_DIRECTORY)
+        sha256 = crypto_keys.sha256_b64u(jws.encode("ascii"))
+        inserted = await repository.insert_version(
+            session,
+            version=version,
+            sha256=sha256,
+            keys_sha256=keys_sha256,
+            jws=jws,
+            issued_at=issued_at,
+            expires_at=expires_at,
+        )
+        if inserted:
+            await audit.record(
+                session,
+                "directory.published",
+                actor=DIRECTORY_PUBLISHER,
+                subject=f"directory:{version}",
+                details={
+                    "version": version,
+                    "sha256": sha256,
+                    "issued_at": payload["issued_at"],
+                    "expires_at": payload["expires_at"],
+                    "keys": len(keys),
+                },
+            )
+            break
+    # Published, or outraced every time (keys changing under us): the newest published one is
+    # signed and unexpired, and the next request publishes what changed since.
+    newest = await repository.latest_version(session)
+    if newest is None:  # every attempt above inserted a version or found one
+        raise InternalError("no key directory was published")
+    return newest

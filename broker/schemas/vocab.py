@@ -80,6 +80,7 @@ LogKind = Literal[
     "key.registered",
     "key.retired",
     "key.revoked",
+    "directory.published",
     "agreement.updated",
     "operation.updated",
     "log.key_rotated",

@@ -178,6 +178,7 @@ TABLE: dict[tuple[str, str], Row] = {
     ("POST", "/v1/admin/tokens/{token_id}/revoke"): api(ONLY_ADMIN),
     # registry: the directory for every authenticated caller, changes for admins only
     ("GET", "/v1/directory/agencies"): api(ANY, 200),
+    ("GET", "/v1/directory"): api(ANY, 200),
     ("GET", "/v1/directory/jwks"): api(ANY, 200),
     ("GET", "/v1/directory/broker"): api(ANY, 200),
     ("POST", "/v1/admin/agencies"): api(ONLY_ADMIN, body={}),
