@@ -28,6 +28,7 @@ _UNLOCODE = re.compile(r"([A-Z]{2})[A-Z2-9]{3}")
 _ALPHA2 = re.compile(r"[A-Z]{2}")
 _HS = re.compile(r"[0-9]{6}(?:[0-9]{2}|[0-9]{4})?")
 _PARTIAL_DATE = re.compile(r"([0-9]{4})(?:-([0-9]{2})(?:-([0-9]{2}))?)?")
+_CAS = re.compile(r"([1-9][0-9]{1,6})-([0-9]{2})-([0-9])")
 
 # ISO 6346 letter values: A=10 upwards, skipping multiples of 11 (11, 22, 33).
 _LETTER_VALUE: Final[dict[str, int]] = {}
@@ -99,6 +100,18 @@ def is_hs_code(value: str) -> bool:
     return bool(_HS.fullmatch(value)) and value[:2] not in {"00", "77"}
 
 
+def cas_check_digit(digits: str) -> int:
+    """CAS Registry Number check digit of the digits before it (`10379` -> 7): the digits
+    weighted 1, 2, 3, ... from the right, summed, modulo 10."""
+    return sum(int(d) * w for w, d in enumerate(reversed(digits), start=1)) % 10
+
+
+def is_cas_number(value: str) -> bool:
+    """CAS Registry Number: 2-7 digits, 2 digits, check digit, hyphenated (`103-79-7`)."""
+    m = _CAS.fullmatch(value)
+    return m is not None and cas_check_digit(m[1] + m[2]) == int(m[3])
+
+
 def is_partial_date(value: str) -> bool:
     """`YYYY`, `YYYY-MM` or `YYYY-MM-DD`, each part a real calendar value (year 1 or later)."""
     m = _PARTIAL_DATE.fullmatch(value)
@@ -120,6 +133,7 @@ CUSTOM_FORMATS: Final[dict[str, Callable[[str], bool]]] = {
     "iso3166-alpha2": is_iso3166_alpha2,
     "hs-code": is_hs_code,
     "partial-date": is_partial_date,
+    "cas": is_cas_number,
 }
 
 
@@ -136,6 +150,8 @@ _SHAPES: Final[dict[str, str]] = {
     "iso3166-alpha2": "an ISO 3166-1 alpha-2 country code, e.g. VN",
     "hs-code": "6, 8 or 10 digits, e.g. 293299",
     "partial-date": "YYYY, YYYY-MM or YYYY-MM-DD, e.g. 2024-02",
+    "cas": "a CAS Registry Number: 2-7 digits, 2 digits and a check digit, hyphenated, "
+    "e.g. 103-79-7",
 }
 
 
@@ -166,6 +182,9 @@ def explain(fmt: str, value: object) -> str | None:
         return f"write it in capitals: {value.upper()}"
     if fmt in ("iso6346", "imo-number", "awb") and (hint := _check_digit_hint(value)):
         return hint
+    if fmt == "cas" and (m := _CAS.fullmatch(value)):
+        digit = cas_check_digit(m[1] + m[2])
+        return f"check digit should be {digit} ({value[:-1]}{digit})"
     if fmt == "unlocode" and _UNLOCODE.fullmatch(value):
         return f"{value[:2]} is not an ISO 3166-1 country code"
     if fmt == "iso3166-alpha2" and _ALPHA2.fullmatch(value):

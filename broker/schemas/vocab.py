@@ -30,6 +30,7 @@ SubjectType = Literal[
     "conveyance",
     "seizure",
     "online_platform",
+    "incident",
 ]
 Priority = Literal["routine", "priority", "urgent"]
 Handling = Literal["TLP:CLEAR", "TLP:GREEN", "TLP:AMBER", "TLP:AMBER+STRICT", "TLP:RED"]

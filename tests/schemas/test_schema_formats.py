@@ -13,6 +13,10 @@ from broker.schemas import formats
 from broker.schemas.validation import FORMAT_CHECKER
 
 CASES: dict[str, tuple[list[str], list[str]]] = {
+    "cas": (
+        ["7664-93-9", "103-79-7", "90-82-4", "108-24-7", "50-36-2"],
+        ["103-79-8", "10379-7", "0103-79-7", "103-79-77", "103 79 7", "12345678-90-1", ""],
+    ),
     "iso6346": (
         ["CSQU3054383", "MSKU9070323", "MAEU1234567", "CSQU0000070"],
         [
