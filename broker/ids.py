@@ -7,6 +7,17 @@ from datetime import UTC, datetime
 
 from uuid_utils.compat import uuid7
 
+# Agency ids (the schemas' `agency-id`): an ISO 3166-1 alpha-2 country, or INT for an
+# international or regional body, then one or two segments (`VN-GDC`, `VN-BLO-LAOCAI`,
+# `INT-WCO-RILOAP`); at most AGENCY_ID_MAX characters, the width of every agency column.
+AGENCY_ID_BODY = r"(?:[A-Z]{2}|INT)-[A-Z0-9]{2,10}(?:-[A-Z0-9]{2,10})?"
+AGENCY_ID = rf"^{AGENCY_ID_BODY}$"
+AGENCY_ID_MAX = 16
+FOCAL_POINT_ID = rf"^{AGENCY_ID_BODY}/[a-z0-9][a-z0-9-]{{1,30}}$"
+FOCAL_POINT_ID_MAX = 48
+# The prefix of an international or regional body's id: it has no country.
+INTERNATIONAL = "INT"
+
 
 def new_id() -> uuid.UUID:
     """A time-ordered UUIDv7 (RFC 9562)."""

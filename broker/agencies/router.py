@@ -9,7 +9,9 @@ from fastapi import APIRouter, Body
 from broker.agencies import service
 from broker.agencies.schemas import (
     EXAMPLE_AGENCY,
+    EXAMPLE_BLO_DESK,
     EXAMPLE_FOCAL_POINT,
+    EXAMPLE_REGIONAL_OFFICE,
     AgencyIn,
     AgencyOut,
     FocalPointIn,
@@ -38,7 +40,13 @@ async def create_agency(
     data: Annotated[
         AgencyIn,
         Body(
-            openapi_examples={"customs": {"summary": "a customs agency", "value": EXAMPLE_AGENCY}}
+            openapi_examples={
+                "customs": {"summary": "a customs agency", "value": EXAMPLE_AGENCY},
+                "regional office": {
+                    "summary": "a regional liaison office: an INT- id and no country",
+                    "value": EXAMPLE_REGIONAL_OFFICE,
+                },
+            }
         ),
     ],
     caller: AdminCaller,
@@ -64,7 +72,12 @@ async def get_agency(agency_id: str, caller: AdminCaller, session: SessionDep) -
     "/agencies/{agency_id}/focal-points",
     status_code=201,
     responses=error_responses(
-        Forbidden, DuplicateId, UnknownAgency, service.FocalPointOutsideAgency, InvalidRequest
+        Forbidden,
+        DuplicateId,
+        UnknownAgency,
+        service.FocalPointOutsideAgency,
+        service.UnknownSubdivision,
+        InvalidRequest,
     ),
 )
 async def create_focal_point(
@@ -73,7 +86,11 @@ async def create_focal_point(
         FocalPointIn,
         Body(
             openapi_examples={
-                "duty desk": {"summary": "a focal point of VN-GDC", "value": EXAMPLE_FOCAL_POINT}
+                "duty desk": {"summary": "a focal point of VN-GDC", "value": EXAMPLE_FOCAL_POINT},
+                "border liaison office": {
+                    "summary": "a BLO desk with the border crossing it serves",
+                    "value": EXAMPLE_BLO_DESK,
+                },
             }
         ),
     ],

@@ -7,9 +7,22 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-AGENCY_ID = r"^[A-Z]{2}-[A-Z0-9]{2,10}$"
-FOCAL_POINT_ID = r"^[A-Z]{2}-[A-Z0-9]{2,10}/[a-z0-9][a-z0-9-]{1,30}$"
-AgencyKind = Literal["customs", "police", "prosecution", "wildlife", "other"]
+from broker.ids import AGENCY_ID, AGENCY_ID_MAX, FOCAL_POINT_ID, FOCAL_POINT_ID_MAX
+
+__all__ = ["AGENCY_ID", "FOCAL_POINT_ID"]
+
+# A state's agencies; then bodies that are not a state's agency: an international body (INCB,
+# UNODC), a regional liaison office (WCO RILO A/P) and a border liaison office (a BLO).
+AgencyKind = Literal[
+    "customs",
+    "police",
+    "prosecution",
+    "wildlife",
+    "other",
+    "international_body",
+    "regional_liaison_office",
+    "border_liaison_office",
+]
 
 
 EXAMPLE_AGENCY: dict[str, str] = {
@@ -17,6 +30,19 @@ EXAMPLE_AGENCY: dict[str, str] = {
     "name": "General Department of Vietnam Customs",
     "country": "VN",
     "kind": "customs",
+}
+EXAMPLE_REGIONAL_OFFICE: dict[str, str | None] = {
+    "id": "INT-WCO-RILOAP",
+    "name": "WCO Regional Intelligence Liaison Office for Asia and the Pacific",
+    "country": None,
+    "kind": "regional_liaison_office",
+}
+EXAMPLE_BLO_DESK: dict[str, str] = {
+    "id": "VN-BLO-LAOCAI/fp-desk-01",
+    "name": "BLO duty desk, Lao Cai border gate",
+    "role": "border liaison officer",
+    "locality": "Lao Cai international border gate",
+    "subdivision": "VN-02",
 }
 EXAMPLE_FOCAL_POINT: dict[str, str] = {
     "id": "VN-GDC/fp-hcm-01",
@@ -28,11 +54,15 @@ EXAMPLE_FOCAL_POINT: dict[str, str] = {
 class AgencyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(pattern=AGENCY_ID, examples=["VN-GDC"])
+    id: str = Field(pattern=AGENCY_ID, max_length=AGENCY_ID_MAX, examples=["VN-GDC"])
     name: str = Field(
         min_length=2, max_length=200, examples=["General Department of Vietnam Customs"]
     )
-    country: str = Field(pattern=r"^[A-Z]{2}$", examples=["VN"])
+    country: str | None = Field(
+        pattern=r"^[A-Z]{2}$",
+        examples=["VN"],
+        description="ISO 3166-1 alpha-2; null exactly when the id starts with INT-",
+    )
     kind: AgencyKind = Field(examples=["customs"])
 
 
@@ -46,11 +76,26 @@ class AgencyOut(AgencyIn):
 class FocalPointIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(pattern=FOCAL_POINT_ID, examples=["VN-GDC/fp-hcm-01"])
+    id: str = Field(
+        pattern=FOCAL_POINT_ID, max_length=FOCAL_POINT_ID_MAX, examples=["VN-GDC/fp-hcm-01"]
+    )
     name: str = Field(
         min_length=2, max_length=200, examples=["Duty desk, Anti-Smuggling Dept (HCMC)"]
     )
     role: str = Field(min_length=2, max_length=200, examples=["customs liaison officer"])
+    locality: str | None = Field(
+        default=None,
+        min_length=2,
+        max_length=200,
+        description="The border crossing, port or province the focal point serves",
+        examples=["Lao Cai international border gate"],
+    )
+    subdivision: str | None = Field(
+        default=None,
+        pattern=r"^[A-Z]{2}-[A-Z0-9]{1,3}$",
+        description="ISO 3166-2 code of the locality's province or region",
+        examples=["VN-02"],
+    )
 
 
 class FocalPointOut(FocalPointIn):

@@ -12,13 +12,20 @@ from broker.agencies.models import Agency, FocalPoint
 from broker.agencies.schemas import AgencyIn, FocalPointIn
 from broker.audit import service as audit
 from broker.errors import BrokerError, DuplicateId, FieldProblem, UnknownAgency, exists
-from broker.ids import utcnow
+from broker.ids import INTERNATIONAL, utcnow
 
 
 class UnknownCountry(BrokerError, code="registry.unknown_country"): ...
 
 
 class FocalPointOutsideAgency(BrokerError, code="registry.focal_point_outside_agency"): ...
+
+
+class UnknownSubdivision(BrokerError, code="registry.unknown_subdivision"): ...
+
+
+# Bodies that belong to no state; their ids start with INT- and they have no country.
+INTERNATIONAL_KINDS = frozenset({"international_body", "regional_liaison_office"})
 
 
 # User-assigned codes in use by partners that ISO 3166-1 (and pycountry) lack.
@@ -29,14 +36,7 @@ async def create_agency(session: AsyncSession, data: AgencyIn, *, actor: str) ->
     """Register an agency."""
     if await repository.agency(session, data.id) is not None:
         raise DuplicateId(f"agency {data.id!r} already exists")
-    if (
-        data.country not in EXTRA_COUNTRIES
-        and pycountry.countries.get(alpha_2=data.country) is None
-    ):
-        raise UnknownCountry(
-            f"{data.country!r} is not an ISO 3166-1 alpha-2 code",
-            errors=[FieldProblem(pointer="/country", detail="not ISO 3166-1 alpha-2")],
-        )
+    _check_country(data)
     agency = Agency(**data.model_dump(), status="active", created_at=utcnow())
     session.add(agency)
     await session.flush()
@@ -44,6 +44,33 @@ async def create_agency(session: AsyncSession, data: AgencyIn, *, actor: str) ->
         session, "agency.created", actor=actor, subject=data.id, details=data.model_dump()
     )
     return agency
+
+
+def _check_country(data: AgencyIn) -> None:
+    """A state's agency has its country; an international or regional body (INT-) has none."""
+    international = data.id.split("-")[0] == INTERNATIONAL
+    if international != (data.country is None):
+        detail = (
+            "must be null for an INT- body" if international else "required for a state's agency"
+        )
+        raise UnknownCountry(
+            f"country {detail}", errors=[FieldProblem(pointer="/country", detail=detail)]
+        )
+    if international != (data.kind in INTERNATIONAL_KINDS):
+        kinds = " or ".join(sorted(INTERNATIONAL_KINDS))
+        raise UnknownCountry(
+            f"INT- ids are for {kinds}, and those have INT- ids",
+            errors=[FieldProblem(pointer="/kind", detail=f"INT- ids go with {kinds}")],
+        )
+    if (
+        data.country is not None
+        and data.country not in EXTRA_COUNTRIES
+        and pycountry.countries.get(alpha_2=data.country) is None
+    ):
+        raise UnknownCountry(
+            f"{data.country!r} is not an ISO 3166-1 alpha-2 code",
+            errors=[FieldProblem(pointer="/country", detail="not ISO 3166-1 alpha-2")],
+        )
 
 
 async def get_agency(session: AsyncSession, agency_id: str) -> Agency:
@@ -67,6 +94,13 @@ async def create_focal_point(
         )
     if await repository.focal_point(session, data.id) is not None:
         raise DuplicateId(f"focal point {data.id!r} already exists")
+    # pycountry's subdivisions are untyped; `get` answers None for an unknown code.
+    code = data.subdivision
+    if code is not None and pycountry.subdivisions.get(code=code) is None:  # type: ignore[no-untyped-call]
+        raise UnknownSubdivision(
+            f"{data.subdivision!r} is not an ISO 3166-2 code",
+            errors=[FieldProblem(pointer="/subdivision", detail="not ISO 3166-2")],
+        )
     fp = FocalPoint(**data.model_dump(), agency_id=agency_id, status="active", created_at=utcnow())
     session.add(fp)
     await session.flush()

@@ -67,6 +67,7 @@ CODES = (
     "scope.agreement_unknown",
     "scope.agreement_suspended",
     "scope.agreement_not_in_force",
+    "scope.sender_receive_only",
     "scope.recipient_not_party",
     "scope.focal_point_inactive",
     "scope.focal_point_not_designated",
@@ -77,6 +78,7 @@ CODES = (
     "scope.operation_suspended",
     "scope.operation_outside_window",
     "scope.operation_not_member",
+    "scope.audience_incomplete",
     "scope.direction_excluded",
     "scope.handling_above_agreement",
     "scope.red_multilateral",
@@ -127,6 +129,11 @@ def decide(policy: Policy, routing: Mapping[str, Any], now: datetime) -> Decisio
     until = ag.get("valid_until")
     if today < _day(ag["valid_from"]) or (until is not None and today > _day(until)):
         return reject("scope.agreement_not_in_force", f"{agreement_id} is not in force on {today}")
+    if sender in ag.get("receive_only", ()):
+        return reject(
+            "scope.sender_receive_only",
+            f"{sender} receives exchanges under {agreement_id} but originates none",
+        )
     parties = set(ag["parties"])
     recipients = sorted(routing["recipients"])
     for recipient in recipients:
@@ -173,6 +180,13 @@ def decide(policy: Policy, routing: Mapping[str, Any], now: datetime) -> Decisio
                 return reject(
                     "scope.operation_not_member", f"{agency} is not a member of {operation_id}"
                 )
+        # Addressed to the members: all of them now, so none is left out by an old list.
+        missing = sorted(members - {sender} - set(recipients))
+        if routing.get("audience") == "members" and missing:
+            return reject(
+                "scope.audience_incomplete",
+                f"addressed to the members of {operation_id}, but not to {', '.join(missing)}",
+            )
     for recipient in recipients:
         for exclusion in ag.get("exclusions", ()):
             if (

@@ -96,6 +96,12 @@ async def _check_agreement(session: AsyncSession, doc: dict[str, Any]) -> None:
                     f"exclusion {end} {excl.get(end)!r} is not a party",
                     errors=[FieldProblem(pointer=f"/exclusions/{i}/{end}", detail="not a party")],
                 )
+    for i, party in enumerate(doc.get("receive_only") or []):
+        if party not in parties:
+            raise UnknownParty(
+                f"receive-only {party!r} is not a party",
+                errors=[FieldProblem(pointer=f"/receive_only/{i}", detail="not a party")],
+            )
     _validate("agreement", doc)
     until = doc.get("valid_until")
     if until is not None and until < doc["valid_from"]:

@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from broker.ids import AGENCY_ID
+
 B64_HASH = "XcnaeacGWamtVZy3Ad7ZoqudgjqtL0lgz+Nw7/RgQyg="
 
 
@@ -160,7 +162,7 @@ class WitnessIn(BaseModel):
         "as `broker witness init` prints it",
         examples=[EXAMPLE_WITNESS_VKEY],
     )
-    agency: str = Field(pattern=r"^[A-Z]{2}-[A-Z0-9]{2,10}$", examples=["HK-CED"])
+    agency: str = Field(pattern=AGENCY_ID, examples=["HK-CED"])
 
 
 class WitnessRef(BaseModel):

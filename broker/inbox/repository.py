@@ -18,11 +18,14 @@ from sqlalchemy import (
     Table,
     and_,
     bindparam,
+    case,
     func,
     insert,
     literal,
+    not_,
     or_,
     select,
+    union_all,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -320,25 +323,31 @@ def _octet_length_pg(element: _octet_length, compiler: Any, **kw: Any) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    """A page's rows, and whether another item is waiting after the last of them."""
+    """A page's rows, whether another item is waiting after them, and the cursor past them."""
 
     rows: Sequence[Any]
     more: bool
+    cursor: int
 
 
 async def page(
     session: AsyncSession, agency: str, after: int, limit: int, max_bytes: int, now: datetime
 ) -> Page:
-    """The inbox items after `after`, in inbox order, with what a first fetch needs.
+    """The inbox items after `after`: the urgent copies not yet fetched, then the others,
+    each in inbox order.
 
-    One statement. The inner queries take the next `limit + 1` deliveries, number them and add
-    up their envelopes' sizes without reading an envelope; the outer one reads the message
-    (envelope included) only of those that fit in `max_bytes`, the first always. The page is a
-    prefix of inbox order, so `next_cursor` (its last seq) skips nothing, and more is waiting
-    when the inner query `found` more deliveries than the page holds. A delivery that is not
-    `servable` (its message expired before a fetch) is passed over: it never will be.
+    One statement. Each lane takes its next `limit + 1` deliveries (a partial index finds the
+    urgent ones without reading the backlog); they are numbered, urgent lane first, and their
+    envelopes' sizes added up without reading an envelope. The page is the first `limit` that
+    fit in `max_bytes` (the first always); the outer query reads the message, envelope
+    included, only of those. `cursor` is just below the first delivery left out (`stop`), so
+    the page holds every delivery between `after` and it; an urgent copy served beyond it
+    comes again, fetched, when the cursor reaches it. More is waiting when the lanes `found`
+    more than the page holds. A delivery that is not `servable` (its message expired before
+    a fetch) is passed over: it never will be.
     """
-    ahead = (
+    waiting_urgent = and_(Delivery.urgent.is_(True), Delivery.state == "available")
+    lanes = [
         select(
             Delivery.id,
             Delivery.inbox_seq,
@@ -346,37 +355,59 @@ async def page(
             Delivery.state,
             Delivery.available_at,
             _octet_length(Message.envelope).label("size"),
+            literal(lane, Integer()).label("lane"),
         )
         .join(Message, Message.id == Delivery.message_id)
-        .where(Delivery.recipient == agency, Delivery.inbox_seq > after, servable(now))
+        .where(
+            Delivery.recipient == agency,
+            Delivery.inbox_seq > after,
+            servable(now),
+            waiting_urgent if lane == 0 else not_(waiting_urgent),
+        )
         .order_by(Delivery.inbox_seq)
         .limit(limit + 1)
-        .subquery("ahead")
-    )
+        .subquery(f"lane{lane}")
+        for lane in (0, 1)
+    ]
+    ahead = union_all(*(select(lane) for lane in lanes)).subquery("ahead")
+    order = (ahead.c.lane, ahead.c.inbox_seq)
     ranked = select(
         ahead,
-        func.row_number().over(order_by=ahead.c.inbox_seq).label("n"),
-        func.sum(ahead.c.size).over(order_by=ahead.c.inbox_seq, rows=(None, 0)).label("running"),
+        func.row_number().over(order_by=order).label("n"),
+        func.sum(ahead.c.size).over(order_by=order, rows=(None, 0)).label("running"),
         func.count().over().label("found"),
     ).subquery("ranked")
-    fits = or_(ranked.c.n == 1, ranked.c.running <= literal(max_bytes, BigInteger()))
+    fits = and_(
+        ranked.c.n <= limit,
+        or_(ranked.c.n == 1, ranked.c.running <= literal(max_bytes, BigInteger())),
+    )
+    flagged = select(
+        ranked,
+        fits.label("fits"),
+        func.min(case((not_(fits), ranked.c.inbox_seq))).over().label("stop"),
+    ).subquery("flagged")
     result = await session.execute(
         select(
-            ranked.c.id,
-            ranked.c.inbox_seq,
+            flagged.c.id,
+            flagged.c.inbox_seq,
             *_ITEM,
-            ranked.c.state,
-            ranked.c.available_at,
-            ranked.c.found,
+            flagged.c.state,
+            flagged.c.available_at,
+            flagged.c.found,
+            flagged.c.stop,
         )
-        .select_from(ranked)
-        .join(Message, Message.id == ranked.c.message_id)
+        .select_from(flagged)
+        .join(Message, Message.id == flagged.c.message_id)
         .join(AuditEvent, AuditEvent.id == Message.event_id)
-        .where(ranked.c.n <= limit, fits)
-        .order_by(ranked.c.inbox_seq)
+        .where(flagged.c.fits)
+        .order_by(flagged.c.lane, flagged.c.inbox_seq)
     )
     rows = result.all()
-    return Page(rows, bool(rows) and rows[0].found > len(rows))
+    if not rows:
+        return Page(rows, False, after)
+    stop = rows[0].stop
+    cursor = stop - 1 if stop is not None else max(r.inbox_seq for r in rows)
+    return Page(rows, rows[0].found > len(rows), cursor)
 
 
 async def mark_fetched(
@@ -514,14 +545,16 @@ async def push_attempt_counts(session: AsyncSession) -> dict[str, int]:
 
 
 async def unacknowledged_since(
-    session: AsyncSession, agreement_id: str, received_before: datetime
+    session: AsyncSession, agreement_id: str, received_before: datetime, *, urgent: bool
 ) -> Sequence[Any]:
-    """(recipient, count) of deliveries not acknowledged, for messages received before then."""
+    """(recipient, count) of deliveries (urgent, or not) not acknowledged, for messages
+    received before then."""
     result = await session.execute(
         select(Delivery.recipient, func.count())
         .join(Message, Message.id == Delivery.message_id)
         .where(
             Message.agreement_id == agreement_id,
+            Delivery.urgent.is_(urgent),
             Message.received_at < received_before,
             Delivery.acked_at.is_(None),
             Delivery.state != "expired",  # withdrawn unread: nothing to acknowledge

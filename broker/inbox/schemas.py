@@ -18,6 +18,13 @@ class InboxItem(BaseModel):
     envelope_sha256: str
     received_at: datetime
     log_index: int | None
+    ahead: bool = Field(
+        default=False,
+        description=(
+            "an urgent item served ahead of inbox order: do not move your cursor to its `seq` "
+            "(follow `next_cursor`); it comes again, already fetched, when the cursor reaches it"
+        ),
+    )
 
 
 class InboxPage(BaseModel):

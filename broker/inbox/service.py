@@ -296,7 +296,7 @@ async def poll(session: AsyncSession, caller: Caller, after: str | None, limit: 
         for row in firsts:
             for histogram, value in _fetch_latencies(row, now):
                 metrics.observe_after_commit(session, histogram, value)
-    return _page(rows, start, more=found.more)
+    return _page(rows, found.cursor, more=found.more)
 
 
 def _fetched_details(row: Any, agency: str) -> dict[str, Any]:
@@ -311,7 +311,7 @@ def _fetch_latencies(row: Any, now: datetime) -> list[tuple[Histogram, float]]:
     ]
 
 
-def _page(rows: Sequence[Any], start: int, *, more: bool) -> InboxPage:
+def _page(rows: Sequence[Any], cursor: int, *, more: bool) -> InboxPage:
     items = [
         InboxItem(
             seq=r.inbox_seq,
@@ -323,10 +323,11 @@ def _page(rows: Sequence[Any], start: int, *, more: bool) -> InboxPage:
             envelope_sha256=r.envelope_sha256,
             received_at=r.received_at,
             log_index=r.leaf_index,
+            ahead=r.inbox_seq > cursor,
         )
         for r in rows
     ]
-    return InboxPage(items=items, next_cursor=str(items[-1].seq if items else start), more=more)
+    return InboxPage(items=items, next_cursor=str(cursor), more=more)
 
 
 @dataclass(frozen=True, slots=True)
@@ -559,22 +560,24 @@ async def expire_all(session_factory: db.SessionFactory) -> int:
 
 
 async def overdue(session: AsyncSession, now: datetime | None = None) -> dict[str, int]:
-    """Deliveries not acknowledged within their agreement's `ack_deadline`, per recipient.
+    """Deliveries not acknowledged within their agreement's `ack_deadline` (for urgent
+    messages its `ack_deadline_urgent`, when it has one), per recipient.
 
     The same rule as the `overdue` flag of `GET /v1/messages/{mid}`: the deadline of the
     agreement's current version, counted from the broker's acceptance time.
     """
     from broker.agreements import repository as agreements
-    from broker.messages.service import parse_duration
+    from broker.messages.service import ack_deadline
 
     now = now or utcnow()
     counts: dict[str, int] = defaultdict(int)
     for version in await agreements.current_versions(session):
-        deadline = parse_duration(version.document.get("ack_deadline"))
-        if deadline is None:
-            continue
-        for recipient, count in await repository.unacknowledged_since(
-            session, version.agreement_id, now - deadline
-        ):
-            counts[recipient] += int(count)
+        for urgent in (True, False):
+            deadline = ack_deadline(version.document, urgent=urgent)
+            if deadline is None:
+                continue
+            for recipient, count in await repository.unacknowledged_since(
+                session, version.agreement_id, now - deadline, urgent=urgent
+            ):
+                counts[recipient] += int(count)
     return dict(counts)

@@ -15,6 +15,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
@@ -90,6 +91,8 @@ class Delivery(Base):
     ack_reason: Mapped[str | None] = mapped_column(String(40))
     ack_sha256: Mapped[str | None] = mapped_column(String(43))
     ack: Mapped[str | None] = mapped_column(Text)
+    # The message's priority is urgent: the inbox serves such a copy ahead of the backlog.
+    urgent: Mapped[bool] = mapped_column(default=False, server_default=false())
 
     __table_args__ = (
         UniqueConstraint("message_id", "recipient", name="uq_deliveries_message_recipient"),
@@ -99,6 +102,13 @@ class Delivery(Base):
             name="state",
         ),
         Index("ix_deliveries_queued", "state", "created_at"),
+        Index(
+            "ix_deliveries_urgent_waiting",
+            "recipient",
+            "inbox_seq",
+            postgresql_where=text("urgent and state = 'available'"),
+            sqlite_where=text("urgent and state = 'available'"),
+        ),
     )
 
 

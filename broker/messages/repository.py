@@ -161,6 +161,7 @@ async def add_accepted(
                 "recipient": recipient,
                 "state": "queued",
                 "created_at": at,
+                "urgent": message.routing["priority"] == "urgent",
             }
             for recipient in recipients
         ],

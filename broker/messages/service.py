@@ -544,7 +544,17 @@ async def _ack_deadline(session: AsyncSession, message: Message) -> timedelta | 
     from broker.agreements import repository as agreement_repo
 
     version = await agreement_repo.current_version(session, message.agreement_id)
-    return parse_duration(version.document.get("ack_deadline")) if version else None
+    if version is None:
+        return None
+    return ack_deadline(version.document, urgent=message.routing.get("priority") == "urgent")
+
+
+def ack_deadline(agreement: dict[str, Any], *, urgent: bool) -> timedelta | None:
+    """The agreement's acknowledgement deadline; for an urgent message its shorter
+    `ack_deadline_urgent` when it has one."""
+    if urgent and agreement.get("ack_deadline_urgent"):
+        return parse_duration(agreement["ack_deadline_urgent"])
+    return parse_duration(agreement.get("ack_deadline"))
 
 
 def parse_duration(value: str | None) -> timedelta | None:

@@ -34,6 +34,7 @@ from broker.audit import service as audit
 from broker.audit.auditor import BadCursor, BadFilter, NotOverseen, rfc3339
 from broker.auth.service import Caller, Role
 from broker.errors import FieldProblem, Forbidden, NotFound
+from broker.ids import AGENCY_ID
 from broker.results import repository
 from broker.results.repository import NONE, Bucket, Group, Scope
 from broker.results.schemas import (
@@ -50,7 +51,7 @@ OUTSIDE = "outside"  # the phase of feedback accepted outside every phase
 PAGE = 100
 MAX_PAGE = 1000
 WEEK = re.compile(r"^([0-9]{4})-W([0-9]{2})$")
-AGENCY = re.compile(r"^[A-Z]{2}-[A-Z0-9]{2,10}$")
+AGENCY = re.compile(AGENCY_ID)
 OPERATION_ID = re.compile(r"^[A-Z0-9][A-Z0-9-]{1,40}$")  # defs.json object-id
 DIMENSIONS = ("phase", "week", "agency", "outcome", "commodity", "quantity_band")
 CSV_COLUMNS = (*DIMENSIONS, "count")

@@ -335,6 +335,8 @@ def routing_checks(routing: Mapping[str, Any]) -> list[tuple[_Path, str]]:
     iat, exp = routing.get("iat"), routing.get("exp")
     if type(iat) is int and type(exp) is int and exp <= iat:
         errors.append((("exp",), "must be later than iat"))
+    if "audience" in routing and routing.get("operation") is None:
+        errors.append((("audience",), "needs an operation whose members it names"))
     return errors
 
 

@@ -26,6 +26,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, cast
 
+from broker import ids
 from broker.audit import verify
 from broker.audit.verify import Read, Steps, VerifyError
 from broker.crypto import envelope as env
@@ -34,7 +35,7 @@ from broker.crypto.errors import CryptoError
 from broker.sdk.client import BrokerAPIError, BrokerClient
 
 # The schemas' agency-id and uuid patterns (defs.json): what may name a folder of evidence.
-AGENCY_ID = re.compile(r"[A-Z]{2}-[A-Z0-9]{2,10}")
+AGENCY_ID = re.compile(ids.AGENCY_ID)
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[1-8][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 # Past the receipt's promised merge delay plus this, a message still without a leaf is refused.
 GRACE_MS = 60_000

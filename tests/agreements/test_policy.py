@@ -188,7 +188,12 @@ ASSURANCE = {
         pytest.param(
             routing(**{**MEKONG, "recipients": MEKONG_PARTNERS}),
             NOW,
-            id="mekong-dragon-all-25-partners",
+            id="mekong-dragon-all-26-partners",
+        ),
+        pytest.param(
+            routing(**{**MEKONG, "recipients": MEKONG_PARTNERS, "audience": "members"}),
+            NOW,
+            id="mekong-dragon-addressed-to-the-members",
         ),
         pytest.param(
             routing(handling="TLP:AMBER+STRICT"), NOW, id="handling-at-the-agreement-maximum"
@@ -263,6 +268,14 @@ RULES = {
         "scope.direction_excluded", routing("NZ-POL/fp-01", **NZ_TO_VN)
     ),
     "handling-above-agreement": Case("scope.handling_above_agreement", routing(handling="TLP:RED")),
+    "rilo-sends-under-mekong-dragon": Case(
+        "scope.sender_receive_only",
+        routing("INT-WCO-RILOAP/fp-analyst-01", **{**MEKONG, "recipients": ["VN-GDC"]}),
+    ),
+    "addressed-to-the-members-but-one-left-out": Case(
+        "scope.audience_incomplete",
+        routing(**{**MEKONG, "recipients": MEKONG_PARTNERS[1:], "audience": "members"}),
+    ),
     "red-to-two-recipients": Case(
         "scope.red_multilateral",
         routing(**{**MEKONG, "recipients": ["CN-GACC", "HK-CED"], "handling": "TLP:RED"}),
@@ -654,6 +667,10 @@ def scenarios(draw: st.DrawFn, faults: st.SearchStrategy[frozenset[str]] | None 
         "onward_sharing": draw(st.sampled_from(["forbidden", "originator_consent"])),
         "retention": "P5Y",
         "ack_deadline": "PT24H",
+        # Receive-only parties: the sender, when that rule is broken; else none or recipients.
+        "receive_only": [sender]
+        if broken("sender_receive_only")
+        else _subset(draw, recipients, max_size=2),
     }
     if broken("agreement_unknown") and not outsider:
         agreement = None
@@ -661,7 +678,9 @@ def scenarios(draw: st.DrawFn, faults: st.SearchStrategy[frozenset[str]] | None 
     # An operation, perhaps (always, when a fault is about the operation).
     operation: dict[str, Any] | None = None
     operation_id = None
-    if any(broken(f) for f in FAULTS if f.startswith("operation_")) or draw(st.booleans()):
+    audience = broken("audience_incomplete") or draw(st.booleans())
+    about_operation = [f for f in FAULTS if f.startswith("operation_") or f.startswith("audience")]
+    if any(broken(f) for f in about_operation) or draw(st.booleans()):
         operation_id = "OP-" + draw(st.sampled_from(["ALPHA", "BRAVO", "CHARLIE"]))
         if not broken("operation_outside_window"):
             starts, ends = now - draw(SECONDS), now + timedelta(seconds=1) + draw(SECONDS)
@@ -669,7 +688,10 @@ def scenarios(draw: st.DrawFn, faults: st.SearchStrategy[frozenset[str]] | None 
             starts, ends = now + timedelta(seconds=1) + draw(SECONDS), now + timedelta(days=800)
         else:
             starts, ends = now - timedelta(days=800), now - draw(SECONDS)
-        members = {sender, *recipients, *_subset(draw, parties)}
+        # Addressed to the members: exactly the recipients and the sender, or one more.
+        members = {sender, *recipients, *([] if audience else _subset(draw, parties))}
+        if broken("audience_incomplete"):
+            members.add(draw(st.sampled_from([a for a in AGENCIES if a not in members])))
         if broken("operation_not_member"):
             members.discard(draw(st.sampled_from([sender, *recipients])))
         operation = {
@@ -716,6 +738,8 @@ def scenarios(draw: st.DrawFn, faults: st.SearchStrategy[frozenset[str]] | None 
         "priority": draw(st.sampled_from(PRIORITIES)),
         "handling": handling,
     }
+    if operation_id is not None and audience:
+        header["audience"] = "members"
     return Scenario(
         agreement=agreement,
         operation=operation,
@@ -813,7 +837,9 @@ def _widenings(sc: Scenario, data: st.DataObject) -> dict[str, Scenario]:
             sc, designations=(*sc.designations, Designation(date(2000, 1, 1), None))
         ),
     }
-    if sc.operation is not None:
+    # A member added to an operation is not a widening for an alert addressed to all members:
+    # it leaves that member out, which `scope.audience_incomplete` refuses by design.
+    if sc.operation is not None and "audience" not in sc.header:
         members = sorted({*sc.operation["members"], party})
         wider["operation-member"] = dataclasses.replace(
             sc, operation={**sc.operation, "members": members}

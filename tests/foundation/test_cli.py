@@ -34,7 +34,7 @@ def test_help_lists_the_groups() -> None:
 def test_admin_commands_against_the_database(clean_db: str) -> None:
     loaded = runner.invoke(app, ["admin", "load-world"])
     assert loaded.exit_code == 0, loaded.output
-    assert json.loads(loaded.output)["created"]["agencies"] == 30
+    assert json.loads(loaded.output)["created"]["agencies"] == 34
     listed = json.loads(runner.invoke(app, ["admin", "agency", "list"]).output)
     assert "NZ-POL" in {a["id"] for a in listed}
     issued = runner.invoke(app, ["admin", "token", "create", "ops-admin", "--role", "admin"])

@@ -33,8 +33,8 @@ def _counts() -> dict[str, int]:
 class TestWorld:
     def test_loads_the_architecture_world(self, world: dict[str, Any]) -> None:
         counts = _counts()
-        assert counts["agencies"] == len(world["agencies"]) == 30
-        assert counts["agreements"] == 5
+        assert counts["agencies"] == len(world["agencies"]) == 34
+        assert counts["agreements"] == 7
         assert counts["operations"] == 2
         assert counts["designations"] == sum(
             len(fp["designations"]) for fp in world["focal_points"]

@@ -185,7 +185,8 @@ async def _ledger(s: AsyncSession) -> Ledger:
 
 
 def drain(agency_id: str) -> list[tuple[int, str]]:
-    """Follow the agency's cursor to the end, as a partner would; (seq, mid) in order."""
+    """Follow the agency's cursor to the end, as a partner would; (seq, mid) in inbox order
+    (urgent copies served ahead of the cursor come again, in order, and count then)."""
     from broker.inbox import service
 
     seen: list[tuple[int, str]] = []
@@ -194,5 +195,5 @@ def drain(agency_id: str) -> list[tuple[int, str]]:
         page = db.call(service.poll, agency(agency_id), cursor, 100)
         if not page.items:
             return seen
-        seen += [(item.seq, str(item.mid)) for item in page.items]
+        seen += sorted((item.seq, str(item.mid)) for item in page.items if not item.ahead)
         cursor = page.next_cursor

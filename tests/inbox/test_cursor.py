@@ -68,6 +68,7 @@ def test_concurrent_writers_relays_and_pollers_see_every_message_once_in_one_ord
     keys: Exchange,
 ) -> None:
     accepted: dict[str, list[str]] = {}  # mid -> recipients
+    urgent: set[str] = set()
     lock = threading.Lock()
     writers_done = threading.Event()
     stop = threading.Event()
@@ -77,9 +78,13 @@ def test_concurrent_writers_relays_and_pollers_see_every_message_once_in_one_ord
         for i in range(PER_WRITER):
             # Mostly bilateral alerts to HK-CED, some multilateral ones (three inbox locks).
             routing = mekong(keys) if (n + i) % 4 == 0 else keys.routing()
+            # One in three urgent: pollers are served those first, from beyond their cursor.
+            routing["priority"] = "urgent" if (n + i) % 3 == 0 else "routine"
             mid = submit(keys, routing)
             with lock:
                 accepted[mid] = routing["recipients"]
+                if routing["priority"] == "urgent":
+                    urgent.add(mid)
             time.sleep(rng.random() * 0.004)
 
     def relay() -> None:
@@ -98,7 +103,12 @@ def test_concurrent_writers_relays_and_pollers_see_every_message_once_in_one_ord
         end = time.monotonic() + DEADLINE_S
         while time.monotonic() < end:
             page = db.call(service.poll, caller, cursor, page_size)
-            out += [(item.seq, str(item.mid)) for item in page.items]
+            # Every item up to next_cursor (urgent ones first), then urgent copies from beyond
+            # it, which come again when the cursor reaches them.
+            for item in page.items:
+                assert item.ahead == (item.seq > int(page.next_cursor))
+            ahead.extend(str(item.mid) for item in page.items if item.ahead)
+            out += sorted((item.seq, str(item.mid)) for item in page.items if not item.ahead)
             cursor = page.next_cursor
             if writers_done.is_set() and not page.items:
                 with lock:
@@ -109,6 +119,7 @@ def test_concurrent_writers_relays_and_pollers_see_every_message_once_in_one_ord
                 time.sleep(0.003)
         raise AssertionError(f"poller of {agency_id} did not see everything in {DEADLINE_S} s")
 
+    ahead: list[str] = []
     views: list[list[tuple[int, str]]] = [[] for _ in range(POLLERS)]
     kr_view: list[tuple[int, str]] = []
     readers = _Threads()
@@ -141,6 +152,7 @@ def test_concurrent_writers_relays_and_pollers_see_every_message_once_in_one_ord
     kr = {mid for mid, recipients in accepted.items() if "KR-KCS" in recipients}
     assert [seq for seq, _ in kr_view] == list(range(1, len(kr) + 1))
     assert {mid for _, mid in kr_view} == kr
+    assert set(ahead) <= urgent, "only urgent copies are served ahead of the cursor"
     # The database agrees: one delivery and one msg.delivered per (message, recipient), ...
     assert ledger().problems(list(accepted)) == []
     # ... and one msg.fetched per delivery, however many pollers raced to fetch it first.

@@ -77,7 +77,8 @@ def test_queue_depth_counts_what_is_not_relayed_yet(keys: Exchange) -> None:
 
 
 def test_overdue_flag_and_gauge_follow_the_agreements_ack_deadline(exchange: Exchange) -> None:
-    response, routing, envelope = exchange.send()  # VN-HK-CMAA-2013: ack_deadline PT24H
+    # VN-HK-CMAA-2013: ack_deadline PT24H (PT4H for urgent alerts)
+    response, routing, envelope = exchange.send(priority="routine")
     assert response.status_code == 201
     relay()
     sender = exchange.fp_headers("VN-GDC/fp-hcm-01")
@@ -98,6 +99,26 @@ def test_overdue_flag_and_gauge_follow_the_agreements_ack_deadline(exchange: Exc
         assert exchange.ack("HK-CED", routing["mid"], envelope).status_code == 200
         assert overdue() is False  # acknowledged, even if late
         assert scrape(exchange.client).get(gauge, 0) == 0
+
+
+def test_an_urgent_alert_has_the_agreements_shorter_deadline(exchange: Exchange) -> None:
+    urgent, routine = (exchange.send(priority=p)[1]["mid"] for p in ("urgent", "routine"))
+    relay()
+    sender = exchange.fp_headers("VN-GDC/fp-hcm-01")
+
+    def overdue(mid: str) -> bool:
+        response = exchange.client.get(f"/v1/messages/{mid}", headers=sender)
+        return bool(response.json()["deliveries"][0]["overdue"])
+
+    gauge = ("broker_deliveries_overdue", (("recipient", "HK-CED"),))
+    with time_machine.travel(datetime.now(UTC) + timedelta(hours=3), tick=True):
+        assert (overdue(urgent), overdue(routine)) == (False, False)
+    with time_machine.travel(datetime.now(UTC) + timedelta(hours=5), tick=True):
+        assert (overdue(urgent), overdue(routine)) == (True, False)
+        assert scrape(exchange.client)[gauge] == 1
+    with time_machine.travel(datetime.now(UTC) + timedelta(hours=25), tick=True):
+        assert (overdue(urgent), overdue(routine)) == (True, True)
+        assert scrape(exchange.client)[gauge] == 2
 
 
 def test_metrics_survive_a_database_error(exchange: Exchange, monkeypatch: Any) -> None:

@@ -596,6 +596,16 @@ REFUSALS: dict[str, Refusal] = {
         "scope.operation_outside_window", 403, lambda w: w.attempt(**TWIN_GUARDIAN)
     ),
     "operation-member-left": Refusal("scope.operation_not_member", 403, _operation_without),
+    "rilo-sends-under-mekong-dragon": Refusal(
+        "scope.sender_receive_only",
+        403,
+        lambda w: w.attempt(
+            "INT-WCO-RILOAP/fp-analyst-01", **{**MEKONG, "recipients": ["CN-GACC", "VN-GDC"]}
+        ),
+    ),
+    "addressed-to-the-members-but-two": Refusal(
+        "scope.audience_incomplete", 403, lambda w: w.attempt(**MEKONG, audience="members")
+    ),
     "nz-to-vn-narcotics": Refusal(
         "scope.direction_excluded", 403, lambda w: w.attempt("NZ-POL/fp-01", **NZ_TO_VN)
     ),

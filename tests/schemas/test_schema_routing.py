@@ -62,7 +62,7 @@ def test_operation_is_present_and_nullable() -> None:
         (
             {"sender": "vn-gdc"},
             [
-                ("/sender", "does not match ^[A-Z]{2}-[A-Z0-9]{2,10}$"),
+                ("/sender", "does not match ^(?:[A-Z]{2}|INT)-[A-Z0-9]{2,10}(?:-[A-Z0-9]{2,10})?$"),
                 ("/sender_fp", "must be a focal point of the sender"),
             ],
         ),

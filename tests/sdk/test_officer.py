@@ -65,6 +65,7 @@ def test_agreements_lists_only_the_callers_own(agency_side: dict[str, Any], toke
     mine = cli(s, "agreements", "--token", s["fp"], "--json")
     assert mine.exit_code == 0, mine.output
     assert {a["id"] for a in json.loads(mine.output)} == {
+        "INCB-IONICS",
         "MEKONG-DRAGON",
         "VN-HK-CMAA-2013",
         "VN-KR-CUSTOMS",
@@ -73,7 +74,7 @@ def test_agreements_lists_only_the_callers_own(agency_side: dict[str, Any], toke
     nz = cli(s, "agreements", "--token", token_for("agency", agency_id="NZ-POL"), "--json")
     assert [a["id"] for a in json.loads(nz.output)] == ["VN-NZ-TNC-2019"]
     th = cli(s, "agreements", "--token", token_for("agency", agency_id="TH-CUS"), "--json")
-    assert [a["id"] for a in json.loads(th.output)] == ["MEKONG-DRAGON"]
+    assert [a["id"] for a in json.loads(th.output)] == ["INCB-IONICS", "MEKONG-DRAGON"]
     table = cli(s, "agreements", "--token", s["fp"], "--table")
     assert lines_of(table)[0].split()[:3] == ["agreement", "version", "status"]
     (row,) = [line for line in lines_of(table) if line.startswith("VN-HK-CMAA-2013")]
@@ -126,6 +127,7 @@ def test_scope_of_a_focal_point_not_designated(agency_side: dict[str, Any], toke
     assert all("not designated" in r["why_not"] for r in rows)
     kr = json.loads(cli(s, "scope", "--to", "KR-KCS", "--token", hn, "--json").output)
     assert {r["agreement"]: r["may_send"] for r in kr} == {
+        "INCB-IONICS": False,
         "MEKONG-DRAGON": False,
         "VN-KR-CUSTOMS": True,
     }
