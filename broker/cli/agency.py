@@ -209,6 +209,7 @@ def _explain(exc: Exception, options: dict[str, Any]) -> None:
     from broker.crypto.errors import CryptoError
     from broker.sdk.agent import NoUsableKey, ScopeRefused
     from broker.sdk.client import BadToken, BrokerAPIError
+    from broker.sdk.directory import DirectoryRefused
     from broker.sdk.keystore import KeystoreError
 
     url = str(options.get("url") or "the broker")
@@ -243,6 +244,8 @@ def _explain(exc: Exception, options: dict[str, Any]) -> None:
         fail(f"{exc}: its administrator must register one before it can be sent alerts")
     if isinstance(exc, CryptoError):
         fail(f"{exc.code}: {exc.detail}")
+    if isinstance(exc, DirectoryRefused):
+        fail(f"{exc}: the broker's key directory cannot be trusted; nothing was sent")
     if isinstance(exc, OSError) and exc.filename:  # the keystore, --state, --receipts
         fail(
             f"{exc.filename}: {exc.strerror or exc}: check the path and its permissions "
@@ -663,7 +666,14 @@ def send(
         ),
     ],
     fp: Annotated[str, typer.Option("--from", help="Your focal point id, e.g. VN-GDC/fp-hcm-01")],
-    to: Annotated[list[str], typer.Option("--to", help="Recipient agency id; repeat for several")],
+    to: Annotated[
+        list[str],
+        typer.Option(
+            "--to",
+            help="Recipient agency id; repeat for several. `--to members` (with --operation): "
+            "every member of the operation now",
+        ),
+    ],
     agreement: Annotated[
         str,
         typer.Option(help="Agreement id, e.g. VN-HK-CMAA-2013 (see `broker agreements`)"),
@@ -712,6 +722,13 @@ def send(
     _need_token(token)
     ttl_s = ttl_seconds(expires)
     content = read_json(body, "BODY")
+    audience = agent.MEMBERS if to == [agent.MEMBERS] else None
+    if audience and operation is None:
+        fail("--to members needs --operation: the operation whose members to address", USAGE)
+    if agent.MEMBERS in to and not audience:
+        fail("--to members stands alone: it addresses every member, drop the other --to", USAGE)
+    # Every mistake in the body is reported before anything is asked of the broker.
+    agent.check_body(content, kind=kind)
     routing_extra = parse_json(extra, "--extra") if extra else None
     if supersedes is not None:
         routing_extra = {**(routing_extra or {}), "supersedes": supersedes}
@@ -731,6 +748,7 @@ def send(
             kind=kind,
             priority=priority,
             handling=handling,
+            audience=audience,
             extra=routing_extra,
             ttl_s=ttl_s,
         )

@@ -26,7 +26,7 @@ from broker import schemas
 from broker.crypto import envelope as env
 from broker.crypto import keys
 from broker.crypto.errors import CryptoError
-from broker.sdk import logcheck
+from broker.sdk import directory, logcheck
 from broker.sdk.client import BrokerAPIError, BrokerClient
 from broker.sdk.keystore import Keystore
 
@@ -53,17 +53,53 @@ class Draft:
         return str(self.routing["mid"])
 
 
+class PageProgress:
+    """Where the saved cursor may go as a page's items are settled, in the page's order.
+
+    A page serves the urgent copies first, some of them from beyond its `next_cursor`
+    (`ahead`: they come again, fetched, when the cursor reaches them). The cursor moves to
+    the highest seq up to which every other item of the page is settled, and to
+    `next_cursor` once they all are, so a crash in the middle of a page skips nothing.
+    """
+
+    def __init__(self, page: dict[str, Any]) -> None:
+        self._waiting = sorted(i["seq"] for i in page["items"] if not i.get("ahead"))
+        self._done: set[int] = set()
+        self._cursor: str | None = None
+        self._last = page.get("next_cursor")
+
+    def settled(self, item: dict[str, Any]) -> str | None:
+        """The cursor to save after `item` (None: not moved yet)."""
+        self._done.add(item["seq"])
+        while self._waiting and self._waiting[0] in self._done:
+            self._cursor = str(self._waiting.pop(0))
+        if not self._waiting and self._last is not None:
+            self._cursor = str(self._last)
+        return self._cursor
+
+
 def recipient_keys(
-    client: BrokerClient, recipients: list[str], now: int | None = None
+    client: BrokerClient,
+    recipients: list[str],
+    now: int | None = None,
+    *,
+    broker_key: dict[str, Any] | None = None,
 ) -> dict[str, keys.PublicJWK]:
-    """Each recipient's newest encryption key that is active and valid now (refuse the rest)."""
+    """Each recipient's newest encryption key that is active and valid now (refuse the rest),
+    from the broker-signed directory (PROTOCOL 6.2): verified with `broker_key`, pinned from
+    the agreement annex, or else with the key the broker publishes, so that the keys are the
+    ones the broker logged having shown."""
     now = int(time.time()) if now is None else now
+    if broker_key is None:
+        broker_key = client.get("/v1/directory/broker")["receipt_key"]
+    listed = directory.verified_directory(client, broker_key, now=now)
     chosen: dict[str, keys.PublicJWK] = {}
     for agency in recipients:
         usable = [
             k
-            for k in client.jwks(agency)
-            if k.get("use") == "enc"
+            for k in listed
+            if k.get("agency") == agency
+            and k.get("use") == "enc"
             and k.get("status") == "active"
             and k.get("nbf", 0) <= now < k.get("exp", 0)
         ]
@@ -72,6 +108,30 @@ def recipient_keys(
         newest = max(usable, key=lambda k: k.get("nbf", 0))
         chosen[agency] = keys.parse_public_jwk(newest, use="enc")
     return chosen
+
+
+# `audience` of an alert addressed to every member of its operation (`operation_members`).
+MEMBERS = "members"
+
+
+def operation_members(client: BrokerClient, operation: str, sender: str) -> list[str]:
+    """The operation's current members but the sender, as the broker shows the sender its
+    agreements; the broker checks them again against the membership at submission."""
+    for view in client.agreements():
+        for op in view.get("operations", []):
+            if op["id"] == operation:
+                return sorted(m for m in op["members"] if m != sender)
+    raise ScopeRefused("scope.operation_unknown", f"{sender} is a member of no {operation!r}")
+
+
+def declared_subject_types(body: dict[str, Any]) -> list[str]:
+    """The subject types a body declares: an alert's subjects, feedback's seizures."""
+    return sorted({s["type"] for s in [*body.get("subjects", []), *body.get("seizures", [])]})
+
+
+def check_body(body: dict[str, Any], *, kind: str = "alert") -> None:
+    """Validate a body on its own, before anything is asked of the broker (every bad field)."""
+    schemas.validate_body({"kind": kind, "subject_types": declared_subject_types(body)}, body)
 
 
 def routing_for(
@@ -87,15 +147,13 @@ def routing_for(
     priority: str = "routine",
     handling: str = "TLP:AMBER",
     ttl_s: int = 7 * 86400,
+    audience: str | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The routing header for a body, both validated against the schemas (every bad field)."""
     now = int(time.time())
     if subject_types is None:
-        # Alerts declare their subjects; feedback declares its seizures.
-        subject_types = sorted(
-            {s["type"] for s in [*body.get("subjects", []), *body.get("seizures", [])]}
-        )
+        subject_types = declared_subject_types(body)
     routing: dict[str, Any] = {
         "v": 1,
         "kind": kind,
@@ -111,6 +169,7 @@ def routing_for(
         "subject_types": sorted(subject_types),
         "priority": priority,
         "handling": handling,
+        **({"audience": audience} if audience else {}),
         **(extra or {}),
     }
     schemas.validate_routing(routing)
@@ -130,8 +189,12 @@ def compose(
     """Validate, dry-run the scope check, then sign, encrypt and sign (PROTOCOL 4.2).
 
     `fields` are those of `routing_for`. `dry_run_first=False` skips asking the broker first
-    (the broker still decides on submit).
+    (the broker still decides on submit). With `audience=MEMBERS` the recipients are the
+    operation's members now (`operation_members`), whatever `recipients` says.
     """
+    if fields.get("audience") == MEMBERS:
+        sender = sender_fp.split("/")[0]
+        fields["recipients"] = operation_members(client, fields["operation"], sender)
     routing = routing_for(sender_fp, body=body, **fields)
     if dry_run_first:
         decision = client.check(routing)
@@ -239,7 +302,9 @@ class InboxPuller:
     def cursor(self) -> str | None:
         return self.cursor_file.read_text().strip() if self.cursor_file.exists() else None
 
-    def _save_cursor(self, value: str) -> None:
+    def _save_cursor(self, value: str | None) -> None:
+        if value is None or value == self.cursor():
+            return
         self.state.mkdir(parents=True, exist_ok=True)
         tmp = self.cursor_file.with_suffix(".tmp")
         tmp.write_text(value)
@@ -272,9 +337,10 @@ class InboxPuller:
             page = self.client.inbox(self.cursor(), limit=limit, wait=wait if first else 0)
             first = False
             try:
+                progress = PageProgress(page)
                 for item in page["items"]:
                     result = self._settle(item, enc_keys, signer)
-                    self._save_cursor(str(item["seq"]))
+                    self._save_cursor(progress.settled(item))
                     results.append(result)
                     pending_until = None
                     if on_item:
@@ -469,10 +535,11 @@ class InboxPuller:
                     on_event(f"waiting (cursor {self.cursor() or 'start'}, {settled} settled)")
                 poll = 0 if more else min(wait, left)
                 page = self.client.inbox(self.cursor(), limit=limit, wait=poll)
+                progress = PageProgress(page)
                 for item in page["items"]:
                     with interrupts_deferred():
                         result = self._settle(item, enc_keys, signer)
-                        self._save_cursor(str(item["seq"]))
+                        self._save_cursor(progress.settled(item))
                         settled += 1
                         if on_item:
                             on_item(result)

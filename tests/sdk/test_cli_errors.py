@@ -352,3 +352,10 @@ def test_expires_sets_how_long_partners_may_fetch(agency_side: dict[str, Any]) -
     assert result.exit_code == 0, result.output
     routing = json.loads(result.output)["routing"]
     assert routing["exp"] - routing["iat"] == 90 * 60
+
+
+def test_group_addressing_mistakes_are_told_before_anything_is_sent() -> None:
+    alone = one_line(send(BODY, to=("members",)), 2)
+    assert "--to members needs --operation" in alone
+    mixed = one_line(send(BODY, to=("members", "HK-CED"), operation="MEKONG-DRAGON-V"), 2)
+    assert "--to members stands alone" in mixed
