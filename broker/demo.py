@@ -42,12 +42,18 @@ DEMO_PRINCIPALS: list[dict[str, Any]] = [
     {"name": "kr-kcs-fp", "role": "focal_point", "focal_point_id": "KR-KCS/fp-01"},
     {"name": "nz-pol-fp", "role": "focal_point", "focal_point_id": "NZ-POL/fp-01"},
     {"name": "vn-mps-fp", "role": "focal_point", "focal_point_id": "VN-MPS/fp-01"},
+    {"name": "vn-spp-fp", "role": "focal_point", "focal_point_id": "VN-SPP/fp-01"},
+    {"name": "mz-pgr-fp", "role": "focal_point", "focal_point_id": "MZ-PGR/fp-01"},
+    {"name": "rilo-fp", "role": "focal_point", "focal_point_id": "INT-WCO-RILOAP/fp-analyst-01"},
     {"name": "vn-gdc-inbox", "role": "agency", "agency_id": "VN-GDC"},
     {"name": "hk-ced-inbox", "role": "agency", "agency_id": "HK-CED"},
     {"name": "kr-kcs-inbox", "role": "agency", "agency_id": "KR-KCS"},
     {"name": "cn-gacc-inbox", "role": "agency", "agency_id": "CN-GACC"},
     {"name": "vn-mps-inbox", "role": "agency", "agency_id": "VN-MPS"},
     {"name": "nz-pol-inbox", "role": "agency", "agency_id": "NZ-POL"},
+    {"name": "vn-spp-inbox", "role": "agency", "agency_id": "VN-SPP"},
+    {"name": "mz-pgr-inbox", "role": "agency", "agency_id": "MZ-PGR"},
+    {"name": "rilo-inbox", "role": "agency", "agency_id": "INT-WCO-RILOAP"},
     {"name": "oversight-auditor", "role": "auditor"},
 ]
 # `broker demo env --as ROLE`: whose credentials, and the variables that role's guide reads
@@ -258,18 +264,32 @@ def _show_world(api: httpx2.Client) -> None:
     out.print(table)
 
 
+# Every member of MEKONG-DRAGON-V gets an encryption key, so that an alert can be addressed to
+# all of them; the demo opens it at RILO A/P.
+MEKONG_MEMBERS = (
+    "AU-ABF", "BD-NBR", "BN-RCED", "CN-GACC", "FJ-FRCS", "HK-CED", "ID-DGCE", "IN-CBIC",
+    "INT-WCO-RILOAP", "JP-JC", "KH-GDCE", "KR-KCS", "LA-LCD", "LK-SLC", "MM-MCD", "MN-CA",
+    "MO-SA", "MY-RMCD", "NP-DC", "NZ-CUS", "PG-CS", "PH-BOC", "PK-FBR", "SG-SC", "TH-CUS",
+    "TL-AT", "VN-GDC",
+)  # fmt: skip
 DEMO_KEYS = {
     "sig": [
         "VN-GDC/fp-hcm-01",
         "HK-CED/fp-01",
         "KR-KCS/fp-01",
         "NZ-POL/fp-01",
+        "VN-SPP/fp-01",
+        "MZ-PGR/fp-01",
+        "INT-WCO-RILOAP/fp-analyst-01",
         "HK-CED",
         "KR-KCS",
         "CN-GACC",
         "VN-GDC",
+        "VN-SPP",
+        "MZ-PGR",
+        "INT-WCO-RILOAP",
     ],
-    "enc": ["VN-GDC", "HK-CED", "KR-KCS", "CN-GACC", "VN-MPS", "NZ-POL"],
+    "enc": [*MEKONG_MEMBERS, "VN-MPS", "NZ-POL", "VN-SPP", "MZ-PGR"],
 }
 
 
@@ -474,7 +494,10 @@ def _scenario(
         outcomes.setdefault("feedback", feedback.mid)
     outcomes["results"] = _results(client["vn-gdc-hcm"])
 
-    console().rule("3. Attempts the broker refuses, each with its reason")
+    outcomes["group"] = _group_alert(client, store, data_dir, log_key, body)
+    outcomes["prosecutors"] = _prosecutors(client, store, data_dir, log_key)
+
+    console().rule("5. Attempts the broker refuses, each with its reason")
     nz = dict(
         body,
         title="Methamphetamine courier",
@@ -501,6 +524,17 @@ def _scenario(
                 "agreement": "VN-KR-CUSTOMS",
                 "operation": "TWIN-GUARDIAN-II",
                 "offence": "narcotics",
+                "body": body,
+            },
+        ),
+        (
+            "RILO A/P originating an alert (it only receives under Mekong Dragon)",
+            "rilo-fp",
+            "INT-WCO-RILOAP/fp-analyst-01",
+            {
+                "recipients": ["VN-GDC"],
+                "agreement": "MEKONG-DRAGON",
+                "offence": "cites_wildlife",
                 "body": body,
             },
         ),
@@ -545,7 +579,7 @@ def _scenario(
         "The first envelope submitted again",
         f"the original receipt ({same['event_id'] == answer['event_id'] and 'same event'})",
     )
-    console().rule("4. Partner agencies' witnesses cosign the log")
+    console().rule("6. Partner agencies' witnesses cosign the log")
     witness_keys = _witnesses(admin, client, data_dir, log_key, passphrase)
     outcomes["witnesses"] = len(witness_keys)
     outcomes["audit"] = _audit(
@@ -557,6 +591,124 @@ def _scenario(
         witness_keys,
     )
     return outcomes  # the clients hold nothing but `transport`, which the caller closes
+
+
+def _group_alert(
+    client: dict[str, Any], store: Keystore, data_dir: Path, log_key: str, body: dict[str, Any]
+) -> int:
+    """An alert to every member of MEKONG-DRAGON-V, as the broker lists them now, opened by
+    RILO A/P, which receives under Mekong Dragon but originates nothing."""
+    from broker.sdk import agent
+
+    console().rule("3. An alert to all members of MEKONG-DRAGON-V, opened at RILO A/P")
+    urgent = dict(body, title="Tusk consignment re-routed: all Mekong Dragon ports, watch")
+    draft = agent.compose(
+        client["vn-gdc-hcm"],
+        store.signing_key("VN-GDC/fp-hcm-01"),
+        sender_fp="VN-GDC/fp-hcm-01",
+        agreement="MEKONG-DRAGON",
+        operation="MEKONG-DRAGON-V",
+        audience=agent.MEMBERS,
+        offence="cites_wildlife",
+        priority="urgent",
+        body=urgent,
+    )
+    agent.send(client["vn-gdc-hcm"], draft)
+    members = draft.routing["recipients"]
+    _ok(
+        f"VN-GDC addressed the members of MEKONG-DRAGON-V ({len(members)})",
+        "encrypted to each; the broker checked them against the membership",
+    )
+    pulled = agent.InboxPuller(
+        client["rilo-inbox"], store, "INT-WCO-RILOAP", data_dir / "inbox-RILO", log_key=log_key
+    ).pull(wait=10)
+    (opened,) = [p for p in pulled if p.mid == draft.mid]
+    _ok(
+        "RILO A/P (INT-WCO-RILOAP) opened it",
+        f"{opened.status}: signature verified, content decrypted, acknowledged",
+    )
+    return len(members)
+
+
+def _prosecutors(client: dict[str, Any], store: Keystore, data_dir: Path, log_key: str) -> str:
+    """VN-SPP and MZ-PGR under the wildlife prosecutors' MoU: a CITES shipment alert with its
+    export permit, opened and acknowledged, and the seizure reported back."""
+    from broker.sdk import agent
+
+    console().rule("4. Wildlife prosecutors: VN-SPP to MZ-PGR under VN-MZ-WILDLIFE-2017")
+    ivory = {"species": "Loxodonta africana", "appendix": "I"}
+    permit = {"kind": "export_permit", "number": "MZ/2026/EXP-0417", "issuing_country": "MZ"}
+    alert = {
+        "title": "Ivory exported from Maputo on a permit that does not match the cargo",
+        "summary": "A permit for worked wood accompanies a container whose scan shows tusks.",
+        "language": "en",
+        "subjects": [
+            {
+                "type": "shipment",
+                "container_numbers": ["MSKU9070323"],
+                "port_of_loading": "MZMPM",
+                "port_of_discharge": "VNHPH",
+                "cites": [{**ivory, "documents": [permit]}],
+            }
+        ],
+    }
+    draft = agent.compose(
+        client["vn-spp-fp"],
+        store.signing_key("VN-SPP/fp-01"),
+        sender_fp="VN-SPP/fp-01",
+        recipients=["MZ-PGR"],
+        agreement="VN-MZ-WILDLIFE-2017",
+        offence="cites_wildlife",
+        body=alert,
+    )
+    agent.send(client["vn-spp-fp"], draft)
+    _ok("VN-SPP/fp-01 sent a CITES shipment alert", f"export permit {permit['number']}")
+    pulled = agent.InboxPuller(
+        client["mz-pgr-inbox"], store, "MZ-PGR", data_dir / "inbox-MZ-PGR", log_key=log_key
+    ).pull(wait=10)
+    (opened,) = [p for p in pulled if p.mid == draft.mid]
+    _ok("MZ-PGR opened it", f"{opened.status}: signature verified, acknowledged")
+    seized = {"value": 96, "unit": "kg"}
+    feedback = agent.compose(
+        client["mz-pgr-fp"],
+        store.signing_key("MZ-PGR/fp-01"),
+        sender_fp="MZ-PGR/fp-01",
+        recipients=["VN-SPP"],
+        agreement="VN-MZ-WILDLIFE-2017",
+        offence="cites_wildlife",
+        kind="feedback",
+        subject_types=["seizure"],
+        body={
+            "narrative": "Container held at Maputo port: 96 kg of tusks; the permit was forged.",
+            "language": "en",
+            "references": [draft.mid],
+            "seizures": [
+                {
+                    "type": "seizure",
+                    "date": "2026-11-28",
+                    "place": {"locode": "MZMPM"},
+                    "commodity": "wildlife",
+                    "quantity": seized,
+                    "species": ivory["species"],
+                    "cites_appendix": ivory["appendix"],
+                    "cites_documents": [permit],
+                }
+            ],
+        },
+        extra={
+            "in_reply_to": draft.mid,
+            "outcome": "seized",
+            "commodity": "wildlife",
+            "quantity_band": agent.quantity_band(seized),
+        },
+    )
+    agent.send(client["mz-pgr-fp"], feedback)
+    (delivery,) = client["vn-spp-fp"].status(draft.mid)["deliveries"]
+    _ok(
+        "MZ-PGR reported the seizure back to VN-SPP",
+        f"VN-SPP's status: {delivery['state']}, feedback {len(delivery['feedback'])}",
+    )
+    return str(delivery["state"])
 
 
 def _results(client: Any) -> dict[str, int]:
@@ -660,7 +812,7 @@ def _audit(
     witness_keys: list[str],
 ) -> dict[str, Any]:
     """The auditor's view: the exchanges, the refusals, and an independent log check."""
-    console().rule("5. The auditor reviews the exchange log and verifies it")
+    console().rule("7. The auditor reviews the exchange log and verifies it")
     try:
         events = auditor.get("/v1/audit/events", limit=500)
     except Exception as exc:

@@ -100,9 +100,13 @@ def test_demo_exit_writes_credentials(tmp_path: Path) -> None:
         "scope.direction_excluded",
         "scope.operation_outside_window",
         "scope.recipient_not_party",
+        "scope.sender_receive_only",  # RILO A/P receives under Mekong Dragon, never sends
     ]
     assert outcomes["audit"]["verified"] is True  # with both witnesses' cosignatures required
-    assert outcomes["audit"]["kinds"]["msg.rejected"] == 4
+    assert outcomes["audit"]["kinds"]["msg.rejected"] == 5
+    # Addressed to the members of MEKONG-DRAGON-V: all 27 but the sender, RILO A/P included.
+    assert outcomes["group"] == 26
+    assert outcomes["prosecutors"] == "acknowledged"  # MZ-PGR acknowledged VN-SPP's alert
     assert outcomes["acks"] == ["HK-CED"]  # the sender verified the ack it got back
     assert outcomes["witnesses"] == 2
     assert sum(outcomes["results"].values()) == 2  # two seizure feedbacks, by phase
