@@ -35,6 +35,9 @@ Points in the code (each one line in its owner's file):
   acknowledged.
 - `push.after_post` (broker/push/service.py): a push was POSTed, before its outcome was
   recorded (the lease expires and the attempt is retried and recorded as lost).
+- `lifecycle.purge_mid_batch` (broker/lifecycle/service.py): a purge batch has emptied its
+  envelopes and dropped the acknowledgements, not committed, no `msg.purged` leaf yet (the
+  batch must come back whole for the next run; tests/drills/test_purge_crash.py).
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ POINTS = (
     "log.before_commit",
     "log.after_commit",
     "push.after_post",
+    "lifecycle.purge_mid_batch",
 )
 
 

@@ -21,7 +21,7 @@ from datetime import MINYEAR, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from broker import db
+from broker import db, faults
 from broker.agreements import repository as agreements
 from broker.audit import service as audit
 from broker.audit.auditor import NotOverseen
@@ -85,6 +85,7 @@ async def purge(
         if not rows:
             continue
         await repository.purge(session, [r.id for r in rows], now)
+        faults.crash_point("lifecycle.purge_mid_batch")  # emptied, not committed
         named = {r.sender for r in rows}
         for r in rows:
             named.update(r.routing.get("recipients", []))

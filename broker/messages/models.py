@@ -59,6 +59,16 @@ class Message(Base):
         UniqueConstraint("sender", "mid", name="uq_messages_sender_mid"),
         UniqueConstraint("sender", "supersedes", name="uq_messages_sender_supersedes"),
         CheckConstraint("kind in ('alert', 'feedback')", name="kind"),
+        # The retention purge's search: per agreement, oldest first, not yet purged
+        # (`broker/lifecycle/repository.py`, `due_for_purge`; a purged row leaves it).
+        Index(
+            "ix_messages_due_for_purge",
+            "agreement_id",
+            "received_at",
+            "id",
+            postgresql_where=text("purged_at is null"),
+            sqlite_where=text("purged_at is null"),
+        ),
         # Feedback names its alert by mid alone (`repository.received_alerts`).
         Index("ix_messages_mid", "mid"),
         # PostgreSQL: a row with an envelope of up to ~7 KB stays in the table, uncompressed:
