@@ -74,7 +74,10 @@ def load_world(
 def agency_create(
     agency_id: str,
     name: Annotated[str, typer.Option()],
-    country: Annotated[str, typer.Option()],
+    country: Annotated[
+        str | None,
+        typer.Option(help="ISO 3166-1 alpha-2; leave out for an international body (INT- id)"),
+    ] = None,
     kind: Annotated[str, typer.Option()] = "customs",
     data_dir: DataDir = None,
 ) -> None:
@@ -103,15 +106,23 @@ def fp_create(
     focal_point_id: str,
     name: Annotated[str, typer.Option()],
     role: Annotated[str, typer.Option()] = "focal point",
+    locality: Annotated[
+        str | None, typer.Option(help="The border crossing, port or province it serves")
+    ] = None,
+    subdivision: Annotated[
+        str | None, typer.Option(help="ISO 3166-2 code of the locality, e.g. VN-02")
+    ] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Register a focal point (`AGENCY/slug`)."""
     from broker.agencies import service
     from broker.agencies.schemas import FocalPointIn
 
+    fields = {"id": focal_point_id, "name": name, "role": role}
+    where = {"locality": locality, "subdivision": subdivision}
     data = validated(
         FocalPointIn,
-        {"id": focal_point_id, "name": name, "role": role},
+        fields | {k: v for k, v in where.items() if v is not None},
         {"id": "FOCAL_POINT_ID"},
     )
     agency = focal_point_id.split("/")[0]

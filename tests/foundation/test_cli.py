@@ -57,6 +57,34 @@ def test_admin_errors_are_problems(clean_db: str) -> None:
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_admin_registers_bodies_beyond_states(clean_db: str) -> None:
+    unodc = ["admin", "agency", "create", "INT-UNODC", "--name", "UNODC", "--kind"]
+    created = runner.invoke(app, [*unodc, "international_body"])
+    assert created.exit_code == 0, created.output
+    assert json.loads(created.output)["country"] is None
+    blo = ["admin", "agency", "create", "VN-BLO-MONGCAI", "--name", "BLO Mong Cai"]
+    assert (
+        runner.invoke(app, [*blo, "--country", "VN", "--kind", "border_liaison_office"]).exit_code
+        == 0
+    )
+    desk = ["admin", "focal-point", "create", "VN-BLO-MONGCAI/fp-desk-01", "--name", "BLO desk"]
+    made = runner.invoke(
+        app, [*desk, "--locality", "Mong Cai border gate", "--subdivision", "VN-13"]
+    )
+    assert made.exit_code == 0, made.output
+    assert json.loads(made.output)["subdivision"] == "VN-13"
+    # A state's id with no country, an INT- id with one, an unknown province: one line each.
+    for argv, code in [
+        (["admin", "agency", "create", "VN-X1", "--name", "No country"], "unknown_country"),
+        ([*unodc[:3], "INT-WCO", "--name", "WCO", "--country", "BE"], "unknown_country"),
+        ([*desk[:3], "VN-BLO-MONGCAI/fp-desk-02", "--name", "Desk", "--subdivision", "VN-99"],
+         "unknown_subdivision"),
+    ]:  # fmt: skip
+        refused = runner.invoke(app, argv)
+        assert refused.exit_code == 1
+        assert refused.stderr.startswith(f"error: registry.{code}: ")
+
+
 def run_demo(data_dir: Path, port: int) -> subprocess.CompletedProcess[str]:
     """`broker demo --exit` as a newcomer runs it: no BROKER_ settings at all (and a wide
     terminal, which the output must still not exceed 80 columns for)."""
