@@ -162,13 +162,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average at start: {_loadavg()}", flush=True)
     create_database(args.db)
     world = setup_broker(args.db, redis_url, data_dir)
-    # Receive-only parties (an international body) originate nothing: they never send here.
-    from broker import world as world_mod
-
-    frame = next(a for a in world_mod.demo_world()["agreements"] if a["id"] == "MEKONG-DRAGON")
-    mute = set(frame.get("receive_only") or ())
-    world = World(world.parties, {fp: t for fp, t in world.senders.items()
-                                  if fp.split("/")[0] not in mute})  # fmt: skip
     import redis
 
     redis.Redis.from_url(redis_url).flushdb()

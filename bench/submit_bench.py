@@ -204,10 +204,12 @@ def setup_broker(db: str, redis_url: str, data_dir: Path) -> World:
 
     broker_db.call(widen)
     member_fps = {}
+    # Receive-only parties (RILO A/P) receive but originate nothing: never a sender here.
+    mute = set(frame.get("receive_only") or ())
     for fp in doc["focal_points"]:
         agency = fp["id"].split("/")[0]
         designated = any(d["agreement"] == AGREEMENT for d in fp.get("designations", []))
-        if agency in frame["parties"] and agency not in member_fps and designated:
+        if agency in frame["parties"] and agency not in {*member_fps, *mute} and designated:
             member_fps[agency] = fp["id"]
 
     async def keys_and_tokens(s: AsyncSession) -> dict[str, str]:
