@@ -47,6 +47,7 @@ from broker.lifecycle import router as lifecycle
 from broker.logging import configure_logging, get_logger
 from broker.messages import router as messages
 from broker.push import router as push
+from broker.recalls import router as recalls
 from broker.results import router as results
 
 _log = get_logger("broker.app")
@@ -275,6 +276,7 @@ def create_app() -> FastAPI:
         push,
         results,
         lifecycle,
+        recalls,
     ):
         for name in ("router", "public", "admin"):
             router = getattr(module, name, None)

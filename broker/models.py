@@ -17,6 +17,7 @@ from broker.directory.models import DirectoryVersion, PublicKey
 from broker.lifecycle.models import LegalHold
 from broker.messages.models import Delivery, InboxCounter, Message, Outbox
 from broker.push.models import PushAttempt, PushEndpoint
+from broker.recalls.models import Recall, RecallRecipient
 from broker.registry.models import RegistryState
 
 __all__ = [
@@ -45,6 +46,8 @@ __all__ = [
     "PublicKey",
     "PushAttempt",
     "PushEndpoint",
+    "Recall",
+    "RecallRecipient",
     "RegistryState",
     "VerificationRun",
 ]

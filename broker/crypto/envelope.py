@@ -64,6 +64,8 @@ TYP_OUTER = "alert-envelope+jws"
 TYP_RECEIPT = "broker-receipt+jws"
 TYP_ACK = "ack+jws"
 TYP_DIRECTORY = "key-directory+jws"
+TYP_RECALL = "recall+jws"
+TYP_RECALL_COMPLIANCE = "recall-compliance+jws"
 
 # `EdDSA` is accepted from partners whose stack predates RFC 9864; the key is always OKP
 # Ed25519 (parse_public_jwk), so both names mean the same algorithm here.

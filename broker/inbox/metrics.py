@@ -27,6 +27,7 @@ from broker.ids import utcnow
 from broker.inbox import repository, service
 from broker.logging import get_logger
 from broker.messages.models import OUTBOX_DELIVER, OUTBOX_PUSH
+from broker.recalls import service as recalls
 
 _log = get_logger("broker.inbox.metrics")
 
@@ -39,6 +40,7 @@ class Readings:
     outbox: Sequence[Any]  # (topic, pending, retrying, dead, oldest pending created_at)
     push_attempts: dict[str, int]
     overdue: dict[str, int]
+    recall_answers_overdue: dict[str, int]
 
 
 async def read(session: AsyncSession) -> Readings:
@@ -49,6 +51,7 @@ async def read(session: AsyncSession) -> Readings:
         outbox=await repository.outbox_stats(session),
         push_attempts=await repository.push_attempt_counts(session),
         overdue=await service.overdue(session, now),
+        recall_answers_overdue=await recalls.overdue_answers(session, now),
     )
 
 
@@ -81,6 +84,11 @@ def families(readings: Readings | None) -> Iterator[Metric]:
         "Deliveries not acknowledged within their agreement's ack_deadline.",
         labels=["recipient"],
     )
+    unanswered = GaugeMetricFamily(
+        "broker_recall_answers_overdue",
+        "Recall notices not answered (erased, or retained) by the recall's deadline.",
+        labels=["recipient"],
+    )
     if readings is not None:
         stats = {row[0]: row for row in readings.outbox}
         for topic in sorted({OUTBOX_DELIVER, OUTBOX_PUSH, *stats}):
@@ -94,8 +102,10 @@ def families(readings: Readings | None) -> Iterator[Metric]:
             attempts.add_metric([status], count)
         for recipient, count in sorted(readings.overdue.items()):
             overdue.add_metric([recipient], count)
+        for recipient, count in sorted(readings.recall_answers_overdue.items()):
+            unanswered.add_metric([recipient], count)
         up.add_metric([], 1)
-    yield from (up, pending, retrying, dead, oldest, attempts, overdue)
+    yield from (up, pending, retrying, dead, oldest, attempts, overdue, unanswered)
 
 
 class DeliveryCollector(Collector):

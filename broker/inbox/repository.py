@@ -210,12 +210,12 @@ UNFETCHED = ("queued", "available")
 
 def servable(now: datetime) -> Any:
     """A delivery the inbox may serve at `now`: one already fetched (the recipient holds it),
-    or one whose message's `exp` has not passed; never an expired or purged one."""
+    or one whose message's `exp` has not passed; never an expired, recalled or purged one."""
     return and_(
         Message.purged_at.is_(None),
         or_(
             Delivery.state.in_(("fetched", "acknowledged")),
-            and_(Delivery.state != "expired", Message.exp > int(now.timestamp())),
+            and_(Delivery.state.in_(UNFETCHED), Message.exp > int(now.timestamp())),
         ),
     )
 
@@ -434,6 +434,18 @@ async def mark_fetched(
         .returning(Delivery.id)
     )
     return list(changed)
+
+
+async def withdrawn(session: AsyncSession, delivery_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    """Those of these deliveries withdrawn meanwhile (recalled, or expired) and never fetched."""
+    if not delivery_ids:
+        return set()
+    found = await session.scalars(
+        select(Delivery.id).where(
+            Delivery.id.in_(delivery_ids), Delivery.state.in_(("recalled", "expired"))
+        )
+    )
+    return set(found)
 
 
 # --- acknowledgements -----------------------------------------------------------------------

@@ -279,6 +279,13 @@ async def poll(session: AsyncSession, caller: Caller, after: str | None, limit: 
     fetched = set(
         await repository.mark_fetched(session, [r.id for r in rows if r.state == "available"], now)
     )
+    # A copy read as available but not marked now was fetched by another poller, or withdrawn
+    # (recalled, expired) since the read: that one is not served, so a recall racing this
+    # page leaves the recipient without the message, never with it and without the notice.
+    lost = [r.id for r in rows if r.state == "available" and r.id not in fetched]
+    if lost:
+        gone = await repository.withdrawn(session, lost)
+        rows = [r for r in rows if r.id not in gone]
     if fetched:
         firsts = [r for r in rows if r.id in fetched]
         await audit.record_many(
@@ -401,11 +408,11 @@ async def acknowledge(
     snap = await registry.current(session)
     payload = _verified_ack(snap, kid, agency, mid, ack_jws)
     found = await repository.delivery_for_ack(session, agency, mid, payload["envelope_sha256"])
-    # Not yet available, withdrawn unread at its `exp`, or purged: not in the inbox.
+    # Not yet available, withdrawn unread (its `exp`, a recall), or purged: not in the inbox.
     if (
         found is None
         or found.inbox_seq is None
-        or found.state == "expired"
+        or found.state in ("expired", "recalled")
         or found.purged_at is not None
     ):
         raise NotFound(f"no message {mid} with that envelope in your inbox")

@@ -58,7 +58,10 @@ class Message(Base):
     __table_args__ = (
         UniqueConstraint("sender", "mid", name="uq_messages_sender_mid"),
         UniqueConstraint("sender", "supersedes", name="uq_messages_sender_supersedes"),
-        CheckConstraint("kind in ('alert', 'feedback')", name="kind"),
+        # `recall`: the notice of a recall, carried to the recipients that had fetched a copy.
+        CheckConstraint("kind in ('alert', 'feedback', 'recall')", name="kind"),
+        # Feedback names its alert by mid alone (`repository.received_alerts`).
+        Index("ix_messages_mid", "mid"),
         # The retention purge's search: per agreement, oldest first, not yet purged
         # (`broker/lifecycle/repository.py`, `due_for_purge`; a purged row leaves it).
         Index(
@@ -69,8 +72,6 @@ class Message(Base):
             postgresql_where=text("purged_at is null"),
             sqlite_where=text("purged_at is null"),
         ),
-        # Feedback names its alert by mid alone (`repository.received_alerts`).
-        Index("ix_messages_mid", "mid"),
         # PostgreSQL: a row with an envelope of up to ~7 KB stays in the table, uncompressed:
         # ciphertext does not compress, and TOAST would try, then write a second table.
         {"postgresql_with": {"toast_tuple_target": "8160"}},
@@ -108,7 +109,7 @@ class Delivery(Base):
         UniqueConstraint("message_id", "recipient", name="uq_deliveries_message_recipient"),
         UniqueConstraint("recipient", "inbox_seq", name="uq_deliveries_recipient_seq"),
         CheckConstraint(
-            "state in ('queued', 'available', 'fetched', 'acknowledged', 'expired')",
+            "state in ('queued', 'available', 'fetched', 'acknowledged', 'expired', 'recalled')",
             name="state",
         ),
         Index("ix_deliveries_queued", "state", "created_at"),

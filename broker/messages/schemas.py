@@ -8,6 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from broker.recalls.schemas import RecallOut
+
 EXAMPLE_ROUTING: dict[str, Any] = {
     "v": 1,
     "kind": "alert",
@@ -143,5 +145,9 @@ class MessageStatus(BaseModel):
     superseded_by: uuid.UUID | None = Field(
         default=None,
         description="our correction of this message: recipients were sent it as superseding it",
+    )
+    recall: RecallOut | None = Field(
+        default=None,
+        description="our recall of this message, with each recipient's outcome and answer",
     )
     deliveries: list[DeliveryStatus]

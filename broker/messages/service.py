@@ -388,21 +388,7 @@ def _rows(
     event = audit.event(
         "msg.accepted", actor=caller.actor, subject=routing["sender"], details=details, at=now
     )
-    keys = keyring.load_or_create()
-    receipt = env.sign_compact(
-        {
-            "v": 1,
-            "mid": str(mid),
-            "sender": routing["sender"],
-            "envelope_sha256": digest,
-            "accepted_at": epoch_ms(now),
-            "event_id": str(event.id),
-            "log_origin": keys.log_origin,
-            "max_merge_delay_ms": MAX_MERGE_DELAY_MS,
-        },
-        keys.receipt,
-        env.TYP_RECEIPT,
-    )
+    receipt = sign_receipt(mid, routing["sender"], digest, now, event.id)
     message = repository.NewMessage(
         id=new_id(),
         sender=routing["sender"],
@@ -437,6 +423,27 @@ def _rows(
             event_id=event.id,
             log_index=None,
         ),
+    )
+
+
+def sign_receipt(
+    mid: uuid.UUID, sender: str, digest: str, now: datetime, event_id: uuid.UUID
+) -> str:
+    """The broker's signed promise to log the envelope within the merge delay (a receipt)."""
+    keys = keyring.load_or_create()
+    return env.sign_compact(
+        {
+            "v": 1,
+            "mid": str(mid),
+            "sender": sender,
+            "envelope_sha256": digest,
+            "accepted_at": epoch_ms(now),
+            "event_id": str(event_id),
+            "log_origin": keys.log_origin,
+            "max_merge_delay_ms": MAX_MERGE_DELAY_MS,
+        },
+        keys.receipt,
+        env.TYP_RECEIPT,
     )
 
 
@@ -494,9 +501,13 @@ async def status(session: AsyncSession, caller: Caller, mid: uuid.UUID) -> Messa
     now = utcnow()
     no_leaf = repository.AckLeaf(None, None, None)
     superseded_by = await repository.superseded_by(session, message.sender, message.mid)
+    # Imported here: recalls build on this module (receipts, durations).
+    from broker.recalls.service import recall_status
+
     return MessageStatus(
         supersedes=message.supersedes,
         superseded_by=superseded_by,
+        recall=await recall_status(session, message),
         mid=message.mid,
         kind=message.kind,
         sender=message.sender,

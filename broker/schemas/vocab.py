@@ -35,6 +35,12 @@ SubjectType = Literal[
 Priority = Literal["routine", "priority", "urgent"]
 Handling = Literal["TLP:CLEAR", "TLP:GREEN", "TLP:AMBER", "TLP:AMBER+STRICT", "TLP:RED"]
 MessageKind = Literal["alert", "feedback"]
+RecallReason = Literal[
+    "sent_in_error", "wrong_recipient", "inaccurate", "legal_order", "erasure_request"
+]
+# Reasons that name the originator's legal reference.
+RECALL_NEEDS_REFERENCE: Final = frozenset({"legal_order", "erasure_request"})
+ComplianceStatus = Literal["erased", "retained"]
 Outcome = Literal[
     "seized",
     "arrest",
@@ -76,6 +82,8 @@ LogKind = Literal[
     "msg.disputed",
     "msg.expired",
     "msg.purged",
+    "msg.recalled",
+    "msg.recall_complied",
     "hold.placed",
     "hold.lifted",
     "key.registered",
@@ -115,6 +123,8 @@ PRIORITIES: Final[tuple[Priority, ...]] = get_args(Priority)
 # Traffic Light Protocol 2.0 labels, least to most restrictive: compare with `tlp_rank`.
 TLP_ORDER: Final[tuple[Handling, ...]] = get_args(Handling)
 MESSAGE_KINDS: Final[tuple[MessageKind, ...]] = get_args(MessageKind)
+RECALL_REASONS: Final[tuple[RecallReason, ...]] = get_args(RecallReason)
+COMPLIANCE_STATUSES: Final[tuple[ComplianceStatus, ...]] = get_args(ComplianceStatus)
 OUTCOMES: Final[tuple[Outcome, ...]] = get_args(Outcome)
 COMMODITIES: Final[tuple[Commodity, ...]] = get_args(Commodity)
 QUANTITY_BANDS: Final[tuple[QuantityBand, ...]] = get_args(QuantityBand)

@@ -44,6 +44,8 @@ def test_expected_schemas_are_packaged() -> None:
         "v1/defs",
         "v1/log-leaf",
         "v1/operation",
+        "v1/recall",
+        "v1/recall-compliance",
         "v1/receipt",
         "v1/routing",
         "v1/world",

@@ -31,6 +31,8 @@ def _at(name: str, pointer: str) -> Any:
         (vocab.ACK_STATUSES, "ack", "/properties/status/enum"),
         (vocab.ACK_REASONS, "ack", "/properties/reason/enum"),
         (vocab.LOG_KINDS, "log-leaf", "/properties/kind/enum"),
+        (vocab.RECALL_REASONS, "recall", "/properties/reason/enum"),
+        (vocab.COMPLIANCE_STATUSES, "recall-compliance", "/properties/status/enum"),
         (vocab.PERSON_ROLES, "body/subject", "/$defs/person/properties/roles/items/enum"),
     ],
 )
