@@ -525,6 +525,23 @@ async def message_events(
     return (await session.scalars(stmt)).all()
 
 
+async def purge_events(
+    session: AsyncSession, mid: str, *, visible: Collection[str] | None
+) -> Sequence[AuditEvent]:
+    """The `msg.purged` event whose list names `mid` (a batch lists its messages)."""
+    stmt = (
+        select(AuditEvent)
+        .where(
+            AuditEvent.kind == "msg.purged",
+            sql_cast(AuditEvent.details, Text).contains(mid),
+            *_visible(session, visible),
+        )
+        .order_by(AuditEvent.created_at, AuditEvent.id)
+        .limit(1)
+    )
+    return (await session.scalars(stmt)).all()
+
+
 async def kind_times(
     session: AsyncSession,
     *,

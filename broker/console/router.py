@@ -28,7 +28,7 @@ style), and every error is an HTML page, never a stack trace.
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -126,6 +126,11 @@ def _ms(value: int | None) -> str:
     return f"{value / 3_600_000:.1f} h"
 
 
+def _ms_time(value: int | None) -> str:
+    """Epoch milliseconds, as log leaves carry times, in UTC."""
+    return "—" if value is None else _when(datetime.fromtimestamp(value / 1000, tz=UTC))
+
+
 def _short(value: str | None, n: int = 12) -> str:
     if not value:
         return "—"
@@ -137,6 +142,7 @@ templates.env.filters["clock"] = _clock
 templates.env.filters["mid"] = _mid
 templates.env.filters["ms"] = _ms
 templates.env.filters["short"] = _short
+templates.env.filters["ms_time"] = _ms_time
 
 
 class SignInRequired(Exception):

@@ -54,7 +54,16 @@ from broker.results.schemas import FeedbackPage, ResultsOut, Rollup
 PAGE = 50
 MAX_PAGE = 200
 MAX_TIMELINE = 500
-MESSAGE_KINDS = ("msg.accepted", "msg.rejected", "msg.delivered", "msg.fetched", "msg.acked")
+MESSAGE_KINDS = (
+    "msg.accepted",
+    "msg.rejected",
+    "msg.delivered",
+    "msg.fetched",
+    "msg.acked",
+    "msg.expired",
+    "msg.recalled",
+    "msg.recall_complied",
+)
 # The kind filter: form value -> (label, kinds); "" is the default view.
 KIND_CHOICES: dict[str, tuple[str, tuple[str, ...]]] = {
     "": ("Message events", MESSAGE_KINDS),
@@ -72,6 +81,10 @@ LABELS = {
     "msg.delivered": ("delivered", "info"),
     "msg.fetched": ("fetched", "info"),
     "msg.acked": ("acknowledged", "ok"),
+    "msg.expired": ("expired", "warn"),
+    "msg.recalled": ("recalled", "warn"),
+    "msg.recall_complied": ("recall answered", "ok"),
+    "msg.purged": ("purged", "muted"),
     "audit.queried": ("auditor query", "muted"),
     "audit.exported": ("auditor export", "muted"),
 }
@@ -381,6 +394,11 @@ class Delivery:
     status: str | None = None
     reason: str | None = None
     ack_delay_ms: int | None = None
+    expired_at: datetime | None = None
+    # Recall: `withdrawn` unread or `notified`; then the answer (`erased`, `retained`).
+    recall: str | None = None
+    answer: str | None = None
+    answer_late: bool = False
 
 
 @dataclass
@@ -393,6 +411,8 @@ class Timeline:
     deliveries: list[Delivery]
     events: list[Row]
     rejected: list[Row] = field(default_factory=list)
+    recall: dict[str, Any] = field(default_factory=dict)
+    purged: Row | None = None
 
 
 async def message_timeline(session: AsyncSession, caller: Caller, mid_text: str) -> Timeline:
@@ -408,7 +428,9 @@ async def message_timeline(session: AsyncSession, caller: Caller, mid_text: str)
         visible=log.visible_agencies(caller),
         limit=MAX_TIMELINE,
     )
-    events = [EventOut.model_validate(e) for e in found]
+    visible = log.visible_agencies(caller)
+    purges = await audit_repo.purge_events(session, mid, visible=visible)
+    events = [EventOut.model_validate(e) for e in [*found, *purges]]
     await audit.record(
         session,
         "audit.queried",
@@ -423,11 +445,27 @@ async def message_timeline(session: AsyncSession, caller: Caller, mid_text: str)
     if accepted is not None:
         for r in row(accepted).targets:
             deliveries[r] = Delivery(agency=r)
+    recall = next((e for e in events if e.kind == "msg.recalled"), None)
+    if recall is not None:
+        for outcome in ("withdrawn", "notified"):
+            for agency in recall.details.get(outcome) or ():
+                deliveries.setdefault(str(agency), Delivery(agency=str(agency))).recall = outcome
     for e in events:
         agency = _str(e.details, "recipient")
-        if agency is None or e.kind not in ("msg.delivered", "msg.fetched", "msg.acked"):
+        watched = (
+            "msg.delivered",
+            "msg.fetched",
+            "msg.acked",
+            "msg.expired",
+            "msg.recall_complied",
+        )
+        if agency is None or e.kind not in watched:
             continue
         d = deliveries.setdefault(agency, Delivery(agency=agency))
+        if e.kind == "msg.expired":
+            d.expired_at = e.created_at
+        elif e.kind == "msg.recall_complied":
+            d.answer, d.answer_late = _str(e.details, "status"), e.details.get("late") is True
         if e.kind == "msg.delivered" and d.delivered_at is None:
             d.delivered_at, d.delivery_delay_ms = e.created_at, _int(e.details, "delay_ms")
         elif e.kind == "msg.fetched":
@@ -443,6 +481,8 @@ async def message_timeline(session: AsyncSession, caller: Caller, mid_text: str)
         deliveries=list(deliveries.values()),
         events=rows,
         rejected=[r for r in rows if r.kind == "msg.rejected"],
+        recall=dict(recall.details) if recall is not None else {},
+        purged=next((r for r in rows if r.kind == "msg.purged"), None),
     )
 
 
