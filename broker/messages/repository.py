@@ -289,3 +289,32 @@ async def superseded_by(session: AsyncSession, sender: str, mid: uuid.UUID) -> u
     return await session.scalar(
         select(Message.mid).where(Message.sender == sender, Message.supersedes == mid)
     )
+
+
+async def unacknowledged(
+    session: AsyncSession,
+    sender: str,
+    agreement_id: str,
+    received_before: datetime,
+    *,
+    urgent: bool,
+    limit: int,
+) -> Sequence[Any]:
+    """The sender's copies (urgent, or not) under an agreement not acknowledged, for messages
+    received before then, oldest first: (mid, recipient, routing, received_at)."""
+    result = await session.execute(
+        select(Message.mid, _deliveries.c.recipient, Message.routing, Message.received_at)
+        .join(_deliveries, _deliveries.c.message_id == Message.id)
+        .where(
+            Message.sender == sender,
+            Message.agreement_id == agreement_id,
+            Message.kind != "recall",
+            Message.received_at < received_before,
+            _deliveries.c.urgent.is_(urgent),
+            _deliveries.c.acked_at.is_(None),
+            _deliveries.c.state.not_in(("expired", "recalled")),
+        )
+        .order_by(Message.received_at)
+        .limit(limit)
+    )
+    return result.all()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Request
+from fastapi import APIRouter, Body, Query, Request
 from fastapi.responses import Response
 
 from broker import db
@@ -22,6 +22,7 @@ from broker.errors import (
     JWS_REFUSALS,
     ErrorSpec,
     Forbidden,
+    InvalidRequest,
     NotFound,
     OutOfScope,
     error_responses,
@@ -34,6 +35,7 @@ from broker.messages.schemas import (
     CheckIn,
     CheckOut,
     MessageStatus,
+    OverduePage,
     Receipt,
     SubmitIn,
 )
@@ -178,6 +180,21 @@ async def check(
     header would be refused with (`scope.*`, `envelope.bad_routing`, `key.recipient_no_key`...).
     """
     return await service.check(session, caller, data.routing)
+
+
+@router.get(
+    "/messages:overdue",
+    summary="Our copies overdue for acknowledgement",
+    responses=error_responses(Forbidden, InvalidRequest),
+)
+async def overdue(
+    caller: PartyCaller,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> OverduePage:
+    """The caller's agency's copies not acknowledged by their agreement's deadline (for urgent
+    alerts the shorter `ack_deadline_urgent`): urgent ones first, then the longest overdue."""
+    return await service.overdue(session, caller, limit)
 
 
 @router.get(

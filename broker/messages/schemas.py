@@ -77,6 +77,23 @@ class CheckOut(BaseModel):
     )
 
 
+class OverdueItem(BaseModel):
+    """A copy of ours not acknowledged by its deadline."""
+
+    mid: uuid.UUID
+    recipient: str
+    agreement: str
+    priority: str
+    received_at: datetime
+    due_at: datetime = Field(description="acceptance + the agreement's deadline for its priority")
+
+
+class OverduePage(BaseModel):
+    items: list[OverdueItem] = Field(
+        description="urgent alerts first, then the longest overdue; at most `limit`"
+    )
+
+
 class DeliveryStatus(BaseModel):
     recipient: str
     state: str = Field(

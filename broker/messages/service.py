@@ -31,7 +31,14 @@ from broker.faults import crash_point
 from broker.ids import epoch_ms, new_id, utcnow
 from broker.messages import repository
 from broker.messages.models import Message
-from broker.messages.schemas import CheckOut, DeliveryStatus, MessageStatus, Receipt
+from broker.messages.schemas import (
+    CheckOut,
+    DeliveryStatus,
+    MessageStatus,
+    OverdueItem,
+    OverduePage,
+    Receipt,
+)
 from broker.registry import snapshot as registry
 from broker.registry.snapshot import Snapshot
 
@@ -549,6 +556,41 @@ def _ack_leaf(found: repository.AckLeaf) -> dict[str, Any]:
         "ack_logged_at": found.logged_at,
         "ack_leaf": base64.b64encode(found.leaf).decode() if found.leaf is not None else None,
     }
+
+
+async def overdue(session: AsyncSession, caller: Caller, limit: int) -> OverduePage:
+    """The caller's agency's copies not acknowledged by their deadline: urgent ones first
+    (their deadline is the shorter `ack_deadline_urgent`), then the longest overdue."""
+    from broker.agreements import repository as agreement_repo
+
+    agency = caller.agency_id
+    if agency is None:
+        return OverduePage(items=[])
+    now = utcnow()
+    items: list[OverdueItem] = []
+    for version in await agreement_repo.current_versions(session):
+        if agency not in version.document["parties"]:
+            continue
+        for urgent in (True, False):
+            deadline = ack_deadline(version.document, urgent=urgent)
+            if deadline is None:
+                continue
+            rows = await repository.unacknowledged(
+                session, agency, version.agreement_id, now - deadline, urgent=urgent, limit=limit
+            )
+            items += [
+                OverdueItem(
+                    mid=mid,
+                    recipient=recipient,
+                    agreement=version.agreement_id,
+                    priority=str(routing.get("priority", "routine")),
+                    received_at=received_at,
+                    due_at=received_at + deadline,
+                )
+                for mid, recipient, routing, received_at in rows
+            ]
+    items.sort(key=lambda i: (i.priority != "urgent", i.due_at, str(i.mid), i.recipient))
+    return OverduePage(items=items[:limit])
 
 
 async def _ack_deadline(session: AsyncSession, message: Message) -> timedelta | None:

@@ -145,6 +145,8 @@ TABLE: dict[tuple[str, str], Row] = {
     # principal) may follow an alert, nobody else (404 alike for unknown and not yours).
     ("POST", "/v1/messages"): api(frozenset({FP}), body={}),
     ("POST", "/v1/messages:check"): api(frozenset({FP}), body={}),
+    # the sender agency's copies overdue for acknowledgement: its own only, by construction
+    ("GET", "/v1/messages:overdue"): api(PARTY, 200),
     # recall: the sending agency's focal points (the signed statement names which); answers
     # to a recall notice: the recipient agency's principal
     ("POST", "/v1/messages/{mid}/recall"): api(frozenset({FP}), body={}),

@@ -121,6 +121,30 @@ def test_an_urgent_alert_has_the_agreements_shorter_deadline(exchange: Exchange)
         assert scrape(exchange.client)[gauge] == 2
 
 
+def test_the_sender_lists_overdue_copies_urgent_first(exchange: Exchange) -> None:
+    routine = exchange.send(priority="routine")[1]["mid"]
+    urgent = exchange.send(priority="urgent")[1]["mid"]
+    relay()
+    sender = exchange.fp_headers("VN-GDC/fp-hcm-01")
+
+    def overdue() -> list[tuple[str, str]]:
+        page = exchange.client.get("/v1/messages:overdue", headers=sender)
+        assert page.status_code == 200, page.text
+        return [(i["mid"], i["priority"]) for i in page.json()["items"]]
+
+    assert overdue() == []
+    with time_machine.travel(datetime.now(UTC) + timedelta(hours=5), tick=True):
+        assert overdue() == [(urgent, "urgent")]  # PT4H for urgent alerts, PT24H otherwise
+    with time_machine.travel(datetime.now(UTC) + timedelta(hours=25), tick=True):
+        # The urgent one first, although the routine one was sent before it.
+        assert overdue() == [(urgent, "urgent"), (routine, "routine")]
+        # Another agency's principal sees none of VN-GDC's.
+        other = exchange.client.get(
+            "/v1/messages:overdue", headers=exchange.agency_headers("HK-CED")
+        )
+        assert other.json()["items"] == []
+
+
 def test_metrics_survive_a_database_error(exchange: Exchange, monkeypatch: Any) -> None:
     from broker.inbox import repository
 
