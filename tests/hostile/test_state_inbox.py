@@ -228,8 +228,14 @@ class InboxMachine(RuleBasedStateMachine):
         TALLY["poll"] += 1
         assert response.status_code == 200, response.text
         page = response.json()
-        items = [(item["seq"], str(item["mid"])) for item in page["items"]]
-        assert len(items) <= limit
+        assert len(page["items"]) <= limit
+        # Urgent copies not yet fetched lead the page, some from beyond `next_cursor` (`ahead`:
+        # they come again in order); the others cover every seq up to `next_cursor`.
+        cursor = int(page["next_cursor"])
+        for item in page["items"]:
+            assert item["ahead"] == (item["seq"] > cursor)
+            assert str(item["mid"]) in self.addressed(agency)
+        items = sorted((i["seq"], str(i["mid"])) for i in page["items"] if not i["ahead"])
         seen_mids = {mid for _, mid in state.seen}
         for seq, mid in items:
             assert seq == len(state.seen) + 1, (
