@@ -95,6 +95,7 @@ _TOKEN_KINDS = {
     "send": "a focal point token bound to --from",
     "feedback": "a focal point token bound to --from",
     "status": "the token of the focal point or agency that sent it",
+    "recall": "a focal point token bound to --from",
     "agreements": "a focal point or agency token",
     "scope": "a focal point or agency token",
     "inbox_pull": "an agency token of --agency",
@@ -288,7 +289,9 @@ def _fix(exc: Any, options: dict[str, Any]) -> str | None:
     if code == "auth.forbidden":
         me = _whoami(options)
         return f"this command needs {kind}" + (f", and --token is {_who(me)}" if me else "")
-    if code == "auth.sender_mismatch":
+    if code == "auth.sender_mismatch" or (
+        code == "recall.key_not_signer" and options.get("kid") is None
+    ):
         me = _whoami(options)
         fp = _value(options, "fp")
         owner = me.get("focal_point_id") if me else None
@@ -304,6 +307,8 @@ def _fix(exc: Any, options: dict[str, Any]) -> str | None:
         return f"wait{f' {wait} s' if wait else ''} and run the command again"
     if code == "service.unavailable" or exc.status >= 500:
         return "the broker cannot serve this now: try again later, or tell its operators"
+    if code == "recall.not_sender":
+        return "recall only the messages your agency sent: check the MID"
     if code == "request.not_found" and options.get("mid"):
         return "check the MID: `broker send` printed it, and --receipts keeps one file per MID"
     return None
@@ -888,6 +893,9 @@ def status(
                 ("feedback", "feedback"),
             ],
         )
+        if state.get("recall"):
+            typer.echo("")
+            _recall_status(state["recall"])
         if checked is not None:
             typer.echo("")
             for line in _evidence_lines(checked):
@@ -961,6 +969,145 @@ def _evidence_lines(checked: list[Any]) -> list[str]:
             lines.append(f"{e.recipient}: verified {status}: key {e.kid} valid at {where}")
         lines += [f"  note: {n}" for n in e.notes]
     return lines
+
+
+# Which option set each member of a recall statement (`broker recall`).
+_RECALL_OPTIONS = {
+    "mid": "MID",
+    "sender": "--from",
+    "sender_fp": "--from",
+    "reason": "--reason",
+    "legal_reference": "--legal-reference",
+}
+
+
+@_api_errors
+def recall(
+    mid: Annotated[str, typer.Argument(help="The message id `broker send` printed")],
+    fp: Annotated[str, typer.Option("--from", help="Your focal point id, e.g. VN-GDC/fp-hcm-01")],
+    reason: Annotated[
+        vocab.RecallReason,
+        typer.Option(help="Why: legal_order and erasure_request need --legal-reference"),
+    ],
+    legal_reference: Annotated[
+        str | None,
+        typer.Option(help="The originator's order or request number, e.g. HCMC-PC-2026/0917"),
+    ] = None,
+    url: URL = "http://127.0.0.1:8000",
+    token: TOKEN = "",
+    keystore: KEYSTORE = Path("keys"),
+    kid: KID = None,
+    as_json: AS_JSON = None,
+) -> None:
+    """Recall a message you sent: copies not yet fetched are withdrawn, and the recipients that
+    hold one are sent your signed statement, to erase it and answer by the deadline.
+
+    `broker status MID` shows each recipient's outcome and answer. See
+    docs/data-lifecycle.md, "Recall".
+    """
+    from broker import schemas
+    from broker.sdk import agent
+
+    _need_token(token)
+    if reason in vocab.RECALL_NEEDS_REFERENCE and not legal_reference:
+        fail(f"--reason {reason} needs --legal-reference: the order or request number", USAGE)
+    try:  # every mistake in the statement is told before the broker is asked
+        agent.recall_statement(fp, mid=mid, reason=reason, legal_reference=legal_reference)
+    except schemas.SchemaError as exc:
+        fail(_recall_fields(exc, {"mid": mid, "fp": fp, "legal_reference": legal_reference}), USAGE)
+    store = _keystore(keystore)
+    with _client(url, token) as client:
+        signer = store.with_directory(client).signing_key(fp, kid)
+        answer = agent.recall(
+            client, signer, sender_fp=fp, mid=mid, reason=reason, legal_reference=legal_reference
+        )
+    _report_recall(answer, signer.kid, as_json)
+
+
+def _recall_fields(exc: Any, values: dict[str, Any]) -> str:
+    """The statement's invalid members in one line, each named by the option that set it."""
+    parts = []
+    for e in exc.errors[:8]:
+        member = e.pointer.split("/")[1] if e.pointer.count("/") else ""
+        option = _RECALL_OPTIONS.get(member)
+        value = str(values.get("fp" if option == "--from" else member))
+        value = value if value.isprintable() else json.dumps(value)  # a line break stays shown
+        if option is None:
+            parts.append(f"the recall {e.pointer or '/'}: {e.message}")
+        elif option == "MID":
+            parts.append(f"MID {value}: is not a message id (the UUID `broker send` printed)")
+        elif option == "--from":
+            parts.append(f"--from {value}: is not {_SHAPES['--from']}")
+        elif option == "--legal-reference":
+            parts.append(
+                f"--legal-reference {value}: give the order or request number: 2 to 120 "
+                "letters, digits, spaces and / . _ -, starting and ending with a letter or digit"
+            )
+        else:
+            parts.append(f"{option} {value}: {e.message}")
+    return "; ".join(dict.fromkeys(parts))  # --from sets two members: said once
+
+
+def _report_recall(answer: dict[str, Any], kid: str, as_json: bool | None) -> None:
+    from broker.cli import output
+
+    output.emit(
+        answer | {"kid": kid},
+        as_json,
+        lambda: output.fields(
+            [
+                ("mid", answer["mid"]),
+                ("recall", answer["rid"]),
+                ("reason", _recall_reason(answer)),
+                ("recalled at", output.iso(answer["recalled_at"])),
+                ("answers due", output.iso(answer["deadline_at"])),
+                ("withdrawn", _recipients(answer, "withdrawn")),
+                ("notified", _recipients(answer, "notified")),
+                ("signing key", kid),
+            ]
+        ),
+    )
+
+
+def _recipients(recall: dict[str, Any], outcome: str) -> list[str]:
+    return [r["recipient"] for r in recall.get("recipients", []) if r["outcome"] == outcome]
+
+
+def _recall_reason(recall: dict[str, Any]) -> str:
+    ref = recall.get("legal_reference")
+    return str(recall["reason"]) + (f" ({ref})" if ref else "")
+
+
+def _recall_answer(r: dict[str, Any]) -> str:
+    """One recipient's part in a recall: withdrawn, erased, retained (ground), overdue, awaited."""
+    if r.get("outcome") == "withdrawn":
+        return "withdrawn (never fetched)"
+    if r.get("compliance") == "retained":
+        return f"retained ({r.get('legal_ground')})"
+    if r.get("compliance") == "erased":
+        return "erased"
+    return "overdue: no answer" if r.get("overdue") else "notified, answer awaited"
+
+
+def _recall_status(recall: dict[str, Any]) -> None:
+    """`broker status`: the message's recall and each recipient's answer."""
+    from broker.cli import output
+
+    output.fields(
+        [
+            ("recalled", _recall_reason(recall)),
+            ("recalled at", output.iso(recall.get("recalled_at"))),
+            ("answers due", output.iso(recall.get("deadline_at"))),
+        ]
+    )
+    typer.echo("")
+    output.table(
+        [
+            r | {"answer": _recall_answer(r), "complied_at": output.iso(r.get("complied_at"))}
+            for r in recall.get("recipients", [])
+        ],
+        [("recipient", "recipient"), ("answer", "recall"), ("complied_at", "answered")],
+    )
 
 
 PULLED = [
@@ -1040,6 +1187,7 @@ def inbox_pull(
             "status": r.status,
             "reason": r.reason,
             **({"detail": r.detail} if r.detail else {}),  # why it was rejected
+            **({"recalls": r.recalls} if r.recalls else {}),  # a recall notice: what it erased
         }
 
     with _client(url, token) as client, _progress() as bar:
@@ -1061,7 +1209,8 @@ def inbox_pull(
         typer.echo(summary, err=True)  # once the spinner line is gone
         return
     rows = [row(r) for r in results]
-    output.emit(rows, as_json, lambda: output.table(rows, PULLED))
+    columns = [*PULLED, ("recalls", "recalls")] if any(r.recalls for r in results) else PULLED
+    output.emit(rows, as_json, lambda: output.table(rows, columns))
 
 
 def _progress() -> Any:
@@ -1112,6 +1261,7 @@ def _follow(
         if stream_json:
             item = {"seq": r.seq, "mid": r.mid, "sender": r.sender, "status": r.status}
             item |= {"reason": r.reason, **({"detail": r.detail} if r.detail else {})}
+            item |= {"recalls": r.recalls} if r.recalls else {}
             say(json.dumps(item, separators=(",", ":")))
         else:
             cells = (str(r.seq), r.mid, r.sender, r.status, r.reason or "")
@@ -1195,6 +1345,8 @@ def inbox_show(
                     ("sent", output.iso(r.get("iat"))),
                     ("status", e.get("status")),
                     ("reason", e.get("reason")),
+                    ("recalled", _recall_reason(e["recall"]) if "recall" in e else None),
+                    ("erased at", output.iso(e.get("recall", {}).get("erased_at"))),
                 ]
             )
             if "alert" in e:

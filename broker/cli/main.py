@@ -41,6 +41,7 @@ app.add_typer(admin.app, name="admin", rich_help_panel="Administration")
 app.add_typer(agency.keys_app, name="keys", rich_help_panel="Agency side")
 app.command(rich_help_panel="Agency side")(agency.send)
 app.command(rich_help_panel="Agency side")(agency.status)
+app.command(rich_help_panel="Agency side")(agency.recall)
 app.add_typer(agency.inbox_app, name="inbox", rich_help_panel="Agency side")
 for command in (officer.agreements, officer.scope, officer.feedback):
     app.command(rich_help_panel="Agency side")(command)

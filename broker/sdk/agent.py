@@ -10,6 +10,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import threading
 import time
@@ -217,6 +218,40 @@ def send(client: BrokerClient, draft: Draft) -> dict[str, Any]:
     return answer
 
 
+def recall_statement(
+    sender_fp: str, *, mid: str, reason: str, legal_reference: str | None = None
+) -> dict[str, Any]:
+    """The payload of a `recall+jws`, validated against the "recall" schema (every bad field;
+    `legal_reference` is required for `legal_order` and `erasure_request`)."""
+    payload: dict[str, Any] = {
+        "v": 1,
+        "rid": str(uuid7()),
+        "mid": mid,
+        "sender": sender_fp.split("/")[0],
+        "sender_fp": sender_fp,
+        "reason": reason,
+        **({"legal_reference": legal_reference} if legal_reference is not None else {}),
+        "iat": int(time.time()),
+    }
+    schemas.validate("recall", payload)
+    return payload
+
+
+def recall(
+    client: BrokerClient,
+    signer: keys.SigningKey,
+    *,
+    sender_fp: str,
+    mid: str,
+    reason: str,
+    legal_reference: str | None = None,
+) -> dict[str, Any]:
+    """Sign and post a recall of our message `mid` (docs/data-lifecycle.md, "Recall"); returns
+    the broker's answer: each recipient `withdrawn` (never fetched) or `notified`, the deadline."""
+    payload = recall_statement(sender_fp, mid=mid, reason=reason, legal_reference=legal_reference)
+    return client.recall(mid, env.sign_compact(payload, signer, env.TYP_RECALL))
+
+
 # Upper bounds in kg of the routing's quantity bands (vocab.QUANTITY_BANDS), smallest first.
 _BANDS_KG = ((1, "lt_1kg"), (10, "1_10kg"), (100, "10_100kg"), (1000, "100_1000kg"))
 
@@ -252,10 +287,11 @@ class Pulled:
     seq: int
     mid: str
     sender: str
-    status: str  # decrypted | rejected | duplicate
+    status: str  # decrypted | recalled | rejected | duplicate
     reason: str | None = None
     folder: Path | None = None
     detail: str | None = None  # why it was rejected, in words
+    recalls: str | None = None  # a recall notice: the mid of the message it recalls
 
 
 # An unsequenced message is waited for this long past its promised merge delay within one
@@ -373,6 +409,8 @@ class InboxPuller:
             )
         sender, mid = str(sender), str(mid)
         digest = keys.sha256_b64u(item["envelope"].encode())
+        if item.get("kind") == "recall":
+            return self._settle_recall(item, digest, signer)
         folder = self.state / "alerts" / sender / mid
         done = folder / "result.json"
         reused = False
@@ -467,6 +505,162 @@ class InboxPuller:
         folder = self.state / "alerts" / sender / str(earlier)
         if folder.is_dir():
             (folder / "superseded_by").write_text(mid + "\n")
+
+    # --- recall notices (docs/data-lifecycle.md, "Recall") -----------------------------------
+
+    def _settle_recall(
+        self, item: dict[str, Any], digest: str, signer: keys.SigningKey
+    ) -> Pulled:
+        """A recall notice: proven in the log like any item, its statement verified with the
+        sender focal point's key, then our copy of the message erased (a tombstone kept), our
+        signed answer `erased` posted and the notice acknowledged `received`. A notice that does
+        not verify, or names a message we do not hold, erases nothing and is refused.
+
+        Its evidence is kept in `recalls/<sender>/<rid>/`; seen again (an urgent item served
+        ahead, a restart), it is acknowledged again and an answer not yet taken is posted again.
+        """
+        sender, rid = str(item["sender"]), str(item["mid"])
+        folder = self.state / "recalls" / sender / rid
+        done = folder / "result.json"
+        if done.exists():
+            previous = json.loads(done.read_text())
+            if previous.get("envelope_sha256") == digest:
+                return self._recall_again(item, digest, signer, previous, folder)
+            why = f"another statement under recall {rid} was settled before"
+            told = self._ack(item, digest, signer, "rejected", "replay")
+            said = "; ".join(d for d in (why, told) if d)
+            return Pulled(item["seq"], rid, sender, "rejected", "replay", folder, said)
+        status: str = "recalled"
+        reason: str | None = None
+        detail: str | None = None
+        statement: dict[str, Any] | None = None
+        try:
+            proven: logcheck.ProvenLeaf | None = self.witness.prove(item)
+        except logcheck.NotYetLogged as exc:
+            if time.time() * 1000 <= exc.due_ms + logcheck.GRACE_MS:
+                raise
+            proven, status, reason = None, "rejected", "log_proof_failed"
+            detail = f"not in the log {logcheck.GRACE_MS // 1000} s after the promised delay"
+        except logcheck.LogProofFailed as exc:
+            proven, status, reason, detail = None, "rejected", "log_proof_failed", str(exc)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "notice.jws").write_text(item["envelope"])
+        (folder / "receipt.jws").write_text(item["receipt"])
+        if proven is not None:
+            (folder / "log.json").write_text(json.dumps(proven.evidence(), indent=2))
+            try:
+                statement = self._verified_recall(item, proven)
+                self._erase(statement, item["envelope"])
+            except _RecallRefused as exc:
+                status, reason, detail = "rejected", exc.reason, exc.detail
+        answer = None if statement is None else self._comply(statement, signer)
+        refused = self._ack(item, digest, signer, _ACK_OF[status], reason)
+        detail = "; ".join(d for d in (detail, answer, refused) if d) or None
+        result: dict[str, Any] = {
+            "status": status,
+            "reason": reason,
+            "seq": item["seq"],
+            "envelope_sha256": digest,
+        }
+        if statement is not None:
+            result |= {"recalls": statement["mid"], "complied": answer is None}
+        if detail:
+            result["detail"] = detail
+        done.write_text(json.dumps(result))
+        recalls = None if statement is None else str(statement["mid"])
+        return Pulled(item["seq"], rid, sender, status, reason, folder, detail, recalls)
+
+    def _recall_again(
+        self,
+        item: dict[str, Any],
+        digest: str,
+        signer: keys.SigningKey,
+        previous: dict[str, Any],
+        folder: Path,
+    ) -> Pulled:
+        """A notice settled before: acknowledged again (idempotent); an answer the broker did
+        not take then is posted again."""
+        status, reason = str(previous["status"]), previous.get("reason")
+        if status == "recalled" and not previous.get("complied"):
+            tombstone = self.state / "alerts" / str(item["sender"]) / str(previous["recalls"])
+            statement = json.loads((tombstone / "recalled.json").read_text())
+            if self._comply(statement, signer) is None:
+                previous["complied"] = True
+                (folder / "result.json").write_text(json.dumps(previous))
+        self._ack(item, digest, signer, _ACK_OF[status], reason)
+        recalls = previous.get("recalls")
+        return Pulled(item["seq"], str(item["mid"]), str(item["sender"]), "duplicate", reason,
+                      folder, recalls=recalls)  # fmt: skip
+
+    def _verified_recall(self, item: dict[str, Any], proven: logcheck.ProvenLeaf) -> dict[str, Any]:
+        """The notice's statement: a `recall+jws` signed by a focal point of the sender with a
+        key valid at the log's time, naming this notice and a message of the sender we hold."""
+        jws, sender = str(item["envelope"]), str(item["sender"])
+        try:
+            kid = env.compact_kid(jws, env.TYP_RECALL)
+            if proven.leaf.get("sender_kid") != kid:
+                raise _RecallRefused("log_proof_failed", f"the leaf names another key than {kid}")
+            entry = self._sender_key(kid, sender)
+            key = keys.parse_public_jwk(entry, use="sig")
+            keys.check_valid_at(key, proven.ts_ms // 1000)
+            statement = env.verify_compact(jws, key, env.TYP_RECALL)
+        except CryptoError as exc:
+            raise _RecallRefused(ack_reason(exc.code), str(exc)) from None
+        try:
+            schemas.validate("recall", statement)
+        except schemas.SchemaError as exc:
+            raise _RecallRefused("invalid_body", str(exc)) from None
+        if (statement["sender"], statement["rid"]) != (sender, item["mid"]):
+            raise _RecallRefused(
+                "inner_mismatch",
+                f"the statement is recall {statement['rid']} of {statement['sender']}, "
+                f"served as {item['mid']} of {sender}",
+            )
+        if entry.get("focal_point") != statement["sender_fp"] or entry.get("agency") != sender:
+            raise _RecallRefused(
+                "bad_signature", f"key {kid} is not a signing key of {statement['sender_fp']}"
+            )
+        mid = statement["mid"]
+        held = self.state / "alerts" / sender / str(mid)
+        if not logcheck.safe_ids(sender, mid) or not (held / "result.json").exists():
+            raise _RecallRefused("not_addressed_to_us", f"we hold no message {mid} of {sender}")
+        return statement
+
+    def _erase(self, statement: dict[str, Any], jws: str) -> None:
+        """Erase our copy of the recalled message: the envelope and what it decrypted to. The
+        tombstone (the statement, no content) is written first, so a crash in between erases
+        the rest on the next pull."""
+        folder = self.state / "alerts" / statement["sender"] / statement["mid"]
+        # The statement's members (rid, mid, reason, legal_reference...) are no content.
+        tombstone = {**statement, "recall": jws, "erased_at": int(time.time() * 1000)}
+        kept = folder / "recalled.json"
+        if not kept.exists():
+            tmp = kept.with_suffix(".tmp")
+            tmp.write_text(json.dumps(tombstone, indent=2))
+            os.replace(tmp, kept)
+        for name in ("outer.jws", "inner.jws", "alert.json"):
+            (folder / name).unlink(missing_ok=True)
+        # Other envelopes refused under the same mid were opened too (`reused/`).
+        shutil.rmtree(folder / "reused", ignore_errors=True)
+
+    def _comply(self, statement: dict[str, Any], signer: keys.SigningKey) -> str | None:
+        """Post our signed answer `erased`; a refusal (other than 429/5xx, raised to retry) is
+        returned in words, and the answer is posted again when the notice is seen again."""
+        payload = {
+            "v": 1,
+            "rid": statement["rid"],
+            "mid": statement["mid"],
+            "status": "erased",
+            "at": int(time.time() * 1000),
+        }
+        jws = env.sign_compact(payload, signer, env.TYP_RECALL_COMPLIANCE)
+        try:
+            self.client.comply(statement["mid"], jws)
+        except BrokerAPIError as exc:
+            if exc.status == 429 or exc.status >= 500:
+                raise
+            return f"the broker refused our answer ({exc.code})"
+        return None
 
     def _ack(
         self,
@@ -615,6 +809,18 @@ class _InvalidBody(Exception):
     pass
 
 
+class _RecallRefused(Exception):
+    """A recall notice we refuse: `reason` from the ack vocabulary, `detail` in words."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+# The acknowledgement of a settled recall notice: taken (`received`), or refused.
+_ACK_OF = {"recalled": "received", "rejected": "rejected"}
+
+
 def _digest_of(path: Path) -> str | None:
     """SHA-256 of evidence kept before results recorded the envelope's hash."""
     return keys.sha256_b64u(path.read_bytes()) if path.exists() else None
@@ -635,4 +841,9 @@ def stored_alerts(state: Path) -> Iterator[dict[str, Any]]:
         correction = folder / "superseded_by"
         if correction.exists():
             entry["superseded_by"] = correction.read_text().strip()
+        tombstone = folder / "recalled.json"
+        if tombstone.exists():  # erased on its sender's recall: shown as recalled
+            recalled = json.loads(tombstone.read_text())
+            entry |= {"status": "recalled", "acked": entry.get("status")}
+            entry["recall"] = {k: v for k, v in recalled.items() if k != "recall"}
         yield entry

@@ -128,6 +128,21 @@ class BrokerClient:
         result: dict[str, Any] = self._call("POST", f"/v1/inbox/{mid}/ack", json={"ack": ack_jws})
         return result
 
+    def recall(self, mid: str, recall_jws: str) -> dict[str, Any]:
+        """Recall a message we sent with our focal point's signed `recall+jws` (a second recall
+        answers with the first one's result)."""
+        result: dict[str, Any] = self._call(
+            "POST", f"/v1/messages/{mid}/recall", json={"recall": recall_jws}
+        )
+        return result
+
+    def comply(self, mid: str, compliance_jws: str) -> dict[str, Any]:
+        """Post our signed `recall-compliance+jws` answering the recall of message `mid`."""
+        result: dict[str, Any] = self._call(
+            "POST", f"/v1/inbox/{mid}/compliance", json={"compliance": compliance_jws}
+        )
+        return result
+
     def get(self, path: str, **params: Any) -> Any:
         """Any other GET (log checkpoints and proofs, audit queries)."""
         return self._call("GET", path, params=params or None)
