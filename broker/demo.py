@@ -579,7 +579,9 @@ def _scenario(
         "The first envelope submitted again",
         f"the original receipt ({same['event_id'] == answer['event_id'] and 'same event'})",
     )
-    console().rule("6. Partner agencies' witnesses cosign the log")
+    outcomes["recall"] = _recall(client, store, data_dir, log_key, body)
+    outcomes["purged"] = _purge(client["vn-gdc-hcm"], draft.mid)
+    console().rule("8. Partner agencies' witnesses cosign the log")
     witness_keys = _witnesses(admin, client, data_dir, log_key, passphrase)
     outcomes["witnesses"] = len(witness_keys)
     outcomes["audit"] = _audit(
@@ -711,6 +713,93 @@ def _prosecutors(client: dict[str, Any], store: Keystore, data_dir: Path, log_ke
     return str(delivery["state"])
 
 
+def _recall(
+    client: dict[str, Any], store: Keystore, data_dir: Path, log_key: str, body: dict[str, Any]
+) -> dict[str, str]:
+    """A Mekong Dragon alert recalled as inaccurate: withdrawn unread from CN-GACC, erased by
+    HK-CED, which had opened it, on the recall notice its inbox brought."""
+    from broker.sdk import agent
+
+    console().rule("6. A recall: withdrawn unread, or erased by the partner who read it")
+    draft = agent.compose(
+        client["vn-gdc-hcm"],
+        store.signing_key("VN-GDC/fp-hcm-01"),
+        sender_fp="VN-GDC/fp-hcm-01",
+        recipients=["CN-GACC", "HK-CED"],
+        agreement="MEKONG-DRAGON",
+        operation="MEKONG-DRAGON-V",
+        offence="cites_wildlife",
+        body=dict(body, title="Second ivory consignment, same route (later found inaccurate)"),
+    )
+    agent.send(client["vn-gdc-hcm"], draft)
+    hk = agent.InboxPuller(
+        client["hk-ced-inbox"], store, "HK-CED", data_dir / "inbox-HK-CED", log_key=log_key
+    )
+    _pull_until(hk, lambda p: p.mid == draft.mid)
+    _ok("VN-GDC alerted CN-GACC and HK-CED; HK-CED opened it", f"mid {draft.mid}")
+    agent.recall(
+        client["vn-gdc-hcm"],
+        store.signing_key("VN-GDC/fp-hcm-01"),
+        sender_fp="VN-GDC/fp-hcm-01",
+        mid=draft.mid,
+        reason="inaccurate",
+    )
+    _ok("VN-GDC recalled it as inaccurate", "a recall+jws signed by VN-GDC/fp-hcm-01")
+    _pull_until(hk, lambda p: p.status == "recalled")
+    _ok("HK-CED's inbox brought the recall notice", "its copy erased, the erasure signed back")
+    recall = client["vn-gdc-hcm"].status(draft.mid)["recall"]
+    states = {r["recipient"]: r["compliance"] or r["outcome"] for r in recall["recipients"]}
+    _ok(
+        "VN-GDC's status of the recall",
+        ", ".join(f"{who} {what}" for who, what in sorted(states.items())),
+    )
+    return states
+
+
+def _pull_until(puller: Any, wanted: Any, rounds: int = 10) -> None:
+    """Pull until an item `wanted` says is the one came (the relay makes it available within
+    a moment of the commit; a pull ends at the end of what is already there)."""
+    for _ in range(rounds):
+        if any(wanted(p) for p in puller.pull(wait=5)):
+            return
+    raise RuntimeError("the expected inbox item did not come")
+
+
+def _purge(client: Any, mid: str) -> str:
+    """The first alert, six years on: VN-HK-CMAA-2013 keeps messages five, so the retention
+    purge deletes its envelope and acknowledgement; the log keeps its leaves."""
+    import uuid
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from broker import db
+    from broker.ids import utcnow
+    from broker.lifecycle import service as lifecycle
+    from broker.messages.models import Message
+    from broker.sdk.client import BrokerAPIError
+
+    console().rule("7. Six years on: the retention purge")
+    # The demo moves this one alert's acceptance time back, as six years of waiting would.
+    accepted = utcnow() - timedelta(days=6 * 366)
+    db.call(
+        lambda s: s.execute(
+            update(Message).where(Message.mid == uuid.UUID(mid)).values(received_at=accepted)
+        )
+    )
+    purged = db.call(lifecycle.purge)
+    _ok(
+        "The first alert is past VN-HK-CMAA-2013's retention (P5Y)",
+        f"purged ({purged} message): its envelope and acknowledgement deleted",
+    )
+    try:
+        client.status(mid)
+        return "kept (unexpected)"
+    except BrokerAPIError as exc:
+        _ok("VN-GDC asks for its status", f"{exc.code}; the log keeps its leaves")
+        return exc.code
+
+
 def _results(client: Any) -> dict[str, int]:
     """VN-GDC, Mekong Dragon V's coordinator, reads the operation's results by phase."""
     results = client.get("/v1/operations/MEKONG-DRAGON-V/results")
@@ -812,7 +901,7 @@ def _audit(
     witness_keys: list[str],
 ) -> dict[str, Any]:
     """The auditor's view: the exchanges, the refusals, and an independent log check."""
-    console().rule("7. The auditor reviews the exchange log and verifies it")
+    console().rule("9. The auditor reviews the exchange log and verifies it")
     try:
         events = auditor.get("/v1/audit/events", limit=500)
     except Exception as exc:

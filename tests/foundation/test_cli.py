@@ -135,6 +135,10 @@ def test_demo_exit_writes_credentials(tmp_path: Path) -> None:
     # Addressed to the members of MEKONG-DRAGON-V: all 27 but the sender, RILO A/P included.
     assert outcomes["group"] == 26
     assert outcomes["prosecutors"] == "acknowledged"  # MZ-PGR acknowledged VN-SPP's alert
+    # Recalled: withdrawn unread from CN-GACC, erased by HK-CED on the notice; and the first
+    # alert purged six years on, the log still verifying (audit above).
+    assert outcomes["recall"] == {"CN-GACC": "withdrawn", "HK-CED": "erased"}
+    assert outcomes["purged"] == "message.purged"
     assert outcomes["acks"] == ["HK-CED"]  # the sender verified the ack it got back
     assert outcomes["witnesses"] == 2
     assert sum(outcomes["results"].values()) == 2  # two seizure feedbacks, by phase
