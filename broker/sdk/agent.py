@@ -393,6 +393,21 @@ class InboxPuller:
             if not page["items"] or page.get("more") is False:
                 return results
 
+    def _prove(
+        self, item: dict[str, Any]
+    ) -> tuple[logcheck.ProvenLeaf | None, tuple[str, str | None, str | None] | None]:
+        """The item's leaf proven on the log, or the (status, reason, detail) of its refusal.
+        Not yet on the log within its promised delay (and a grace): raised, to wait."""
+        try:
+            return self.witness.prove(item), None
+        except logcheck.NotYetLogged as exc:
+            if time.time() * 1000 <= exc.due_ms + logcheck.GRACE_MS:
+                raise
+            late = f"not in the log {logcheck.GRACE_MS // 1000} s after the promised delay"
+            return None, ("rejected", "log_proof_failed", late)
+        except logcheck.LogProofFailed as exc:
+            return None, ("rejected", "log_proof_failed", str(exc))
+
     def _settle(
         self, item: dict[str, Any], enc_keys: list[keys.EncryptionKey], signer: keys.SigningKey
     ) -> Pulled:
@@ -422,16 +437,8 @@ class InboxPuller:
                 return Pulled(item["seq"], mid, sender, "duplicate", previous.get("reason"), folder)
             # Another envelope under a settled (sender, mid): opened, kept apart, refused.
             reused, folder = True, folder / "reused" / digest
-        status, reason, detail = "decrypted", None, None
-        try:
-            proven: logcheck.ProvenLeaf | None = self.witness.prove(item)
-        except logcheck.NotYetLogged as exc:
-            if time.time() * 1000 <= exc.due_ms + logcheck.GRACE_MS:
-                raise
-            proven, status, reason = None, "rejected", "log_proof_failed"
-            detail = f"not in the log {logcheck.GRACE_MS // 1000} s after the promised delay"
-        except logcheck.LogProofFailed as exc:
-            proven, status, reason, detail = None, "rejected", "log_proof_failed", str(exc)
+        proven, refusal = self._prove(item)
+        status, reason, detail = refusal or ("decrypted", None, None)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "outer.jws").write_text(item["envelope"])
         (folder / "receipt.jws").write_text(item["receipt"])
@@ -508,9 +515,7 @@ class InboxPuller:
 
     # --- recall notices (docs/data-lifecycle.md, "Recall") -----------------------------------
 
-    def _settle_recall(
-        self, item: dict[str, Any], digest: str, signer: keys.SigningKey
-    ) -> Pulled:
+    def _settle_recall(self, item: dict[str, Any], digest: str, signer: keys.SigningKey) -> Pulled:
         """A recall notice: proven in the log like any item, its statement verified with the
         sender focal point's key, then our copy of the message erased (a tombstone kept), our
         signed answer `erased` posted and the notice acknowledged `received`. A notice that does
@@ -530,19 +535,9 @@ class InboxPuller:
             told = self._ack(item, digest, signer, "rejected", "replay")
             said = "; ".join(d for d in (why, told) if d)
             return Pulled(item["seq"], rid, sender, "rejected", "replay", folder, said)
-        status: str = "recalled"
-        reason: str | None = None
-        detail: str | None = None
         statement: dict[str, Any] | None = None
-        try:
-            proven: logcheck.ProvenLeaf | None = self.witness.prove(item)
-        except logcheck.NotYetLogged as exc:
-            if time.time() * 1000 <= exc.due_ms + logcheck.GRACE_MS:
-                raise
-            proven, status, reason = None, "rejected", "log_proof_failed"
-            detail = f"not in the log {logcheck.GRACE_MS // 1000} s after the promised delay"
-        except logcheck.LogProofFailed as exc:
-            proven, status, reason, detail = None, "rejected", "log_proof_failed", str(exc)
+        proven, refusal = self._prove(item)
+        status, reason, detail = refusal or ("recalled", None, None)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "notice.jws").write_text(item["envelope"])
         (folder / "receipt.jws").write_text(item["receipt"])

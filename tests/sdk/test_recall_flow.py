@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -171,7 +172,7 @@ def inject(jws: str, rid: str) -> Hostile:
     from broker.audit import jobs as audit_jobs
     from broker.audit import service as audit
     from broker.messages.repository import leaf_index
-    from broker.messages.service import MAX_MERGE_DELAY_MS
+    from broker.messages.service import sign_receipt
 
     digest = keys.sha256_b64u(jws.encode())
     details = {
@@ -188,21 +189,7 @@ def inject(jws: str, rid: str) -> Hostile:
     event = db.call(audit.record, "msg.accepted", actor=FP, subject="VN-GDC", details=details)
     audit_jobs.sequence_pending()
     index = db.call(leaf_index, event.id)
-    broker = keyring.load_or_create()
-    receipt = env.sign_compact(
-        {
-            "v": 1,
-            "mid": rid,
-            "sender": "VN-GDC",
-            "envelope_sha256": digest,
-            "accepted_at": int(event.created_at.timestamp() * 1000),
-            "event_id": str(event.id),
-            "log_origin": broker.log_origin,
-            "max_merge_delay_ms": MAX_MERGE_DELAY_MS,
-        },
-        broker.receipt,
-        env.TYP_RECEIPT,
-    )
+    receipt = sign_receipt(uuid.UUID(rid), "VN-GDC", digest, event.created_at, event.id)
     served: list[bool] = []
 
     def rewrite(request: httpx2.Request, response: httpx2.Response) -> httpx2.Response | None:
