@@ -43,6 +43,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "audit.bad_filter": (422, "Bad filter"),
     "audit.not_overseen": (403, "Agency not overseen by this auditor"),
     "auth.forbidden": (403, "Not permitted for this role"),
+    "auth.principal_suspended": (403, "The principal's focal point or agency is suspended"),
     "auth.sender_mismatch": (403, "Authenticated focal point is not the signer"),
     "auth.token_expired": (401, "Token expired"),
     "auth.token_revoked": (401, "Token revoked"),
@@ -149,6 +150,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "registry.id_mismatch": (422, "Document id does not match the path"),
     "registry.invalid_document": (422, "Invalid document"),
     "registry.not_a_party": (422, "Not a party to the agreement"),
+    "registry.status_unchanged": (409, "Already in that state"),
     "registry.unknown_agency": (422, "Unknown agency"),
     "registry.unknown_agreement": (422, "Unknown agreement"),
     "registry.unknown_country": (422, "Unknown country code"),
@@ -309,6 +311,11 @@ class Forbidden(BrokerError, code="auth.forbidden"):
     """The token's role may not call this operation."""
 
 
+class PrincipalSuspended(BrokerError, code="auth.principal_suspended"):
+    """The token is valid, but the focal point or agency its principal is bound to is
+    suspended (the detail says which): ask the operator; reactivation restores the token."""
+
+
 class Conflict(BrokerError, code="request.conflict"):
     """The request conflicts with the current state."""
 
@@ -325,13 +332,15 @@ class RateLimited(BrokerError, code="rate.limited"):
     """Too many requests (or failed authentications): retry after `Retry-After` seconds."""
 
 
-# What any gated route may answer besides its own errors: the token check (401), the request
-# parser (400 malformed JSON, 422 invalid fields), the body limits (408, 413), the rate
-# limiter (429), a database outage (503) and a fault of the broker's own (500).
+# What any gated route may answer besides its own errors: the token check (401; 403 for a
+# suspended binding), the request parser (400 malformed JSON, 422 invalid fields), the body
+# limits (408, 413), the rate limiter (429), a database outage (503) and a fault of the
+# broker's own (500).
 COMMON_ERRORS: tuple[type[BrokerError], ...] = (
     Unauthenticated,
     TokenExpired,
     TokenRevoked,
+    PrincipalSuspended,
     MalformedRequest,
     InvalidRequest,
     RequestTimeout,
@@ -439,6 +448,11 @@ class DuplicateId(BrokerError, code="registry.duplicate_id"):
 
 class UnknownAgency(BrokerError, code="registry.unknown_agency"):
     """The agency id is not registered."""
+
+
+class StatusUnchanged(BrokerError, code="registry.status_unchanged"):
+    """The agency, focal point or principal already has that status, or the designation
+    already ends on that day: nothing was changed or logged."""
 
 
 # --- docs/reason-codes.md, generated: `python -m broker.errors` (`--check` in CI and tests) ---

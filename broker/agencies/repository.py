@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.agencies.models import Agency, FocalPoint
+from broker.messages.models import Delivery, Message
 
 
 async def agency(session: AsyncSession, agency_id: str) -> Agency | None:
@@ -29,4 +31,16 @@ async def focal_points(session: AsyncSession, agency_id: str | None = None) -> S
     stmt = select(FocalPoint).order_by(FocalPoint.id)
     if agency_id is not None:
         stmt = stmt.where(FocalPoint.agency_id == agency_id)
+    return (await session.scalars(stmt)).all()
+
+
+async def held_messages(session: AsyncSession, agency_id: str) -> Sequence[uuid.UUID]:
+    """The messages with a delivery to `agency_id` still queued, oldest first: those the relay
+    held while the agency was suspended (and any the relay has not reached yet)."""
+    stmt = (
+        select(Message.id)
+        .join(Delivery, Delivery.message_id == Message.id)
+        .where(Delivery.recipient == agency_id, Delivery.state == "queued")
+        .order_by(Message.received_at, Message.id)
+    )
     return (await session.scalars(stmt)).all()

@@ -16,6 +16,7 @@ from broker.agencies.schemas import (
     AgencyOut,
     FocalPointIn,
     FocalPointOut,
+    StatusChangeIn,
 )
 from broker.deps import AdminCaller, AnyCaller, SessionDep, StrictJSONRoute
 from broker.errors import (
@@ -23,6 +24,7 @@ from broker.errors import (
     Forbidden,
     InvalidRequest,
     NotFound,
+    StatusUnchanged,
     UnknownAgency,
     error_responses,
 )
@@ -110,6 +112,66 @@ async def list_focal_points(
     return [
         FocalPointOut.model_validate(fp) for fp in await service.list_focal_points(session, agency)
     ]
+
+
+_STATUS_ERRORS = error_responses(Forbidden, NotFound, StatusUnchanged)
+# The body of every suspend, reactivate, disable and enable (the auth router's too).
+StatusBody = Annotated[
+    StatusChangeIn,
+    Body(
+        openapi_examples={
+            "reason": {
+                "summary": "why, for the log",
+                "value": {"reason": "MoU renewal pending; exchanges paused"},
+            }
+        }
+    ),
+]
+
+
+@admin.post("/agencies/{agency_id}/suspend", responses=_STATUS_ERRORS)
+async def suspend_agency(
+    agency_id: str, data: StatusBody, caller: AdminCaller, session: SessionDep
+) -> AgencyOut:
+    """Suspend an agency: its tokens are refused and its focal points may not submit;
+    deliveries to it wait, queued, until it is reactivated (409 if already suspended)."""
+    agency = await service.suspend_agency(
+        session, agency_id, reason=data.reason, actor=caller.actor
+    )
+    return AgencyOut.model_validate(agency)
+
+
+@admin.post("/agencies/{agency_id}/reactivate", responses=_STATUS_ERRORS)
+async def reactivate_agency(
+    agency_id: str, data: StatusBody, caller: AdminCaller, session: SessionDep
+) -> AgencyOut:
+    """Reactivate a suspended agency; the deliveries held meanwhile arrive in order."""
+    agency = await service.reactivate_agency(
+        session, agency_id, reason=data.reason, actor=caller.actor
+    )
+    return AgencyOut.model_validate(agency)
+
+
+@admin.post("/focal-points/{agency_id}/{slug}/suspend", responses=_STATUS_ERRORS)
+async def suspend_focal_point(
+    agency_id: str, slug: str, data: StatusBody, caller: AdminCaller, session: SessionDep
+) -> FocalPointOut:
+    """Suspend a focal point: its tokens are refused and it may not submit."""
+    fp = await service.suspend_focal_point(
+        session, f"{agency_id}/{slug}", reason=data.reason, actor=caller.actor
+    )
+    return FocalPointOut.model_validate(fp)
+
+
+@admin.post("/focal-points/{agency_id}/{slug}/reactivate", responses=_STATUS_ERRORS)
+async def reactivate_focal_point(
+    agency_id: str, slug: str, data: StatusBody, caller: AdminCaller, session: SessionDep
+) -> FocalPointOut:
+    """Put a suspended focal point back in service."""
+    fp = await service.reactivate_focal_point(
+        session, f"{agency_id}/{slug}", reason=data.reason, actor=caller.actor
+    )
+    return FocalPointOut.model_validate(fp)
 
 
 @public.get("/agencies", summary="Agencies you may address", responses=error_responses(Forbidden))

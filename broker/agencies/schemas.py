@@ -104,3 +104,17 @@ class FocalPointOut(FocalPointIn):
     agency_id: str
     status: str
     created_at: datetime
+
+
+class StatusChangeIn(BaseModel):
+    """Why an agency, focal point or principal is suspended or disabled, or back in service.
+
+    The reason goes on the log (`note`), which auditors and the named agency read: say what
+    happened in terms of the arrangement, never personal data.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(
+        min_length=1, max_length=200, examples=["MoU renewal pending; exchanges paused"]
+    )

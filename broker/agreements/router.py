@@ -14,12 +14,13 @@ from broker.agreements.schemas import (
     EXAMPLE_OPERATION,
     AgreementOut,
     AgreementView,
+    DesignationEndIn,
     DesignationIn,
     DesignationOut,
     OperationOut,
 )
 from broker.deps import AdminCaller, PartyCaller, SessionDep, StrictJSONRoute
-from broker.errors import DuplicateId, Forbidden, NotFound, error_responses
+from broker.errors import DuplicateId, Forbidden, NotFound, StatusUnchanged, error_responses
 
 admin = APIRouter(prefix="/v1/admin", tags=["admin: agreements"], route_class=StrictJSONRoute)
 public = APIRouter(prefix="/v1", tags=["agreements"], route_class=StrictJSONRoute)
@@ -176,6 +177,36 @@ async def designations(
         DesignationOut.model_validate(d)
         for d in await service.designations(session, f"{agency_id}/{slug}")
     ]
+
+
+@admin.post(
+    "/focal-points/{agency_id}/{slug}/designations/{agreement_id}/end",
+    summary="End a focal point's designation",
+    responses=error_responses(Forbidden, NotFound, service.BadValidity, StatusUnchanged),
+)
+async def end_designation(
+    agency_id: str,
+    slug: str,
+    agreement_id: str,
+    data: Annotated[
+        DesignationEndIn,
+        Body(
+            openapi_examples={
+                "end of June": {
+                    "summary": "designated until 30 June (inclusive)",
+                    "value": {"valid_until": "2026-06-30", "reason": "officer reassigned"},
+                }
+            }
+        ),
+    ],
+    caller: AdminCaller,
+    session: SessionDep,
+) -> DesignationOut:
+    """Set the last day of the designation under the agreement that covers that day."""
+    row = await service.end_designation(
+        session, f"{agency_id}/{slug}", agreement_id, data, actor=caller.actor
+    )
+    return DesignationOut.model_validate(row)
 
 
 @admin.post("/world", responses=error_responses(*_DOC_ERRORS))

@@ -82,6 +82,15 @@ class DesignationIn(BaseModel):
     valid_until: date | None = Field(default=None, examples=[None])
 
 
+class DesignationEndIn(BaseModel):
+    """When a designation ends: its last day (inclusive), today or later, and why."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    valid_until: date = Field(examples=["2026-06-30"])
+    reason: str = Field(min_length=1, max_length=200, examples=["officer reassigned"])
+
+
 class DesignationOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 

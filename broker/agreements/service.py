@@ -15,11 +15,17 @@ from broker.agencies import repository as agency_repo
 from broker.agreements import repository
 from broker.agreements.models import Agreement, AgreementVersion, Designation, Operation
 from broker.agreements.policy import Policy, assured
-from broker.agreements.schemas import AgreementView, DesignationIn, DesignationView, Direction
+from broker.agreements.schemas import (
+    AgreementView,
+    DesignationEndIn,
+    DesignationIn,
+    DesignationView,
+    Direction,
+)
 from broker.audit import service as audit
 from broker.auth.service import Caller
 from broker.crypto.jcs import canonical
-from broker.errors import BrokerError, DuplicateId, FieldProblem, exists
+from broker.errors import BrokerError, DuplicateId, FieldProblem, StatusUnchanged, exists
 from broker.ids import new_id, utcnow
 from broker.registry import snapshot as registry
 from broker.schemas import vocab
@@ -384,6 +390,59 @@ async def designate(
             "agreement": data.agreement,
             "valid_from": str(data.valid_from),
             "valid_until": str(data.valid_until) if data.valid_until else None,
+        },
+    )
+    return row
+
+
+async def end_designation(
+    session: AsyncSession,
+    focal_point_id: str,
+    agreement_id: str,
+    data: DesignationEndIn,
+    *,
+    actor: str,
+) -> Designation:
+    """End the designation under `agreement_id` that covers `data.valid_until` on that day.
+
+    Only shortens, never in the past: decisions already taken stand (to stop a focal point at
+    once, suspend it). 404 if no designation covers the day; 409 `registry.status_unchanged`
+    if it already ends that day. Logged as `designation.changed`, with the reason as `note`.
+    """
+    exists(
+        await agency_repo.focal_point(session, focal_point_id), f"focal point {focal_point_id!r}"
+    )
+    day = data.valid_until
+    if day < utcnow().date():
+        raise BadValidity(
+            "a designation cannot end in the past",
+            errors=[FieldProblem(pointer="/valid_until", detail="before today (UTC)")],
+        )
+    found = [
+        d
+        for d in await repository.designations(
+            session, focal_point_id=focal_point_id, agreement_id=agreement_id
+        )
+        if d.valid_from <= day and (d.valid_until is None or day <= d.valid_until)
+    ]
+    row = exists(
+        found[0] if found else None,
+        f"designation of {focal_point_id} under {agreement_id!r} covering {day}",
+    )
+    if row.valid_until == day:
+        raise StatusUnchanged(f"the designation already ends on {day}")
+    row.valid_until = day
+    await session.flush()
+    await audit.record(
+        session,
+        "designation.changed",
+        actor=actor,
+        subject=focal_point_id,
+        details={
+            "agreement": agreement_id,
+            "valid_from": str(row.valid_from),
+            "valid_until": str(day),
+            "note": data.reason,
         },
     )
     return row

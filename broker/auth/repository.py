@@ -10,6 +10,7 @@ from datetime import datetime
 from sqlalchemy import bindparam, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from broker.agencies.models import Agency, FocalPoint
 from broker.auth.models import Credential, Principal
 from broker.registry.models import RegistryState
 
@@ -27,6 +28,10 @@ class TokenRow:
     focal_point_id: str | None
     audit_agencies: list[str] | None
     status: str
+    # The bound agency's and focal point's status (None: not bound, or not read, as by the
+    # console, whose auditors are bound to neither).
+    agency_status: str | None = None
+    focal_point_status: str | None = None
 
 
 # Every request of every route runs this: columns only (no ORM rows), and the registry stamp
@@ -49,12 +54,17 @@ _TOKEN_AND_STAMP = (
     select(
         select(RegistryState.stamp).where(RegistryState.id == 1).scalar_subquery().label("stamp"),
         *TOKEN_COLUMNS,
+        Agency.status.label("agency_status"),
+        FocalPoint.status.label("focal_point_status"),
     )
     .select_from(_ONE)
     .outerjoin(
         # A join of the tables, not of the ORM classes: the latter is flattened out of the
         # parentheses and the outer join would cover credentials alone.
-        Credential.__table__.join(Principal.__table__, Principal.id == Credential.principal_id),
+        Credential.__table__.join(Principal.__table__, Principal.id == Credential.principal_id)
+        # The binding's status, for refusing a suspended one (`auth.service.caller_of`).
+        .outerjoin(Agency.__table__, Agency.id == Principal.agency_id)
+        .outerjoin(FocalPoint.__table__, FocalPoint.id == Principal.focal_point_id),
         Credential.token_hash == bindparam("token_hash"),
     )
 )
@@ -87,6 +97,12 @@ async def principal(session: AsyncSession, principal_id: uuid.UUID) -> Principal
 
 async def principal_by_name(session: AsyncSession, name: str) -> Principal | None:
     return await session.scalar(select(Principal).where(Principal.name == name))
+
+
+async def set_status(session: AsyncSession, principal: Principal, status: str) -> None:
+    """Change a principal's status ('active' or 'disabled'); the caller logs it."""
+    principal.status = status
+    await session.flush()
 
 
 async def list_principals(session: AsyncSession) -> Sequence[Principal]:

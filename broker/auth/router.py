@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body
 
+from broker.agencies.router import StatusBody
 from broker.auth import service
 from broker.auth.models import Credential
 from broker.auth.schemas import (
@@ -19,7 +20,14 @@ from broker.auth.schemas import (
 )
 from broker.auth.service import Caller
 from broker.deps import AdminCaller, AnyCaller, SessionDep, StrictJSONRoute
-from broker.errors import DuplicateId, Forbidden, InvalidRequest, NotFound, error_responses
+from broker.errors import (
+    DuplicateId,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    StatusUnchanged,
+    error_responses,
+)
 
 admin = APIRouter(prefix="/v1/admin", tags=["admin: access"], route_class=StrictJSONRoute)
 public = APIRouter(prefix="/v1", tags=["access"], route_class=StrictJSONRoute)
@@ -102,6 +110,32 @@ async def issue_token(
         name,
         await service.issue_token(session, principal, actor=caller.actor, ttl_days=data.ttl_days),
     )
+
+
+@admin.post(
+    "/principals/{name}/disable", responses=error_responses(Forbidden, NotFound, StatusUnchanged)
+)
+async def disable_principal(
+    name: str, data: StatusBody, caller: AdminCaller, session: SessionDep
+) -> PrincipalOut:
+    """Disable a principal: all its tokens stop working at once (409 if already disabled)."""
+    principal = await service.set_principal_status(
+        session, name, "disabled", reason=data.reason, actor=caller.actor
+    )
+    return PrincipalOut.model_validate(principal)
+
+
+@admin.post(
+    "/principals/{name}/enable", responses=error_responses(Forbidden, NotFound, StatusUnchanged)
+)
+async def enable_principal(
+    name: str, data: StatusBody, caller: AdminCaller, session: SessionDep
+) -> PrincipalOut:
+    """Enable a disabled principal again: its unexpired, unrevoked tokens work again."""
+    principal = await service.set_principal_status(
+        session, name, "active", reason=data.reason, actor=caller.actor
+    )
+    return PrincipalOut.model_validate(principal)
 
 
 @admin.post(

@@ -18,7 +18,14 @@ from broker.audit import service as audit
 from broker.auth import repository
 from broker.auth.models import Credential, Principal
 from broker.config import settings
-from broker.errors import DuplicateId, InvalidRequest, Unauthenticated, exists
+from broker.errors import (
+    DuplicateId,
+    InvalidRequest,
+    PrincipalSuspended,
+    StatusUnchanged,
+    Unauthenticated,
+    exists,
+)
 from broker.errors import TokenExpired as TokenExpired
 from broker.errors import TokenRevoked as TokenRevoked
 from broker.ids import new_id, utcnow
@@ -96,6 +103,11 @@ def caller_of(found: repository.TokenRow | None, now: datetime | None = None) ->
         raise TokenExpired("this token has expired")
     if found.status != "active":
         raise Unauthenticated("this principal is disabled")
+    # A suspended binding refuses the token without revoking it: reactivation restores it.
+    if found.agency_status not in (None, "active"):
+        raise PrincipalSuspended(f"agency {found.agency_id} is suspended")
+    if found.focal_point_status not in (None, "active"):
+        raise PrincipalSuspended(f"focal point {found.focal_point_id} is suspended")
     return Caller(
         principal_id=found.principal_id,
         name=found.name,
@@ -201,6 +213,29 @@ async def revoke_token(
             session, "token.revoked", actor=actor, subject=f"credential:{credential_id}"
         )
     return credential
+
+
+async def set_principal_status(
+    session: AsyncSession, name: str, status: str, *, reason: str, actor: str
+) -> Principal:
+    """Disable a principal ('disabled': its tokens stop working at once) or enable it again.
+
+    Not idempotent on purpose: asking for the status it already has is 409
+    `registry.status_unchanged`, and nothing is logged (the log holds changes only).
+    """
+    principal = await principal_by_name(session, name)
+    if principal.status == status:
+        raise StatusUnchanged(f"principal {name!r} is already {status}")
+    await repository.set_status(session, principal, status)
+    await audit.record(
+        session,
+        "principal.disabled" if status == "disabled" else "principal.enabled",
+        actor=actor,
+        subject=f"principal:{name}",
+        details={"role": principal.role, "note": reason}
+        | ({"agency": principal.agency_id} if principal.agency_id else {}),
+    )
+    return principal
 
 
 async def list_principals(session: AsyncSession) -> Sequence[Principal]:

@@ -101,6 +101,36 @@ def agency_list(data_dir: DataDir = None) -> None:
     _dump(list(call(data_dir, service.list_agencies)))
 
 
+Reason = Annotated[
+    str, typer.Option("--reason", help="Why (1-200 characters); goes on the log, no personal data")
+]
+
+
+def _reason(reason: str) -> str:
+    from broker.agencies.schemas import StatusChangeIn
+
+    return validated(StatusChangeIn, {"reason": reason}, {"reason": "--reason"}).reason
+
+
+@agency_app.command("suspend")
+def agency_suspend(agency_id: str, reason: Reason, data_dir: DataDir = None) -> None:
+    """Suspend an agency: its tokens are refused, its focal points may not submit, and
+    deliveries to it wait until it is reactivated."""
+    from broker.agencies import service
+
+    why = _reason(reason)
+    _dump(call(data_dir, service.suspend_agency, agency_id, reason=why, actor=_actor()))
+
+
+@agency_app.command("reactivate")
+def agency_reactivate(agency_id: str, reason: Reason, data_dir: DataDir = None) -> None:
+    """Reactivate a suspended agency; the deliveries held meanwhile arrive in order."""
+    from broker.agencies import service
+
+    why = _reason(reason)
+    _dump(call(data_dir, service.reactivate_agency, agency_id, reason=why, actor=_actor()))
+
+
 @fp_app.command("create")
 def fp_create(
     focal_point_id: str,
@@ -159,6 +189,48 @@ def fp_designate(
         {"agreement": "AGREEMENT", "valid_from": "--from", "valid_until": "--until"},
     )
     _dump(call(data_dir, service.designate, focal_point_id, data, actor=_actor()))
+
+
+@fp_app.command("suspend")
+def fp_suspend(focal_point_id: str, reason: Reason, data_dir: DataDir = None) -> None:
+    """Suspend a focal point (`AGENCY/slug`): its tokens are refused and it may not submit."""
+    from broker.agencies import service
+
+    why = _reason(reason)
+    _dump(call(data_dir, service.suspend_focal_point, focal_point_id, reason=why, actor=_actor()))
+
+
+@fp_app.command("reactivate")
+def fp_reactivate(focal_point_id: str, reason: Reason, data_dir: DataDir = None) -> None:
+    """Put a suspended focal point back in service."""
+    from broker.agencies import service
+
+    why = _reason(reason)
+    _dump(
+        call(data_dir, service.reactivate_focal_point, focal_point_id, reason=why, actor=_actor())
+    )
+
+
+@fp_app.command("end-designation")
+def fp_end_designation(
+    focal_point_id: str,
+    agreement: str,
+    valid_until: Annotated[
+        datetime, typer.Option("--until", formats=["%Y-%m-%d"], help="Last day (inclusive)")
+    ],
+    reason: Reason,
+    data_dir: DataDir = None,
+) -> None:
+    """End the designation under AGREEMENT that covers --until on that day."""
+    from broker.agreements import service
+    from broker.agreements.schemas import DesignationEndIn
+
+    data = validated(
+        DesignationEndIn,
+        {"valid_until": valid_until.date(), "reason": reason},
+        {"valid_until": "--until", "reason": "--reason"},
+    )
+    _dump(call(data_dir, service.end_designation, focal_point_id, agreement, data, actor=_actor()))
 
 
 @key_app.command("register")
@@ -357,6 +429,26 @@ def token_list(name: str, data_dir: DataDir = None) -> None:
         ]
 
     print_json(call(data_dir, action))
+
+
+@token_app.command("disable")
+def principal_disable(name: str, reason: Reason, data_dir: DataDir = None) -> None:
+    """Disable a principal: all its tokens stop working at once."""
+    from broker.auth import service
+
+    why = _reason(reason)
+    _dump(
+        call(data_dir, service.set_principal_status, name, "disabled", reason=why, actor=_actor())
+    )
+
+
+@token_app.command("enable")
+def principal_enable(name: str, reason: Reason, data_dir: DataDir = None) -> None:
+    """Enable a disabled principal again."""
+    from broker.auth import service
+
+    why = _reason(reason)
+    _dump(call(data_dir, service.set_principal_status, name, "active", reason=why, actor=_actor()))
 
 
 push_app = typer.Typer(no_args_is_help=True, help="Push delivery to partner endpoints.")

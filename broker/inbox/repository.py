@@ -33,6 +33,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
 from broker import db
+from broker.agencies.models import Agency
 from broker.audit.models import AuditEvent
 from broker.messages.models import Delivery, InboxCounter, Message, Outbox
 from broker.push.models import PushAttempt, PushEndpoint
@@ -164,6 +165,26 @@ async def queued_deliveries(
         .with_for_update(of=Delivery)
     )
     return result.all()
+
+
+async def recipient_statuses(session: AsyncSession, agencies: Sequence[str]) -> dict[str, str]:
+    """The recipients' statuses, their rows locked in id order (FOR NO KEY UPDATE).
+
+    The lock orders a relay and a reactivation of the same agency (`agencies.service`): the
+    reactivation's update waits for a relay that read "suspended" and then sees the deliveries
+    it held; a relay that waits for the reactivation reads "active". NO KEY UPDATE leaves the
+    foreign-key checks of concurrent submissions (KEY SHARE) unblocked; taken before the inbox
+    counters, in the same order, it adds no deadlock.
+    """
+    if not agencies:
+        return {}
+    rows = await session.execute(
+        select(Agency.id, Agency.status)
+        .where(Agency.id.in_(sorted(set(agencies))))
+        .order_by(Agency.id)
+        .with_for_update(key_share=True)
+    )
+    return {agency_id: status for agency_id, status in rows}
 
 
 async def take_seqs(session: AsyncSession, agency: str, count: int) -> int:

@@ -103,13 +103,22 @@ def _retry_delay(attempts: int) -> timedelta:
 
 
 async def _deliver(session: AsyncSession, claimed: Sequence[Claimed], now: datetime) -> None:
-    """Make the claimed messages' queued deliveries available, record them, settle the rows."""
+    """Make the claimed messages' queued deliveries available, record them, settle the rows.
+
+    A delivery to a suspended agency is held: it stays `queued`, without an inbox number or a
+    `msg.delivered` event, while the outbox row is settled for the other recipients.
+    Reactivating the agency writes a new outbox row per held message, oldest first
+    (`agencies.service.reactivate_agency`), so held copies arrive in order, once, numbered
+    after what the inbox already holds; one whose `exp` passes meanwhile expires as usual.
+    """
     queued = await repository.queued_deliveries(session, [c.ref for c in claimed])
     # A message whose `exp` passed before the relay reached it is never made available.
     late = [row for row in queued if row.exp <= int(now.timestamp())]
     rows = [row for row in queued if row.exp > int(now.timestamp())]
     await repository.expire_now(session, [row.id for row in late], now)
     await _record_expired(session, late)
+    status = await repository.recipient_statuses(session, [row.recipient for row in rows])
+    rows = [row for row in rows if status.get(row.recipient) == "active"]
     by_recipient: dict[str, list[Any]] = defaultdict(list)
     for row in rows:
         by_recipient[row.recipient].append(row)

@@ -32,7 +32,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from broker.agencies.models import FocalPoint
+from broker.agencies.models import Agency, FocalPoint
 from broker.agreements.models import Agreement, AgreementVersion, Designation, Operation
 from broker.agreements.policy import Designation as PolicyDesignation
 from broker.agreements.policy import Policy
@@ -85,6 +85,7 @@ class Snapshot:
     enc_keys: Mapping[str, tuple[DirectoryKey, ...]] = field(default_factory=dict)
     agreements: Mapping[str, tuple[Mapping[str, Any], str]] = field(default_factory=dict)
     operations: Mapping[str, tuple[Mapping[str, Any], str]] = field(default_factory=dict)
+    # Focal point id -> its effective status: "active" only if its agency is active too.
     focal_points: Mapping[str, str] = field(default_factory=dict)
     designations: Mapping[tuple[str, str], tuple[PolicyDesignation, ...]] = field(
         default_factory=dict
@@ -194,9 +195,15 @@ async def load(session: AsyncSession, stamp: str | None) -> Snapshot:
             select(Operation.id, Operation.document, Operation.sha256)
         )
     }
+    # A focal point is active only while its agency is too: a suspended agency's focal points
+    # are all `scope.focal_point_inactive` (the agency's own status shows as "suspended").
     focal_points = {
-        fp_id: status
-        for fp_id, status in await session.execute(select(FocalPoint.id, FocalPoint.status))
+        fp_id: status if agency_status == "active" else "suspended"
+        for fp_id, status, agency_status in await session.execute(
+            select(FocalPoint.id, FocalPoint.status, Agency.status).join(
+                Agency, Agency.id == FocalPoint.agency_id
+            )
+        )
     }
     designations: dict[tuple[str, str], list[PolicyDesignation]] = {}
     for fp, agreement_id, valid_from, valid_until in await session.execute(

@@ -103,6 +103,12 @@ LogKind = Literal[
     "focal_point.created",
     "designation.changed",
     "log.cosigned",
+    "agency.suspended",
+    "agency.reactivated",
+    "focal_point.suspended",
+    "focal_point.reactivated",
+    "principal.disabled",
+    "principal.enabled",
 ]
 PersonRole = Literal[
     "consignor",

@@ -182,6 +182,8 @@ TABLE: dict[tuple[str, str], Row] = {
     ("GET", "/v1/admin/principals"): api(ONLY_ADMIN, 200),
     ("POST", "/v1/admin/principals/{name}/tokens"): api(ONLY_ADMIN, body={}),
     ("POST", "/v1/admin/tokens/{token_id}/revoke"): api(ONLY_ADMIN),
+    ("POST", "/v1/admin/principals/{name}/disable"): api(ONLY_ADMIN, body={}),
+    ("POST", "/v1/admin/principals/{name}/enable"): api(ONLY_ADMIN, body={}),
     # registry: the directory for every authenticated caller, changes for admins only
     ("GET", "/v1/directory/agencies"): api(ANY, 200),
     ("GET", "/v1/directory"): api(ANY, 200),
@@ -192,6 +194,11 @@ TABLE: dict[tuple[str, str], Row] = {
     ("GET", "/v1/admin/agencies/{agency_id}"): api(ONLY_ADMIN, 200),
     ("POST", "/v1/admin/agencies/{agency_id}/focal-points"): api(ONLY_ADMIN, body={}),
     ("GET", "/v1/admin/focal-points"): api(ONLY_ADMIN, 200),
+    # Empty bodies (422): a real suspension would refuse the matrix's own callers.
+    ("POST", "/v1/admin/agencies/{agency_id}/suspend"): api(ONLY_ADMIN, body={}),
+    ("POST", "/v1/admin/agencies/{agency_id}/reactivate"): api(ONLY_ADMIN, body={}),
+    ("POST", "/v1/admin/focal-points/{agency_id}/{slug}/suspend"): api(ONLY_ADMIN, body={}),
+    ("POST", "/v1/admin/focal-points/{agency_id}/{slug}/reactivate"): api(ONLY_ADMIN, body={}),
     ("PUT", "/v1/admin/agencies/{agency_id}/push"): api(ONLY_ADMIN, body={}),
     ("GET", "/v1/admin/agencies/{agency_id}/push"): api(ONLY_ADMIN),
     ("POST", "/v1/admin/keys"): api(ONLY_ADMIN, body={}),
@@ -211,6 +218,9 @@ TABLE: dict[tuple[str, str], Row] = {
     ("PUT", "/v1/admin/operations/{operation_id}"): api(ONLY_ADMIN, body={}),
     ("POST", "/v1/admin/focal-points/{agency_id}/{slug}/designations"): api(ONLY_ADMIN, body={}),
     ("GET", "/v1/admin/focal-points/{agency_id}/{slug}/designations"): api(ONLY_ADMIN, 200),
+    ("POST", "/v1/admin/focal-points/{agency_id}/{slug}/designations/{agreement_id}/end"): api(
+        ONLY_ADMIN, body={}
+    ),
     ("POST", "/v1/admin/world"): api(ONLY_ADMIN, body={}),
     # legal holds: auditors (on messages naming an agency they oversee) and administrators
     ("POST", "/v1/holds"): api(frozenset({AUDITOR, ADMIN}), body={}),
