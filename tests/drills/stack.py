@@ -267,7 +267,8 @@ class Sender:
             return answer
 
     def inbox(self, agency: str) -> list[tuple[int, str]]:
-        """Follow the agency's cursor to the end over HTTP: (seq, mid) in order."""
+        """Follow the agency's cursor to the end over HTTP: (seq, mid) in inbox order (urgent
+        copies served ahead of the cursor come again, in order, and count then)."""
         seen: list[tuple[int, str]] = []
         cursor = ""
         api = next(a for a in reversed(self.apis) if a.alive())
@@ -281,5 +282,5 @@ class Sender:
             items = page.json()["items"]
             if not items:
                 return seen
-            seen += [(item["seq"], item["mid"]) for item in items]
+            seen += sorted((item["seq"], item["mid"]) for item in items if not item["ahead"])
             cursor = page.json()["next_cursor"]
