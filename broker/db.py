@@ -107,17 +107,23 @@ async def until_short(
     session_factory: SessionFactory,
     step: Callable[[AsyncSession], Awaitable[int]],
     batch: int,
+    *,
+    rest: float = 0.0,
 ) -> int:
     """Run `step` in a transaction of its own, again while it did a whole `batch`; the total.
     Each batch commits alone: a crash loses at most the batch in progress, which the next run
-    takes again."""
+    takes again. `rest`: after each whole batch, pause that many times as long as it took."""
+    loop = asyncio.get_running_loop()
     total = 0
     while True:
+        started = loop.time()
         async with session_factory() as session:
             done = await step(session)
         total += done
         if done < batch:
             return total
+        if rest:
+            await asyncio.sleep((loop.time() - started) * rest)
 
 
 async def sqlite_truncate_wal() -> None:

@@ -36,7 +36,10 @@ from broker.messages.models import Message
 from broker.messages.service import Purged
 
 # Messages per batch: one transaction, one `msg.purged` leaf listing each (sender, mid).
-PURGE_BATCH = 200
+PURGE_BATCH = 50
+# A purge is never urgent: after each batch it rests as long as the batch took, so that at most
+# half of one core goes to it and the submits beside it keep their latency (bench/purge_bench.py).
+PURGE_REST = 3.0
 _DURATION = re.compile(
     r"P(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)W)?(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?"
 )
@@ -110,7 +113,7 @@ async def purge(
 async def purge_all(session_factory: db.SessionFactory) -> int:
     """Batches of `purge`, each its own transaction, until one is not full."""
     total = await db.until_short(
-        session_factory, functools.partial(purge, batch=PURGE_BATCH), PURGE_BATCH
+        session_factory, functools.partial(purge, batch=PURGE_BATCH), PURGE_BATCH, rest=PURGE_REST
     )
     if total:
         await db.sqlite_truncate_wal()  # the purged envelopes' old pages in SQLite's log
