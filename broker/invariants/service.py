@@ -252,7 +252,7 @@ def _inboxes(messages: list[MessageRow], deliveries: list[DeliveryRow]) -> list[
                 )
         elif d.inbox_seq is not None:
             seqs[d.recipient].append(d.inbox_seq)
-        elif d.state != "expired":  # expired before the relay reached it: never numbered
+        elif d.state not in ("expired", "recalled"):  # withdrawn before the relay numbered it
             found.append(
                 Violation("inbox.sequence", f"an available entry of {d.recipient} has no number")
             )

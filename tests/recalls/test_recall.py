@@ -136,6 +136,21 @@ def test_copies_not_fetched_are_withdrawn_and_holders_get_a_notice(exchange: Exc
     assert other.status_code == 404
 
 
+def test_a_recall_leaves_every_invariant(exchange: Exchange) -> None:
+    """Withdrawn copies, the notice and the events satisfy the invariant checker."""
+    from broker.invariants import service as invariants
+
+    response, routing, _ = exchange.send(**MEKONG)
+    assert response.status_code == 201
+    mid = str(routing["mid"])
+    assert post_recall(exchange, mid, recall_jws(exchange, mid)[0]).status_code == 201
+    relay()
+    states = {d["state"] for d in status(exchange, mid)["deliveries"]}
+    assert states == {"recalled"}
+    report = db.call(invariants.check)
+    assert report.violations == [], report.violations
+
+
 def test_a_second_recall_answers_with_the_first(exchange: Exchange) -> None:
     mid = sent(exchange)
     first = post_recall(exchange, mid, recall_jws(exchange, mid)[0])
