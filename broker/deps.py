@@ -180,7 +180,12 @@ AuditorCaller = Annotated[Caller, Depends(RoleGate(R.auditor))]
 FocalPointCaller = Annotated[Caller, Depends(RoleGate(R.focal_point))]
 AgencyCaller = Annotated[Caller, Depends(RoleGate(R.agency))]
 PartyCaller = Annotated[Caller, Depends(RoleGate(R.focal_point, R.agency))]
-AnyCaller = Annotated[Caller, Depends(RoleGate(R.focal_point, R.agency, R.auditor, R.admin))]
+AnyCaller = Annotated[
+    Caller, Depends(RoleGate(R.focal_point, R.agency, R.auditor, R.admin, R.registrar))
+]
+# The registry routes an agency's registrar shares with the operator's administrator; the
+# service checks the object is the registrar's own agency's (`Caller.administers`).
+RegistryCaller = Annotated[Caller, Depends(RoleGate(R.admin, R.registrar))]
 
 
 def problem_response(request: Request, err: BrokerError) -> JSONResponse:

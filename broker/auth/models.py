@@ -26,7 +26,9 @@ class Principal(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (
-        CheckConstraint("role in ('focal_point', 'agency', 'auditor', 'admin')", name="role"),
+        CheckConstraint(
+            "role in ('focal_point', 'agency', 'auditor', 'admin', 'registrar')", name="role"
+        ),
         CheckConstraint("status in ('active', 'disabled')", name="status"),
     )
 

@@ -18,6 +18,7 @@ EXAMPLE_PRINCIPALS: dict[str, dict[str, Any]] = {
         "focal_point_id": "VN-GDC/fp-hcm-01",
         "ttl_days": 90,
     },
+    "registrar": {"name": "vn-gdc-registrar", "role": "registrar", "agency_id": "VN-GDC"},
     "auditor": {
         "name": "oversight-board",
         "role": "auditor",

@@ -40,6 +40,8 @@ class Role(StrEnum):
     agency = "agency"
     auditor = "auditor"
     admin = "admin"
+    # An agency's own administrator: its focal points, designations, keys and principals.
+    registrar = "registrar"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +59,13 @@ class Caller:
     def actor(self) -> str:
         """How the audit log names this caller."""
         return f"{self.role.value}:{self.name}"
+
+    def administers(self, agency_id: str | None) -> bool:
+        """Whether this caller may change `agency_id`'s registry objects: the operator's
+        administrator any agency's, a registrar its own agency's only."""
+        if self.role is Role.admin:
+            return True
+        return self.role is Role.registrar and agency_id is not None and agency_id == self.agency_id
 
     def oversees(self, agency_id: str) -> bool:
         """Whether an auditor's binding covers `agency_id`."""
@@ -140,9 +149,9 @@ async def create_principal(
                 f"focal_point role needs a registered focal point, got {focal_point_id!r}"
             )
         agency_id = fp.agency_id
-    elif role is Role.agency:
+    elif role in (Role.agency, Role.registrar):
         if agency_id is None or await agency_repo.agency(session, agency_id) is None:
-            raise InvalidRequest(f"agency role needs a registered agency, got {agency_id!r}")
+            raise InvalidRequest(f"{role.value} role needs a registered agency, got {agency_id!r}")
         focal_point_id = None
     elif role is Role.auditor:
         for aid in audit_agencies or []:
