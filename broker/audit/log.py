@@ -218,6 +218,19 @@ class StoredLog:
 
         return await self._answer(witness.checkpoint_note(self.session, cosigned=cosigned))
 
+    async def checkpoint_at(self, size: int) -> str:
+        """The signed checkpoint of one tree size (a rotation's last under the old key)."""
+        from broker.audit import witness
+
+        return await self._answer(witness.checkpoint_note(self.session, size=size))
+
+    async def key_history(self) -> dict[str, Any]:
+        """The log's keys and rotations, as `GET /v1/log/key?format=json` answers: the
+        broker's own checks follow a rotation as a partner's verifier does."""
+        from broker.audit import keyrotation
+
+        return await self._answer(keyrotation.log_keys(self.session))
+
     async def inclusion(self, index: int, size: int) -> dict[str, Any]:
         """An inclusion proof."""
         return (await self._answer(inclusion(self.session, index, size))).model_dump()

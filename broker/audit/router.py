@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Depends, Query
-from fastapi.responses import PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import AwareDatetime
 
 from broker import db
-from broker.audit import auditor, log, witness
+from broker.audit import auditor, keyrotation, log, witness
 from broker.audit.repository import EventFilter
 from broker.audit.schemas import (
     EXAMPLE_COSIGNED,
@@ -147,12 +147,37 @@ async def cosign(
 
 @public.get(
     "/key",
-    summary="Log verifier key",
+    summary="Log verifier key, and the earlier ones with their rotations",
     response_class=PlainTextResponse,
-    responses=error_responses(),
+    responses={
+        200: {
+            "content": {
+                "text/plain": {"example": keyrotation.EXAMPLE_LOG_KEY + "\n"},
+                "application/json": {"example": keyrotation.EXAMPLE_LOG_KEYS},
+            }
+        },
+        **error_responses(InvalidRequest),
+    },
 )
-async def key(caller: AnyCaller) -> PlainTextResponse:
-    """The log's verifier key `<origin>+<key id>+<base64 key>`: pin it out of band, then verify."""
+async def key(
+    caller: AnyCaller,
+    session: SessionDep,
+    fmt: Annotated[
+        Literal["text", "json"],
+        Query(
+            alias="format",
+            description="`json`: every log key with the sizes it signs, and the rotations",
+        ),
+    ] = "text",
+) -> Response:
+    """The log's verifier key `<origin>+<key id>+<base64 key>`: pin it out of band, then verify.
+
+    With `format=json`: the current key, every retired one with the times and tree sizes it
+    signed, and each rotation's leaf (index, bytes) and statement signed by the retired key,
+    so a verifier pinned to an old key can follow the chain (docs/protocol.md).
+    """
+    if fmt == "json":
+        return JSONResponse(await keyrotation.log_keys(session))
     return PlainTextResponse(log.verifier_key() + "\n")
 
 

@@ -23,6 +23,16 @@ async source (`verify_source`; `broker.audit.log.verify_stored`). Every check th
 - ``witnesses``: fewer than the required number of pinned witnesses validly cosigned the
   checkpoint (or one of them has an invalid cosignature on it).
 - ``bad_witness_key``: a pinned witness key does not parse.
+- ``rotation``: a rotation of the log key the broker publishes does not verify (its statement
+  is not signed by the key it retires, its leaf differs or is not in the old key's last
+  checkpoint), or a checkpoint is signed by a retired key beyond the last size it signed.
+
+Log key rotations (docs/protocol.md, "Rotating the broker's keys"): the verifier trusts the
+pinned key, and a newer key only through a rotation the trusted key signed. `LogKeys` follows
+the chain the broker publishes (`GET /v1/log/key?format=json`): each rotation's statement must verify
+with the key it retires, and its leaf must be the last leaf of a checkpoint that key signed
+(the handover checkpoint, size index + 1). Each key then verifies the sizes it signed: the old
+one up to the handover checkpoint, the new one every later size.
 
 With witnesses required (`--witnesses K`), the checkpoint verified is the latest one the broker
 serves with at least K cosignatures (`GET /v1/log/checkpoint?cosigned=K`), and K distinct pinned
@@ -50,10 +60,14 @@ from typing import Any, Literal, Protocol, TypeVar
 import httpx2
 
 from broker.audit import leaf
+from broker.crypto import envelope as env
+from broker.crypto import keys as crypto_keys
 from broker.crypto import merkle, note
+from broker.crypto.errors import CryptoError
 from broker.ids import whole_number
 
 PAGE = 1000
+ROTATION_TYP = "broker-key-rotation+jws"
 MAX_RETRIES = 10
 NODE_PAGE = 4096
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -130,6 +144,16 @@ class LogClient:
         """The latest signed checkpoint note."""
         return str(self._get("/v1/log/checkpoint").text)
 
+    def checkpoint_at(self, size: int) -> str:
+        """The signed checkpoint of one tree size."""
+        return str(self._get("/v1/log/checkpoint", size=size).text)
+
+    def key_history(self) -> dict[str, Any]:
+        """The log's keys and their rotations (`GET /v1/log/key?format=json`)."""
+        response = self._get("/v1/log/key", format="json")
+        doc: dict[str, Any] = response.json()
+        return doc
+
     def cosigned_checkpoint(self, cosigned: int) -> str:
         """The latest signed checkpoint note with at least `cosigned` cosignatures."""
         return str(self._get("/v1/log/checkpoint", cosigned=cosigned).text)
@@ -186,8 +210,17 @@ class Read:
     """One answer a verification step needs: the `LogClient`/`LogSource` method and arguments."""
 
     # `cosigned_checkpoint` only with witnesses required (`LogClient`, `StoredLog`).
+    # `checkpoint_at` and `key_history` only to follow log key rotations (`LogKeys`); a source
+    # without them (the broker's own store) answers None: no rotations to follow.
     method: Literal[
-        "checkpoint", "cosigned_checkpoint", "inclusion", "consistency", "leaves", "nodes"
+        "checkpoint",
+        "cosigned_checkpoint",
+        "checkpoint_at",
+        "key_history",
+        "inclusion",
+        "consistency",
+        "leaves",
+        "nodes",
     ]
     args: tuple[int, ...] = ()
 
@@ -207,6 +240,9 @@ async def _drive(steps: Steps[T], source: LogClient | LogSource) -> T:
         except StopIteration as done:
             result: T = done.value
             return result
+        if read.method in ("checkpoint_at", "key_history") and not hasattr(source, read.method):
+            answer, failed = None, None
+            continue
         try:
             answer, failed = getattr(source, read.method)(*read.args), None
             if inspect.isawaitable(answer):
@@ -228,9 +264,15 @@ class Report:
     nodes_checked: int = 0
     included: list[int] = field(default_factory=list)
     cosigned_by: list[str] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)  # the log keys, when rotations were followed
 
     def __str__(self) -> str:
         lines = [f"checkpoint {self.origin} size {self.size} root {_b64(self.root)}: signature OK"]
+        if self.keys:
+            lines.append(
+                f"log key rotated {len(self.keys) - 1} time(s) since the pinned key, each "
+                f"rotation signed by the key it retired; current key {self.keys[-1]}"
+            )
         if self.cosigned_by:
             names = ", ".join(self.cosigned_by)
             lines.append(f"cosigned by {len(self.cosigned_by)} pinned witnesses: {names}")
@@ -301,27 +343,226 @@ def check_cosignatures(
     return cosigned
 
 
-def check_checkpoint(text: str, verifier: note.NoteVerifier) -> note.Checkpoint:
-    """A checkpoint signed by the pinned key, for its origin, or `bad_checkpoint`."""
+def check_checkpoint(text: str, verifier: note.NoteVerifier | LogKeys) -> note.Checkpoint:
+    """A checkpoint signed by the pinned key (or the key a followed rotation made current for
+    its size), for its origin, or `bad_checkpoint`."""
+    if isinstance(verifier, LogKeys):
+        return verifier.check(text)
     try:
         return note.verify_checkpoint(text, verifier)
     except note.NoteError as exc:
         raise VerifyError("bad_checkpoint", f"the checkpoint does not verify: {exc}") from None
 
 
-def _load_state(path: Path | None, verifier: note.NoteVerifier) -> note.Checkpoint | None:
+# --- log key rotations -----------------------------------------------------------------------
+
+
+def _jwk_of(verifier: note.NoteVerifier) -> dict[str, str]:
+    raw = verifier.public_key.public_bytes_raw()
+    x = crypto_keys.b64u_encode(raw)
+    return {"kty": "OKP", "crv": "Ed25519", "x": x, "use": "sig", "alg": "Ed25519"}
+
+
+def _vkey(verifier: note.NoteVerifier) -> str:
+    return note.format_verifier_key(verifier.name, verifier.public_key)
+
+
+@dataclass(frozen=True)
+class KeySpan:
+    """A log key and the tree sizes it signs: `first` up to `last` (None: no end yet)."""
+
+    verifier: note.NoteVerifier
+    first: int
+    last: int | None
+
+    @property
+    def vkey(self) -> str:
+        return _vkey(self.verifier)
+
+
+class LogKeys:
+    """The log keys a verifier trusts: the pinned one and those its rotations handed over to.
+
+    Until `follow` has run, the pinned key verifies every size.
+    """
+
+    def __init__(self, pinned: note.NoteVerifier) -> None:
+        self.pinned = pinned
+        self.spans: list[KeySpan] = [KeySpan(pinned, 0, None)]
+        self.followed = False
+
+    def for_size(self, size: int) -> KeySpan:
+        """The span whose key signs checkpoints of `size`."""
+        for span in self.spans:
+            if span.first <= size and (span.last is None or size <= span.last):
+                return span
+        return self.spans[0] if size < self.spans[0].first else self.spans[-1]
+
+    def check(self, text: str) -> note.Checkpoint:
+        """`text` verified with the key that signs its size, or `bad_checkpoint`/`rotation`."""
+        try:
+            size = note.Checkpoint.parse(note._split_note(text)[0]).size
+        except note.NoteError as exc:
+            raise VerifyError("bad_checkpoint", f"the checkpoint does not verify: {exc}") from None
+        span = self.for_size(size)
+        try:
+            return note.verify_checkpoint(text, span.verifier)
+        except note.NoteError as exc:
+            other = next(
+                (s for s in self.spans if s is not span and _signed(text, s.verifier)), None
+            )
+            if other is not None:
+                raise VerifyError(
+                    "rotation",
+                    f"the checkpoint of size {size} is signed by the log key {other.vkey}, "
+                    f"which signs sizes {other.first} to {other.last or 'now'} only",
+                ) from None
+            raise VerifyError("bad_checkpoint", f"the checkpoint does not verify: {exc}") from None
+
+    def follow(self) -> Steps[None]:
+        """Follow the broker's published rotations from the pinned key (`rotation` if one
+        of them does not verify); rotations before the pinned key are skipped."""
+        doc = yield Read("key_history")
+        self.followed = True
+        if doc is None:
+            return
+        rotations = doc.get("rotations") if isinstance(doc, dict) else None
+        if not isinstance(rotations, list):
+            raise VerifyError("rotation", "GET /v1/log/key (JSON) has no list of rotations")
+        spans: list[KeySpan] = []
+        trusted, first = self.pinned, 0
+        for item in sorted(
+            (r for r in rotations if isinstance(r, dict)), key=lambda r: _int_or(r.get("index"))
+        ):
+            old_vkey = _peek(item.get("statement")).get("old_vkey")
+            if old_vkey != _vkey(trusted):
+                continue  # a rotation before the pinned key (or of another one): not ours
+            new, index = yield from _check_rotation(item, trusted)
+            spans.append(KeySpan(trusted, first, index + 1))
+            trusted, first = new, index + 2
+        self.spans = [*spans, KeySpan(trusted, first, None)]
+
+
+def check_following(text: str, keys: LogKeys) -> Steps[note.Checkpoint]:
+    """`text` verified with `keys`; when no known key verifies it, the broker's published
+    rotations are followed first (again: a rotation may be newer than the last look)."""
+    try:
+        return keys.check(text)
+    except VerifyError:
+        pass
+    yield from keys.follow()
+    return keys.check(text)
+
+
+def _int_or(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else -1
+
+
+def _signed(text: str, verifier: note.NoteVerifier) -> bool:
+    try:
+        note.verify_note(text, verifier)
+    except note.NoteError:
+        return False
+    return True
+
+
+def _peek(statement: Any) -> dict[str, Any]:
+    """A statement's payload, not verified: only to find the rotation of the trusted key."""
+    try:
+        doc = json.loads(crypto_keys.b64u_decode(str(statement).split(".")[1]))
+    except (IndexError, ValueError, CryptoError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def check_rotation_statement(statement: str, old_jwk: Mapping[str, Any]) -> dict[str, Any]:
+    """A rotation statement's payload, verified with the key it retires, or `rotation`."""
+    try:
+        payload = env.verify_compact(statement, old_jwk, ROTATION_TYP)
+    except CryptoError as exc:
+        raise VerifyError(
+            "rotation", f"the rotation statement is not signed by the retired key: {exc}"
+        ) from None
+    if payload.get("v") != 1 or payload.get("old_kid") != crypto_keys.thumbprint(old_jwk):
+        raise VerifyError("rotation", "the rotation statement names another old key")
+    new = payload.get("new_jwk")
+    if not isinstance(new, dict) or payload.get("new_kid") != crypto_keys.thumbprint(new):
+        raise VerifyError("rotation", "the rotation statement's new key does not match its kid")
+    return payload
+
+
+def _check_rotation(
+    item: Mapping[str, Any], trusted: note.NoteVerifier
+) -> Steps[tuple[note.NoteVerifier, int]]:
+    """One log key rotation: statement by `trusted`, leaf identical, in `trusted`'s checkpoint."""
+    index = item.get("index")
+    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+        raise VerifyError("rotation", f"a rotation has no leaf index ({index!r})")
+    payload = check_rotation_statement(str(item.get("statement")), _jwk_of(trusted))
+    if payload.get("key") != "log" or payload.get("old_vkey") != _vkey(trusted):
+        raise VerifyError("rotation", f"the rotation at leaf {index} is not of the trusted log key")
+    try:
+        new = note.parse_verifier_key(str(payload.get("new_vkey")))
+    except note.NoteError as exc:
+        raise VerifyError("rotation", f"the rotation at leaf {index}: new key: {exc}") from None
+    if new.name != trusted.name or _jwk_of(new)["x"] != payload["new_jwk"].get("x"):
+        raise VerifyError("rotation", f"the rotation at leaf {index} names two different new keys")
+    data = _unb64(item.get("leaf"), f"leaf {index}", "rotation")
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        raise VerifyError("rotation", f"leaf {index} is not JSON") from None
+    expected = {k: v for k, v in payload.items() if k != "v"} | {
+        "kind": "log.key_rotated",
+        "index": index,
+        "statement": item.get("statement"),
+    }
+    if not isinstance(doc, dict) or any(doc.get(k) != v for k, v in expected.items()):
+        raise VerifyError("rotation", f"leaf {index} does not carry the rotation statement")
+    # The handover checkpoint: the old key's last, its last leaf the rotation.
+    text = yield Read("checkpoint_at", (index + 1,))
+    try:
+        handover = note.verify_checkpoint(text, trusted)
+    except note.NoteError as exc:
+        raise VerifyError(
+            "rotation", f"checkpoint {index + 1} is not signed by the retiring key: {exc}"
+        ) from None
+    if handover.size != index + 1:
+        raise VerifyError("rotation", f"the broker served size {handover.size}, not {index + 1}")
+    proof = yield Read("inclusion", (index, index + 1))
+    try:
+        merkle.verify_inclusion(
+            merkle.leaf_hash(data), index, index + 1, _hashes(proof, "proof"), handover.root_hash
+        )
+    except merkle.ProofError as exc:
+        raise VerifyError(
+            "rotation", f"leaf {index} is not in checkpoint {index + 1}: {exc}"
+        ) from None
+    return new, index
+
+
+def _read_state(path: Path | None) -> str | None:
     if path is None or not path.exists():
         return None
     try:
-        stored = json.loads(path.read_text(encoding="utf-8"))["checkpoint"]
+        return str(json.loads(path.read_text(encoding="utf-8"))["checkpoint"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise VerifyError("state", f"cannot read the state file {path}: {exc}") from None
+
+
+def _check_stored(text: str, verifier: note.NoteVerifier | LogKeys, where: str) -> note.Checkpoint:
     try:
-        return note.verify_checkpoint(stored, verifier)
-    except note.NoteError as exc:
-        raise VerifyError(
-            "state", f"the stored checkpoint in {path} does not verify: {exc}"
-        ) from None
+        return check_checkpoint(text, verifier)
+    except VerifyError as exc:
+        why = str(exc).removeprefix("the checkpoint does not verify: ")
+        raise VerifyError("state", f"the {where} does not verify: {why}") from None
+
+
+def _load_state(path: Path | None, verifier: note.NoteVerifier | LogKeys) -> note.Checkpoint | None:
+    stored = _read_state(path)
+    if stored is None:
+        return None
+    return _check_stored(stored, verifier, f"stored checkpoint in {path}")
 
 
 def _save_state(path: Path, text: str) -> None:
@@ -399,7 +640,9 @@ def verify_log(
             "bad_witness_key",
             f"{witnesses} witnesses required but {len(pinned)} distinct witness keys pinned",
         )
-    steps = _verify(verifier, _load_state(state, verifier), full, index, (witnesses, pinned))
+    stored = _read_state(state)
+    where = f"stored checkpoint in {state}"
+    steps = _verify(LogKeys(verifier), stored, full, index, (witnesses, pinned), where)
     # The same driver as the broker's own check; the partner's reads are plain HTTP calls.
     if http is None:
         with open_http(base_url) as owned:
@@ -420,26 +663,28 @@ async def verify_source(
     index: int | None = None,
 ) -> Report:
     """`verify_log`'s checks over an async source; `previous` is a checkpoint verified before."""
-    verifier = parse_key(log_key)
-    stored = None
-    if previous is not None:
-        try:
-            stored = note.verify_checkpoint(previous, verifier)
-        except note.NoteError as exc:
-            raise VerifyError("state", f"the earlier checkpoint does not verify: {exc}") from None
-    report, _ = await _drive(_verify(verifier, stored, full, index), source)
+    keys = LogKeys(parse_key(log_key))
+    steps = _verify(keys, previous, full, index, where="earlier checkpoint")
+    report, _ = await _drive(steps, source)
     return report
 
 
 def _verify(
-    verifier: note.NoteVerifier,
-    stored: note.Checkpoint | None,
+    keys: LogKeys,
+    stored_text: str | None,
     full: bool,
     index: int | None,
     witnesses: tuple[int, Sequence[note.CosignerVerifier]] = (0, ()),
+    where: str = "stored checkpoint",
 ) -> Steps[tuple[Report, str]]:
-    """The checks of a verification; returns the report and the checkpoint note it verified."""
+    """The checks of a verification; returns the report and the checkpoint note it verified.
+
+    `stored_text` is a checkpoint verified before (`where` names it in errors); both it and the
+    latest are verified with the pinned key or the keys its published rotations handed over to.
+    """
     required, pinned = witnesses
+    yield from keys.follow()
+    stored = None if stored_text is None else _check_stored(stored_text, keys, where)
     try:
         text = yield (Read("cosigned_checkpoint", (required,)) if required else Read("checkpoint"))
     except VerifyError as exc:
@@ -448,8 +693,9 @@ def _verify(
                 "witnesses", f"the broker has no checkpoint with {required} cosignatures ({exc})"
             ) from None
         raise
-    checkpoint = check_checkpoint(text, verifier)
+    checkpoint = check_checkpoint(text, keys)
     report = Report(checkpoint.origin, checkpoint.size, checkpoint.root_hash)
+    report.keys = [s.vkey for s in keys.spans] if len(keys.spans) > 1 else []
     if required:
         report.cosigned_by = check_cosignatures(text, pinned, required)
     if stored is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import getpass
 import uuid
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -502,3 +503,46 @@ def witness_retire(name: str, data_dir: DataDir = None) -> None:
     from broker.audit.schemas import WitnessOut
 
     _dump(WitnessOut.model_validate(call(data_dir, witness.retire, name, actor=_actor())))
+
+
+broker_keys_app = typer.Typer(
+    no_args_is_help=True, help="The broker's own keys: receipt signing and log checkpoints."
+)
+app.add_typer(broker_keys_app, name="broker-keys")
+
+
+class BrokerKeyKind(StrEnum):
+    receipt = "receipt"
+    log = "log"
+
+
+@broker_keys_app.command("rotate")
+def broker_keys_rotate(
+    kind: Annotated[
+        BrokerKeyKind,
+        typer.Option("--kind", help="receipt (receipts, signed directory) or log (checkpoints)"),
+    ],
+    data_dir: DataDir = None,
+) -> None:
+    """Rotate one of the broker's keys: the old one moves to `retired/` and signs a statement
+    over the new one, recorded on the log (`log.key_rotated`); running processes switch to the
+    new key by themselves."""
+    from broker import keyring
+    from broker.audit import keyrotation
+    from broker.crypto.errors import CryptoError
+
+    try:
+        rotated = call(data_dir, keyrotation.rotate, kind.value, actor=_actor())
+    except (keyring.KeyringError, CryptoError) as exc:
+        fail(f"--kind {kind.value}: {exc}")
+    except OSError as exc:
+        fail(f"--kind {kind.value}: the keys folder: {exc.strerror or exc} ({exc.filename})")
+    print_json(rotated)
+
+
+@broker_keys_app.command("list")
+def broker_keys_list(data_dir: DataDir = None) -> None:
+    """The broker's keys, current and retired, with their validity and the rotations."""
+    from broker.audit import keyrotation
+
+    print_json(call(data_dir, keyrotation.published))

@@ -165,13 +165,21 @@ async def jwks(caller: AnyCaller, session: SessionDep, agency: str | None = None
 
 
 @public.get("/broker", summary="The broker's keys", responses=error_responses(Forbidden))
-async def broker_keys(caller: AnyCaller) -> dict[str, Any]:
-    """The broker's own public keys: receipt signing JWK and transparency-log verifier key."""
+async def broker_keys(caller: AnyCaller, session: SessionDep) -> dict[str, Any]:
+    """The broker's own public keys: receipt signing JWK and transparency-log verifier key.
+
+    `receipt_keys` and `log_keys` add the retired ones with their validity (`valid_from`,
+    `valid_until`, epoch ms; for log keys the tree sizes they signed), so receipts and
+    checkpoints signed before a rotation still verify; `rotations` are the `log.key_rotated`
+    leaves with the statements the retired keys signed (docs/protocol.md).
+    """
     from broker import keyring
+    from broker.audit import keyrotation
 
     keys = keyring.load_or_create()
     return {
         "receipt_key": keys.receipt.public.jwk,
         "log_key": keys.log_verifier_key,
         "log_origin": keys.log_origin,
+        **await keyrotation.published(session),
     }

@@ -211,7 +211,9 @@ def send(client: BrokerClient, draft: Draft) -> dict[str, Any]:
     """Submit with `Idempotency-Key: <mid>`; verify the broker's receipt before trusting it."""
     answer = client.submit(draft.envelope, draft.mid)
     broker = client.get("/v1/directory/broker")
-    receipt = env.verify_compact(answer["receipt"], broker["receipt_key"], env.TYP_RECEIPT)
+    receipt = env.verify_compact(
+        answer["receipt"], logcheck.receipt_key(broker, answer["receipt"]), env.TYP_RECEIPT
+    )
     digest = keys.sha256_b64u(draft.envelope.encode())
     if receipt["mid"] != draft.mid or receipt["envelope_sha256"] != digest:
         raise CryptoError("the broker's receipt does not match what we sent")

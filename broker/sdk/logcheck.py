@@ -11,7 +11,9 @@ file format as `broker audit verify --state`); each new one must be consistent w
 broker that shows this agency a fork (two roots for one size, or a tree that does not extend
 the kept one) is caught. The log key is the agency's pinned one (`log_key`); without one, the
 broker's key is trusted on first use and pinned in `<state>/log/key`, so a later change of key
-is caught too (say so to your users: pin the key from the agreement annex instead).
+is caught too (say so to your users: pin the key from the agreement annex instead). A rotation
+of the log key is followed only through the statement the pinned key signed over its successor
+(`verify.LogKeys`): each key verifies the tree sizes it signed, never an unsigned switch.
 """
 
 from __future__ import annotations
@@ -112,6 +114,15 @@ class _Source:
             raise VerifyError("bad_checkpoint", "the checkpoint is not text")
         return text
 
+    def checkpoint_at(self, size: int) -> str:
+        text = self._get("/v1/log/checkpoint", size=size)
+        if not isinstance(text, str):
+            raise VerifyError("bad_checkpoint", "the checkpoint is not text")
+        return text
+
+    def key_history(self) -> dict[str, Any]:
+        return _doc(self._get("/v1/log/key", format="json"))
+
     def inclusion(self, index: int, size: int) -> dict[str, Any]:
         return _doc(self._get("/v1/log/proof/inclusion", index=index, size=size))
 
@@ -131,7 +142,7 @@ def _doc(value: Any) -> dict[str, Any]:
 
 
 def _steps(
-    verifier: note.NoteVerifier, kept: note.Checkpoint | None, index: int
+    verifier: verify.LogKeys, kept: note.Checkpoint | None, index: int
 ) -> Steps[tuple[note.Checkpoint, str, str]]:
     """Checkpoint, consistency with the kept one, inclusion of `index` (the auditor's steps).
 
@@ -141,7 +152,7 @@ def _steps(
     inclusion is proven against the kept one.
     """
     text = yield Read("checkpoint")
-    served = verify.check_checkpoint(text, verifier)
+    served = yield from verify.check_following(text, verifier)
     relation = "first" if kept is None else (yield from verify._consistent(kept, served))
     head = kept if relation == "behind" and kept is not None else served
     if relation == "behind" and index >= head.size:
@@ -168,8 +179,9 @@ class LogWitness:
         return broker
 
     @cached_property
-    def verifier(self) -> note.NoteVerifier:
-        """The pinned log key: the configured one, else the one pinned on first use."""
+    def verifier(self) -> verify.LogKeys:
+        """The pinned log key (the configured one, else the one pinned on first use) and the
+        keys its rotations handed over to, once followed."""
         pin = self.folder / "key"
         key = self.log_key
         if key is None:
@@ -178,13 +190,18 @@ class LogWitness:
                 pin.write_text(str(self._broker["log_key"]).strip() + "\n")
             key = pin.read_text().strip()
         try:
-            return verify.parse_key(key)
+            return verify.LogKeys(verify.parse_key(key))
         except VerifyError as exc:
             raise LogStateError(str(exc)) from None
 
-    def _kept(self) -> note.Checkpoint | None:
+    def _kept(self, source: _Source) -> note.Checkpoint | None:
         try:
-            return verify._load_state(self.checkpoint_file, self.verifier)
+            try:
+                return verify._load_state(self.checkpoint_file, self.verifier)
+            except VerifyError:
+                # Kept under a key a rotation handed over to: follow the rotations, then again.
+                asyncio.run(verify._drive(self.verifier.follow(), cast(verify.LogSource, source)))
+                return verify._load_state(self.checkpoint_file, self.verifier)
         except VerifyError as exc:
             raise LogStateError(
                 f"{exc} (a checkpoint kept under another log key? move {self.folder} aside "
@@ -195,7 +212,7 @@ class LogWitness:
         """The broker's receipt for this item, signed by its receipt key, naming this envelope."""
         try:
             payload = env.verify_compact(
-                item["receipt"], self._broker["receipt_key"], env.TYP_RECEIPT
+                item["receipt"], receipt_key(self._broker, item["receipt"]), env.TYP_RECEIPT
             )
         except (CryptoError, KeyError, TypeError) as exc:
             raise LogProofFailed(f"the broker's receipt does not verify: {exc}") from None
@@ -223,7 +240,7 @@ class LogWitness:
                 raise NotYetLogged(due)
             raise LogProofFailed(f"log_index {index!r} is not a leaf index")
         source = _Source(self.client)
-        kept = self._kept()
+        kept = self._kept(source)
         try:
             # `_drive` awaits only what is awaitable: our plain calls are answered as they are.
             head, text, relation = asyncio.run(
@@ -282,6 +299,27 @@ class LogWitness:
             raise LogProofFailed(
                 f"the receipt promises log {receipt.get('log_origin')!r}, not {head.origin!r}"
             )
+
+
+RECEIPT_KEY_METADATA = frozenset({"status", "valid_from", "valid_until"})
+
+
+def receipt_key(broker: dict[str, Any], token: str) -> dict[str, Any]:
+    """The broker's receipt key that signed `token` (by its `kid`): the current one, or a
+    retired one `GET /v1/directory/broker` still lists, so receipts from before a rotation
+    verify."""
+    try:
+        kid = json.loads(keys.b64u_decode(token.split(".")[0])).get("kid")
+    except (ValueError, AttributeError, CryptoError):
+        kid = None
+    for jwk in broker.get("receipt_keys") or []:
+        try:
+            if isinstance(jwk, dict) and kid is not None and keys.thumbprint(jwk) == kid:
+                return {k: v for k, v in jwk.items() if k not in RECEIPT_KEY_METADATA}
+        except CryptoError:
+            continue
+    current: dict[str, Any] = broker["receipt_key"]
+    return current
 
 
 def _int(value: Any) -> int:

@@ -1,4 +1,6 @@
-"""The broker's own keys are made exactly once per keys folder, whoever starts first."""
+"""The broker's own keys are made exactly once per keys folder, whoever starts first, and a
+rotation is seen by every process without a restart (tests/audit/test_broker_key_rotation.py
+rotates through the CLI and the log)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from broker import keyring
+from broker import config, keyring
 from broker.config import settings
 from broker.crypto import keys
 
@@ -81,3 +83,36 @@ def test_serve_refuses_two_current_keys_in_one_line(tmp_path: Path) -> None:
     assert done.stderr.count("\n") == 1
     assert "2 current broker-log keys" in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_a_rotation_is_loaded_without_a_restart_and_an_undo_restores_the_old_key(
+    tmp_path: Path,
+) -> None:
+    before = list(config._override)
+    config.configure(**{**settings().model_dump(), "keys_dir": tmp_path / "keys"})
+    try:
+        first = keyring.load_or_create()
+        assert keyring.load_or_create() is first  # nothing changed: the cached keys
+        with keyring.rotating("receipt") as rotation:
+            assert rotation.old.kid == first.receipt.kid
+            rotation.install()
+        second = keyring.load_or_create()
+        assert second.receipt.kid == rotation.new.kid != first.receipt.kid
+        assert second.log.kid == first.log.kid
+        folder = tmp_path / "keys"
+        retired = folder / keyring.RETIRED
+        assert [k.kid for k in keyring.retired_keys("receipt")] == [first.receipt.kid]
+        assert len(list(folder.glob(f"{keyring.RECEIPT_OWNER}-sig-*.p8.pem"))) == 1
+        rotation.undo()
+        assert keyring.load_or_create().receipt.kid == first.receipt.kid
+        assert not list(retired.glob("*.p8.pem"))
+    finally:
+        config._override[:] = before
+
+
+def test_an_unknown_kind_is_refused(tmp_path: Path) -> None:
+    with (
+        pytest.raises(keyring.KeyringError, match="use one of receipt, log"),
+        keyring.rotating("signing"),
+    ):
+        pass
