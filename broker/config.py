@@ -83,6 +83,8 @@ class Settings(BaseSettings):
     key_passphrase: str = DEV_KEY_PASSPHRASE
     token_pepper: str = DEV_PEPPER
     token_ttl_days: int = 90
+    # How long a proposed agreement change waits for the parties' approvals before it lapses.
+    agreement_proposal_ttl_days: int = Field(default=30, ge=1)
     log_origin: str = "broker.example.int/exchange-log/v1"
     public_base_url: str = "http://127.0.0.1:8000"
     host: str = "127.0.0.1"

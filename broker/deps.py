@@ -184,8 +184,20 @@ AnyCaller = Annotated[
     Caller, Depends(RoleGate(R.focal_point, R.agency, R.auditor, R.admin, R.registrar))
 ]
 # The registry routes an agency's registrar shares with the operator's administrator; the
-# service checks the object is the registrar's own agency's (`Caller.administers`).
+# service checks the object is the registrar's own agency's (`auth.confinement`).
 RegistryCaller = Annotated[Caller, Depends(RoleGate(R.admin, R.registrar))]
+# What only an agency's registrar does for its agency: approve or restrict an agreement.
+RegistrarCaller = Annotated[Caller, Depends(RoleGate(R.registrar))]
+
+
+async def _agency_registry_caller(agency_id: str, caller: RegistryCaller) -> Caller:
+    auth.check_within(auth.confinement(caller), agency_id, f"agency {agency_id}")
+    return caller
+
+
+# Routes with an `{agency_id}` path: the administrator, or that agency's own registrar (403
+# `auth.foreign_agency` for another's, before the body is read).
+AgencyRegistryCaller = Annotated[Caller, Depends(_agency_registry_caller)]
 
 
 def problem_response(request: Request, err: BrokerError) -> JSONResponse:

@@ -39,10 +39,16 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "ack.conflict": (409, "A different final acknowledgement was already recorded"),
     "ack.invalid": (422, "Invalid acknowledgement"),
     "ack.key_not_recipient": (422, "Acknowledgement not signed by the recipient agency"),
+    "agreement.approval_invalid": (422, "Invalid agreement approval"),
+    "agreement.approval_key_not_party": (422, "Approval not signed by the approving agency"),
+    "agreement.not_party": (403, "Not a party to the agreement"),
+    "agreement.proposal_expired": (410, "The proposal has expired"),
+    "agreement.proposal_stale": (409, "The proposal can no longer take effect"),
     "audit.bad_cursor": (422, "Bad cursor"),
     "audit.bad_filter": (422, "Bad filter"),
     "audit.not_overseen": (403, "Agency not overseen by this auditor"),
     "auth.forbidden": (403, "Not permitted for this role"),
+    "auth.foreign_agency": (403, "The object belongs to another agency"),
     "auth.principal_suspended": (403, "The principal's focal point or agency is suspended"),
     "auth.sender_mismatch": (403, "Authenticated focal point is not the signer"),
     "auth.token_expired": (401, "Token expired"),
@@ -309,6 +315,11 @@ class TokenRevoked(BrokerError, code="auth.token_revoked"):
 
 class Forbidden(BrokerError, code="auth.forbidden"):
     """The token's role may not call this operation."""
+
+
+class ForeignAgency(BrokerError, code="auth.foreign_agency"):
+    """A registrar named another agency's object (agency, focal point, designation, key,
+    principal or token): a registrar administers its own agency only."""
 
 
 class PrincipalSuspended(BrokerError, code="auth.principal_suspended"):

@@ -1,7 +1,14 @@
 """Import every domain's models so `Base.metadata` is complete (Alembic, tests)."""
 
 from broker.agencies.models import Agency, FocalPoint
-from broker.agreements.models import Agreement, AgreementVersion, Designation, Operation
+from broker.agreements.models import (
+    Agreement,
+    AgreementApproval,
+    AgreementProposal,
+    AgreementVersion,
+    Designation,
+    Operation,
+)
 from broker.audit.models import (
     AuditEvent,
     BudgetCount,
@@ -23,6 +30,8 @@ from broker.registry.models import RegistryState
 __all__ = [
     "Agency",
     "Agreement",
+    "AgreementApproval",
+    "AgreementProposal",
     "AgreementVersion",
     "AuditEvent",
     "Base",

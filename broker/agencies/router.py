@@ -18,10 +18,19 @@ from broker.agencies.schemas import (
     FocalPointOut,
     StatusChangeIn,
 )
-from broker.deps import AdminCaller, AnyCaller, SessionDep, StrictJSONRoute
+from broker.auth import service as auth
+from broker.deps import (
+    AdminCaller,
+    AgencyRegistryCaller,
+    AnyCaller,
+    RegistryCaller,
+    SessionDep,
+    StrictJSONRoute,
+)
 from broker.errors import (
     DuplicateId,
     Forbidden,
+    ForeignAgency,
     InvalidRequest,
     NotFound,
     StatusUnchanged,
@@ -64,9 +73,11 @@ async def list_agencies(caller: AdminCaller, session: SessionDep) -> list[Agency
     return [AgencyOut.model_validate(a) for a in await service.list_agencies(session)]
 
 
-@admin.get("/agencies/{agency_id}", responses=error_responses(Forbidden, NotFound))
-async def get_agency(agency_id: str, caller: AdminCaller, session: SessionDep) -> AgencyOut:
-    """One agency."""
+@admin.get("/agencies/{agency_id}", responses=error_responses(Forbidden, ForeignAgency, NotFound))
+async def get_agency(
+    agency_id: str, caller: AgencyRegistryCaller, session: SessionDep
+) -> AgencyOut:
+    """One agency (a registrar: its own)."""
     return AgencyOut.model_validate(await service.get_agency(session, agency_id))
 
 
@@ -75,6 +86,7 @@ async def get_agency(agency_id: str, caller: AdminCaller, session: SessionDep) -
     status_code=201,
     responses=error_responses(
         Forbidden,
+        ForeignAgency,
         DuplicateId,
         UnknownAgency,
         service.FocalPointOutsideAgency,
@@ -96,25 +108,26 @@ async def create_focal_point(
             }
         ),
     ],
-    caller: AdminCaller,
+    caller: AgencyRegistryCaller,
     session: SessionDep,
 ) -> FocalPointOut:
-    """Register a focal point of an agency."""
+    """Register a focal point of an agency (a registrar: of its own)."""
     fp = await service.create_focal_point(session, agency_id, data, actor=caller.actor)
     return FocalPointOut.model_validate(fp)
 
 
-@admin.get("/focal-points", responses=error_responses(Forbidden))
+@admin.get("/focal-points", responses=error_responses(Forbidden, ForeignAgency))
 async def list_focal_points(
-    caller: AdminCaller, session: SessionDep, agency: str | None = None
+    caller: RegistryCaller, session: SessionDep, agency: str | None = None
 ) -> list[FocalPointOut]:
-    """Focal points, optionally of one agency."""
+    """Focal points, optionally of one agency (a registrar: its own only)."""
+    agency = auth.filter_within(caller, agency)
     return [
         FocalPointOut.model_validate(fp) for fp in await service.list_focal_points(session, agency)
     ]
 
 
-_STATUS_ERRORS = error_responses(Forbidden, NotFound, StatusUnchanged)
+_STATUS_ERRORS = error_responses(Forbidden, ForeignAgency, NotFound, StatusUnchanged)
 # The body of every suspend, reactivate, disable and enable (the auth router's too).
 StatusBody = Annotated[
     StatusChangeIn,
@@ -154,7 +167,7 @@ async def reactivate_agency(
 
 @admin.post("/focal-points/{agency_id}/{slug}/suspend", responses=_STATUS_ERRORS)
 async def suspend_focal_point(
-    agency_id: str, slug: str, data: StatusBody, caller: AdminCaller, session: SessionDep
+    agency_id: str, slug: str, data: StatusBody, caller: AgencyRegistryCaller, session: SessionDep
 ) -> FocalPointOut:
     """Suspend a focal point: its tokens are refused and it may not submit."""
     fp = await service.suspend_focal_point(
@@ -165,7 +178,7 @@ async def suspend_focal_point(
 
 @admin.post("/focal-points/{agency_id}/{slug}/reactivate", responses=_STATUS_ERRORS)
 async def reactivate_focal_point(
-    agency_id: str, slug: str, data: StatusBody, caller: AdminCaller, session: SessionDep
+    agency_id: str, slug: str, data: StatusBody, caller: AgencyRegistryCaller, session: SessionDep
 ) -> FocalPointOut:
     """Put a suspended focal point back in service."""
     fp = await service.reactivate_focal_point(

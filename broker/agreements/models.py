@@ -6,7 +6,7 @@ import uuid
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, String
+from sqlalchemy import CheckConstraint, ForeignKey, Index, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from broker.db import Base, JSONDoc
@@ -69,3 +69,55 @@ class Designation(Base):
         Index("ix_designations_fp_agreement", "focal_point_id", "agreement_id"),
         CheckConstraint("valid_until is null or valid_from <= valid_until", name="validity"),
     )
+
+
+class AgreementProposal(Base):
+    """A new version of an agreement proposed to its parties; it takes effect once they approve.
+
+    `policy_hash` is the proposed document's JCS hash, the value every approval signs.
+    `status`: `open` until it is `adopted` (the version it became is `version`), `superseded`
+    by a newer proposal, or `expired` at `expires_at` (the lifecycle sweep). Only an open one
+    whose `base_version` is still the agreement's current version can take effect.
+    """
+
+    __tablename__ = "agreement_proposals"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    agreement_id: Mapped[str] = mapped_column(ForeignKey("agreements.id"))
+    base_version: Mapped[int]
+    document: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
+    policy_hash: Mapped[str] = mapped_column(String(43))
+    status: Mapped[str] = mapped_column(String(12))
+    proposed_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    closed_at: Mapped[datetime | None]
+    version: Mapped[int | None]
+
+    __table_args__ = (
+        CheckConstraint("status in ('open', 'adopted', 'superseded', 'expired')", name="status"),
+        Index("ix_agreement_proposals_agreement_id", "agreement_id", "created_at"),
+        # The lifecycle sweep's look-up: open proposals by expiry.
+        Index(
+            "ix_agreement_proposals_open_expiry",
+            "expires_at",
+            postgresql_where=text("status = 'open'"),
+            sqlite_where=text("status = 'open'"),
+        ),
+    )
+
+
+class AgreementApproval(Base):
+    """One party's signed approval of a proposal (`agreement-approval+jws`), kept as received."""
+
+    __tablename__ = "agreement_approvals"
+
+    proposal_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("agreement_proposals.id"), primary_key=True
+    )
+    agency_id: Mapped[str] = mapped_column(ForeignKey("agencies.id"), primary_key=True)
+    jws: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(43))
+    kid: Mapped[str] = mapped_column(String(43))
+    approved_by: Mapped[str] = mapped_column(String(64))
+    approved_at: Mapped[datetime] = mapped_column(default=utcnow)

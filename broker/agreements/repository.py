@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from broker.agreements.models import Agreement, AgreementVersion, Designation, Operation
+from broker.agreements.models import (
+    Agreement,
+    AgreementApproval,
+    AgreementProposal,
+    AgreementVersion,
+    Designation,
+    Operation,
+)
 
 
 async def agreement(session: AsyncSession, agreement_id: str) -> Agreement | None:
@@ -66,3 +75,72 @@ async def designations(
     if agreement_id is not None:
         stmt = stmt.where(Designation.agreement_id == agreement_id)
     return (await session.scalars(stmt)).all()
+
+
+# --- proposals and approvals ---------------------------------------------------------------
+
+
+async def lock_agreement(session: AsyncSession, agreement_id: str) -> Agreement | None:
+    """The agreement, its row locked: changes to one agreement are applied one at a time."""
+    return await session.scalar(
+        select(Agreement).where(Agreement.id == agreement_id).with_for_update()
+    )
+
+
+async def proposal(
+    session: AsyncSession, proposal_id: uuid.UUID, *, lock: bool = False
+) -> AgreementProposal | None:
+    stmt = select(AgreementProposal).where(AgreementProposal.id == proposal_id)
+    return await session.scalar(stmt.with_for_update() if lock else stmt)
+
+
+async def proposals(session: AsyncSession, agreement_id: str) -> Sequence[AgreementProposal]:
+    return (
+        await session.scalars(
+            select(AgreementProposal)
+            .where(AgreementProposal.agreement_id == agreement_id)
+            .order_by(AgreementProposal.created_at, AgreementProposal.id)
+        )
+    ).all()
+
+
+async def open_proposals(session: AsyncSession, agreement_id: str) -> Sequence[AgreementProposal]:
+    return (
+        await session.scalars(
+            select(AgreementProposal)
+            .where(
+                AgreementProposal.agreement_id == agreement_id,
+                AgreementProposal.status == "open",
+            )
+            .with_for_update()
+        )
+    ).all()
+
+
+async def lapsed_proposals(
+    session: AsyncSession, now: datetime, limit: int
+) -> Sequence[AgreementProposal]:
+    """Open proposals past their expiry, locked; one an approval holds is left for next time."""
+    return (
+        await session.scalars(
+            select(AgreementProposal)
+            .where(AgreementProposal.status == "open", AgreementProposal.expires_at <= now)
+            .order_by(AgreementProposal.expires_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+    ).all()
+
+
+async def approvals(
+    session: AsyncSession, proposal_ids: Sequence[uuid.UUID]
+) -> Sequence[AgreementApproval]:
+    if not proposal_ids:
+        return []
+    return (
+        await session.scalars(
+            select(AgreementApproval)
+            .where(AgreementApproval.proposal_id.in_(proposal_ids))
+            .order_by(AgreementApproval.approved_at, AgreementApproval.agency_id)
+        )
+    ).all()

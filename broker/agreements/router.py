@@ -2,25 +2,47 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body
 
 from broker import world
-from broker.agreements import service
+from broker.agreements import changes, service
 from broker.agreements.models import AgreementVersion
 from broker.agreements.schemas import (
     EXAMPLE_AGREEMENT,
+    EXAMPLE_APPROVAL,
     EXAMPLE_OPERATION,
     AgreementOut,
     AgreementView,
+    ApprovalIn,
     DesignationEndIn,
     DesignationIn,
     DesignationOut,
     OperationOut,
+    ProposalOut,
+    RestrictionIn,
+    RestrictionOut,
 )
-from broker.deps import AdminCaller, PartyCaller, SessionDep, StrictJSONRoute
-from broker.errors import DuplicateId, Forbidden, NotFound, StatusUnchanged, error_responses
+from broker.deps import (
+    AdminCaller,
+    AgencyRegistryCaller,
+    PartyCaller,
+    RegistrarCaller,
+    RegistryCaller,
+    SessionDep,
+    StrictJSONRoute,
+)
+from broker.errors import (
+    DuplicateId,
+    Forbidden,
+    ForeignAgency,
+    InvalidRequest,
+    NotFound,
+    StatusUnchanged,
+    error_responses,
+)
 
 admin = APIRouter(prefix="/v1/admin", tags=["admin: agreements"], route_class=StrictJSONRoute)
 public = APIRouter(prefix="/v1", tags=["agreements"], route_class=StrictJSONRoute)
@@ -77,23 +99,15 @@ async def list_agreements(caller: AdminCaller, session: SessionDep) -> list[Agre
     return [_out(v) for v in await service.list_current(session)]
 
 
-@admin.get("/agreements/{agreement_id}/versions", responses=error_responses(Forbidden, NotFound))
-async def agreement_versions(
-    agreement_id: str, caller: AdminCaller, session: SessionDep
-) -> list[AgreementOut]:
-    """Every version of an agreement, oldest first."""
-    return [_out(v) for v in await service.history(session, agreement_id)]
-
-
-@admin.put(
-    "/agreements/{agreement_id}",
-    responses=error_responses(*_DOC_ERRORS, NotFound, service.IdMismatch),
+@admin.get(
+    "/agreements/{agreement_id}/versions",
+    responses=error_responses(Forbidden, NotFound, changes.NotParty),
 )
-async def update_agreement(
-    agreement_id: str, document: AgreementDoc, caller: AdminCaller, session: SessionDep
-) -> AgreementOut:
-    """Store a new version of an agreement's policy (suspend by setting status)."""
-    return _out(await service.update_agreement(session, agreement_id, document, actor=caller.actor))
+async def agreement_versions(
+    agreement_id: str, caller: RegistryCaller, session: SessionDep
+) -> list[AgreementOut]:
+    """Every version of an agreement, oldest first (a registrar: of its agency's agreements)."""
+    return [_out(v) for v in await changes.versions_for(session, caller, agreement_id)]
 
 
 @admin.post(
@@ -135,6 +149,7 @@ async def update_operation(
     status_code=201,
     responses=error_responses(
         Forbidden,
+        ForeignAgency,
         NotFound,
         service.UnknownAgreement,
         service.NotAParty,
@@ -156,10 +171,11 @@ async def designate(
             }
         ),
     ],
-    caller: AdminCaller,
+    caller: AgencyRegistryCaller,
     session: SessionDep,
 ) -> DesignationOut:
-    """Designate a focal point under an agreement for a period."""
+    """Designate a focal point under an agreement for a period (a registrar: its own agency's
+    focal points, under agreements its agency is party to)."""
     row = await service.designate(session, f"{agency_id}/{slug}", data, actor=caller.actor)
     return DesignationOut.model_validate(row)
 
@@ -167,10 +183,10 @@ async def designate(
 @admin.get(
     "/focal-points/{agency_id}/{slug}/designations",
     summary="List a focal point's designations",
-    responses=error_responses(Forbidden),
+    responses=error_responses(Forbidden, ForeignAgency),
 )
 async def designations(
-    agency_id: str, slug: str, caller: AdminCaller, session: SessionDep
+    agency_id: str, slug: str, caller: AgencyRegistryCaller, session: SessionDep
 ) -> list[DesignationOut]:
     """A focal point's designations."""
     return [
@@ -182,7 +198,9 @@ async def designations(
 @admin.post(
     "/focal-points/{agency_id}/{slug}/designations/{agreement_id}/end",
     summary="End a focal point's designation",
-    responses=error_responses(Forbidden, NotFound, service.BadValidity, StatusUnchanged),
+    responses=error_responses(
+        Forbidden, ForeignAgency, NotFound, service.BadValidity, StatusUnchanged
+    ),
 )
 async def end_designation(
     agency_id: str,
@@ -199,7 +217,7 @@ async def end_designation(
             }
         ),
     ],
-    caller: AdminCaller,
+    caller: AgencyRegistryCaller,
     session: SessionDep,
 ) -> DesignationOut:
     """Set the last day of the designation under the agreement that covers that day."""
@@ -247,3 +265,111 @@ async def load_world(
 async def my_agreements(caller: PartyCaller, session: SessionDep) -> list[AgreementView]:
     """For the caller's agency: each agreement, partners, offences per direction, limits."""
     return await service.views_for(session, caller)
+
+
+# --- changes approved by the parties (broker/agreements/changes.py) ------------------------
+
+
+@public.post(
+    "/agreements/{agreement_id}/proposals",
+    status_code=201,
+    responses=error_responses(*_DOC_ERRORS, NotFound, service.IdMismatch, changes.NotParty),
+)
+async def propose_agreement_change(
+    agreement_id: str, document: AgreementDoc, caller: RegistryCaller, session: SessionDep
+) -> ProposalOut:
+    """Propose a new version of an agreement (the full document): it takes effect once the
+    parties approve it. The administrator, or the registrar of a party; it supersedes an open
+    proposal of the same agreement."""
+    return await changes.propose(session, caller, agreement_id, document)
+
+
+@public.get(
+    "/agreements/{agreement_id}/proposals",
+    responses=error_responses(Forbidden, NotFound, changes.NotParty),
+)
+async def agreement_proposals(
+    agreement_id: str, caller: RegistryCaller, session: SessionDep
+) -> list[ProposalOut]:
+    """The agreement's proposals with their approvals, oldest first (a joining party's
+    registrar sees those that name its agency)."""
+    return await changes.proposals(session, caller, agreement_id)
+
+
+@public.post(
+    "/agreements/{agreement_id}/proposals/{proposal_id}/approvals",
+    responses=error_responses(
+        Forbidden,
+        NotFound,
+        changes.NotParty,
+        changes.ApprovalInvalid,
+        changes.ApprovalKeyNotParty,
+        changes.ProposalExpired,
+        changes.ProposalStale,
+    ),
+)
+async def approve_agreement_change(
+    agreement_id: str,
+    proposal_id: uuid.UUID,
+    data: Annotated[
+        ApprovalIn,
+        Body(
+            openapi_examples={
+                "approval": {
+                    "summary": "an `agreement-approval+jws` signed with the agency's key",
+                    "value": {"approval": EXAMPLE_APPROVAL},
+                }
+            }
+        ),
+    ],
+    caller: RegistrarCaller,
+    session: SessionDep,
+) -> ProposalOut:
+    """Approve a proposal for the registrar's agency with its signed `agreement-approval+jws`;
+    the version takes effect with the approval that completes the quorum. Idempotent: the same
+    agency again gets the proposal as it stands."""
+    return await changes.approve(session, caller, agreement_id, proposal_id, data.approval)
+
+
+@public.post(
+    "/agreements/{agreement_id}/restrictions",
+    status_code=201,
+    responses=error_responses(
+        Forbidden,
+        NotFound,
+        changes.NotParty,
+        StatusUnchanged,
+        InvalidRequest,
+        service.InvalidDocument,
+    ),
+)
+async def restrict_agreement(
+    agreement_id: str,
+    data: Annotated[
+        RestrictionIn,
+        Body(
+            openapi_examples={
+                "suspend": {
+                    "summary": "suspend the agreement at once",
+                    "value": {"action": "suspend", "reason": "Data protection review"},
+                },
+                "exclude": {
+                    "summary": "stop sending NPS alerts to one partner",
+                    "value": {
+                        "action": "exclude",
+                        "to": "KR-KCS",
+                        "offences": ["nps"],
+                        "reason": "Domestic review of NPS scheduling",
+                    },
+                },
+            }
+        ),
+    ],
+    caller: RegistrarCaller,
+    session: SessionDep,
+) -> RestrictionOut:
+    """Narrow the agreement at once, without approvals: a party's registrar suspends it, or
+    excludes offences from its own agency to one partner (a new version). Lifting either is a
+    proposal."""
+    version = await changes.restrict(session, caller, agreement_id, data)
+    return RestrictionOut(agreement=_out(version), action=data.action)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import date, datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from broker.agencies.schemas import AGENCY_ID
+from broker.schemas.vocab import Offence
 
 EXAMPLE_AGREEMENT: dict[str, Any] = {
     "id": "VN-NZ-TNC-2019",
@@ -177,3 +179,79 @@ class AgreementView(BaseModel):
         default_factory=list,
         description="The caller's agency's focal points designated under it, with their periods",
     )
+
+
+# --- changes approved by the parties (broker/agreements/changes.py) ---------------------------
+
+EXAMPLE_APPROVAL = (
+    "eyJhbGciOiJFZDI1NTE5Iiwia2lkIjoiM1E3bV9ZaEJ1Z0FfM0tfTnl2LUFhWGVFcHBNbVBnTHJnTjJGYkJqNkY0cyIs"
+    "InR5cCI6ImFncmVlbWVudC1hcHByb3ZhbCtqd3MifQ.eyJ2IjoxfQ.c2lnbmF0dXJl"
+)
+
+
+class ApprovalIn(BaseModel):
+    """A JWS `agreement-approval+jws` signed with a signing key of the registrar's agency."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    approval: str = Field(min_length=1, max_length=8192, examples=[EXAMPLE_APPROVAL])
+
+
+class ApprovalOut(BaseModel):
+    agency: str
+    approved_by: str
+    approved_at: datetime
+    kid: str
+    approval_sha256: str = Field(description="base64url SHA-256 of the approval JWS as received")
+
+
+class ProposalOut(BaseModel):
+    """A proposed version, the approvals it has and the ones it still needs."""
+
+    id: uuid.UUID
+    agreement_id: str
+    base_version: int = Field(
+        description="the version it changes; it cannot take effect once another is current"
+    )
+    policy_sha256: str = Field(
+        description="base64url SHA-256 of the JCS proposed document: what approvals sign"
+    )
+    status: Literal["open", "adopted", "superseded", "expired", "stale"] = Field(
+        description="`stale`: still open, but its base version is no longer current"
+    )
+    proposed_by: str
+    created_at: datetime
+    expires_at: datetime
+    closed_at: datetime | None
+    version: int | None = Field(description="the version it became, once adopted")
+    approvers: list[str] = Field(
+        description="who may approve: the base version's parties and any joining party"
+    )
+    joining: list[str] = Field(description="parties the proposal adds: each must approve")
+    quorum: int = Field(description="approvals needed from the base version's parties")
+    approvals: list[ApprovalOut]
+    document: dict[str, Any]
+    base_document: dict[str, Any]
+
+
+class RestrictionIn(BaseModel):
+    """A party narrows the agreement at once: suspends it, or excludes offences it will not
+    send to one partner (`from` is the caller's own agency)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: Literal["suspend", "exclude"] = Field(examples=["suspend"])
+    to: str | None = Field(
+        default=None, pattern=AGENCY_ID, description="exclude: the partner", examples=["KR-KCS"]
+    )
+    offences: list[Offence] | None = Field(
+        default=None, min_length=1, description="exclude: the offences", examples=[["nps"]]
+    )
+    reason: str = Field(
+        min_length=1, max_length=500, examples=["Domestic review of NPS scheduling"]
+    )
+
+
+class RestrictionOut(BaseModel):
+    agreement: AgreementOut
+    action: Literal["suspend", "exclude"]

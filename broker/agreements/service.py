@@ -115,6 +115,12 @@ async def _check_agreement(session: AsyncSession, doc: dict[str, Any]) -> None:
             "valid_until is before valid_from",
             errors=[FieldProblem(pointer="/valid_until", detail="before valid_from")],
         )
+    quorum = doc.get("approval_quorum")
+    if quorum is not None and quorum > len(parties):
+        raise InvalidDocument(
+            f"approval_quorum {quorum} exceeds the {len(parties)} parties",
+            errors=[FieldProblem(pointer="/approval_quorum", detail="more than the parties")],
+        )
 
 
 async def create_agreement(
@@ -141,7 +147,11 @@ async def create_agreement(
 async def update_agreement(
     session: AsyncSession, agreement_id: str, document: dict[str, Any], *, actor: str
 ) -> AgreementVersion:
-    """Store a new version of the policy; earlier versions stay for re-deriving decisions."""
+    """Store a new version of the policy; earlier versions stay for re-deriving decisions.
+
+    Internal: what an approved proposal or a restriction applies (`broker.agreements.changes`)
+    and set-up code calls; over HTTP nobody changes an agreement alone.
+    """
     agreement = await get_agreement(session, agreement_id)
     if document.get("id") != agreement_id:
         raise IdMismatch(f"document id {document.get('id')!r} != {agreement_id!r}")

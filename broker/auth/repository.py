@@ -105,8 +105,13 @@ async def set_status(session: AsyncSession, principal: Principal, status: str) -
     await session.flush()
 
 
-async def list_principals(session: AsyncSession) -> Sequence[Principal]:
-    return (await session.scalars(select(Principal).order_by(Principal.name))).all()
+async def list_principals(
+    session: AsyncSession, *, agency_id: str | None = None
+) -> Sequence[Principal]:
+    query = select(Principal).order_by(Principal.name)
+    if agency_id is not None:
+        query = query.where(Principal.agency_id == agency_id)
+    return (await session.scalars(query)).all()
 
 
 async def credential(session: AsyncSession, credential_id: uuid.UUID) -> Credential | None:

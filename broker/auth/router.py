@@ -19,10 +19,11 @@ from broker.auth.schemas import (
     TokenOut,
 )
 from broker.auth.service import Caller
-from broker.deps import AdminCaller, AnyCaller, SessionDep, StrictJSONRoute
+from broker.deps import AnyCaller, RegistryCaller, SessionDep, StrictJSONRoute
 from broker.errors import (
     DuplicateId,
     Forbidden,
+    ForeignAgency,
     InvalidRequest,
     NotFound,
     StatusUnchanged,
@@ -47,7 +48,7 @@ def _token_out(principal: str, issued: tuple[Credential, str]) -> TokenOut:
 @admin.post(
     "/principals",
     status_code=201,
-    responses=error_responses(Forbidden, DuplicateId, InvalidRequest),
+    responses=error_responses(Forbidden, ForeignAgency, DuplicateId, InvalidRequest),
 )
 async def create_principal(
     data: Annotated[
@@ -59,13 +60,15 @@ async def create_principal(
             }
         ),
     ],
-    caller: AdminCaller,
+    caller: RegistryCaller,
     session: SessionDep,
 ) -> TokenOut:
     """Create a principal and return its first token (shown once).
 
-    A principal is bound to a focal point (`focal_point`), an agency (`agency`), the agencies
-    it oversees (`auditor`, all when `audit_agencies` is null) or everything (`admin`).
+    A principal is bound to a focal point (`focal_point`), an agency (`agency`, or
+    `registrar`: the agency's own administrator), the agencies it oversees (`auditor`, all
+    when `audit_agencies` is null) or everything (`admin`). A registrar creates its own
+    agency's `focal_point` and `agency` principals only.
     """
     principal = await service.create_principal(
         session,
@@ -75,6 +78,7 @@ async def create_principal(
         agency_id=data.agency_id,
         focal_point_id=data.focal_point_id,
         audit_agencies=data.audit_agencies,
+        within=service.confinement(caller),
     )
     return _token_out(
         principal.name,
@@ -82,14 +86,23 @@ async def create_principal(
     )
 
 
-@admin.get("/principals", responses=error_responses(Forbidden))
-async def list_principals(caller: AdminCaller, session: SessionDep) -> list[PrincipalOut]:
-    """Every principal (never their tokens)."""
-    return [PrincipalOut.model_validate(p) for p in await service.list_principals(session)]
+@admin.get("/principals", responses=error_responses(Forbidden, ForeignAgency))
+async def list_principals(
+    caller: RegistryCaller, session: SessionDep, agency: str | None = None
+) -> list[PrincipalOut]:
+    """Every principal, optionally of one agency (a registrar: its own agency's only); never
+    their tokens."""
+    agency = service.filter_within(caller, agency)
+    return [
+        PrincipalOut.model_validate(p)
+        for p in await service.list_principals(session, agency_id=agency)
+    ]
 
 
 @admin.post(
-    "/principals/{name}/tokens", status_code=201, responses=error_responses(Forbidden, NotFound)
+    "/principals/{name}/tokens",
+    status_code=201,
+    responses=error_responses(Forbidden, ForeignAgency, NotFound),
 )
 async def issue_token(
     name: str,
@@ -101,11 +114,11 @@ async def issue_token(
             }
         ),
     ],
-    caller: AdminCaller,
+    caller: RegistryCaller,
     session: SessionDep,
 ) -> TokenOut:
     """Issue another token for a principal (rotation)."""
-    principal = await service.principal_by_name(session, name)
+    principal = await service.principal_by_name(session, name, within=service.confinement(caller))
     return _token_out(
         name,
         await service.issue_token(session, principal, actor=caller.actor, ttl_days=data.ttl_days),
@@ -113,37 +126,53 @@ async def issue_token(
 
 
 @admin.post(
-    "/principals/{name}/disable", responses=error_responses(Forbidden, NotFound, StatusUnchanged)
+    "/principals/{name}/disable",
+    responses=error_responses(Forbidden, ForeignAgency, NotFound, StatusUnchanged),
 )
 async def disable_principal(
-    name: str, data: StatusBody, caller: AdminCaller, session: SessionDep
+    name: str, data: StatusBody, caller: RegistryCaller, session: SessionDep
 ) -> PrincipalOut:
     """Disable a principal: all its tokens stop working at once (409 if already disabled)."""
     principal = await service.set_principal_status(
-        session, name, "disabled", reason=data.reason, actor=caller.actor
+        session,
+        name,
+        "disabled",
+        reason=data.reason,
+        actor=caller.actor,
+        within=service.confinement(caller),
     )
     return PrincipalOut.model_validate(principal)
 
 
 @admin.post(
-    "/principals/{name}/enable", responses=error_responses(Forbidden, NotFound, StatusUnchanged)
+    "/principals/{name}/enable",
+    responses=error_responses(Forbidden, ForeignAgency, NotFound, StatusUnchanged),
 )
 async def enable_principal(
-    name: str, data: StatusBody, caller: AdminCaller, session: SessionDep
+    name: str, data: StatusBody, caller: RegistryCaller, session: SessionDep
 ) -> PrincipalOut:
     """Enable a disabled principal again: its unexpired, unrevoked tokens work again."""
     principal = await service.set_principal_status(
-        session, name, "active", reason=data.reason, actor=caller.actor
+        session,
+        name,
+        "active",
+        reason=data.reason,
+        actor=caller.actor,
+        within=service.confinement(caller),
     )
     return PrincipalOut.model_validate(principal)
 
 
 @admin.post(
-    "/tokens/{token_id}/revoke", status_code=204, responses=error_responses(Forbidden, NotFound)
+    "/tokens/{token_id}/revoke",
+    status_code=204,
+    responses=error_responses(Forbidden, ForeignAgency, NotFound),
 )
-async def revoke_token(token_id: uuid.UUID, caller: AdminCaller, session: SessionDep) -> None:
+async def revoke_token(token_id: uuid.UUID, caller: RegistryCaller, session: SessionDep) -> None:
     """Revoke a token; it stops working at once."""
-    await service.revoke_token(session, token_id, actor=caller.actor)
+    await service.revoke_token(
+        session, token_id, actor=caller.actor, within=service.confinement(caller)
+    )
 
 
 @public.get("/me", summary="Who am I", responses=error_responses(Forbidden))

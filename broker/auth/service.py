@@ -20,6 +20,8 @@ from broker.auth.models import Credential, Principal
 from broker.config import settings
 from broker.errors import (
     DuplicateId,
+    Forbidden,
+    ForeignAgency,
     InvalidRequest,
     PrincipalSuspended,
     StatusUnchanged,
@@ -60,18 +62,31 @@ class Caller:
         """How the audit log names this caller."""
         return f"{self.role.value}:{self.name}"
 
-    def administers(self, agency_id: str | None) -> bool:
-        """Whether this caller may change `agency_id`'s registry objects: the operator's
-        administrator any agency's, a registrar its own agency's only."""
-        if self.role is Role.admin:
-            return True
-        return self.role is Role.registrar and agency_id is not None and agency_id == self.agency_id
-
     def oversees(self, agency_id: str) -> bool:
         """Whether an auditor's binding covers `agency_id`."""
         return self.role is Role.auditor and (
             self.audit_agencies is None or agency_id in self.audit_agencies
         )
+
+
+def confinement(caller: Caller) -> str | None:
+    """The agency a caller's registry changes are confined to: a registrar's own, None for the
+    operator's administrator (the role gate admits no one else to registry changes)."""
+    return caller.agency_id if caller.role is Role.registrar else None
+
+
+def check_within(within: str | None, agency_id: str | None, what: str) -> None:
+    """403 `auth.foreign_agency` unless `agency_id` is the confining agency (or none)."""
+    if within is not None and agency_id != within:
+        raise ForeignAgency(f"{what} is not of {within}: a registrar administers its own agency")
+
+
+def filter_within(caller: Caller, agency_id: str | None) -> str | None:
+    """The agency a registry listing shows: a registrar its own (403 naming another), the
+    administrator what it asked for (None: every agency)."""
+    within = confinement(caller)
+    check_within(within, agency_id or within, f"agency {agency_id}")
+    return within or agency_id
 
 
 def hash_token(token: str) -> str:
@@ -138,8 +153,12 @@ async def create_principal(
     agency_id: str | None = None,
     focal_point_id: str | None = None,
     audit_agencies: list[str] | None = None,
+    within: str | None = None,
 ) -> Principal:
-    """Register a principal, checking that its binding fits its role."""
+    """Register a principal, checking that its binding fits its role; a registrar (`within`
+    its agency) registers its own agency's focal-point and agency principals only."""
+    if within is not None and role not in _REGISTRAR_MANAGES:
+        raise Forbidden(f"a registrar may not create {role.value} principals: ask the operator")
     if await repository.principal_by_name(session, name) is not None:
         raise DuplicateId(f"principal {name!r} already exists")
     if role is Role.focal_point:
@@ -149,7 +168,9 @@ async def create_principal(
                 f"focal_point role needs a registered focal point, got {focal_point_id!r}"
             )
         agency_id = fp.agency_id
+        check_within(within, agency_id, f"focal point {focal_point_id}")
     elif role in (Role.agency, Role.registrar):
+        check_within(within, agency_id, f"agency {agency_id}")
         if agency_id is None or await agency_repo.agency(session, agency_id) is None:
             raise InvalidRequest(f"{role.value} role needs a registered agency, got {agency_id!r}")
         focal_point_id = None
@@ -185,7 +206,8 @@ async def create_principal(
 async def issue_token(
     session: AsyncSession, principal: Principal, *, actor: str, ttl_days: int | None = None
 ) -> tuple[Credential, str]:
-    """Create a token for `principal`; the secret is returned once and never stored."""
+    """Create a token for `principal` (found `within` the caller's reach by
+    `principal_by_name`); the secret is returned once and never stored."""
     secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
     now = utcnow()
     credential = Credential(
@@ -210,12 +232,14 @@ async def issue_token(
 
 
 async def revoke_token(
-    session: AsyncSession, credential_id: uuid.UUID, *, actor: str
+    session: AsyncSession, credential_id: uuid.UUID, *, actor: str, within: str | None = None
 ) -> Credential:
     """Revoke a token; it stops working on the next request."""
     credential = exists(
         await repository.credential(session, credential_id), f"token {credential_id}"
     )
+    if within is not None:
+        _reachable(await repository.principal(session, credential.principal_id), within)
     if credential.revoked_at is None:
         credential.revoked_at = utcnow()
         await audit.record(
@@ -225,14 +249,20 @@ async def revoke_token(
 
 
 async def set_principal_status(
-    session: AsyncSession, name: str, status: str, *, reason: str, actor: str
+    session: AsyncSession,
+    name: str,
+    status: str,
+    *,
+    reason: str,
+    actor: str,
+    within: str | None = None,
 ) -> Principal:
     """Disable a principal ('disabled': its tokens stop working at once) or enable it again.
 
     Not idempotent on purpose: asking for the status it already has is 409
     `registry.status_unchanged`, and nothing is logged (the log holds changes only).
     """
-    principal = await principal_by_name(session, name)
+    principal = await principal_by_name(session, name, within=within)
     if principal.status == status:
         raise StatusUnchanged(f"principal {name!r} is already {status}")
     await repository.set_status(session, principal, status)
@@ -247,9 +277,30 @@ async def set_principal_status(
     return principal
 
 
-async def list_principals(session: AsyncSession) -> Sequence[Principal]:
-    return await repository.list_principals(session)
+async def list_principals(
+    session: AsyncSession, *, agency_id: str | None = None
+) -> Sequence[Principal]:
+    return await repository.list_principals(session, agency_id=agency_id)
 
 
-async def principal_by_name(session: AsyncSession, name: str) -> Principal:
-    return exists(await repository.principal_by_name(session, name), f"principal {name!r}")
+async def principal_by_name(
+    session: AsyncSession, name: str, *, within: str | None = None
+) -> Principal:
+    """The principal named `name`; `within` a registrar's agency, only one it manages."""
+    principal = exists(await repository.principal_by_name(session, name), f"principal {name!r}")
+    if within is not None:
+        _reachable(principal, within)
+    return principal
+
+
+# What a registrar manages: its own agency's officers and inboxes; registrars, auditors and
+# administrators are the operator's.
+_REGISTRAR_MANAGES = (Role.focal_point, Role.agency)
+
+
+def _reachable(principal: Principal | None, within: str) -> None:
+    if principal is None:
+        return
+    check_within(within, principal.agency_id, f"principal {principal.name!r}")
+    if Role(principal.role) not in _REGISTRAR_MANAGES:
+        raise Forbidden(f"{principal.role} principals are managed by the operator")

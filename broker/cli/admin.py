@@ -31,7 +31,7 @@ app.add_typer(operation_app, name="operation")
 app.add_typer(token_app, name="token")
 
 JsonFile = Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSON document")]
-ROLES = ("focal_point", "agency", "auditor", "admin")
+ROLES = ("focal_point", "agency", "registrar", "auditor", "admin")
 
 
 def _actor() -> str:
@@ -311,13 +311,29 @@ def agreement_create(document: JsonFile, data_dir: DataDir = None) -> None:
     _dump(call(data_dir, service.create_agreement, doc, actor=_actor()))
 
 
+def _operator() -> Any:
+    """The operator at the broker host, as the administrator the services check."""
+    from broker.auth.service import Caller, Role
+
+    return Caller(principal_id=uuid.UUID(int=0), name=getpass.getuser(), role=Role.admin)
+
+
 @agreement_app.command("update")
 def agreement_update(agreement_id: str, document: JsonFile, data_dir: DataDir = None) -> None:
-    """Store a new version of an agreement."""
-    from broker.agreements import service
+    """Propose a new version of an agreement: it takes effect once its parties' registrars
+    approve it (`broker registrar approve`); it supersedes an open proposal."""
+    from broker.agreements import changes
 
     doc = _document(document, "DOCUMENT")
-    _dump(call(data_dir, service.update_agreement, agreement_id, doc, actor=_actor()))
+    _dump(call(data_dir, changes.propose, _operator(), agreement_id, doc, actor=_actor()))
+
+
+@agreement_app.command("proposals")
+def agreement_proposals(agreement_id: str, data_dir: DataDir = None) -> None:
+    """The proposed changes to an agreement, with their approvals."""
+    from broker.agreements import changes
+
+    _dump(call(data_dir, changes.proposals, _operator(), agreement_id))
 
 
 @agreement_app.command("list")
@@ -358,7 +374,8 @@ def operation_list(data_dir: DataDir = None) -> None:
 def token_create(
     name: Annotated[str, typer.Argument(help="Principal name; created if new")],
     role: Annotated[
-        str | None, typer.Option(help="focal_point | agency | auditor | admin (new principal)")
+        str | None,
+        typer.Option(help="focal_point | agency | registrar | auditor | admin (new principal)"),
     ] = None,
     agency: Annotated[str | None, typer.Option()] = None,
     focal_point: Annotated[str | None, typer.Option()] = None,

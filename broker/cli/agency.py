@@ -479,19 +479,22 @@ def keys_generate(
     use: Annotated[str, typer.Option(help="sig (Ed25519) or enc (X25519)")] = "sig",
     keystore: KEYSTORE = Path("keys"),
     register: Annotated[
-        bool, typer.Option(help="Register the public key (needs an admin token)")
+        bool,
+        typer.Option(help="Register the public key (an admin's or the agency registrar's token)"),
     ] = False,
     url: URL = "http://127.0.0.1:8000",
     token: Annotated[
         str | None,
-        typer.Option("--token", envvar="BROKER_TOKEN", help="An admin token, for --register"),
+        typer.Option(
+            "--token", envvar="BROKER_TOKEN", help="An admin or registrar token, for --register"
+        ),
     ] = None,
 ) -> None:
     """Generate a key into the keystore (encrypted PKCS#8, 0600); print the public JWK and kid."""
     if use not in ("sig", "enc"):
         fail(f"--use {use!r} is not a key use: pass sig or enc", USAGE)
     if register and not token:
-        fail("--register needs --token (an admin token) or BROKER_TOKEN", USAGE)
+        fail("--register needs --token (an admin or registrar token) or BROKER_TOKEN", USAGE)
     if register:
         _need_token(token)  # before a key is made that could not be registered
     store = _keystore(keystore, confirm=True)

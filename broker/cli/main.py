@@ -6,7 +6,17 @@ from typing import Annotated
 
 import typer
 
-from broker.cli import admin, agency, audit, invariants, officer, results, server, witness
+from broker.cli import (
+    admin,
+    agency,
+    audit,
+    invariants,
+    officer,
+    registrar,
+    results,
+    server,
+    witness,
+)
 from broker.cli.common import Group, set_verbose
 
 app = typer.Typer(
@@ -48,3 +58,4 @@ for command in (officer.agreements, officer.scope, officer.feedback):
 app.add_typer(audit.app, name="audit", rich_help_panel="Auditor")
 app.command(rich_help_panel="Auditor")(results.results)
 app.add_typer(witness.app, name="witness", rich_help_panel="Agency side")
+app.add_typer(registrar.app, name="registrar", rich_help_panel="Agency side")

@@ -66,6 +66,7 @@ TYP_ACK = "ack+jws"
 TYP_DIRECTORY = "key-directory+jws"
 TYP_RECALL = "recall+jws"
 TYP_RECALL_COMPLIANCE = "recall-compliance+jws"
+TYP_AGREEMENT_APPROVAL = "agreement-approval+jws"
 
 # `EdDSA` is accepted from partners whose stack predates RFC 9864; the key is always OKP
 # Ed25519 (parse_public_jwk), so both names mean the same algorithm here.

@@ -6,8 +6,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body
 
+from broker.auth import service as auth
 from broker.crypto import errors as crypto_errors
-from broker.deps import AdminCaller, AnyCaller, SessionDep, StrictJSONRoute
+from broker.deps import AnyCaller, RegistryCaller, SessionDep, StrictJSONRoute
 from broker.directory import service
 from broker.directory.schemas import (
     EXAMPLE_KEYS,
@@ -23,6 +24,7 @@ from broker.directory.schemas import (
 from broker.errors import (
     DuplicateId,
     Forbidden,
+    ForeignAgency,
     InvalidRequest,
     NotFound,
     UnknownAgency,
@@ -34,6 +36,7 @@ public = APIRouter(prefix="/v1/directory", tags=["directory"], route_class=Stric
 
 _KEY_ERRORS = (
     Forbidden,
+    ForeignAgency,
     DuplicateId,
     UnknownAgency,
     InvalidRequest,
@@ -65,25 +68,28 @@ async def register_key(
             }
         ),
     ],
-    caller: AdminCaller,
+    caller: RegistryCaller,
     session: SessionDep,
 ) -> KeyOut:
-    """Register a public key (OKP Ed25519 for signing, X25519 for encryption)."""
-    return KeyOut.model_validate(await service.register(session, data, actor=caller.actor))
+    """Register a public key (OKP Ed25519 for signing, X25519 for encryption); a registrar
+    registers its own agency's and its focal points' keys only."""
+    key = await service.register(session, data, actor=caller.actor, within=auth.confinement(caller))
+    return KeyOut.model_validate(key)
 
 
-@admin.get("", responses=error_responses(Forbidden))
+@admin.get("", responses=error_responses(Forbidden, ForeignAgency))
 async def list_keys(
-    caller: AdminCaller, session: SessionDep, agency: str | None = None
+    caller: RegistryCaller, session: SessionDep, agency: str | None = None
 ) -> list[KeyOut]:
-    """Every key, optionally of one agency."""
+    """Every key, optionally of one agency (a registrar: its own agency's only)."""
+    agency = auth.filter_within(caller, agency)
     return [KeyOut.model_validate(k) for k in await service.list_keys(session, agency_id=agency)]
 
 
-@admin.get("/{kid}", responses=error_responses(Forbidden, NotFound))
-async def get_key(kid: str, caller: AdminCaller, session: SessionDep) -> KeyOut:
+@admin.get("/{kid}", responses=error_responses(Forbidden, ForeignAgency, NotFound))
+async def get_key(kid: str, caller: RegistryCaller, session: SessionDep) -> KeyOut:
     """One key with its status."""
-    return KeyOut.model_validate(await service.get(session, kid))
+    return KeyOut.model_validate(await service.get(session, kid, within=auth.confinement(caller)))
 
 
 @admin.post("/{kid}/rotate", status_code=201, responses=error_responses(*_KEY_ERRORS, NotFound))
@@ -100,23 +106,35 @@ async def rotate_key(
             }
         ),
     ],
-    caller: AdminCaller,
+    caller: RegistryCaller,
     session: SessionDep,
 ) -> KeyOut:
     """Register the successor of a key and retire the old one."""
-    return KeyOut.model_validate(await service.rotate(session, kid, data, actor=caller.actor))
+    key = await service.rotate(
+        session, kid, data, actor=caller.actor, within=auth.confinement(caller)
+    )
+    return KeyOut.model_validate(key)
 
 
-@admin.post("/{kid}/retire", responses=error_responses(Forbidden, NotFound, service.KeyNotActive))
-async def retire_key(kid: str, caller: AdminCaller, session: SessionDep) -> KeyOut:
+@admin.post(
+    "/{kid}/retire",
+    responses=error_responses(Forbidden, ForeignAgency, NotFound, service.KeyNotActive),
+)
+async def retire_key(kid: str, caller: RegistryCaller, session: SessionDep) -> KeyOut:
     """Retire a key: no new use; past signatures stay valid."""
-    return KeyOut.model_validate(await service.retire(session, kid, actor=caller.actor))
+    key = await service.retire(session, kid, actor=caller.actor, within=auth.confinement(caller))
+    return KeyOut.model_validate(key)
 
 
 @admin.post(
     "/{kid}/revoke",
     responses=error_responses(
-        Forbidden, NotFound, service.KeyNotActive, service.BadValidity, crypto_errors.InvalidKey
+        Forbidden,
+        ForeignAgency,
+        NotFound,
+        service.KeyNotActive,
+        service.BadValidity,
+        crypto_errors.InvalidKey,
     ),
 )
 async def revoke_key(
@@ -130,11 +148,14 @@ async def revoke_key(
             }
         ),
     ],
-    caller: AdminCaller,
+    caller: RegistryCaller,
     session: SessionDep,
 ) -> KeyOut:
     """Revoke a key, with `compromised_since` for a key compromise."""
-    return KeyOut.model_validate(await service.revoke(session, kid, data, actor=caller.actor))
+    key = await service.revoke(
+        session, kid, data, actor=caller.actor, within=auth.confinement(caller)
+    )
+    return KeyOut.model_validate(key)
 
 
 @public.get(

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from broker import keyring
 from broker.agencies import repository as agency_repo
 from broker.audit import service as audit
+from broker.auth import service as auth
 from broker.crypto import envelope as env
 from broker.crypto import errors as crypto_errors
 from broker.crypto import jcs
@@ -65,8 +66,15 @@ def _parse(jwk: dict[str, Any]) -> crypto_keys.PublicJWK:
         raise Refused(exc, errors=[FieldProblem(pointer="/jwk", detail=exc.detail)]) from exc
 
 
-async def register(session: AsyncSession, data: KeyIn, *, actor: str) -> PublicKey:
-    """Register a public key after strict validation; every key event is a log leaf."""
+async def register(
+    session: AsyncSession, data: KeyIn, *, actor: str, within: str | None = None
+) -> PublicKey:
+    """Register a public key after strict validation; every key event is a log leaf.
+
+    `within`: the agency a registrar is confined to (`auth.confinement`); None for the
+    administrator. The same for every change below.
+    """
+    auth.check_within(within, data.agency_id, f"agency {data.agency_id}")
     parsed = _parse(data.jwk)
     if await agency_repo.agency(session, data.agency_id) is None:
         raise UnknownAgency(f"no agency {data.agency_id!r}")
@@ -102,13 +110,17 @@ async def register(session: AsyncSession, data: KeyIn, *, actor: str) -> PublicK
     return key
 
 
-async def get(session: AsyncSession, kid: str) -> PublicKey:
-    return exists(await repository.key(session, kid), f"key {kid!r}")
+async def get(session: AsyncSession, kid: str, *, within: str | None = None) -> PublicKey:
+    key = exists(await repository.key(session, kid), f"key {kid!r}")
+    auth.check_within(within, key.agency_id, f"key {kid}")
+    return key
 
 
-async def retire(session: AsyncSession, kid: str, *, actor: str) -> PublicKey:
+async def retire(
+    session: AsyncSession, kid: str, *, actor: str, within: str | None = None
+) -> PublicKey:
     """Stop using a key for new messages; past signatures and decryptions stay valid."""
-    key = await get(session, kid)
+    key = await get(session, kid, within=within)
     if key.status != "active":
         raise KeyNotActive(f"key {kid} is {key.status}")
     key.status, key.retired_at = "retired", utcnow()
@@ -116,9 +128,11 @@ async def retire(session: AsyncSession, kid: str, *, actor: str) -> PublicKey:
     return key
 
 
-async def rotate(session: AsyncSession, kid: str, data: RotateIn, *, actor: str) -> PublicKey:
+async def rotate(
+    session: AsyncSession, kid: str, data: RotateIn, *, actor: str, within: str | None = None
+) -> PublicKey:
     """Register a successor for the same owner and retire the old key."""
-    old = await get(session, kid)
+    old = await get(session, kid, within=within)
     new = await register(
         session,
         KeyIn(
@@ -135,9 +149,11 @@ async def rotate(session: AsyncSession, kid: str, data: RotateIn, *, actor: str)
     return new
 
 
-async def revoke(session: AsyncSession, kid: str, data: RevokeIn, *, actor: str) -> PublicKey:
+async def revoke(
+    session: AsyncSession, kid: str, data: RevokeIn, *, actor: str, within: str | None = None
+) -> PublicKey:
     """Revoke a key; with key_compromise, messages after `compromised_since` lose trust."""
-    key = await get(session, kid)
+    key = await get(session, kid, within=within)
     if key.status == "revoked":
         raise KeyNotActive(f"key {kid} is already revoked")
     now = utcnow()

@@ -46,13 +46,13 @@ from prometheus_client import Histogram
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from broker import db, jobs, metrics, schemas
+from broker import db, jobs, metrics
 from broker.audit import service as audit
 from broker.auth.service import Caller
 from broker.config import settings
 from broker.crypto import envelope as env
 from broker.crypto.keys import sha256_b64u
-from broker.errors import BrokerError, FieldProblem, NotFound
+from broker.errors import BrokerError, NotFound
 from broker.faults import crash_point
 from broker.ids import epoch_ms, utcnow, whole_number
 from broker.inbox import notify, repository
@@ -61,6 +61,7 @@ from broker.inbox.schemas import AckOut, InboxItem, InboxPage
 from broker.logging import get_logger
 from broker.messages.models import OUTBOX_DELIVER, OUTBOX_PUSH
 from broker.registry import snapshot as registry
+from broker.registry.signed import verified_statement
 from broker.registry.snapshot import Snapshot
 
 _log = get_logger("broker.inbox")
@@ -413,9 +414,8 @@ async def acknowledge(
     """
     agency = caller.agency_id
     assert agency is not None
-    kid = env.compact_kid(ack_jws, env.TYP_ACK)
     snap = await registry.current(session)
-    payload = _verified_ack(snap, kid, agency, mid, ack_jws)
+    payload = _verified_ack(snap, agency, mid, ack_jws)
     found = await repository.delivery_for_ack(session, agency, mid, payload["envelope_sha256"])
     # Not yet available, withdrawn unread (its `exp`, a recall), or purged: not in the inbox.
     if (
@@ -449,24 +449,24 @@ async def acknowledge(
     )
 
 
-def _verified_ack(
-    snap: Snapshot, kid: str, agency: str, mid: uuid.UUID, ack_jws: str
-) -> dict[str, Any]:
+def _verified_ack(snap: Snapshot, agency: str, mid: uuid.UUID, ack_jws: str) -> dict[str, Any]:
     """The acknowledgement's payload, signed by a signing key of `agency`, for `mid`.
 
     A key of another agency, or none, is `ack.key_not_recipient`; one of the agency's own is
     then held to the same validity as a submit's (revoked, retired, outside its window).
     """
-    key = snap.key(kid)
-    if key is None or key.use != "sig" or key.agency_id != agency:
-        raise AckKeyNotOurs(f"key {kid} is not a signing key of {agency}")
-    snap.signing_key(kid, utcnow())
-    payload = env.verify_compact(ack_jws, key.public or key.jwk, env.TYP_ACK)
-    try:
-        schemas.validate("ack", payload)
-    except schemas.SchemaError as exc:
-        problems = [FieldProblem(pointer="/ack" + e.pointer, detail=e.message) for e in exc.errors]
-        raise BadAck("the acknowledgement is invalid", errors=problems) from exc
+    payload, _ = verified_statement(
+        snap,
+        ack_jws,
+        env.TYP_ACK,
+        now=utcnow(),
+        agency=agency,
+        schema="ack",
+        member="ack",
+        what="acknowledgement",
+        not_signer=AckKeyNotOurs,
+        invalid=BadAck,
+    )
     if payload["mid"] != str(mid):
         raise BadAck(f"the acknowledgement is for {payload['mid']}, not {mid}")
     return payload

@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body
 
-from broker.deps import AdminCaller, SessionDep, StrictJSONRoute
-from broker.errors import Forbidden, InvalidRequest, NotFound, error_responses
+from broker.deps import AgencyRegistryCaller, SessionDep, StrictJSONRoute
+from broker.errors import Forbidden, ForeignAgency, InvalidRequest, NotFound, error_responses
 from broker.push import destinations, service
 from broker.push.schemas import PushEndpointIn, PushEndpointOut
 
@@ -17,7 +17,12 @@ admin = APIRouter(prefix="/v1/admin", tags=["admin: push delivery"], route_class
 @admin.put(
     "/agencies/{agency_id}/push",
     responses=error_responses(
-        Forbidden, NotFound, service.BadPushUrl, destinations.DestinationForbidden, InvalidRequest
+        Forbidden,
+        ForeignAgency,
+        NotFound,
+        service.BadPushUrl,
+        destinations.DestinationForbidden,
+        InvalidRequest,
     ),
 )
 async def set_push_endpoint(
@@ -37,17 +42,20 @@ async def set_push_endpoint(
             }
         ),
     ],
-    caller: AdminCaller,
+    caller: AgencyRegistryCaller,
     session: SessionDep,
 ) -> PushEndpointOut:
-    """Register, change, enable or disable where the broker POSTs the agency's deliveries."""
+    """Register, change, enable or disable where the broker POSTs the agency's deliveries
+    (the administrator, or the agency's own registrar)."""
     endpoint = await service.set_endpoint(session, agency_id, data, actor=caller.actor)
     return PushEndpointOut.model_validate(endpoint)
 
 
-@admin.get("/agencies/{agency_id}/push", responses=error_responses(Forbidden, NotFound))
+@admin.get(
+    "/agencies/{agency_id}/push", responses=error_responses(Forbidden, ForeignAgency, NotFound)
+)
 async def get_push_endpoint(
-    agency_id: str, caller: AdminCaller, session: SessionDep
+    agency_id: str, caller: AgencyRegistryCaller, session: SessionDep
 ) -> PushEndpointOut:
     """The agency's push endpoint."""
     return PushEndpointOut.model_validate(await service.get_endpoint(session, agency_id))

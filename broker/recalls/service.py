@@ -35,6 +35,7 @@ from broker.recalls import repository
 from broker.recalls.models import Recall, RecallRecipient
 from broker.recalls.schemas import ComplianceOut, RecallOut, RecallRecipientOut
 from broker.registry import snapshot as registry
+from broker.registry.signed import verified_statement
 from broker.registry.snapshot import Snapshot
 from broker.schemas import vocab
 
@@ -77,16 +78,18 @@ def _verified_recall(
 ) -> tuple[dict[str, Any], str]:
     """The recall's payload and its key id: signed now by the calling focal point's own key,
     for this message, in the caller's name."""
-    kid = env.compact_kid(jws, env.TYP_RECALL)
-    key = snap.key(kid)
-    if key is None or key.use != "sig" or key.focal_point_id != caller.focal_point_id:
-        raise RecallKeyNotSigner(f"key {kid} is not a signing key of {caller.focal_point_id}")
-    snap.signing_key(kid, now)
-    payload = env.verify_compact(jws, key.public or key.jwk, env.TYP_RECALL)
-    try:
-        schemas.validate("recall", payload)
-    except schemas.SchemaError as exc:
-        raise BadRecall("the recall is invalid", errors=_problems(exc, "recall")) from exc
+    payload, kid = verified_statement(
+        snap,
+        jws,
+        env.TYP_RECALL,
+        now=now,
+        focal_point=caller.focal_point_id or "",
+        schema="recall",
+        member="recall",
+        what="recall",
+        not_signer=RecallKeyNotSigner,
+        invalid=BadRecall,
+    )
     said = (payload["mid"], payload["sender"], payload["sender_fp"])
     if said != (str(mid), caller.agency_id, caller.focal_point_id):
         raise BadRecall(
@@ -297,16 +300,18 @@ def _verified_compliance(
     snap: Snapshot, agency: str, mid: uuid.UUID, jws: str, now: datetime
 ) -> dict[str, Any]:
     """The answer's payload, signed now by a signing key of the recipient agency."""
-    kid = env.compact_kid(jws, env.TYP_RECALL_COMPLIANCE)
-    key = snap.key(kid)
-    if key is None or key.use != "sig" or key.agency_id != agency:
-        raise ComplianceKeyNotOurs(f"key {kid} is not a signing key of {agency}")
-    snap.signing_key(kid, now)
-    payload = env.verify_compact(jws, key.public or key.jwk, env.TYP_RECALL_COMPLIANCE)
-    try:
-        schemas.validate("recall-compliance", payload)
-    except schemas.SchemaError as exc:
-        raise BadCompliance("the answer is invalid", errors=_problems(exc, "compliance")) from exc
+    payload, _ = verified_statement(
+        snap,
+        jws,
+        env.TYP_RECALL_COMPLIANCE,
+        now=now,
+        agency=agency,
+        schema="recall-compliance",
+        member="compliance",
+        what="answer",
+        not_signer=ComplianceKeyNotOurs,
+        invalid=BadCompliance,
+    )
     if payload["mid"] != str(mid):
         raise BadCompliance(f"the answer is for {payload['mid']}, not {mid}")
     return payload

@@ -143,6 +143,35 @@ class BrokerClient:
         )
         return result
 
+    def agreement_proposals(self, agreement: str) -> list[dict[str, Any]]:
+        """A registrar's view of the proposed changes to `agreement`, with their approvals."""
+        return list(self._call("GET", f"/v1/agreements/{agreement}/proposals"))
+
+    def propose_agreement_change(self, agreement: str, document: dict[str, Any]) -> dict[str, Any]:
+        """Propose a new version of `agreement` (the full document) to its parties."""
+        result: dict[str, Any] = self._call(
+            "POST", f"/v1/agreements/{agreement}/proposals", json=document
+        )
+        return result
+
+    def approve_agreement_change(
+        self, agreement: str, proposal: str, approval_jws: str
+    ) -> dict[str, Any]:
+        """Post our agency's signed `agreement-approval+jws` of a proposal (idempotent)."""
+        result: dict[str, Any] = self._call(
+            "POST",
+            f"/v1/agreements/{agreement}/proposals/{proposal}/approvals",
+            json={"approval": approval_jws},
+        )
+        return result
+
+    def restrict_agreement(self, agreement: str, restriction: dict[str, Any]) -> dict[str, Any]:
+        """Narrow `agreement` at once for our agency (suspend, or exclude offences we send)."""
+        result: dict[str, Any] = self._call(
+            "POST", f"/v1/agreements/{agreement}/restrictions", json=restriction
+        )
+        return result
+
     def get(self, path: str, **params: Any) -> Any:
         """Any other GET (log checkpoints and proofs, audit queries)."""
         return self._call("GET", path, params=params or None)

@@ -11,11 +11,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import httpx2
 import pytest
 
 from broker.sdk import agent
 from broker.sdk.agent import ScopeRefused
 from broker.sdk.client import BrokerAPIError, BrokerClient
+from tests.agreements.changes import change_agreement
 from tests.arrangements.conftest import Arrangements, Desk, deliveries
 
 TODAY = dt.datetime.now(dt.UTC).date().isoformat()
@@ -554,7 +556,9 @@ def test_members_at_submission_receive_a_group_alert(
         )
         (frame,) = [a for a in admin.get("/v1/admin/agreements") if a["id"] == "MEKONG-DRAGON"]
         doc = {**frame["document"], "parties": sorted([*frame["document"]["parties"], newcomer])}
-        admin._call("PUT", "/v1/admin/agreements/MEKONG-DRAGON", json=doc)
+        # Every party approves, and the newcomer consents to join.
+        with httpx2.Client(base_url=arr.url) as http:
+            change_agreement(http, arr.token_for, doc)
         (current,) = [o for o in admin.get("/v1/admin/operations") if o["id"] == "MEKONG-DRAGON-V"]
         doc = {
             **current["document"],

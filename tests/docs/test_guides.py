@@ -36,7 +36,7 @@ def test_every_guide_block_is_collected() -> None:
     assert counts == {
         "focal-points.md": 6,
         "partners.md": 2,
-        "operators.md": 2,
+        "operators.md": 3,
         "auditors.md": 2,
         "auditors-console.md": 2,
     }
@@ -89,14 +89,17 @@ def shell(live_url: str, world: dict[str, Any], tmp_path: Path) -> Shell:
 
 
 def test_guides_run_against_a_live_broker(shell: Shell, token_for: Any, tmp_path: Path) -> None:
-    registrar = token_for("admin")
+    registrar = token_for("admin")  # for the cross-agency set-up below
+    vn_registrar = token_for("registrar", agency_id="VN-GDC")
+    hk_registrar = token_for("registrar", agency_id="HK-CED")
     focal = token_for("focal_point", focal_point_id="VN-GDC/fp-hcm-01")
     hk_fp = token_for("focal_point", focal_point_id="HK-CED/fp-01")
     hk = token_for("agency", agency_id="HK-CED")
     fp_guide, partner_guide = blocks("focal-points.md"), blocks("partners.md")
     # The partner agency's keys exist before anyone encrypts to it.
-    shell.run(partner_guide[0], REGISTRAR_TOKEN=registrar)
-    shell.run(fp_guide[0], REGISTRAR_TOKEN=registrar)
+    # Each guide's keys, registered by its own agency's registrar.
+    shell.run(partner_guide[0], REGISTRAR_TOKEN=hk_registrar)
+    shell.run(fp_guide[0], REGISTRAR_TOKEN=vn_registrar)
     agreements = json.loads(shell.run(fp_guide[1], BROKER_TOKEN=focal))
     assert "VN-HK-CMAA-2013" in {a["id"] for a in agreements}
     dry = json.loads(shell.run(fp_guide[2], BROKER_TOKEN=focal))
@@ -129,10 +132,15 @@ def test_guides_run_against_a_live_broker(shell: Shell, token_for: Any, tmp_path
     # the test server's, so the key is given as an auditor would pin it.)
     from broker import keyring
 
+    ops = blocks("operators.md")
     checked = shell.run(
-        blocks("operators.md")[1], BROKER_LOG_KEY=keyring.load_or_create().log_verifier_key
+        next(b for b in ops if "broker check" in b),
+        BROKER_LOG_KEY=keyring.load_or_create().log_verifier_key,
     )
     assert "settled: True" in checked
+    # The operator gives an agency its registrar.
+    registrar_block = next(b for b in ops if "--role registrar" in b)
+    assert '"role": "registrar"' in shell.run(registrar_block)
     assert "VIOLATION" not in checked
 
 

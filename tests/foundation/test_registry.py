@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from broker import db
 from broker.errors import BrokerError, FieldProblem
 from broker.models import Base
+from tests.agreements.changes import change_agreement
 from tests.conftest import bearer
 
 # Derived from audit_events by the background log sequencer, on its own schedule.
@@ -430,7 +431,7 @@ class TestKeysLifecycle:
 
 
 def test_agreement_versions_keep_history(
-    client: Any, world: dict[str, Any], admin_headers: dict[str, str]
+    client: Any, world: dict[str, Any], admin_headers: dict[str, str], token_for: Any
 ) -> None:
     doc = _agreement(world, "VN-NZ-TNC-2019")
     doc["assurances"] = [
@@ -442,8 +443,8 @@ def test_agreement_versions_keep_history(
             "recorded_at": "2026-03-01",
         }
     ]
-    response = client.put("/v1/admin/agreements/VN-NZ-TNC-2019", json=doc, headers=admin_headers)
-    assert response.status_code == 200, response.text
+    adopted = change_agreement(client, token_for, doc)
+    assert adopted["version"] == 2
     versions = client.get(
         "/v1/admin/agreements/VN-NZ-TNC-2019/versions", headers=admin_headers
     ).json()

@@ -7,11 +7,13 @@ fuzz: `app.routes`, the mounted console and static files, routes outside the Ope
 included), and a route without a row fails ("new route without an authorization row"), as
 does a row whose route is gone.
 
-Each route is called as: a focal point, an agency, an auditor, an admin, without a token and
-with a made-up token. A route with a resource (a path parameter, or the agency an auditor's
+Each route is called as: a focal point, an agency, a registrar, an auditor, an admin, without
+a token and with a made-up token. A route with a resource (a path parameter, or the agency a
 query names) is called by each bound role twice: bound to the resource's party ("own": the
-sending focal point and agency VN-GDC of an alert VN-GDC -> HK-CED, an auditor overseeing
-VN-GDC and HK-CED) and bound elsewhere ("foreign": KR-KCS's focal point, agency and auditor).
+sending focal point and agency VN-GDC of an alert VN-GDC -> HK-CED, VN-GDC's registrar, an
+auditor overseeing VN-GDC and HK-CED) and bound elsewhere ("foreign": KR-KCS's focal point,
+agency and auditor, HK-CED's registrar). tests/hostile/test_registrar_bola.py calls every
+registry route on real VN-GDC objects as HK-CED's registrar.
 
 What each cell must answer:
 
@@ -53,13 +55,15 @@ from tests.messages.conftest import Exchange, relay
 pytestmark = pytest.mark.hostile
 
 FP, AGENCY, AUDITOR, ADMIN = "focal_point", "agency", "auditor", "admin"
+REGISTRAR = "registrar"
 NO_TOKEN, BAD_TOKEN = "no token", "bad token"
-ROLES = (FP, AGENCY, AUDITOR, ADMIN, NO_TOKEN, BAD_TOKEN)
-BOUND = (FP, AGENCY, AUDITOR)  # roles bound to a party: called as own and as foreign
+ROLES = (FP, AGENCY, REGISTRAR, AUDITOR, ADMIN, NO_TOKEN, BAD_TOKEN)
+BOUND = (FP, AGENCY, REGISTRAR, AUDITOR)  # roles bound to a party: called as own and as foreign
 
-ANY = frozenset({FP, AGENCY, AUDITOR, ADMIN})
+ANY = frozenset({FP, AGENCY, REGISTRAR, AUDITOR, ADMIN})
 PARTY = frozenset({FP, AGENCY})
 ONLY_ADMIN = frozenset({ADMIN})
+REGISTRY = frozenset({ADMIN, REGISTRAR})  # the administrator, or the agency's own registrar
 ONLY_AUDITOR = frozenset({AUDITOR})
 
 API, CONSOLE, PUBLIC, SIGN_IN, SCRAPE = "api", "console", "public", "sign-in", "scrape"
@@ -70,12 +74,14 @@ SCRAPER_TOKEN = "scraper-" + "s" * 32
 OWN: dict[str, dict[str, Any]] = {
     FP: {"focal_point_id": SENDER_FP},
     AGENCY: {"agency_id": "VN-GDC"},
+    REGISTRAR: {"agency_id": "VN-GDC"},
     AUDITOR: {"audit_agencies": ["VN-GDC", "HK-CED"]},
     ADMIN: {},
 }
 FOREIGN: dict[str, dict[str, Any]] = {
     FP: {"focal_point_id": "KR-KCS/fp-01"},
     AGENCY: {"agency_id": "KR-KCS"},
+    REGISTRAR: {"agency_id": "HK-CED"},
     AUDITOR: {"audit_agencies": ["KR-KCS"]},
 }
 ACK = object()  # body marker: the caller's agency's signed acknowledgement of the alert
@@ -120,6 +126,7 @@ def public(ok: int | None = 200, **kw: Any) -> Row:
 
 
 AUDIT_QUERY = {"agency": "VN-GDC"}
+REGISTRY_QUERY = {"agency": "VN-GDC"}  # a registry listing of VN-GDC's
 VERIFY_FORM = {"full": "false", "index": ""}
 # No filter (the log page's hidden `since` is its verify form's): a bound auditor's file holds
 # its own agencies only.
@@ -139,6 +146,8 @@ RESULTS = Row(
     ),
 )
 NO_MEMBER_PAGE = Extra("an auditor of no member", AUDITOR, NO_MEMBER_AUDITOR, 404)
+# The registrar of an agency that is no party to VN-HK-CMAA-2013.
+NOT_PARTY = Extra("a registrar of no party", REGISTRAR, {"agency_id": "KR-KCS"}, 403)
 
 TABLE: dict[tuple[str, str], Row] = {
     # messages: focal points submit; the sending agency (its focal points and its agency
@@ -178,48 +187,73 @@ TABLE: dict[tuple[str, str], Row] = {
     ("GET", "/static/{path}"): public(),
     # access
     ("GET", "/v1/me"): api(ANY, 200),
-    ("POST", "/v1/admin/principals"): api(ONLY_ADMIN, body={}),
-    ("GET", "/v1/admin/principals"): api(ONLY_ADMIN, 200),
-    ("POST", "/v1/admin/principals/{name}/tokens"): api(ONLY_ADMIN, body={}),
-    ("POST", "/v1/admin/tokens/{token_id}/revoke"): api(ONLY_ADMIN),
-    ("POST", "/v1/admin/principals/{name}/disable"): api(ONLY_ADMIN, body={}),
-    ("POST", "/v1/admin/principals/{name}/enable"): api(ONLY_ADMIN, body={}),
-    # registry: the directory for every authenticated caller, changes for admins only
+    # registry: the administrator, or an agency's own registrar (another agency's object: 403
+    # `auth.foreign_agency`, before the body is read). Names, key ids and token ids here are
+    # made up (404 for both): test_registrar_bola.py uses real ones.
+    ("POST", "/v1/admin/principals"): api(REGISTRY, body={}),
+    ("GET", "/v1/admin/principals"): api(
+        REGISTRY, 200, foreign=403, query=REGISTRY_QUERY, scoped=True
+    ),
+    ("POST", "/v1/admin/principals/{name}/tokens"): api(REGISTRY, body={}),
+    ("POST", "/v1/admin/tokens/{token_id}/revoke"): api(REGISTRY),
+    ("POST", "/v1/admin/principals/{name}/disable"): api(REGISTRY, body={}),
+    ("POST", "/v1/admin/principals/{name}/enable"): api(REGISTRY, body={}),
+    # the directory for every authenticated caller
     ("GET", "/v1/directory/agencies"): api(ANY, 200),
     ("GET", "/v1/directory"): api(ANY, 200),
     ("GET", "/v1/directory/jwks"): api(ANY, 200),
     ("GET", "/v1/directory/broker"): api(ANY, 200),
     ("POST", "/v1/admin/agencies"): api(ONLY_ADMIN, body={}),
     ("GET", "/v1/admin/agencies"): api(ONLY_ADMIN, 200),
-    ("GET", "/v1/admin/agencies/{agency_id}"): api(ONLY_ADMIN, 200),
-    ("POST", "/v1/admin/agencies/{agency_id}/focal-points"): api(ONLY_ADMIN, body={}),
-    ("GET", "/v1/admin/focal-points"): api(ONLY_ADMIN, 200),
+    ("GET", "/v1/admin/agencies/{agency_id}"): api(REGISTRY, 200, foreign=403),
+    ("POST", "/v1/admin/agencies/{agency_id}/focal-points"): api(REGISTRY, body={}, foreign=403),
+    ("GET", "/v1/admin/focal-points"): api(
+        REGISTRY, 200, foreign=403, query=REGISTRY_QUERY, scoped=True
+    ),
     # Empty bodies (422): a real suspension would refuse the matrix's own callers.
     ("POST", "/v1/admin/agencies/{agency_id}/suspend"): api(ONLY_ADMIN, body={}),
     ("POST", "/v1/admin/agencies/{agency_id}/reactivate"): api(ONLY_ADMIN, body={}),
-    ("POST", "/v1/admin/focal-points/{agency_id}/{slug}/suspend"): api(ONLY_ADMIN, body={}),
-    ("POST", "/v1/admin/focal-points/{agency_id}/{slug}/reactivate"): api(ONLY_ADMIN, body={}),
-    ("PUT", "/v1/admin/agencies/{agency_id}/push"): api(ONLY_ADMIN, body={}),
-    ("GET", "/v1/admin/agencies/{agency_id}/push"): api(ONLY_ADMIN),
-    ("POST", "/v1/admin/keys"): api(ONLY_ADMIN, body={}),
-    ("GET", "/v1/admin/keys"): api(ONLY_ADMIN, 200),
-    ("GET", "/v1/admin/keys/{kid}"): api(ONLY_ADMIN),
-    ("POST", "/v1/admin/keys/{kid}/rotate"): api(ONLY_ADMIN, body={}),
-    ("POST", "/v1/admin/keys/{kid}/retire"): api(ONLY_ADMIN),
-    ("POST", "/v1/admin/keys/{kid}/revoke"): api(ONLY_ADMIN, body={}),
-    # agreements: parties read their own view; admins manage
+    ("POST", "/v1/admin/focal-points/{agency_id}/{slug}/suspend"): api(
+        REGISTRY, body={}, foreign=403
+    ),
+    ("POST", "/v1/admin/focal-points/{agency_id}/{slug}/reactivate"): api(
+        REGISTRY, body={}, foreign=403
+    ),
+    ("PUT", "/v1/admin/agencies/{agency_id}/push"): api(REGISTRY, body={}, foreign=403),
+    ("GET", "/v1/admin/agencies/{agency_id}/push"): api(REGISTRY, foreign=403),
+    ("POST", "/v1/admin/keys"): api(REGISTRY, body={}),
+    ("GET", "/v1/admin/keys"): api(REGISTRY, 200, foreign=403, query=REGISTRY_QUERY, scoped=True),
+    ("GET", "/v1/admin/keys/{kid}"): api(REGISTRY),
+    ("POST", "/v1/admin/keys/{kid}/rotate"): api(REGISTRY, body={}),
+    ("POST", "/v1/admin/keys/{kid}/retire"): api(REGISTRY),
+    ("POST", "/v1/admin/keys/{kid}/revoke"): api(REGISTRY, body={}),
+    # agreements: parties read their own view; admins create and a party's registrar reads
+    # the text
     ("GET", "/v1/agreements"): api(PARTY, 200),
     ("POST", "/v1/admin/agreements"): api(ONLY_ADMIN, body={}),
     ("GET", "/v1/admin/agreements"): api(ONLY_ADMIN, 200),
-    ("GET", "/v1/admin/agreements/{agreement_id}/versions"): api(ONLY_ADMIN, 200),
-    ("PUT", "/v1/admin/agreements/{agreement_id}"): api(ONLY_ADMIN, body={}),
+    ("GET", "/v1/admin/agreements/{agreement_id}/versions"): api(REGISTRY, 200, extra=(NOT_PARTY,)),
+    # changes approved by the parties (VN-HK-CMAA-2013: VN-GDC and HK-CED, so HK-CED's registrar
+    # is a party too; KR-KCS's is not): proposals by the administrator or a party's registrar,
+    # approvals and restrictions by a party's registrar only (every route on real objects of
+    # a foreign registrar: test_registrar_bola.py)
+    ("POST", "/v1/agreements/{agreement_id}/proposals"): api(REGISTRY, body={}),
+    ("GET", "/v1/agreements/{agreement_id}/proposals"): api(REGISTRY, 200, extra=(NOT_PARTY,)),
+    ("POST", "/v1/agreements/{agreement_id}/proposals/{proposal_id}/approvals"): api(
+        frozenset({REGISTRAR}), body={}
+    ),
+    ("POST", "/v1/agreements/{agreement_id}/restrictions"): api(frozenset({REGISTRAR}), body={}),
     ("POST", "/v1/admin/operations"): api(ONLY_ADMIN, body={}),
     ("GET", "/v1/admin/operations"): api(ONLY_ADMIN, 200),
     ("PUT", "/v1/admin/operations/{operation_id}"): api(ONLY_ADMIN, body={}),
-    ("POST", "/v1/admin/focal-points/{agency_id}/{slug}/designations"): api(ONLY_ADMIN, body={}),
-    ("GET", "/v1/admin/focal-points/{agency_id}/{slug}/designations"): api(ONLY_ADMIN, 200),
+    ("POST", "/v1/admin/focal-points/{agency_id}/{slug}/designations"): api(
+        REGISTRY, body={}, foreign=403
+    ),
+    ("GET", "/v1/admin/focal-points/{agency_id}/{slug}/designations"): api(
+        REGISTRY, 200, foreign=403
+    ),
     ("POST", "/v1/admin/focal-points/{agency_id}/{slug}/designations/{agreement_id}/end"): api(
-        ONLY_ADMIN, body={}
+        REGISTRY, body={}, foreign=403
     ),
     ("POST", "/v1/admin/world"): api(ONLY_ADMIN, body={}),
     # legal holds: auditors (on messages naming an agency they oversee) and administrators
@@ -264,7 +298,7 @@ TABLE: dict[tuple[str, str], Row] = {
     ("POST", "/console/logout"): public(
         303,
         form={},
-        by_role={FP: 403, AGENCY: 403, ADMIN: 403, BAD_TOKEN: 403},
+        by_role={FP: 403, AGENCY: 403, REGISTRAR: 403, ADMIN: 403, BAD_TOKEN: 403},
         extra=(Extra("an auditor's session without its form token", AUDITOR, {}, 403, {}),),
     ),
     ("GET", "/console/"): console(foreign=403, query=AUDIT_QUERY, scoped=True),
@@ -301,6 +335,7 @@ SIGN_IN_STATUS = {
     AUDITOR: 303,
     FP: 403,
     AGENCY: 403,
+    REGISTRAR: 403,
     ADMIN: 403,
     NO_TOKEN: 401,
     BAD_TOKEN: 401,
@@ -372,6 +407,7 @@ def world(armed: Exchange) -> World:
         "kid": "A" * 43,  # no real key: an admitted admin must not retire or revoke one
         "token_id": "01a209e8-cf03-74d1-ac62-45eda8e12c83",
         "hold_id": "01a209e8-cf03-74d1-ac62-45eda8e12c84",  # no such hold: a lift is 404
+        "proposal_id": "01a209e8-cf03-74d1-ac62-45eda8e12c86",  # no such proposal: 404
         "path": "console/favicon.svg",
     }
     return World(armed, routing["mid"], envelope, values)
@@ -429,7 +465,9 @@ def expected(row: Row, role: str, which: str, binding: dict[str, Any], label: st
     if role not in row.roles:
         return Cell(label, role, binding, 403, code="auth.forbidden")
     if which == "foreign" and row.foreign is not None:
-        return Cell(label, role, binding, row.foreign, row.form)
+        # A registrar is refused another agency's object by its binding, not by its role.
+        code = "auth.foreign_agency" if role == REGISTRAR and row.foreign == 403 else None
+        return Cell(label, role, binding, row.foreign, row.form, code=code)
     return Cell(label, role, binding, row.ok, row.form)
 
 

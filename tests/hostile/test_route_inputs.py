@@ -337,6 +337,7 @@ def scene(armed: Exchange) -> Scene:
             Role.auditor: [bearer(auditor), bearer(make_token("auditor"))],
             Role.agency: [armed.agency_headers("HK-CED")],
             Role.focal_point: [armed.fp_headers(SENDER_FP)],
+            Role.registrar: [bearer(make_token("registrar", agency_id="VN-GDC"))],
         }
         # The inbox is not empty: a fuzzed `wait` never holds a poll open.
         inbox = armed.client.get("/v1/inbox", headers=armed.agency_headers("HK-CED"))

@@ -432,7 +432,9 @@ class RegistryMachine(RuleBasedStateMachine):
         status=st.sampled_from(["active", "suspended"]),
         mismatch=st.sampled_from([False, False, True]),
     )
-    def version_agreement(self, data: st.DataObject, status: str, mismatch: bool) -> None:
+    def propose_agreement(self, data: st.DataObject, status: str, mismatch: bool) -> None:
+        """The administrator proposes a new version: the agreement itself does not change
+        until its parties approve (tests/agreements/test_approvals.py)."""
         known = st.sampled_from(sorted(self.model.agreements or AGREEMENTS))
         agreement = data.draw(st.one_of(known, known, st.sampled_from(AGREEMENTS)))
         parties = self.model.parties.get(agreement, sorted(AGENCIES)[:2])
@@ -442,16 +444,14 @@ class RegistryMachine(RuleBasedStateMachine):
         elif mismatch:
             expect = 422  # IdMismatch
         else:
-            expect = 200
+            expect = 201
         self.call(
-            "PUT",
-            f"/v1/admin/agreements/{agreement}",
+            "POST",
+            f"/v1/agreements/{agreement}/proposals",
             json=doc,
             expect=expect,
-            events=["agreement.updated"] if expect == 200 else [],
+            events=["agreement.proposed"] if expect == 201 else [],
         )
-        if expect == 200:
-            self.model.agreements[agreement].append(status)
 
     @rule(bad=st.sampled_from(["bad_offence", "bad_status", "until_before_from", "extra"]))
     def create_agreement_invalid(self, bad: str) -> None:

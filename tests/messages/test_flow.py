@@ -6,6 +6,7 @@ from typing import Any
 
 from broker.crypto import envelope as env
 from broker.crypto.keys import parse_public_jwk
+from tests.agreements.changes import registrar
 from tests.messages.conftest import Exchange, relay, seizure_feedback
 
 
@@ -131,10 +132,7 @@ def test_dry_run_tells_before_encrypting(exchange: Exchange) -> None:
 def test_dry_run_tells_a_non_party_nothing_about_an_agreement(exchange: Exchange) -> None:
     """Issue 15.7: a focal point learnt which agreements exist, and their suspension and dates,
     before the check that it is a party. NZ-POL is no party to VN-HK-CMAA-2013."""
-    from broker import world
-
     headers = exchange.fp_headers("NZ-POL/fp-01")
-    admin = {"Authorization": f"Bearer {exchange.token_for('admin')}"}
 
     def ask(agreement: str) -> dict[str, Any]:
         routing = exchange.routing(
@@ -148,13 +146,13 @@ def test_dry_run_tells_a_non_party_nothing_about_an_agreement(exchange: Exchange
     nothing = ask("XX-NO-SUCH-AGREEMENT")
     assert (nothing["decision"], nothing["code"]) == ("reject", "scope.agreement_unknown")
     assert ask("VN-HK-CMAA-2013") == nothing
-    document = next(a for a in world.demo_world()["agreements"] if a["id"] == "VN-HK-CMAA-2013")
-    suspended = exchange.client.put(
-        "/v1/admin/agreements/VN-HK-CMAA-2013",
-        json={**document, "status": "suspended"},
-        headers=admin,
+    # A party suspends the agreement at once (a restriction needs no approvals).
+    suspended = exchange.client.post(
+        "/v1/agreements/VN-HK-CMAA-2013/restrictions",
+        json={"action": "suspend", "reason": "Review of the exchange arrangements"},
+        headers=registrar(exchange.token_for, "HK-CED"),
     )
-    assert suspended.status_code == 200, suspended.text
+    assert suspended.status_code == 201, suspended.text
     assert ask("VN-HK-CMAA-2013") == nothing
 
 

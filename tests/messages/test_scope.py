@@ -37,6 +37,7 @@ from broker.crypto.keys import EncryptionKey, SigningKey, sha256_b64u
 from broker.errors import BrokerError, NotFound
 from broker.messages import repository, service
 from broker.messages.models import Delivery, Message
+from tests.agreements.changes import change_agreement
 from tests.messages.conftest import BODY, Exchange, new_mid
 
 # --- the harness ---------------------------------------------------------------------------------
@@ -68,13 +69,12 @@ class World:
         return next(o for o in self.doc["operations"] if o["id"] == operation_id)
 
     def put_agreement(self, agreement_id: str, **changes: Any) -> dict[str, Any]:
-        """A new version of the agreement, through PUT /v1/admin/agreements/{id}."""
+        """A new version of the agreement: proposed, then approved by each party's registrar."""
         document = {**self.agreement(agreement_id), **changes}
-        response = self.ex.client.put(
-            f"/v1/admin/agreements/{agreement_id}", json=document, headers=self.admin
+        adopted = change_agreement(
+            self.ex.client, self.ex.token_for, document, signers=self.ex.agency_signing
         )
-        assert response.status_code == 200, response.text
-        return dict(response.json())
+        return {"version": adopted["version"], "sha256": adopted["policy_sha256"]}
 
     def put_operation(self, operation_id: str, **changes: Any) -> dict[str, Any]:
         document = {**self.operation(operation_id), **changes}

@@ -38,6 +38,7 @@ def test_expected_schemas_are_packaged() -> None:
     assert NAMES == [
         "v1/ack",
         "v1/agreement",
+        "v1/agreement-approval",
         "v1/body/alert",
         "v1/body/feedback",
         "v1/body/subject",
