@@ -54,10 +54,15 @@ DEMO_PRINCIPALS: list[dict[str, Any]] = [
     {"name": "vn-spp-inbox", "role": "agency", "agency_id": "VN-SPP"},
     {"name": "mz-pgr-inbox", "role": "agency", "agency_id": "MZ-PGR"},
     {"name": "rilo-inbox", "role": "agency", "agency_id": "INT-WCO-RILOAP"},
+    # Each agency's own administrator (docs/registrars.md): the guides register keys with it.
+    {"name": "vn-gdc-registrar", "role": "registrar", "agency_id": "VN-GDC"},
+    {"name": "hk-ced-registrar", "role": "registrar", "agency_id": "HK-CED"},
+    {"name": "kr-kcs-registrar", "role": "registrar", "agency_id": "KR-KCS"},
     {"name": "oversight-auditor", "role": "auditor"},
 ]
 # `broker demo env --as ROLE`: whose credentials, and the variables that role's guide reads
-# (REGISTRAR_TOKEN: the demo admin's, which the guides' first step registers keys with).
+# (REGISTRAR_TOKEN: the token of the agency's registrar, which the guides' first step
+# registers keys with).
 _AGENCY_SIDE = (
     "BROKER_URL",
     "BROKER_TOKEN",
@@ -75,6 +80,7 @@ GUIDE_ROLES: dict[str, tuple[str, tuple[str, ...], str]] = {
         ("BROKER_URL", "BROKER_TOKEN", "BROKER_LOG_KEY"),
         "docs/auditors.md",
     ),
+    "registrar": ("vn-gdc-registrar", _AGENCY_SIDE, "docs/registrars.md"),
     "admin": (ADMIN, ("BROKER_URL", "BROKER_TOKEN"), "docs/operators.md"),
 }
 
@@ -579,9 +585,10 @@ def _scenario(
         "The first envelope submitted again",
         f"the original receipt ({same['event_id'] == answer['event_id'] and 'same event'})",
     )
+    outcomes["governance"] = _governance(client, store, body)
     outcomes["recall"] = _recall(client, store, data_dir, log_key, body)
     outcomes["purged"] = _purge(client["vn-gdc-hcm"], draft.mid)
-    console().rule("8. Partner agencies' witnesses cosign the log")
+    console().rule("9. Partner agencies' witnesses cosign the log")
     witness_keys = _witnesses(admin, client, data_dir, log_key, passphrase)
     outcomes["witnesses"] = len(witness_keys)
     outcomes["audit"] = _audit(
@@ -720,7 +727,7 @@ def _recall(
     HK-CED, which had opened it, on the recall notice its inbox brought."""
     from broker.sdk import agent
 
-    console().rule("6. A recall: withdrawn unread, or erased by the partner who read it")
+    console().rule("7. A recall: withdrawn unread, or erased by the partner who read it")
     draft = agent.compose(
         client["vn-gdc-hcm"],
         store.signing_key("VN-GDC/fp-hcm-01"),
@@ -756,6 +763,74 @@ def _recall(
     return states
 
 
+def _governance(client: dict[str, Any], store: Keystore, body: dict[str, Any]) -> dict[str, Any]:
+    """Each agency administers its own: VN-GDC's registrar proposes widening VN-KR-CUSTOMS, which
+    takes effect only when KR-KCS's registrar approves too; then it suspends its own duty desk,
+    whose next request is refused, and puts it back in service."""
+    from broker.sdk.client import BrokerAPIError
+
+    console().rule("6. Governance: an agreement change both parties approve; a suspension")
+    outcome = _agreement_change(client, store, body)
+    fp, officer, vn = "VN-GDC/fp-hcm-01", client["vn-gdc-hcm"], client["vn-gdc-registrar"]
+    vn.suspend_focal_point(fp, "Duty officer on leave")
+    _ok("VN-GDC's registrar suspended its duty desk", fp)
+    try:
+        officer.me()
+        _ok("The desk's token", "still accepted (unexpected)")
+    except BrokerAPIError as exc:
+        _refused(f"{fp} asks the broker anything", exc.code, ": its tokens wait, unrevoked")
+        outcome["suspended"] = exc.code
+    vn.reactivate_focal_point(fp, "Officer back")
+    _ok("VN-GDC's registrar put the desk back in service", f"{officer.me()['name']} answers again")
+    return outcome
+
+
+def _agreement_change(
+    client: dict[str, Any], store: Keystore, body: dict[str, Any]
+) -> dict[str, Any]:
+    from broker.schemas import vocab
+    from broker.sdk import agent
+    from broker.sdk import agreements as changes
+
+    officer, vn, kr = client["vn-gdc-hcm"], client["vn-gdc-registrar"], client["kr-kcs-registrar"]
+    current = vn.get("/v1/admin/agreements/VN-KR-CUSTOMS/versions")[-1]["document"]
+    # cites_wildlife the first time; on a re-run over the same database, the next not covered.
+    offence = next((o for o in vocab.OFFENCES if o not in current["offences"]), None)
+    if offence is None:
+        _ok("VN-KR-CUSTOMS already covers every offence", "no change to propose")
+        return {}
+    fields: dict[str, Any] = {"recipients": ["KR-KCS"], "agreement": "VN-KR-CUSTOMS"}
+
+    def dry_run() -> str:
+        routing = agent.routing_for("VN-GDC/fp-hcm-01", offence=offence, body=body, **fields)
+        said = officer.check(routing)
+        return str(said.get("code") or said.get("decision"))
+
+    _refused(f"A {offence} alert from VN-GDC to KR-KCS under VN-KR-CUSTOMS", dry_run())
+    proposal = vn.propose_agreement_change(
+        "VN-KR-CUSTOMS", dict(current, offences=[*current["offences"], offence])
+    )
+    _ok(
+        f"VN-GDC's registrar proposed adding {offence}",
+        f"proposal {proposal['id']}, policy hash {proposal['policy_sha256'][:12]}…",
+    )
+    proposal = changes.approve(vn, store.signing_key("VN-GDC"), proposal, "VN-GDC")
+    _say(
+        "…",
+        "yellow",
+        "VN-GDC approved it (agreement-approval+jws signed with VN-GDC's key)",
+        f"{proposal['status']}: KR-KCS has not approved; the dry run still says {dry_run()}",
+    )
+    # KR-KCS's registrar reads the proposal from the broker and signs what it was shown.
+    seen = next(p for p in kr.agreement_proposals("VN-KR-CUSTOMS") if p["id"] == proposal["id"])
+    adopted = changes.approve(kr, store.signing_key("KR-KCS"), seen, "KR-KCS")
+    _ok(
+        "KR-KCS's registrar approved it: in effect at once",
+        f"version {adopted['version']}; the dry run now says {dry_run()}",
+    )
+    return {"adopted": adopted["version"], "offence": offence}
+
+
 def _pull_until(puller: Any, wanted: Any, rounds: int = 10) -> None:
     """Pull until an item `wanted` says is the one came (the relay makes it available within
     a moment of the commit; a pull ends at the end of what is already there)."""
@@ -779,7 +854,7 @@ def _purge(client: Any, mid: str) -> str:
     from broker.messages.models import Message
     from broker.sdk.client import BrokerAPIError
 
-    console().rule("7. Six years on: the retention purge")
+    console().rule("8. Six years on: the retention purge")
     # The demo moves this one alert's acceptance time back, as six years of waiting would.
     accepted = utcnow() - timedelta(days=6 * 366)
     db.call(
@@ -901,7 +976,7 @@ def _audit(
     witness_keys: list[str],
 ) -> dict[str, Any]:
     """The auditor's view: the exchanges, the refusals, and an independent log check."""
-    console().rule("9. The auditor reviews the exchange log and verifies it")
+    console().rule("10. The auditor reviews the exchange log and verifies it")
     try:
         events = auditor.get("/v1/audit/events", limit=500)
     except Exception as exc:
@@ -1094,13 +1169,15 @@ def environment(data_dir: Path, role: str) -> str:
     name, variables, guide = GUIDE_ROLES[key]
     try:
         principal = credentials["tokens"][name]
+        agency = str(principal.get("focal_point_id") or principal.get("agency_id") or "")
+        registrar = credentials["tokens"].get(f"{agency.split('/')[0].lower()}-registrar")
         values = {
             "BROKER_URL": credentials["base_url"],
             "BROKER_TOKEN": principal["token"],
             "BROKER_KEYSTORE": credentials["keystore"]["folder"],
             "BROKER_KEY_PASSPHRASE": credentials["keystore"]["passphrase"],
             "BROKER_LOG_KEY": credentials["log_key"],
-            "REGISTRAR_TOKEN": credentials["tokens"][ADMIN]["token"],
+            "REGISTRAR_TOKEN": (registrar or credentials["tokens"][ADMIN])["token"],
         }
     except (KeyError, TypeError) as exc:
         raise DemoEnvError(

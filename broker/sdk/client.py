@@ -175,3 +175,23 @@ class BrokerClient:
     def get(self, path: str, **params: Any) -> Any:
         """Any other GET (log checkpoints and proofs, audit queries)."""
         return self._call("GET", path, params=params or None)
+
+    def post(self, path: str, body: Any = None) -> Any:
+        """Any other POST: the registry routes an agency's registrar shares with the operator
+        (docs/registrars.md), with the route's JSON body."""
+        return self._call("POST", path, json=body)
+
+    def suspend_focal_point(self, focal_point: str, reason: str) -> dict[str, Any]:
+        """A registrar suspends one of its agency's focal points (`AGENCY/slug`): its tokens are
+        refused until it is reactivated."""
+        result: dict[str, Any] = self.post(
+            f"/v1/admin/focal-points/{focal_point}/suspend", {"reason": reason}
+        )
+        return result
+
+    def reactivate_focal_point(self, focal_point: str, reason: str) -> dict[str, Any]:
+        """Put a suspended focal point back in service (its tokens work again)."""
+        result: dict[str, Any] = self.post(
+            f"/v1/admin/focal-points/{focal_point}/reactivate", {"reason": reason}
+        )
+        return result

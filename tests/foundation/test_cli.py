@@ -117,7 +117,7 @@ def test_demo_exit_writes_credentials(tmp_path: Path) -> None:
     assert creds["base_url"] == f"http://127.0.0.1:{port}"
     assert creds["console"] == f"http://127.0.0.1:{port}/console/"
     roles = {t["role"] for t in creds["tokens"].values()}
-    assert roles == {"admin", "auditor", "agency", "focal_point"}
+    assert roles == {"admin", "auditor", "agency", "focal_point", "registrar"}
     assert creds["log_key"].startswith("broker.example.int/exchange-log/v1+")
     assert oct((tmp_path / "demo-credentials.json").stat().st_mode & 0o777) == "0o600"
     # Each step's outcome, as the scenario saw it through the API and the SDK.
@@ -139,6 +139,13 @@ def test_demo_exit_writes_credentials(tmp_path: Path) -> None:
     # alert purged six years on, the log still verifying (audit above).
     assert outcomes["recall"] == {"CN-GACC": "withdrawn", "HK-CED": "erased"}
     assert outcomes["purged"] == "message.purged"
+    # Governance: VN-KR-CUSTOMS widened only once both parties' registrars approved (version 2
+    # of a fresh world), and a suspended desk refused until reactivated.
+    assert outcomes["governance"] == {
+        "adopted": 2,
+        "offence": "cites_wildlife",
+        "suspended": "auth.principal_suspended",
+    }
     assert outcomes["acks"] == ["HK-CED"]  # the sender verified the ack it got back
     assert outcomes["witnesses"] == 2
     assert sum(outcomes["results"].values()) == 2  # two seizure feedbacks, by phase

@@ -34,6 +34,7 @@ def write_credentials(folder: Path) -> dict[str, Any]:
                 "token": "brk_fp",
             },
             "hk-ced-inbox": {"role": "agency", "agency_id": "HK-CED", "token": "brk_inbox"},
+            "vn-gdc-registrar": {"role": "registrar", "agency_id": "VN-GDC", "token": "brk_vn_reg"},
             "oversight-auditor": {"role": "auditor", "token": "brk_auditor"},
         },
         "log_key": "broker.example.int/exchange-log/v1+0a1b2c3d+AAAA",
@@ -80,6 +81,17 @@ def evaluated(script: str) -> dict[str, str]:
                 "BROKER_LOG_KEY",
             },
         ),
+        (
+            "registrar",
+            "brk_vn_reg",
+            {
+                "BROKER_URL",
+                "BROKER_TOKEN",
+                "BROKER_KEYSTORE",
+                "BROKER_KEY_PASSPHRASE",
+                "REGISTRAR_TOKEN",
+            },
+        ),
         ("Auditor", "brk_auditor", {"BROKER_URL", "BROKER_TOKEN", "BROKER_LOG_KEY"}),
         ("admin", "brk_admin", {"BROKER_URL", "BROKER_TOKEN"}),
     ],
@@ -99,8 +111,10 @@ def test_env_prints_the_roles_guide_environment(
     if "BROKER_KEYSTORE" in variables:  # quoted: a space and a quote survive `eval`
         assert env["BROKER_KEYSTORE"] == credentials["keystore"]["folder"]
         assert env["BROKER_KEY_PASSPHRASE"] == "PASS'WORD"
-        # The guides' first step registers keys with the registrar's (the demo admin's) token.
-        assert env["REGISTRAR_TOKEN"] == "brk_admin"
+        # The guides' first step registers keys with the token of the agency's registrar, or
+        # the demo admin's for an agency the demo gave none (HK-CED here).
+        registrars = {"brk_fp": "brk_vn_reg", "brk_vn_reg": "brk_vn_reg"}
+        assert env["REGISTRAR_TOKEN"] == registrars.get(token, "brk_admin")
     if "BROKER_LOG_KEY" in variables:
         assert env["BROKER_LOG_KEY"] == credentials["log_key"]
 
