@@ -1,5 +1,6 @@
 """`broker registrar ...`: an agency's registrar sees, proposes, approves and restricts changes
-to its agreements (docs/protocol.md, "Agreement approvals").
+to its agreements (docs/protocol.md, "Agreement approvals"), and keeps its agency's desks,
+designations, principals and tokens (docs/registrars.md).
 
 Agency side: base dependencies only. The approval is signed with a signing key of the
 registrar's agency from the local keystore, over the hash of the document shown here (the
@@ -21,7 +22,7 @@ from broker.schemas import vocab
 
 app = typer.Typer(
     no_args_is_help=True,
-    help="An agency registrar's agreement changes: proposals, approvals, restrictions.",
+    help="An agency registrar's work: agreement changes, and the agency's desks and principals.",
 )
 
 AGREEMENT = Annotated[str, typer.Argument(help="The agreement id, e.g. VN-KR-CUSTOMS")]
@@ -208,3 +209,194 @@ def restrict(
             ]
         ),
     )
+
+
+# --- the agency's own registry: desks, designations, principals and tokens ------------------
+#
+# The same admin routes the operator uses (docs/registrars.md), confined by the broker to the
+# registrar's agency: another agency's desk or principal is refused `auth.foreign_agency`.
+
+desk_app = typer.Typer(no_args_is_help=True, help="Your agency's focal points (desks).")
+principal_app = typer.Typer(
+    no_args_is_help=True, help="Your agency's principals (officers, the inbox system) and tokens."
+)
+app.add_typer(desk_app, name="focal-point")
+app.add_typer(principal_app, name="principal")
+
+FOCAL_POINT = Annotated[str, typer.Argument(help="The focal point id, e.g. VN-GDC/fp-hcm-01")]
+REASON = Annotated[str, typer.Option(help="Why, for the log (no personal data)")]
+PRINCIPAL = Annotated[str, typer.Argument(help="The principal's name, e.g. vn-gdc-fp-lc-07")]
+
+
+def _desk(client: Any, focal_point: str, action: str, body: dict[str, Any]) -> Any:
+    if focal_point.count("/") != 1:
+        fail(f"FOCAL_POINT {focal_point!r}: give AGENCY/slug, e.g. VN-GDC/fp-hcm-01", USAGE)
+    return client.post(f"/v1/admin/focal-points/{focal_point}/{action}", body)
+
+
+def _shown(answer: Any, as_json: bool | None) -> None:
+    emit(answer, as_json, lambda: fields(answer.items()))
+
+
+@desk_app.command("suspend")
+@_api_errors
+def desk_suspend(
+    focal_point: FOCAL_POINT,
+    reason: REASON,
+    url: URL = "http://127.0.0.1:8000",
+    token: TOKEN = "",
+    as_json: AS_JSON = None,
+) -> None:
+    """Suspend a desk at once: its tokens are refused until you reactivate it."""
+    with _client(url, token) as client:
+        _shown(_desk(client, focal_point, "suspend", {"reason": reason}), as_json)
+
+
+@desk_app.command("reactivate")
+@_api_errors
+def desk_reactivate(
+    focal_point: FOCAL_POINT,
+    reason: REASON,
+    url: URL = "http://127.0.0.1:8000",
+    token: TOKEN = "",
+    as_json: AS_JSON = None,
+) -> None:
+    """Put a suspended desk back in service: its tokens work again."""
+    with _client(url, token) as client:
+        _shown(_desk(client, focal_point, "reactivate", {"reason": reason}), as_json)
+
+
+@desk_app.command("designate")
+@_api_errors
+def desk_designate(
+    focal_point: FOCAL_POINT,
+    agreement: AGREEMENT,
+    valid_from: Annotated[str, typer.Option("--from", help="First day, YYYY-MM-DD")],
+    until: Annotated[
+        str | None, typer.Option("--until", help="Last day, YYYY-MM-DD (none: open-ended)")
+    ] = None,
+    url: URL = "http://127.0.0.1:8000",
+    token: TOKEN = "",
+    as_json: AS_JSON = None,
+) -> None:
+    """Designate a desk under an agreement your agency is party to, for a period."""
+    body = {"agreement": agreement, "valid_from": _day("--from", valid_from)}
+    if until is not None:
+        body["valid_until"] = _day("--until", until)
+    with _client(url, token) as client:
+        _shown(_desk(client, focal_point, "designations", body), as_json)
+
+
+@desk_app.command("end-designation")
+@_api_errors
+def desk_end_designation(
+    focal_point: FOCAL_POINT,
+    agreement: AGREEMENT,
+    until: Annotated[str, typer.Option("--until", help="Last day, YYYY-MM-DD (today or later)")],
+    reason: REASON,
+    url: URL = "http://127.0.0.1:8000",
+    token: TOKEN = "",
+    as_json: AS_JSON = None,
+) -> None:
+    """End a desk's designation under an agreement on a day (inclusive)."""
+    body = {"valid_until": _day("--until", until), "reason": reason}
+    with _client(url, token) as client:
+        _shown(_desk(client, focal_point, f"designations/{agreement}/end", body), as_json)
+
+
+def _day(option: str, value: str) -> str:
+    from datetime import date
+
+    try:
+        return date.fromisoformat(value).isoformat()
+    except ValueError:
+        fail(f"{option} {value!r} is not a date: give YYYY-MM-DD, e.g. 2026-12-31", USAGE)
+
+
+@principal_app.command("create")
+@_api_errors
+def principal_create(
+    name: PRINCIPAL,
+    focal_point: Annotated[
+        str | None,
+        typer.Option(help="An officer's desk (role focal_point); without it, the inbox system"),
+    ] = None,
+    ttl_days: Annotated[int | None, typer.Option(help="Days the first token lasts")] = None,
+    url: URL = "http://127.0.0.1:8000",
+    token: TOKEN = "",
+    as_json: AS_JSON = None,
+) -> None:
+    """Create an officer's principal (with --focal-point) or your agency's inbox principal, and
+    print its first token, shown once."""
+    with _client(url, token) as client:
+        agency = _registrar(client)
+        body: dict[str, Any] = (
+            {"name": name, "role": "focal_point", "focal_point_id": focal_point}
+            if focal_point is not None
+            else {"name": name, "role": "agency", "agency_id": agency}
+        )
+        if ttl_days is not None:
+            body["ttl_days"] = ttl_days
+        _shown(client.post("/v1/admin/principals", body), as_json)
+
+
+@principal_app.command("token")
+@_api_errors
+def principal_token(
+    name: PRINCIPAL,
+    ttl_days: Annotated[int | None, typer.Option(help="Days the token lasts")] = None,
+    url: URL = "http://127.0.0.1:8000",
+    token: TOKEN = "",
+    as_json: AS_JSON = None,
+) -> None:
+    """Issue another token for one of your agency's principals (rotation); shown once."""
+    body = {} if ttl_days is None else {"ttl_days": ttl_days}
+    with _client(url, token) as client:
+        _shown(client.post(f"/v1/admin/principals/{name}/tokens", body), as_json)
+
+
+@principal_app.command("revoke-token")
+@_api_errors
+def principal_revoke_token(
+    token_id: Annotated[str, typer.Argument(help="The token's id (printed when it was issued)")],
+    url: URL = "http://127.0.0.1:8000",
+    token: TOKEN = "",
+) -> None:
+    """Revoke one token of your agency's principals: it stops working at once."""
+    import uuid
+
+    try:
+        uuid.UUID(token_id)
+    except ValueError:
+        fail(f"TOKEN_ID {token_id!r} is not a token id: give the id printed at issue", USAGE)
+    with _client(url, token) as client:
+        client.post(f"/v1/admin/tokens/{token_id}/revoke")
+    typer.echo(f"revoked {token_id}")
+
+
+@principal_app.command("disable")
+@_api_errors
+def principal_disable(
+    name: PRINCIPAL,
+    reason: REASON,
+    url: URL = "http://127.0.0.1:8000",
+    token: TOKEN = "",
+    as_json: AS_JSON = None,
+) -> None:
+    """Disable a principal: every token of it stops working at once."""
+    with _client(url, token) as client:
+        _shown(client.post(f"/v1/admin/principals/{name}/disable", {"reason": reason}), as_json)
+
+
+@principal_app.command("enable")
+@_api_errors
+def principal_enable(
+    name: PRINCIPAL,
+    reason: REASON,
+    url: URL = "http://127.0.0.1:8000",
+    token: TOKEN = "",
+    as_json: AS_JSON = None,
+) -> None:
+    """Enable a disabled principal: its unexpired, unrevoked tokens work again."""
+    with _client(url, token) as client:
+        _shown(client.post(f"/v1/admin/principals/{name}/enable", {"reason": reason}), as_json)

@@ -23,7 +23,7 @@ from broker.crypto import keys, note
 from broker.crypto.errors import CryptoError
 from broker.sdk import logcheck
 from tests.audit.conftest import decode, leaves_of, record, sequence_all
-from tests.audit.test_verify_cli import Borrowed
+from tests.audit.test_verify_cli import Borrowed, run
 from tests.sdk.conftest import agency_side  # noqa: F401 (the SDK's live broker and keystore)
 from tests.sdk.test_officer import send_alert
 
@@ -55,20 +55,8 @@ def rotate(kind: str) -> dict[str, Any]:
 
 
 def audit_verify(token: str, log_key: str, *args: str) -> Any:
-    return runner.invoke(
-        cli,
-        [
-            "audit",
-            "verify",
-            "--url",
-            "http://testserver",
-            "--token",
-            token,
-            "--log-key",
-            log_key,
-            *args,
-        ],
-    )
+    """`broker audit verify` against the test app (test_verify_cli's runner)."""
+    return run(token, log_key, *args)
 
 
 def headers(token: str) -> dict[str, str]:

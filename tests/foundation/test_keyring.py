@@ -116,3 +116,61 @@ def test_an_unknown_kind_is_refused(tmp_path: Path) -> None:
         keyring.rotating("signing"),
     ):
         pass
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.slow
+def test_two_apis_and_a_worker_started_at_once_end_with_one_key_of_each(
+    clean_db: str, redis_url: str, tmp_path: Path
+) -> None:
+    """The deployment itself, not the function: `broker serve` twice and `broker worker`, the
+    production profile, started together on an empty keys folder; each takes the folder's
+    lock at start-up (`_require_keys`), so all three run, on the same two keys."""
+    from tests.conftest import free_port
+    from tests.inbox.stack import ROOT, Proc, Stack, wait_until
+
+    folder = tmp_path / "keys"
+    stack = Stack(
+        database_url=settings().sqlalchemy_url,
+        redis_url=redis_url,
+        data_dir=tmp_path,
+        keys_dir=folder,
+    )
+    broker = str(ROOT / ".venv" / "bin" / "broker")
+    ports = [free_port(), free_port()]
+    commands = {
+        **{f"api-{p}": [broker, "serve", "--port", str(p)] for p in ports},
+        "worker": [broker, "worker", "--concurrency", "1", "--queues", "celery"],
+    }
+    env = stack.env(BROKER_HOST="127.0.0.1")
+    procs = []
+    try:
+        for name, argv in commands.items():  # back to back: no process waits for another
+            log = tmp_path / f"{name}.log"
+            with log.open("wb") as out:
+                popen = subprocess.Popen(
+                    argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )  # fmt: skip
+            procs.append(Proc(name, popen, log))
+        stack.procs.extend(procs)
+
+        def serving(port: int) -> bool:
+            import httpx2
+
+            try:
+                return httpx2.get(f"http://127.0.0.1:{port}/health/live", timeout=2).is_success
+            except httpx2.TransportError:
+                return False
+
+        for port in ports:
+            wait_until(lambda port=port: serving(port), 60, f"the API on {port}")
+        worker = procs[-1]
+        wait_until(lambda: " ready." in worker.text() or not worker.alive(), 60, "the worker")
+        dead = [p.name + ":\n" + p.text()[-2000:] for p in procs if not p.alive()]
+        assert not dead, dead
+        assert len(list(folder.glob(f"{keyring.RECEIPT_OWNER}-sig-*.p8.pem"))) == 1
+        assert len(list(folder.glob(f"{keyring.LOG_OWNER}-sig-*.p8.pem"))) == 1
+    finally:
+        stack.close()

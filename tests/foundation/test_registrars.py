@@ -9,6 +9,7 @@ those by its role (403 `auth.forbidden`) and another agency's objects by its bin
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,6 +18,7 @@ from tests.conftest import bearer
 from tests.foundation.test_lifecycle_of_participants import code, events
 from tests.messages.conftest import Exchange
 from tests.messages.conftest import exchange as exchange  # the HTTP harness
+from tests.sdk.conftest import agency_side as agency_side  # a live broker and a keystore
 
 NEW_FP = "VN-GDC/fp-lc-07"
 REASON = {"reason": "officer on leave"}
@@ -117,3 +119,73 @@ def test_a_registrar_designates_only_under_its_agency_s_agreements(
         headers=registrar,
     )
     assert (response.status_code, code(response)) == (422, "registry.not_a_party")
+
+
+# --- `broker registrar ...` against a live broker ---------------------------------------------
+
+
+def test_the_registrar_command_line_keeps_the_agency_s_desks_and_principals(
+    agency_side: dict[str, Any], token_for: Any
+) -> None:
+    from broker.cli.main import app
+
+    runner = agency_side["runner"]
+    own = token_for("registrar", agency_id="VN-GDC")
+
+    def cli(*args: str, token: str = own) -> Any:
+        return runner.invoke(app, ["registrar", *args, "--token", token])
+
+    suspended = cli("focal-point", "suspend", "VN-GDC/fp-hn-01", "--reason", "on leave", "--json")
+    assert suspended.exit_code == 0, suspended.output
+    assert json.loads(suspended.stdout)["status"] == "suspended"
+    back = cli("focal-point", "reactivate", "VN-GDC/fp-hn-01", "--reason", "back", "--json")
+    assert json.loads(back.stdout)["status"] == "active"
+    today = str(datetime.now(UTC).date())
+    designated = cli(
+        "focal-point", "designate", "VN-GDC/fp-hn-01", "VN-HK-CMAA-2013", "--from", today,
+        "--json",
+    )  # fmt: skip
+    assert designated.exit_code == 0, designated.output
+    assert json.loads(designated.stdout)["agreement_id"] == "VN-HK-CMAA-2013"
+    ended = cli(
+        "focal-point", "end-designation", "VN-GDC/fp-hn-01", "VN-KR-CUSTOMS",
+        "--until", today, "--reason", "reassigned", "--json",
+    )  # fmt: skip
+    assert ended.exit_code == 0, ended.output
+    assert json.loads(ended.stdout)["valid_until"] == today
+
+    made = cli(
+        "principal", "create", "vn-gdc-fp-hn-01", "--focal-point", "VN-GDC/fp-hn-01", "--json"
+    )
+    assert made.exit_code == 0, made.output
+    first = json.loads(made.stdout)
+    assert first["token"].startswith("brk_")
+    inbox = json.loads(cli("principal", "create", "vn-gdc-inbox-2", "--json").stdout)
+    assert inbox["principal"] == "vn-gdc-inbox-2"
+    rotated = json.loads(cli("principal", "token", "vn-gdc-fp-hn-01", "--json").stdout)
+    revoked = cli("principal", "revoke-token", first["id"])
+    assert revoked.exit_code == 0, revoked.output
+    disabled = cli("principal", "disable", "vn-gdc-inbox-2", "--reason", "replaced", "--json")
+    assert json.loads(disabled.stdout)["status"] == "disabled"
+    assert rotated["token"] != first["token"]
+
+    # Another agency's desk: the broker's refusal, in one line.
+    foreign = cli("focal-point", "suspend", "HK-CED/fp-01", "--reason", "x")
+    assert foreign.exit_code != 0
+    (line,) = [x for x in foreign.output.splitlines() if x.strip()]
+    assert line.startswith("error: ")
+    assert "auth.foreign_agency" in line
+    for args, says in (
+        (("focal-point", "suspend", "fp-hn-01", "--reason", "x"), "AGENCY/slug"),
+        (
+            ("focal-point", "designate", "VN-GDC/fp-hn-01", "VN-HK-CMAA-2013", "--from", "soon"),
+            "--from",
+        ),
+        (("principal", "revoke-token", "not-an-id"), "TOKEN_ID"),
+    ):
+        mistake = cli(*args)
+        assert mistake.exit_code != 0, args
+        (line,) = [x for x in mistake.output.splitlines() if x.strip()]
+        assert line.startswith("error: "), (args, line)
+        assert says in line, (args, line)
+        assert "Traceback" not in mistake.output
