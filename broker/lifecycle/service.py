@@ -72,11 +72,21 @@ def retention_start(now: datetime, retention: str | None) -> datetime | None:
         return None
 
 
+# Where a run of batches has got to in each agreement: (received_at, id) of the last taken.
+Resume = dict[str, tuple[datetime, uuid.UUID]]
+
+
 async def purge(
-    session: AsyncSession, *, now: datetime | None = None, batch: int = PURGE_BATCH
+    session: AsyncSession,
+    *,
+    now: datetime | None = None,
+    batch: int = PURGE_BATCH,
+    resume: Resume | None = None,
 ) -> int:
     """Purge up to `batch` messages past their agreement's retention, in this transaction;
-    returns how many. Held messages and those of agreements without a retention are kept."""
+    returns how many. Held messages and those of agreements without a retention are kept.
+    `resume`: the run's position per agreement, read and moved on (`purge_all`); a message
+    skipped there (held, or locked by another purge) is seen again by the next run."""
     now = now or utcnow()
     done = 0
     for version in await agreements.current_versions(session):
@@ -84,9 +94,14 @@ async def purge(
         before = retention_start(now, retention)
         if before is None or done >= batch:
             continue
-        rows = await repository.due_for_purge(session, version.agreement_id, before, batch - done)
+        after = None if resume is None else resume.get(version.agreement_id)
+        rows = await repository.due_for_purge(
+            session, version.agreement_id, before, batch - done, after
+        )
         if not rows:
             continue
+        if resume is not None:
+            resume[version.agreement_id] = (rows[-1].received_at, rows[-1].id)
         await repository.purge(session, [r.id for r in rows], now)
         faults.crash_point("lifecycle.purge_mid_batch")  # emptied, not committed
         named = {r.sender for r in rows}
@@ -112,9 +127,8 @@ async def purge(
 
 async def purge_all(session_factory: db.SessionFactory) -> int:
     """Batches of `purge`, each its own transaction, until one is not full."""
-    total = await db.until_short(
-        session_factory, functools.partial(purge, batch=PURGE_BATCH), PURGE_BATCH, rest=PURGE_REST
-    )
+    step = functools.partial(purge, batch=PURGE_BATCH, resume={})
+    total = await db.until_short(session_factory, step, PURGE_BATCH, rest=PURGE_REST)
     if total:
         await db.sqlite_truncate_wal()  # the purged envelopes' old pages in SQLite's log
     return total

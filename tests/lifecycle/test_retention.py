@@ -244,6 +244,33 @@ def test_purges_go_in_batches_each_whole(
     assert all(message_row(m).envelope == "" for m in mids)
 
 
+def test_a_run_resumes_where_its_last_batch_ended(exchange: Exchange) -> None:
+    """A run's batches start after the last message the run took (the index scan no longer
+    walks what the run already purged); what it passed over, held then, a later run takes."""
+    mids = [submit(exchange, exchange.routing()) for _ in range(4)]
+    relay()
+    for i, mid in enumerate(mids):
+        age(mid, SIX_YEARS_AGO + timedelta(minutes=i))  # purged oldest first
+    resume: service.Resume = {}
+    held = hold(mids[0])
+    assert db.call(service.purge, now=NOW, batch=1, resume=resume) == 1  # passes mids[0] over
+    assert message_row(mids[1]).purged_at is not None
+    assert resume["VN-HK-CMAA-2013"][1] == message_row(mids[1]).id
+    from broker.auth.service import Caller, Role
+
+    admin = Caller(principal_id=uuid.uuid4(), name="test-admin", role=Role.admin)
+    db.call(service.lift_hold, admin, held.id, "released")
+    # Lifted, but behind this run's position: the run goes on with mids[2], then mids[3].
+    assert db.call(service.purge, now=NOW, batch=1, resume=resume) == 1
+    assert message_row(mids[0]).purged_at is None
+    assert message_row(mids[2]).purged_at is not None
+    assert db.call(service.purge, now=NOW, batch=5, resume=resume) == 1  # mids[3]
+    assert db.call(service.purge, now=NOW, batch=5, resume=resume) == 0
+    # The next run starts from the beginning.
+    assert db.call(service.purge, now=NOW, batch=5, resume={}) == 1
+    assert all(message_row(m).purged_at is not None for m in mids)
+
+
 @pytest.mark.parametrize(
     ("now", "retention", "start"),
     [
