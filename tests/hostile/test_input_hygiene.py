@@ -26,6 +26,7 @@ HUGE = [str(2**63), str(2**64 + 1), str(-(2**63) - 1), "1e400"]
 def tokens(world: dict[str, Any], token_for: Any) -> dict[str, dict[str, str]]:
     return {
         "admin": bearer(token_for("admin")),
+        "registrar": bearer(token_for("registrar", agency_id="VN-GDC")),
         "auditor": bearer(token_for("auditor")),
         "agency": bearer(token_for("agency", agency_id="HK-CED")),
         "focal_point": bearer(token_for("focal_point", focal_point_id="VN-GDC/fp-hcm-01")),
