@@ -228,10 +228,14 @@ REASON = Annotated[str, typer.Option(help="Why, for the log (no personal data)")
 PRINCIPAL = Annotated[str, typer.Argument(help="The principal's name, e.g. vn-gdc-fp-lc-07")]
 
 
-def _desk(client: Any, focal_point: str, action: str, body: dict[str, Any]) -> Any:
+def _checked(focal_point: str) -> str:
     if focal_point.count("/") != 1:
         fail(f"FOCAL_POINT {focal_point!r}: give AGENCY/slug, e.g. VN-GDC/fp-hcm-01", USAGE)
-    return client.post(f"/v1/admin/focal-points/{focal_point}/{action}", body)
+    return focal_point
+
+
+def _desk(client: Any, focal_point: str, action: str, body: dict[str, Any]) -> Any:
+    return client.post(f"/v1/admin/focal-points/{_checked(focal_point)}/{action}", body)
 
 
 def _shown(answer: Any, as_json: bool | None) -> None:
@@ -249,7 +253,7 @@ def desk_suspend(
 ) -> None:
     """Suspend a desk at once: its tokens are refused until you reactivate it."""
     with _client(url, token) as client:
-        _shown(_desk(client, focal_point, "suspend", {"reason": reason}), as_json)
+        _shown(client.suspend_focal_point(_checked(focal_point), reason), as_json)
 
 
 @desk_app.command("reactivate")
@@ -263,7 +267,7 @@ def desk_reactivate(
 ) -> None:
     """Put a suspended desk back in service: its tokens work again."""
     with _client(url, token) as client:
-        _shown(_desk(client, focal_point, "reactivate", {"reason": reason}), as_json)
+        _shown(client.reactivate_focal_point(_checked(focal_point), reason), as_json)
 
 
 @desk_app.command("designate")
